@@ -1,0 +1,98 @@
+"""Seconds and peak memory per chunk, with and without Temp-LoRA, measured in one run.
+
+    python benchmarks/chunk_cost.py --chunks 12                      # tiny random model, CPU
+    python benchmarks/chunk_cost.py --model DIR --chunks 125 --device cuda   # 1,000 frames
+
+For every fast-learning mode it generates the same route from the same first frame and seed
+and records, per chunk: generation seconds, Temp-LoRA update seconds and the peak memory
+(CUDA allocator peak, or the process RSS high-water mark on CPU). The summary gives the
+Temp-LoRA overhead as a ratio (paper / off) and the memory of the last chunk relative to the
+first, which stays ~1 because the memory is a fixed-size LoRA. Results go to
+``benchmarks/results/<name>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from slowfast_vgen.config import load_config
+from slowfast_vgen.errors import run_cli
+from slowfast_vgen.io_utils import atomic_write_json
+from slowfast_vgen.model import ModelBundle, ModelConfig, load_model, model_summary
+from slowfast_vgen.session import GenerationConfig, GenerationSession
+
+ROUTE = ["move right", "move right", "move up", "move left", "move left", "move down"]
+
+
+def measure(bundle: ModelBundle, config: GenerationConfig, num_chunks: int) -> list[dict]:
+    session = GenerationSession(bundle, config)
+    rng = np.random.default_rng(0)
+    session.start(rng.integers(0, 256, (bundle.height, bundle.width, 3), dtype=np.uint8))
+    for index in range(num_chunks):
+        session.step(ROUTE[index % len(ROUTE)])
+    return [asdict(record) for record in session.records]
+
+
+def summarise(records: list[dict], warmup: int) -> dict:
+    steady = records[warmup:] or records
+    total = [r["seconds"] + r["memory_seconds"] for r in steady]
+    memory = [r["peak_memory_mb"] for r in records if r["peak_memory_mb"] is not None]
+    return {
+        "seconds_per_chunk": statistics.mean(total),
+        "generation_seconds_per_chunk": statistics.mean(r["seconds"] for r in steady),
+        "memory_update_seconds_per_chunk": statistics.mean(r["memory_seconds"] for r in steady),
+        "peak_memory_mb_max": max(memory) if memory else None,
+        "peak_memory_last_over_second_chunk": (memory[-1] / memory[1]) if len(memory) > 1 else None,
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", help="model directory (default: a tiny random model built in code)")
+    parser.add_argument("--model-config", help="ModelConfig YAML for the built model (default: tiny)")
+    parser.add_argument("--chunks", type=int, default=12, help="chunks per mode (default 12)")
+    parser.add_argument("--warmup", type=int, default=1, help="chunks excluded from the means (default 1)")
+    parser.add_argument("--modes", default="off,paper", help="comma-separated fast modes (default off,paper)")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda")
+    parser.add_argument("--name", default="chunk_cost_cpu_tiny", help="result file name (without .json)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="GenerationConfig overrides")
+    args = parser.parse_args(argv)
+
+    if args.model:
+        bundle = load_model(args.model, device=args.device)
+    else:
+        bundle = ModelBundle.from_config(load_config(ModelConfig, args.model_config)).to(args.device)
+    results = {"device": str(bundle.device), "machine": platform.processor() or platform.machine(),
+               "torch_threads": torch.get_num_threads(), "model": model_summary(bundle),
+               "chunks": args.chunks, "modes": {}}
+    for mode in args.modes.split(","):
+        config = load_config(GenerationConfig, overrides=[*args.overrides, f"fast.mode={mode}"])
+        records = measure(bundle, config, args.chunks)
+        results["modes"][mode] = {"summary": summarise(records, args.warmup), "per_chunk": records}
+        results["config"] = {k: v for k, v in asdict(config).items() if k != "fast"}
+        summary = results["modes"][mode]["summary"]
+        print(f"{mode:>14}: {summary['seconds_per_chunk']:.3f} s/chunk "
+              f"(update {summary['memory_update_seconds_per_chunk']:.3f} s), peak {summary['peak_memory_mb_max']:.0f} MB, "
+              f"last/second-chunk memory {summary['peak_memory_last_over_second_chunk']:.3f}")
+    if "off" in results["modes"] and "paper" in results["modes"]:
+        off, paper = results["modes"]["off"]["summary"], results["modes"]["paper"]["summary"]
+        results["temp_lora_time_ratio"] = paper["seconds_per_chunk"] / off["seconds_per_chunk"]
+        results["temp_lora_memory_ratio"] = paper["peak_memory_mb_max"] / off["peak_memory_mb_max"]
+        print(f"Temp-LoRA overhead: time x{results['temp_lora_time_ratio']:.3f}, "
+              f"peak memory x{results['temp_lora_memory_ratio']:.3f} (paper, V100: x1.068 time, x1.037 memory)")
+    out = Path(__file__).parent / "results" / f"{args.name}.json"
+    atomic_write_json(out, results)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

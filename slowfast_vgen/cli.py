@@ -1,0 +1,347 @@
+"""``sfvgen``: the command-line front end (argument parsing only; the work is in the library).
+
+Subcommands:
+
+* ``sfvgen generate``   — a long video from a first frame and a list of actions.
+* ``sfvgen play``       — interactive: one action per line, the video grows as you type.
+* ``sfvgen make-model`` — write a freshly initialised model directory from a config.
+
+Bad input (no actions, an empty action, an unreadable image, an unknown config key, a broken
+model directory, pickle weights, a chunk larger than the window) prints one ``error:`` line
+and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .errors import UserInputError, run_cli
+
+DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "default_model"
+
+
+# ---------------------------------------------------------------------------- shared options
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help="model directory in diffusers layout (default: the embedded model)")
+    parser.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto (default: auto)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                        help="weights dtype on the device (default: float32)")
+
+
+def _add_generation_options(parser: argparse.ArgumentParser) -> None:
+    _add_model_options(parser)
+    parser.add_argument("--image", help="first frame (PNG/JPEG); default: a frame of the procedural world")
+    parser.add_argument("--world", default="navigation", help="world for the first frame when no --image is given")
+    parser.add_argument("--world-seed", type=int, default=0, help="seed of that world (default: 0)")
+    parser.add_argument("--fast", choices=["paper", "off", "text", "full-sequence"],
+                        help="Temp-LoRA rule (default from config: paper)")
+    parser.add_argument("--seed", type=int, help="random seed (same seed -> identical frames)")
+    parser.add_argument("--steps", type=int, help="denoising steps per chunk")
+    parser.add_argument("--guidance", type=float, help="classifier-free guidance scale on the action text")
+    parser.add_argument("--scheduler", help="ddim | dpmsolver++ | euler")
+    parser.add_argument("--config", help="YAML file with GenerationConfig values")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--upscale", type=int, help="integer enlargement of the written video (default: to >= 128 px wide)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="config overrides, e.g. frames_per_chunk=8 fast.rank=16")
+
+
+def _generation_config(args: argparse.Namespace, bundle):
+    from .config import load_config
+    from .session import GenerationConfig
+
+    overrides = list(args.overrides)
+    flags = {"fast.mode": args.fast, "seed": args.seed, "sampler.num_inference_steps": args.steps,
+             "sampler.guidance_scale": args.guidance, "sampler.scheduler": args.scheduler}
+    overrides += [f"{key}={value}" for key, value in flags.items() if value is not None]
+    defaults = bundle.metadata.get("generation", {})
+    return load_config(GenerationConfig, args.config, overrides, defaults=defaults)
+
+
+def _load_bundle(args: argparse.Namespace):
+    import torch
+
+    from .model import load_model
+
+    if args.model is None:
+        if not (DEFAULT_MODEL_DIR / "unet").is_dir():
+            raise UserInputError(
+                "no embedded default model in this install; pass --model DIR (create one with `sfvgen make-model`)"
+            )
+        path = DEFAULT_MODEL_DIR
+    else:
+        path = Path(args.model)
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserInputError(f"device {device} requested but CUDA is not available")
+    dtype = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}[args.dtype]
+    return load_model(path, device=device, dtype=dtype), str(path)
+
+
+def _first_frame(args: argparse.Namespace, bundle) -> np.ndarray:
+    from .video_io import read_image
+
+    if args.image:
+        return read_image(args.image, size=(bundle.height, bundle.width))
+    from .worlds import render_first_frame
+
+    return render_first_frame(args.world, args.world_seed, bundle.height, bundle.width)
+
+
+def _parse_actions(args: argparse.Namespace) -> list[str]:
+    from .session import validate_action
+
+    if args.actions and args.actions_file:
+        raise UserInputError("give either --actions or --actions-file, not both")
+    if args.actions_file:
+        path = Path(args.actions_file)
+        if not path.is_file():
+            raise UserInputError(f"actions file not found: {path}")
+        raw = [line for line in path.read_text().splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    elif args.actions is not None:
+        raw = args.actions.split(";")
+        if len(raw) > 1 and raw[-1].strip() == "":
+            raw = raw[:-1]  # allow a trailing ';'
+    else:
+        raw = []
+    if not raw:
+        raise UserInputError("no actions given: use --actions \"move right; move left\" or --actions-file FILE")
+    return [validate_action(action, position) for position, action in enumerate(raw, 1)]
+
+
+def _quiet_libraries() -> None:
+    import warnings
+
+    import diffusers
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message=".*peft_config.*")
+
+
+# ---------------------------------------------------------------------------- outputs
+def write_outputs(session, out: Path, model_path: str, gif: bool, upscale: int | None = None) -> dict:
+    """Write the video (mp4, optional gif), the resolved config and the per-chunk sidecar JSON.
+
+    ``upscale`` (default: :func:`auto_upscale`) enlarges small frames by an integer factor so
+    the video is watchable and decord-readable; the sidecar records it.
+    """
+    from .config import save_config
+    from .io_utils import atomic_write_json
+    from .video_io import auto_upscale, write_video
+
+    fps = session.bundle.fps
+    video = session.video()
+    upscale = upscale or auto_upscale(video.shape[2])
+    write_video(out, video, fps=fps, upscale=upscale)
+    if gif:
+        write_video(out.with_suffix(".gif"), video, fps=fps, upscale=upscale)
+    save_config(session.config, out.with_suffix(".yaml"))
+    sidecar = {
+        "video": out.name,
+        "model": model_path,
+        "frames": int(video.shape[0]),
+        "height": int(video.shape[1]),
+        "width": int(video.shape[2]),
+        "fps": fps,
+        "upscale": upscale,
+        "fast_mode": session.config.fast.mode,
+        "seed": session.config.seed,
+        "seconds_total": round(sum(r.seconds + r.memory_seconds for r in session.records), 4),
+        "chunks": [asdict(record) for record in session.records],
+    }
+    atomic_write_json(out.with_suffix(".json"), sidecar)
+    return sidecar
+
+
+def _resolve_out(path: str) -> Path:
+    out = Path(path)
+    if out.suffix.lower() != ".mp4":
+        raise UserInputError(f"--out must end in .mp4, got {out}")
+    if out.parent and not out.parent.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+# ---------------------------------------------------------------------------- generate
+def generate_main(args: argparse.Namespace) -> int:
+    from .session import GenerationSession
+
+    actions = _parse_actions(args)
+    out = _resolve_out(args.out)
+    _quiet_libraries()
+    bundle, model_path = _load_bundle(args)
+    config = _generation_config(args, bundle)
+    session_dir = Path(args.session) if args.session else None
+    if session_dir is not None and (session_dir / "session.json").is_file():
+        session = GenerationSession.load(session_dir, bundle)
+        done = session.actions
+        if done != actions[: len(done)]:
+            raise UserInputError(f"saved session {session_dir} was made with other actions; use a new --session dir")
+        print(f"resuming {session_dir}: {len(done)} of {len(actions)} chunks already done", file=sys.stderr)
+    else:
+        session = GenerationSession(bundle, config)
+        session.start(_first_frame(args, bundle))
+
+    def after_chunk(record, frames):
+        if session_dir is not None:
+            session.save(session_dir)  # a crash now loses at most the chunk in flight
+
+    session.generate(actions[session.num_chunks_done:], callback=after_chunk, progress=not args.quiet)
+    sidecar = write_outputs(session, out, model_path, args.gif, args.upscale)
+    per_chunk = [r["seconds"] + r["memory_seconds"] for r in sidecar["chunks"]]
+    print(f"wrote {out} ({sidecar['frames']} frames, {len(per_chunk)} chunks, "
+          f"{sum(per_chunk) / max(1, len(per_chunk)):.2f} s/chunk, fast={sidecar['fast_mode']})")
+    return 0
+
+
+# ---------------------------------------------------------------------------- play
+PLAY_HELP = """type an action per line (e.g. "move left"); commands:
+  :save DIR   save the session (frames, latents, memory, RNG)
+  :load DIR   load a saved session
+  :reset      forget the episodic memory (Temp-LoRA back to its initial state)
+  :help       this text
+  :quit       write the video and exit"""
+
+
+def play_main(args: argparse.Namespace) -> int:
+    from .session import GenerationSession
+
+    out = _resolve_out(args.out)
+    _quiet_libraries()
+    bundle, model_path = _load_bundle(args)
+    config = _generation_config(args, bundle)
+    session = GenerationSession(bundle, config)
+    session.start(_first_frame(args, bundle))
+    interactive = sys.stdin.isatty()
+    say = (lambda text: print(text, flush=True))
+    say(f"sfvgen play: {bundle.width}x{bundle.height}, fast={config.fast.mode}, writing {out}. :help for commands")
+    for line in _lines(interactive):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith(":"):
+            command, _, argument = line.partition(" ")
+            argument = argument.strip()
+            try:
+                if command == ":quit":
+                    break
+                elif command == ":help":
+                    say(PLAY_HELP)
+                elif command == ":reset":
+                    session.reset_memory()
+                    say("memory reset")
+                elif command in (":save", ":load"):
+                    if not argument:
+                        raise UserInputError(f"{command} needs a directory")
+                    if command == ":save":
+                        session.save(argument)
+                        say(f"saved to {argument}")
+                    else:
+                        session = GenerationSession.load(argument, bundle)
+                        write_outputs(session, out, model_path, args.gif, args.upscale)
+                        say(f"loaded {argument}: {session.num_frames} frames")
+                else:
+                    say(f"unknown command {command}; :help lists them")
+            except UserInputError as err:
+                say(f"error: {err}")
+            continue
+        try:
+            session.generate([line], progress=interactive and not args.quiet)
+        except UserInputError as err:
+            say(f"error: {err}")
+            continue
+        record = session.records[-1]
+        write_outputs(session, out, model_path, args.gif, args.upscale)
+        loss = "" if record.temp_lora_loss is None else f", memory loss {record.temp_lora_loss:.4f}"
+        say(f"chunk {record.index}: {record.action!r} -> frames {record.start_frame}-{record.end_frame - 1} "
+            f"({record.seconds + record.memory_seconds:.2f} s{loss})")
+    write_outputs(session, out, model_path, args.gif, args.upscale)
+    say(f"wrote {out} ({session.num_frames} frames)")
+    return 0
+
+
+def _lines(interactive: bool):
+    while True:
+        try:
+            line = input("action> ") if interactive else sys.stdin.readline()
+        except EOFError:
+            return
+        if not interactive and line == "":
+            return
+        yield line
+
+
+# ---------------------------------------------------------------------------- make-model
+def make_model_main(args: argparse.Namespace) -> int:
+    from .config import load_config, save_config
+    from .model import ModelBundle, ModelConfig, model_summary
+
+    _quiet_libraries()
+    config = load_config(ModelConfig, args.config, args.overrides)
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.force:
+        raise UserInputError(f"{out} exists and is not empty (use --force to replace it)")
+    bundle = ModelBundle.from_config(config)
+    bundle.save_pretrained(out)
+    save_config(config, out / "model_config.yaml")
+    summary = model_summary(bundle)
+    print(f"wrote {out}: UNet3D {summary['unet_parameters'] / 1e6:.2f} M parameters, "
+          f"{summary['width']}x{summary['height']} frames, "
+          f"{'latent' if config.use_vae else 'pixel'} space (random weights: train it before expecting video)")
+    return 0
+
+
+# ---------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sfvgen", description="Action-driven long video generation with slow-fast learning.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    generate = sub.add_parser("generate", help="generate a long video from actions",
+                              description="Generate a long video, one chunk per action, with Temp-LoRA memory.")
+    generate.add_argument("--actions", help='actions separated by ";", e.g. "move right; move right; move left"')
+    generate.add_argument("--actions-file", help="text file with one action per line ('#' comments allowed)")
+    generate.add_argument("--out", required=True, help="output video (.mp4); video.json and video.yaml are written beside it")
+    generate.add_argument("--gif", action="store_true", help="also write a .gif beside the mp4")
+    generate.add_argument("--session", help="session directory: saved after every chunk, resumed if it exists")
+    _add_generation_options(generate)
+    generate.set_defaults(handler=generate_main)
+
+    play = sub.add_parser("play", help="interactive generation, one action per line",
+                          description="Interactive generation: type actions; :save/:load/:reset/:quit.",
+                          epilog=PLAY_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    play.add_argument("--out", default="play.mp4", help="video kept up to date after every chunk (default: play.mp4)")
+    play.add_argument("--gif", action="store_true", help="also keep a .gif up to date")
+    _add_generation_options(play)
+    play.set_defaults(handler=play_main)
+
+    make_model = sub.add_parser("make-model", help="write a freshly initialised model directory",
+                                description="Write a random-weight model (for tests, demos and as a training start).")
+    make_model.add_argument("--out", required=True, help="output model directory")
+    make_model.add_argument("--config", help="YAML with ModelConfig values, e.g. configs/model/tiny.yaml")
+    make_model.add_argument("--force", action="store_true", help="replace an existing directory")
+    make_model.add_argument("overrides", nargs="*", metavar="key=value", help="ModelConfig overrides")
+    make_model.set_defaults(handler=make_model_main)
+    return parser
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return args.handler(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point ``sfvgen`` (the console script passes the return value to ``sys.exit``)."""
+    return run_cli(_main, argv)

@@ -1,0 +1,87 @@
+"""Masked conditional diffusion maths (paper §3.1.1 and §3.2): small pure functions.
+
+Shapes: latents are ``(B, C, F, h, w)``; a *context mask* is a ``(B, F)`` bool tensor that is
+True on the context (past) frames ``z0[:f_p]`` and False on the target frames ``z0[f_p:]``.
+The noise schedule itself belongs to the diffusers scheduler (``add_noise``); these functions
+only decide *which* frames get noise and *which* frames count in the loss.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from diffusers import SchedulerMixin
+
+
+def context_mask(batch: int, num_context: int, num_target: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``(B, f_p + f_g)`` mask, True on the first ``f_p`` (context) frames."""
+    if num_context < 1 or num_target < 1:
+        raise ValueError(f"need at least one context and one target frame, got f_p={num_context}, f_g={num_target}")
+    mask = torch.zeros(batch, num_context + num_target, dtype=torch.bool, device=device)
+    mask[:, :num_context] = True
+    return mask
+
+
+def _frame_mask(mask: torch.Tensor) -> torch.Tensor:
+    """``(B, F)`` -> ``(B, 1, F, 1, 1)``, broadcastable over latents."""
+    return mask[:, None, :, None, None]
+
+
+def sample_timesteps(scheduler: SchedulerMixin, batch: int, generator: torch.Generator | None = None,
+                     device: torch.device | str = "cpu") -> torch.Tensor:
+    """One training timestep per sample, uniform over the scheduler's ``num_train_timesteps``."""
+    steps = scheduler.config.num_train_timesteps
+    return torch.randint(0, steps, (batch,), generator=generator, device="cpu").to(device)
+
+
+def noise_targets(
+    scheduler: SchedulerMixin,
+    clean: torch.Tensor,
+    noise: torch.Tensor,
+    timesteps: torch.Tensor,
+    mask: torch.Tensor,
+) -> torch.Tensor:
+    """Eq. 1: ``z_t[:f_p] = z0[:f_p]`` (clean context), ``z_t[f_p:] = sqrt(ab_t) z0 + sqrt(1-ab_t) eps``.
+
+    Context positions are returned bit-identical to ``clean``.
+    """
+    noisy = scheduler.add_noise(clean, noise, timesteps)
+    return torch.where(_frame_mask(mask), clean, noisy)
+
+
+def noise_whole_sequence(
+    scheduler: SchedulerMixin, clean: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+) -> torch.Tensor:
+    """Eq. 3 (Temp-LoRA): noise the whole concatenation ``z' = z0^{i-1} ⊕ z0^i``, no clean context."""
+    return scheduler.add_noise(clean, noise, timesteps)
+
+
+def diffusion_target(
+    scheduler: SchedulerMixin, clean: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+) -> torch.Tensor:
+    """What the UNet should predict under the scheduler's ``prediction_type`` (ModelScope: epsilon)."""
+    prediction_type = scheduler.config.prediction_type
+    if prediction_type == "epsilon":
+        return noise
+    if prediction_type == "v_prediction":
+        return scheduler.get_velocity(clean, noise, timesteps)
+    if prediction_type == "sample":
+        return clean
+    raise ValueError(f"unsupported prediction_type {prediction_type!r}")
+
+
+def masked_diffusion_loss(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Eq. 2: MSE between prediction and target over the target frames only (context masked out).
+
+    ``mask`` is the context mask (True = context, excluded). The mean is over all elements of
+    the target frames, so the loss scale does not depend on ``f_p``. Context positions receive
+    exactly zero gradient.
+    """
+    weight = (~_frame_mask(mask)).to(prediction.dtype).expand_as(prediction)
+    squared = (prediction.float() - target.float()).pow(2) * weight
+    return squared.sum() / weight.sum().clamp_min(1.0)
+
+
+def sequence_diffusion_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Eq. 3's loss: plain MSE over the whole sequence (every frame was noised)."""
+    return F.mse_loss(prediction.float(), target.float())

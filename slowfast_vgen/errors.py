@@ -1,0 +1,36 @@
+"""User-facing errors and the one place that turns them into exit code 2.
+
+Every entry point (``sfvgen``, ``train/``, ``infer/``, ``data_tools/``) wraps its ``main`` with
+:func:`run_cli`: a :class:`UserInputError` (bad file, bad config key, empty action, ...) becomes a
+single ``error: ...`` line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable, Sequence
+
+EXIT_USER_ERROR = 2
+
+
+class UserInputError(Exception):
+    """Bad input from the user: the message names the problem and is printed as one line."""
+
+
+def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
+    """Run ``main(argv)``; map :class:`UserInputError` (and config errors) to one line + exit 2."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        code = main(argv)
+    except UserInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OmegaConfBaseException as err:  # unknown key, wrong type, missing value
+        message = str(err).strip().splitlines()[0]
+        print(f"error: bad config: {message}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(code or 0)

@@ -1,0 +1,264 @@
+"""Temp-LoRA, the fast learner (paper §3.2, Algorithm 1a, Eq. 3): episodic memory in LoRA weights.
+
+The UNet's weights ``Phi`` stay frozen; a peft LoRA ``Theta`` on the temporal attention
+projections is trained for a few steps after every generated chunk. With the paper's rule the
+training sample is the previous chunk and the new chunk concatenated into one temporal
+continuum ``z' = z_0^{i-1} ⊕ z_0^i``, noised as a whole, without the action text, so the memory
+is action-agnostic and has a fixed size whatever the video length.
+
+Variants (the paper's Table 4 ablations):
+
+* ``off``           — no fast learner.
+* ``paper``         — Eq. 3 as above (default).
+* ``text``          — the original Temp-LoRA: learn the input -> output pair with the action
+                      text, i.e. the masked conditional loss of Eq. 2 on (previous ⊕ new).
+* ``full-sequence`` — no local learning rule: each update trains on a window drawn uniformly
+                      from the whole generated history instead of the latest pair.
+
+The memory saves as a standard peft adapter directory (``adapter_config.json`` +
+``adapter_model.safetensors``) that plain peft can load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
+from peft.functional import delete_adapter
+from safetensors.torch import load_file, save_file
+
+from . import diffusion
+from .config import help_field
+from .errors import UserInputError
+from .io_utils import atomic_output_dir, atomic_output_file
+
+FAST_MODES = ("off", "paper", "text", "full-sequence")
+TEMPORAL_ATTENTION_REGEX = (
+    r".*(temp_attentions\.\d+|transformer_in)\.transformer_blocks\.\d+\.attn[12]\.(to_q|to_k|to_v|to_out\.0)"
+)
+ADAPTER_NAME = "temp_lora"
+PEFT_PREFIX = "base_model.model."  # key prefix of adapters saved by peft's PeftModel
+
+
+@dataclass
+class FastLearnerConfig:
+    """Temp-LoRA hyper-parameters (paper: rank 32, Adam, lr 1e-4)."""
+
+    mode: str = help_field("paper", f"fast-learning rule: {' | '.join(FAST_MODES)}")
+    rank: int = help_field(32, "LoRA rank")
+    alpha: float = help_field(32.0, "LoRA alpha (scale = alpha / rank)")
+    learning_rate: float = help_field(1e-4, "Adam learning rate of the LoRA")
+    steps_per_chunk: int = help_field(1, "gradient steps after every generated chunk")
+    batch_size: int = help_field(1, "noise draws (timesteps) per gradient step")
+    target_modules: str = help_field(
+        TEMPORAL_ATTENTION_REGEX, "regex over UNet module names that get a LoRA (default: temporal attention)"
+    )
+    max_grad_norm: float = help_field(1.0, "gradient clipping of the LoRA update (0 = off)")
+    seed: int = help_field(0, "seed of the LoRA's initial A matrices")
+
+    def __post_init__(self) -> None:
+        if str(self.mode).lower() == "false":  # YAML 1.1 reads a bare `off` as the boolean false
+            self.mode = "off"
+        if self.mode not in FAST_MODES:
+            raise ValueError(f"fast mode must be one of {', '.join(FAST_MODES)}, got {self.mode!r}")
+        if self.rank < 1:
+            raise ValueError(f"LoRA rank must be >= 1, got {self.rank}")
+        if self.steps_per_chunk < 0:
+            raise ValueError(f"steps_per_chunk must be >= 0, got {self.steps_per_chunk}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.learning_rate < 0:
+            raise ValueError(f"learning_rate must be >= 0, got {self.learning_rate}")
+
+
+class TempLoRA:
+    """A LoRA injected into a UNet in place, with its own optimizer and the memory-update rule.
+
+    ``unet``'s base parameters are frozen (``requires_grad=False``) and never modified.
+    """
+
+    def __init__(self, unet: torch.nn.Module, noise_scheduler, config: FastLearnerConfig,
+                 adapter_name: str = ADAPTER_NAME) -> None:
+        if config.mode == "off":
+            raise ValueError("TempLoRA with mode 'off' is meaningless: build no fast learner instead")
+        self.unet = unet
+        self.noise_scheduler = noise_scheduler
+        self.config = config
+        self.adapter_name = adapter_name
+        self.lora_config = LoraConfig(
+            r=config.rank,
+            lora_alpha=config.alpha,
+            target_modules=config.target_modules,
+            lora_dropout=0.0,
+            init_lora_weights=True,  # B = 0: a fresh memory leaves the model's output unchanged
+        )
+        remove_adapter(unet, adapter_name)  # a UNet reused by a new session starts from a fresh memory
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            inject_adapter_in_model(self.lora_config, unet, adapter_name=adapter_name)
+        self.parameters = {name: p for name, p in unet.named_parameters() if f".{adapter_name}." in name}
+        if not self.parameters:
+            raise UserInputError(f"Temp-LoRA target regex matched no module of the UNet: {config.target_modules!r}")
+        for name, parameter in unet.named_parameters():
+            parameter.requires_grad_(name in self.parameters)
+        self.initial_state = {name: p.detach().clone() for name, p in self.parameters.items()}
+        self.optimizer = torch.optim.Adam(list(self.parameters.values()), lr=config.learning_rate)
+
+    # ------------------------------------------------------------------ the update rule
+    def update(
+        self,
+        previous: torch.Tensor,
+        new: torch.Tensor,
+        generator: torch.Generator,
+        unconditional_embeddings: torch.Tensor,
+        text_embeddings: torch.Tensor | None = None,
+        history: torch.Tensor | None = None,
+    ) -> float:
+        """Train the LoRA on one chunk pair; returns the mean loss of the steps taken.
+
+        ``previous`` ``(1, C, f_p, h, w)`` is the context the chunk was generated from and ``new``
+        ``(1, C, f_g, h, w)`` the generated chunk (both clean latents). ``history`` (all latents so
+        far, ``(1, C, N, h, w)``) is needed by the ``full-sequence`` variant.
+        """
+        losses = []
+        for _ in range(self.config.steps_per_chunk):
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = self.loss(previous, new, generator, unconditional_embeddings, text_embeddings, history)
+            loss.backward()
+            if self.config.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(list(self.parameters.values()), self.config.max_grad_norm)
+            self.optimizer.step()
+            losses.append(float(loss.detach()))
+        self.optimizer.zero_grad(set_to_none=True)
+        return sum(losses) / len(losses) if losses else float("nan")
+
+    def loss(
+        self,
+        previous: torch.Tensor,
+        new: torch.Tensor,
+        generator: torch.Generator,
+        unconditional_embeddings: torch.Tensor,
+        text_embeddings: torch.Tensor | None = None,
+        history: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The memory loss of the configured variant on one pair (differentiable w.r.t. the LoRA)."""
+        mode, repeat = self.config.mode, self.config.batch_size
+        sequence = torch.cat([previous, new], dim=2)  # z' = z_0^{i-1} ⊕ z_0^i: (1, C, f_p+f_g, h, w)
+        if mode == "full-sequence":
+            if history is None:
+                raise ValueError("the full-sequence variant needs the generated history")
+            sequence = _random_window(history, sequence.shape[2], generator)
+        clean = sequence.expand(repeat, *sequence.shape[1:])  # (R, C, F, h, w)
+        noise = torch.randn(clean.shape, generator=generator, dtype=torch.float32).to(clean)
+        timesteps = diffusion.sample_timesteps(self.noise_scheduler, repeat, generator, clean.device)
+        target = diffusion.diffusion_target(self.noise_scheduler, clean, noise, timesteps)
+        if mode == "text":
+            # original Temp-LoRA: the input -> output pair with its action text (Eq. 1-2)
+            if text_embeddings is None:
+                raise ValueError("the text variant needs the action's text embeddings")
+            mask = diffusion.context_mask(repeat, previous.shape[2], new.shape[2], clean.device)
+            noisy = diffusion.noise_targets(self.noise_scheduler, clean, noise, timesteps, mask)
+            embeddings = text_embeddings.expand(repeat, *text_embeddings.shape[1:])
+            prediction = self.unet(noisy, timesteps, encoder_hidden_states=embeddings).sample
+            return diffusion.masked_diffusion_loss(prediction, target, mask)
+        # paper rule, Eq. 3: the whole sequence noised, no action text
+        noisy = diffusion.noise_whole_sequence(self.noise_scheduler, clean, noise, timesteps)
+        embeddings = unconditional_embeddings.expand(repeat, *unconditional_embeddings.shape[1:])
+        prediction = self.unet(noisy, timesteps, encoder_hidden_states=embeddings).sample
+        return diffusion.sequence_diffusion_loss(prediction, target)
+
+    # ------------------------------------------------------------------ memory management
+    @torch.no_grad()
+    def reset(self) -> None:
+        """Forget the episode: restore the initial LoRA (in place) and clear Adam's moments."""
+        for name, parameter in self.parameters.items():
+            parameter.copy_(self.initial_state[name])
+        self.optimizer.state.clear()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The LoRA weights in peft's ``PeftModel`` format (``base_model.model.<module>.lora_A.weight``)."""
+        state = get_peft_model_state_dict(self.unet, adapter_name=self.adapter_name)
+        return {PEFT_PREFIX + k: v.detach().clone().contiguous() for k, v in state.items()}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        state = {k.removeprefix(PEFT_PREFIX): v for k, v in state.items()}
+        result = set_peft_model_state_dict(self.unet, state, adapter_name=self.adapter_name)
+        unexpected = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
+        if unexpected:
+            raise UserInputError(f"memory does not fit this model: unexpected LoRA weight {unexpected[0]}")
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write the memory as a peft adapter directory (loadable with ``PeftModel.from_pretrained``)."""
+        directory = Path(directory)
+        with atomic_output_dir(directory) as tmp:
+            self.lora_config.save_pretrained(str(tmp))
+            save_file(self.state_dict(), str(tmp / "adapter_model.safetensors"))
+        return directory
+
+    def load(self, directory: str | os.PathLike) -> None:
+        """Load a memory saved by :meth:`save` (safetensors only); checks rank and targets match."""
+        directory = Path(directory)
+        weights = directory / "adapter_model.safetensors"
+        config_file = directory / "adapter_config.json"
+        if not weights.is_file() or not config_file.is_file():
+            raise UserInputError(f"{directory} is not a Temp-LoRA memory (needs adapter_config.json + adapter_model.safetensors)")
+        saved = json.loads(config_file.read_text())
+        if saved.get("r") != self.config.rank:
+            raise UserInputError(f"memory {directory} has LoRA rank {saved.get('r')}, this model uses {self.config.rank}")
+        self.load_state_dict(load_file(str(weights)))
+
+    # optimizer state without pickle: tensors to safetensors, the rest to JSON
+    def save_optimizer(self, path: str | os.PathLike) -> None:
+        state = self.optimizer.state_dict()
+        tensors, scalars = {}, {}
+        for index, slots in state["state"].items():
+            for key, value in slots.items():
+                if torch.is_tensor(value):
+                    tensors[f"{index}.{key}"] = value.detach().clone().contiguous()
+                else:
+                    scalars[f"{index}.{key}"] = value
+        metadata = {"param_groups": json.dumps(state["param_groups"]), "scalars": json.dumps(scalars)}
+        with atomic_output_file(path) as tmp:
+            save_file(tensors, str(tmp), metadata=metadata)
+
+    def load_optimizer(self, path: str | os.PathLike) -> None:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        state: dict[int, dict] = {}
+        for key, value in {**tensors, **json.loads(metadata.get("scalars", "{}"))}.items():
+            index, slot = key.split(".", 1)
+            state.setdefault(int(index), {})[slot] = value
+        groups = json.loads(metadata["param_groups"])
+        for group in groups:  # JSON turns tuples into lists
+            group.update({k: tuple(v) for k, v in group.items() if k == "betas"})
+        self.optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def remove_adapter(unet: torch.nn.Module, adapter_name: str = ADAPTER_NAME) -> bool:
+    """Delete a Temp-LoRA adapter from ``unet`` if present (the base weights are untouched)."""
+    present = any(adapter_name in getattr(module, "lora_A", {}) for module in unet.modules())
+    if present:
+        delete_adapter(unet, adapter_name, prefix="lora_")
+    configs = getattr(unet, "peft_config", None)
+    if isinstance(configs, dict):
+        configs.pop(adapter_name, None)
+        if not configs:
+            del unet.peft_config
+    return present
+
+
+def _random_window(history: torch.Tensor, length: int, generator: torch.Generator) -> torch.Tensor:
+    """A window of ``length`` consecutive frames drawn uniformly from ``history`` ``(1, C, N, h, w)``."""
+    total = history.shape[2]
+    if total <= length:
+        return history
+    start = int(torch.randint(0, total - length + 1, (1,), generator=generator))
+    return history[:, :, start:start + length]

@@ -1,0 +1,445 @@
+"""The model bundle: UNet3D denoiser, optional VAE, text encoder + tokenizer, noise scheduler.
+
+A bundle is either built fresh from a :class:`ModelConfig` (tiny presets for tests and demos)
+or loaded from a local directory in diffusers layout::
+
+    model_dir/
+      model_index.json         # diffusers pipeline index (optional on load)
+      slowfast_vgen.json       # our metadata: frame size, fps, chunk length (optional on load)
+      unet/                    # UNet3DConditionModel (e.g. ModelScope text-to-video 1.7b)
+      vae/                     # AutoencoderKL; absent = the model works in pixel space
+      text_encoder/            # CLIPTextModel or any transformers encoder, hidden = cross_attention_dim
+      tokenizer/
+      scheduler/               # a diffusers scheduler config (DDIM for ModelScope)
+
+Weights load from safetensors only: a component holding only ``.bin``/``.pt``/``.ckpt``/``.pth``
+weights is refused with a message, never unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, SchedulerMixin, UNet3DConditionModel
+
+from .config import help_field
+from .errors import UserInputError
+from .io_utils import atomic_output_dir, atomic_write_json
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+TINY_TEXT_ENCODER = "tiny-clip"
+METADATA_FILE = "slowfast_vgen.json"
+
+# A small English vocabulary for the tiny word-level tokenizer used by test and demo models.
+# Real models bring their own tokenizer (CLIP for ModelScope, WordPiece for MiniLM).
+_TINY_VOCAB_WORDS = """
+a an the to of and then up down left right forward backward back ahead stay still wait stop
+move moves moving go goes going walk walking head heading pan panning turn turning step steps
+shift slide glide drift fly travel run push pushes pushing pull drag nudge slide lift lower
+raise grab release open close pick place put drop rotate camera view scene agent gripper
+arm hand robot block blocks cube cubes box red green blue yellow orange purple white black
+north south east west upward downward leftward rightward toward towards onto into over under
+little bit slightly slowly quickly fast slow bit more one two three stand hold remain keep
+same place position where it was were start return retrace path home again around there here
+do nothing pause freeze table object objects door drawer cup plate knife pan water take wash
+cut stir
+"""
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of a freshly built model (the tiny defaults train and run on a laptop CPU).
+
+    To use a pretrained checkpoint instead, load it with :meth:`ModelBundle.from_pretrained`.
+    """
+
+    height: int = help_field(16, "frame height in pixels")
+    width: int = help_field(16, "frame width in pixels")
+    fps: float = help_field(8.0, "frame rate of generated videos")
+    block_out_channels: list[int] = help_field([32, 64], "UNet3D channels per resolution level")
+    layers_per_block: int = help_field(1, "ResNet layers per UNet block")
+    attention_head_dim: int = help_field(8, "attention head size of the UNet3D")
+    norm_num_groups: int = help_field(8, "group-norm groups of the UNet3D")
+    cross_attention_dim: int = help_field(32, "action-text embedding size seen by cross-attention")
+    use_vae: bool = help_field(False, "encode frames with an AutoencoderKL (latent space) or not (pixel space)")
+    vae_block_out_channels: list[int] = help_field([32, 64], "VAE channels per level; len-1 = downsampling steps")
+    vae_latent_channels: int = help_field(4, "VAE latent channels")
+    vae_scaling_factor: float = help_field(1.0, "latents are multiplied by this (ModelScope: 0.18215)")
+    text_encoder: str = help_field(
+        TINY_TEXT_ENCODER,
+        f"'{TINY_TEXT_ENCODER}' (random tiny CLIP + word tokenizer) or a local transformers model directory",
+    )
+    text_layers: int = help_field(2, "layers of the tiny CLIP text encoder")
+    max_text_tokens: int = help_field(16, "token length of the tiny tokenizer")
+    num_train_timesteps: int = help_field(1000, "diffusion steps of the noise schedule")
+    beta_schedule: str = help_field("scaled_linear", "noise schedule (diffusers beta_schedule)")
+    beta_start: float = help_field(0.00085, "first beta")
+    beta_end: float = help_field(0.012, "last beta")
+    prediction_type: str = help_field("epsilon", "what the UNet predicts: epsilon | v_prediction | sample")
+    seed: int = help_field(0, "seed for the random initial weights")
+
+    def __post_init__(self) -> None:
+        if self.height <= 0 or self.width <= 0:
+            raise ValueError(f"height and width must be positive, got {self.height}x{self.width}")
+        down = 2 ** (len(self.vae_block_out_channels) - 1) if self.use_vae else 1
+        unet_down = 2 ** (len(self.block_out_channels) - 1)
+        if self.height % (down * unet_down) or self.width % (down * unet_down):
+            raise ValueError(
+                f"frame size {self.height}x{self.width} must be divisible by {down * unet_down} "
+                f"(VAE x{down}, UNet x{unet_down} downsampling)"
+            )
+        if any(c % self.norm_num_groups for c in self.block_out_channels):
+            raise ValueError(f"block_out_channels {self.block_out_channels} must be multiples of norm_num_groups")
+        if self.prediction_type not in ("epsilon", "v_prediction", "sample"):
+            raise ValueError(f"prediction_type must be epsilon, v_prediction or sample, got {self.prediction_type!r}")
+
+
+class ModelBundle:
+    """Everything needed to denoise, encode and decode video: one object, moved together.
+
+    ``noise_scheduler`` defines the forward process used in training and Temp-LoRA updates
+    (``add_noise``); samplers are built from its config per chunk (see :mod:`.sampler`).
+    """
+
+    def __init__(
+        self,
+        unet: UNet3DConditionModel,
+        vae: AutoencoderKL | None,
+        text_encoder: torch.nn.Module,
+        tokenizer: Any,
+        noise_scheduler: SchedulerMixin,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        self.unet = unet
+        self.vae = vae
+        self.text_encoder = text_encoder
+        self.tokenizer = tokenizer
+        self.noise_scheduler = noise_scheduler
+        hidden = _text_hidden_size(text_encoder)
+        if hidden != unet.config.cross_attention_dim:
+            raise UserInputError(
+                f"text encoder hidden size {hidden} does not match the UNet's cross_attention_dim "
+                f"{unet.config.cross_attention_dim}"
+            )
+        scale = self.vae_scale_factor
+        sample = unet.config.sample_size or 32
+        defaults = {"height": sample * scale, "width": sample * scale, "fps": 8.0}
+        self.metadata = {**defaults, **(metadata or {})}
+        self.unet.eval()  # inference by default; trainers switch it to train()
+        for module in (self.vae, self.text_encoder):
+            if module is not None:
+                module.requires_grad_(False).eval()
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 1 if self.vae is None else 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def height(self) -> int:
+        return int(self.metadata["height"])
+
+    @property
+    def width(self) -> int:
+        return int(self.metadata["width"])
+
+    @property
+    def fps(self) -> float:
+        return float(self.metadata["fps"])
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "ModelBundle":
+        for module in (self.unet, self.vae, self.text_encoder):
+            if module is not None:
+                module.to(device) if dtype is None else module.to(device=device, dtype=dtype)
+        return self
+
+    # ------------------------------------------------------------------ encoders
+    @torch.no_grad()
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        """Action texts -> ``(B, L, D)`` hidden states for cross-attention ("" = unconditional)."""
+        tokens = self.tokenizer(
+            list(texts),
+            padding="max_length",
+            max_length=min(self.tokenizer.model_max_length, 77),
+            truncation=True,
+            return_tensors="pt",
+        )
+        device = next(self.text_encoder.parameters()).device
+        kwargs = {"input_ids": tokens["input_ids"].to(device)}
+        if _uses_attention_mask(self.text_encoder) and "attention_mask" in tokens:
+            kwargs["attention_mask"] = tokens["attention_mask"].to(device)
+        hidden = self.text_encoder(**kwargs).last_hidden_state
+        return hidden.to(self.dtype)
+
+    @torch.no_grad()
+    def encode_frames(self, video: torch.Tensor, frames_per_batch: int = 16) -> torch.Tensor:
+        """Pixels ``(B, 3, F, H, W)`` in [-1, 1] -> latents ``(B, C, F, h, w)`` (identity without VAE)."""
+        if self.vae is None:
+            return video.to(self.device, self.dtype)
+        batch, _, frames = video.shape[:3]
+        flat = video.permute(0, 2, 1, 3, 4).flatten(0, 1)  # (B, 3, F, H, W) -> (B*F, 3, H, W)
+        flat = flat.to(self.vae.device, self.vae.dtype)
+        parts = [self.vae.encode(x).latent_dist.mode() for x in flat.split(frames_per_batch)]
+        latents = torch.cat(parts) * self.vae.config.scaling_factor  # (B*F, C, h, w)
+        latents = latents.unflatten(0, (batch, frames)).permute(0, 2, 1, 3, 4)  # -> (B, C, F, h, w)
+        return latents.to(self.dtype)
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor, frames_per_batch: int = 16) -> torch.Tensor:
+        """Latents ``(B, C, F, h, w)`` -> pixels ``(B, 3, F, H, W)`` in [-1, 1] (float32)."""
+        if self.vae is None:
+            return latents.float().clamp(-1, 1)
+        batch, _, frames = latents.shape[:3]
+        flat = latents.permute(0, 2, 1, 3, 4).flatten(0, 1) / self.vae.config.scaling_factor  # (B*F, C, h, w)
+        flat = flat.to(self.vae.device, self.vae.dtype)
+        pixels = torch.cat([self.vae.decode(x).sample for x in flat.split(frames_per_batch)])
+        pixels = pixels.unflatten(0, (batch, frames)).permute(0, 2, 1, 3, 4)  # -> (B, 3, F, H, W)
+        return pixels.float().clamp(-1, 1)
+
+    # ------------------------------------------------------------------ build / save / load
+    @classmethod
+    def from_config(cls, config: ModelConfig) -> "ModelBundle":
+        """A freshly initialised (random) model of the given architecture; deterministic per seed."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            text_encoder, tokenizer = _build_text_encoder(config)
+            vae = None
+            if config.use_vae:
+                levels = len(config.vae_block_out_channels)
+                vae = AutoencoderKL(
+                    down_block_types=("DownEncoderBlock2D",) * levels,
+                    up_block_types=("UpDecoderBlock2D",) * levels,
+                    block_out_channels=tuple(config.vae_block_out_channels),
+                    latent_channels=config.vae_latent_channels,
+                    norm_num_groups=min(32, config.vae_block_out_channels[0]),
+                    sample_size=max(config.height, config.width),
+                    scaling_factor=config.vae_scaling_factor,
+                )
+            channels = config.vae_latent_channels if config.use_vae else 3
+            levels = len(config.block_out_channels)
+            down = 2 ** (len(config.vae_block_out_channels) - 1) if config.use_vae else 1
+            unet = UNet3DConditionModel(
+                sample_size=config.height // down,
+                in_channels=channels,
+                out_channels=channels,
+                down_block_types=("CrossAttnDownBlock3D",) * (levels - 1) + ("DownBlock3D",),
+                up_block_types=("UpBlock3D",) + ("CrossAttnUpBlock3D",) * (levels - 1),
+                block_out_channels=tuple(config.block_out_channels),
+                layers_per_block=config.layers_per_block,
+                norm_num_groups=config.norm_num_groups,
+                attention_head_dim=config.attention_head_dim,
+                cross_attention_dim=config.cross_attention_dim,
+            )
+        scheduler = DDPMScheduler(
+            num_train_timesteps=config.num_train_timesteps,
+            beta_schedule=config.beta_schedule,
+            beta_start=config.beta_start,
+            beta_end=config.beta_end,
+            prediction_type=config.prediction_type,
+            clip_sample=False,
+            steps_offset=1,
+        )
+        metadata = {"height": config.height, "width": config.width, "fps": config.fps}
+        return cls(unet, vae, text_encoder, tokenizer, scheduler, metadata)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write the bundle atomically in diffusers layout (safetensors weights)."""
+        directory = Path(directory)
+        with atomic_output_dir(directory) as tmp:
+            self.unet.save_pretrained(tmp / "unet", safe_serialization=True)
+            if self.vae is not None:
+                self.vae.save_pretrained(tmp / "vae", safe_serialization=True)
+            self.text_encoder.save_pretrained(tmp / "text_encoder", safe_serialization=True)
+            self.tokenizer.save_pretrained(tmp / "tokenizer")
+            self.noise_scheduler.save_pretrained(tmp / "scheduler")
+            import diffusers
+
+            index = {
+                "_class_name": "SlowFastVGenPipeline",
+                "_diffusers_version": diffusers.__version__,
+                "unet": ["diffusers", type(self.unet).__name__],
+                "vae": ["diffusers", type(self.vae).__name__] if self.vae is not None else [None, None],
+                "text_encoder": ["transformers", type(self.text_encoder).__name__],
+                "tokenizer": ["transformers", type(self.tokenizer).__name__],
+                "scheduler": ["diffusers", type(self.noise_scheduler).__name__],
+            }
+            atomic_write_json(tmp / "model_index.json", index)
+            atomic_write_json(tmp / METADATA_FILE, self.metadata)
+        return directory
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | os.PathLike, torch_dtype: torch.dtype | None = None
+    ) -> "ModelBundle":
+        """Load a bundle from a local diffusers-layout directory (never from a hub, never pickle)."""
+        from transformers import AutoModel, AutoTokenizer
+
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise UserInputError(f"model directory not found: {directory}")
+        for component in ("unet", "text_encoder", "tokenizer", "scheduler"):
+            if not (directory / component).is_dir():
+                raise UserInputError(f"model directory {directory} has no {component}/ component")
+        unet = UNet3DConditionModel.from_pretrained(
+            directory / "unet", torch_dtype=torch_dtype, **_safetensors_kwargs(directory / "unet")
+        )
+        vae = None
+        if (directory / "vae").is_dir():
+            vae = AutoencoderKL.from_pretrained(
+                directory / "vae", torch_dtype=torch_dtype, **_safetensors_kwargs(directory / "vae")
+            )
+        text_encoder = AutoModel.from_pretrained(
+            directory / "text_encoder",
+            local_files_only=True,
+            dtype=torch_dtype,
+            **_safetensors_kwargs(directory / "text_encoder"),
+        )
+        tokenizer = AutoTokenizer.from_pretrained(directory / "tokenizer", local_files_only=True)
+        scheduler_config = DDPMScheduler.load_config(directory / "scheduler")
+        noise_scheduler = DDPMScheduler.from_config(scheduler_config)
+        for module in (unet, vae, text_encoder):
+            _align_tensors(module)
+        metadata = None
+        if (directory / METADATA_FILE).is_file():
+            metadata = json.loads((directory / METADATA_FILE).read_text())
+        return cls(unet, vae, text_encoder, tokenizer, noise_scheduler, metadata)
+
+
+def load_model(path: str | os.PathLike, device: str = "cpu", dtype: torch.dtype | None = None) -> ModelBundle:
+    """Load a model directory with user-facing errors for anything that cannot be read."""
+    try:
+        bundle = ModelBundle.from_pretrained(path, torch_dtype=dtype)
+    except UserInputError:
+        raise
+    except (OSError, ValueError, json.JSONDecodeError, KeyError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserInputError(f"cannot load model from {path}: {first}") from None
+    return bundle.to(device)
+
+
+def _align_tensors(module: torch.nn.Module | None, alignment: int = 64) -> None:
+    """Copy weights that safetensors left at unaligned addresses.
+
+    CPU kernels pick different vector paths for unaligned data, so an unaligned loaded model
+    differs from the saved one in the last bits; aligned copies make save -> load exact.
+    """
+    if module is None:
+        return
+    for tensor in [*module.parameters(), *module.buffers()]:
+        if tensor.data_ptr() % alignment:
+            tensor.data = tensor.data.clone()
+
+
+def _safetensors_kwargs(component_dir: Path) -> dict[str, Any]:
+    """Refuse pickle-only weights; pick the fp16 variant when that is the only safetensors file."""
+    files = [p.name for p in component_dir.iterdir() if p.is_file()]
+    safetensors = [f for f in files if f.endswith(".safetensors")]
+    pickles = [f for f in files if f.endswith(PICKLE_SUFFIXES)]
+    if not safetensors:
+        if pickles:
+            raise UserInputError(
+                f"refusing to load pickle weights {component_dir / pickles[0]}: only safetensors are "
+                "loaded (convert the checkpoint to .safetensors)"
+            )
+        raise UserInputError(f"no weights (*.safetensors) found in {component_dir}")
+    kwargs: dict[str, Any] = {"use_safetensors": True}
+    if all(".fp16." in f for f in safetensors):
+        kwargs["variant"] = "fp16"
+    return kwargs
+
+
+def _text_hidden_size(text_encoder: torch.nn.Module) -> int:
+    config = text_encoder.config
+    return int(getattr(config, "hidden_size", None) or getattr(config, "d_model"))
+
+
+def _uses_attention_mask(text_encoder: torch.nn.Module) -> bool:
+    """CLIP (as in ModelScope) is run without a padding mask; other encoders get one."""
+    config = text_encoder.config
+    if getattr(config, "model_type", "") == "clip_text_model":
+        return bool(getattr(config, "use_attention_mask", False))
+    return True
+
+
+def _build_text_encoder(config: ModelConfig) -> tuple[torch.nn.Module, Any]:
+    """The text encoder + tokenizer a fresh model uses: a tiny random CLIP, or a local pretrained one."""
+    from transformers import AutoModel, AutoTokenizer, CLIPTextConfig, CLIPTextModel
+
+    if config.text_encoder != TINY_TEXT_ENCODER:
+        path = Path(config.text_encoder)
+        if not path.is_dir():
+            raise UserInputError(f"text encoder directory not found: {path}")
+        encoder = AutoModel.from_pretrained(path, local_files_only=True, use_safetensors=True)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        return encoder.eval(), tokenizer
+    tokenizer = build_word_tokenizer(config.max_text_tokens)
+    encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=config.cross_attention_dim,
+            intermediate_size=config.cross_attention_dim * 2,
+            num_hidden_layers=config.text_layers,
+            num_attention_heads=max(1, config.cross_attention_dim // 16),
+            max_position_embeddings=config.max_text_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    )
+    return encoder.eval(), tokenizer
+
+
+def build_word_tokenizer(max_length: int = 16):
+    """A lower-case word-level tokenizer over a small built-in vocabulary (offline, no files).
+
+    It is saved and reloaded with the model like any transformers tokenizer.
+    """
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[BOS]", "[EOS]"]
+    words = sorted(set(_TINY_VOCAB_WORDS.split()))
+    vocab = {token: index for index, token in enumerate(specials + words)}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    core.normalizer = normalizers.Sequence([normalizers.Lowercase(), normalizers.StripAccents()])
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    core.post_processor = processors.TemplateProcessing(
+        single="[BOS] $A [EOS]", special_tokens=[("[BOS]", vocab["[BOS]"]), ("[EOS]", vocab["[EOS]"])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        bos_token="[BOS]",
+        eos_token="[EOS]",
+        model_max_length=max_length,
+    )
+
+
+def model_summary(bundle: ModelBundle) -> dict[str, Any]:
+    """Parameter counts and geometry, for logs and model cards."""
+    count = lambda m: sum(p.numel() for p in m.parameters()) if m is not None else 0  # noqa: E731
+    return {
+        "unet_parameters": count(bundle.unet),
+        "vae_parameters": count(bundle.vae),
+        "text_encoder_parameters": count(bundle.text_encoder),
+        "latent_channels": bundle.unet.config.in_channels,
+        "vae_scale_factor": bundle.vae_scale_factor,
+        **bundle.metadata,
+    }
+
+
+__all__ = ["ModelBundle", "ModelConfig", "load_model", "build_word_tokenizer", "model_summary"]

@@ -1,0 +1,60 @@
+"""Per-chunk cost measurement: wall seconds and peak memory (GPU allocator or process RSS)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+_STATUS = Path("/proc/self/status")
+
+
+def _status_kib(key: str) -> int | None:
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak-memory window (CUDA allocator stats, or Linux's VmHWM via clear_refs)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        _CLEAR_REFS.write_text("5")  # resets the RSS high-water mark of this process
+    except OSError:
+        pass
+
+
+def peak_memory_mb(device: torch.device) -> float | None:
+    """Peak memory since the last reset: CUDA max allocated, else the process RSS high-water mark."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    kib = _status_kib("VmHWM")
+    return None if kib is None else kib / 1024
+
+
+@dataclass
+class Stopwatch:
+    """``with Stopwatch() as watch: ...`` then ``watch.seconds`` (synchronises CUDA)."""
+
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    seconds: float = 0.0
+
+    def __enter__(self) -> "Stopwatch":
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.seconds = time.perf_counter() - self._start

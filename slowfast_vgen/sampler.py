@@ -1,0 +1,107 @@
+"""Chunk sampler: denoise the next chunk's latents given the previous chunk's clean latents.
+
+Generation (paper §3.2): start the ``f_g`` new frames from noise ``z_T^i``; at every denoising
+step concatenate the previous chunk's CLEAN latents ``z_0^{i-1}`` (the context, ``f_p`` frames)
+with the noisy ``z_t^i``, run the UNet on the whole window, keep only the new frames'
+prediction and step the scheduler on them. The context therefore enters every step exactly as
+it was (re-imposed, never noised or changed).
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, SchedulerMixin
+from tqdm.auto import tqdm
+
+from .config import help_field
+
+SCHEDULERS = {
+    "ddim": lambda config: DDIMScheduler.from_config(config, clip_sample=False, set_alpha_to_one=False),
+    "dpmsolver++": lambda config: DPMSolverMultistepScheduler.from_config(
+        config, algorithm_type="dpmsolver++", solver_order=2
+    ),
+    "euler": lambda config: EulerDiscreteScheduler.from_config(config),
+}
+
+StepCallback = Callable[[int, int, torch.Tensor], None]
+"""``callback(step_index, timestep, latents)`` called after every denoising step."""
+
+
+@dataclass
+class SamplerConfig:
+    """How each chunk is denoised."""
+
+    scheduler: str = help_field("ddim", f"denoising scheduler: {' | '.join(SCHEDULERS)}")
+    num_inference_steps: int = help_field(20, "denoising steps per chunk")
+    guidance_scale: float = help_field(
+        2.0, "classifier-free guidance on the action text (1 = off; the empty text is unconditional)"
+    )
+
+    def __post_init__(self) -> None:
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"scheduler must be one of {sorted(SCHEDULERS)}, got {self.scheduler!r}")
+        if self.num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {self.num_inference_steps}")
+        if self.guidance_scale < 1.0:
+            raise ValueError(f"guidance_scale must be >= 1 (1 = no guidance), got {self.guidance_scale}")
+
+
+def make_scheduler(name: str, noise_scheduler_config) -> SchedulerMixin:
+    """A fresh sampling scheduler sharing the model's noise schedule (betas, prediction type)."""
+    if name not in SCHEDULERS:
+        raise ValueError(f"scheduler must be one of {sorted(SCHEDULERS)}, got {name!r}")
+    return SCHEDULERS[name](noise_scheduler_config)
+
+
+@torch.no_grad()
+def sample_chunk(
+    unet: torch.nn.Module,
+    scheduler: SchedulerMixin,
+    context: torch.Tensor,
+    text_embeddings: torch.Tensor,
+    unconditional_embeddings: torch.Tensor | None,
+    num_frames: int,
+    num_inference_steps: int,
+    guidance_scale: float = 1.0,
+    generator: torch.Generator | None = None,
+    callback: StepCallback | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Denoise ``num_frames`` new latent frames after the clean ``context``; returns ``(B, C, f_g, h, w)``.
+
+    ``context`` is ``(B, C, f_p, h, w)``; ``text_embeddings`` (and the unconditional ones, used
+    when ``guidance_scale > 1``) are ``(B, L, D)``.
+    """
+    batch, channels, num_context, height, width = context.shape
+    device, dtype = context.device, context.dtype
+    use_guidance = guidance_scale > 1.0 and unconditional_embeddings is not None
+    if use_guidance:
+        embeddings = torch.cat([unconditional_embeddings, text_embeddings])  # (2B, L, D)
+    else:
+        embeddings = text_embeddings
+    step_kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
+
+    # 1. timesteps and the initial noise z_T for the new frames only
+    scheduler.set_timesteps(num_inference_steps, device=device)
+    noise_shape = (batch, channels, num_frames, height, width)
+    latents = torch.randn(noise_shape, generator=generator, device="cpu", dtype=torch.float32)
+    latents = (latents * scheduler.init_noise_sigma).to(device=device, dtype=dtype)
+
+    # 2. denoising loop: clean context ⊕ noisy targets through the UNet, step the targets only
+    for index, timestep in enumerate(tqdm(scheduler.timesteps, desc="denoise", leave=False, disable=not progress)):
+        model_input = torch.cat([context, scheduler.scale_model_input(latents, timestep)], dim=2)  # (B, C, f_p+f_g, h, w)
+        if use_guidance:
+            model_input = torch.cat([model_input, model_input])  # (2B, C, F, h, w)
+        prediction = unet(model_input, timestep, encoder_hidden_states=embeddings).sample
+        prediction = prediction[:, :, num_context:]  # keep the new frames: (B or 2B, C, f_g, h, w)
+        if use_guidance:
+            unconditional, conditional = prediction.chunk(2)
+            prediction = unconditional + guidance_scale * (conditional - unconditional)
+        latents = scheduler.step(prediction, timestep, latents, **step_kwargs).prev_sample
+        if callback is not None:
+            callback(index, int(timestep), latents)
+    return latents

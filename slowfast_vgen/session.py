@@ -1,0 +1,250 @@
+"""Streaming long-video generation (paper §3.2, Algorithm 1a): chunks -> denoising -> memory update.
+
+A :class:`GenerationSession` starts from a first frame and turns a stream of free-text actions
+into a video, one chunk per action. Generation stays in latent space: the clean latents of the
+last chunk are the next chunk's context; each chunk is decoded once for output. With a fast
+learner (Temp-LoRA) the LoRA is trained after every chunk on (previous ⊕ new), so the model
+keeps an episodic memory of fixed size.
+
+``save(dir)`` / ``load(dir)`` hold everything needed to continue exactly: latents and frames so
+far, the LoRA memory, its optimizer state and both random generators.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from .config import help_field
+from .errors import UserInputError
+from .fast_learner import FastLearnerConfig, TempLoRA, remove_adapter
+from .io_utils import atomic_output_dir, atomic_write_json
+from .model import ModelBundle
+from .profiling import Stopwatch, peak_memory_mb, reset_peak_memory
+from .sampler import SamplerConfig, make_scheduler, sample_chunk
+from .video_io import frames_to_tensor, tensor_to_frames
+
+SESSION_FORMAT = 1
+
+
+@dataclass
+class GenerationConfig:
+    """A long generation: chunk geometry, sampler, fast learner, seed."""
+
+    frames_per_chunk: int = help_field(8, "f_g: new frames generated per action")
+    context_frames: int = help_field(8, "f_p: frames of the previous chunk used as context (the first chunk uses 1)")
+    window: int = help_field(16, "the model's context window: f_p + f_g must fit in it")
+    seed: int = help_field(0, "random seed: same seed, same model, same actions -> identical frames")
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    fast: FastLearnerConfig = field(default_factory=FastLearnerConfig)
+
+    def __post_init__(self) -> None:
+        if self.frames_per_chunk < 1 or self.context_frames < 1:
+            raise ValueError(
+                f"frames_per_chunk and context_frames must be >= 1, got {self.frames_per_chunk} and {self.context_frames}"
+            )
+        if self.context_frames + self.frames_per_chunk > self.window:
+            raise ValueError(
+                f"context_frames + frames_per_chunk = {self.context_frames} + {self.frames_per_chunk} "
+                f"= {self.context_frames + self.frames_per_chunk} exceeds the window of {self.window} frames"
+            )
+
+
+@dataclass
+class ChunkRecord:
+    """What one chunk cost and produced (written to the sidecar JSON)."""
+
+    index: int
+    action: str
+    start_frame: int
+    end_frame: int
+    context_frames: int
+    seconds: float
+    memory_seconds: float
+    temp_lora_loss: float | None
+    peak_memory_mb: float | None
+
+
+ChunkCallback = Callable[[ChunkRecord, np.ndarray], None]
+"""``callback(record, new_frames)`` after every chunk (new_frames: ``(f_g, H, W, 3) uint8``)."""
+
+
+class GenerationSession:
+    """A long, action-driven generation that can be stepped, saved and resumed."""
+
+    def __init__(self, bundle: ModelBundle, config: GenerationConfig) -> None:
+        self.bundle = bundle
+        self.config = config
+        self.device = bundle.device
+        remove_adapter(bundle.unet)  # a reused model never carries an old episode's memory
+        self.fast_learner = None
+        if config.fast.mode != "off":
+            self.fast_learner = TempLoRA(bundle.unet, bundle.noise_scheduler, config.fast)
+        bundle.unet.eval()
+        self.sample_generator = torch.Generator().manual_seed(config.seed)
+        self.memory_generator = torch.Generator().manual_seed(config.seed + 1)
+        self.unconditional = bundle.encode_text([""])  # (1, L, D): CFG's and Temp-LoRA's "no text"
+        self.latents: torch.Tensor | None = None  # (1, C, N, h, w): every frame so far, clean
+        self.frames: list[np.ndarray] = []  # N decoded frames (H, W, 3) uint8
+        self.records: list[ChunkRecord] = []
+
+    # ------------------------------------------------------------------ start
+    def start(self, image: np.ndarray) -> None:
+        """Begin an episode from a first frame ``(H, W, 3) uint8`` at the model's size."""
+        expected = (self.bundle.height, self.bundle.width, 3)
+        if image.shape != expected:
+            raise UserInputError(f"first frame is {image.shape[1]}x{image.shape[0]}, the model needs {expected[1]}x{expected[0]}")
+        pixels = frames_to_tensor(image[None])  # (1, 3, 1, H, W)
+        self.latents = self.bundle.encode_frames(pixels)
+        self.frames = [image.copy()]
+        self.records = []
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.frames)
+
+    @property
+    def num_chunks_done(self) -> int:
+        return len(self.records)
+
+    @property
+    def actions(self) -> list[str]:
+        return [record.action for record in self.records]
+
+    # ------------------------------------------------------------------ the generation loop
+    def generate(self, actions: list[str], callback: ChunkCallback | None = None, progress: bool = False) -> np.ndarray:
+        """Generate one chunk per action; returns the new frames ``(len(actions) * f_g, H, W, 3)``."""
+        if self.latents is None:
+            raise RuntimeError("call start(first_frame) before generating")
+        actions = [validate_action(action, position) for position, action in enumerate(actions, 1)]
+        config, bundle = self.config, self.bundle
+        produced = []
+        for action in tqdm(actions, desc="chunks", disable=not progress):  # one chunk per action (Algorithm 1a)
+            reset_peak_memory(self.device)
+            with Stopwatch(self.device) as generation_time:
+                # 1. encode the action C_i (cross-attention conditioning)
+                text = bundle.encode_text([action])
+                # 2. context X_i: the previous chunk's clean latents (the first frame for chunk 0)
+                num_context = 1 if not self.records else min(config.context_frames, self.latents.shape[2])
+                context = self.latents[:, :, -num_context:]  # (1, C, f_p, h, w)
+                # 3. Y_i = (Phi + Theta_i)(X_i, C_i): denoise the new frames from noise (inner loop)
+                scheduler = make_scheduler(config.sampler.scheduler, bundle.noise_scheduler.config)
+                new = sample_chunk(
+                    bundle.unet, scheduler, context, text, self.unconditional,
+                    num_frames=config.frames_per_chunk,
+                    num_inference_steps=config.sampler.num_inference_steps,
+                    guidance_scale=config.sampler.guidance_scale,
+                    generator=self.sample_generator,
+                    progress=progress,
+                )  # (1, C, f_g, h, w)
+                # 4. append Y_i to the video: latents stay latents, frames are decoded once
+                self.latents = torch.cat([self.latents, new], dim=2)
+                new_frames = tensor_to_frames(bundle.decode_latents(new))  # (f_g, H, W, 3)
+            # 5. memory update, Eq. 3: Theta_{i+1} = Theta_i - alpha * grad on (X_i ⊕ Y_i)
+            loss = None
+            with Stopwatch(self.device) as memory_time:
+                if self.fast_learner is not None:
+                    loss = self.fast_learner.update(
+                        context, new, self.memory_generator, self.unconditional,
+                        text_embeddings=text, history=self.latents,
+                    )
+            # 6. bookkeeping: frame range, cost
+            start = len(self.frames)
+            self.frames.extend(new_frames)
+            record = ChunkRecord(
+                index=len(self.records), action=action, start_frame=start, end_frame=len(self.frames),
+                context_frames=num_context, seconds=round(generation_time.seconds, 4),
+                memory_seconds=round(memory_time.seconds, 4), temp_lora_loss=loss,
+                peak_memory_mb=peak_memory_mb(self.device),
+            )
+            self.records.append(record)
+            produced.append(new_frames)
+            if callback is not None:
+                callback(record, new_frames)
+        return np.concatenate(produced) if produced else np.zeros((0, *self.frames[0].shape), np.uint8)
+
+    def step(self, action: str) -> np.ndarray:
+        """Generate one chunk for one action (streamed use)."""
+        return self.generate([action])
+
+    def reset_memory(self) -> None:
+        """Forget the episodic memory (the LoRA returns to its initial state); frames stay."""
+        if self.fast_learner is not None:
+            self.fast_learner.reset()
+
+    def video(self) -> np.ndarray:
+        """All frames so far, ``(N, H, W, 3) uint8``."""
+        return np.stack(self.frames)
+
+    # ------------------------------------------------------------------ save / load
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write the session atomically: config, records, latents, frames, RNG, memory, optimizer."""
+        if self.latents is None:
+            raise RuntimeError("nothing to save: the session has not started")
+        directory = Path(directory)
+        with atomic_output_dir(directory) as tmp:
+            tensors = {
+                "latents": self.latents.detach().float().cpu().contiguous(),
+                "frames": torch.from_numpy(self.video()),
+                "sample_generator": self.sample_generator.get_state(),
+                "memory_generator": self.memory_generator.get_state(),
+            }
+            save_file(tensors, str(tmp / "state.safetensors"))
+            if self.fast_learner is not None:
+                self.fast_learner.save(tmp / "memory")
+                self.fast_learner.save_optimizer(tmp / "optimizer.safetensors")
+            atomic_write_json(tmp / "session.json", {
+                "format": SESSION_FORMAT,
+                "config": OmegaConf.to_container(OmegaConf.structured(self.config)),
+                "records": [asdict(record) for record in self.records],
+            })
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, bundle: ModelBundle) -> "GenerationSession":
+        """Resume a saved session on ``bundle`` (the model it was generated with)."""
+        from .config import config_from_dict
+
+        directory = Path(directory)
+        meta_file, state_file = directory / "session.json", directory / "state.safetensors"
+        if not meta_file.is_file() or not state_file.is_file():
+            raise UserInputError(f"{directory} is not a saved session (needs session.json and state.safetensors)")
+        try:
+            meta = json.loads(meta_file.read_text())
+            state = load_file(str(state_file))
+        except (json.JSONDecodeError, OSError, Exception) as err:  # safetensors raises its own errors
+            raise UserInputError(f"saved session {directory} is corrupt: {str(err).splitlines()[0]}") from None
+        if meta.get("format") != SESSION_FORMAT:
+            raise UserInputError(f"saved session {directory} has format {meta.get('format')}, expected {SESSION_FORMAT}")
+        config = config_from_dict(GenerationConfig, meta["config"])
+        session = cls(bundle, config)
+        latents = state["latents"]
+        if latents.shape[1] != bundle.unet.config.in_channels:
+            raise UserInputError(f"saved session {directory} does not fit this model (latent channels differ)")
+        session.latents = latents.to(bundle.device, bundle.dtype)
+        session.frames = list(state["frames"].numpy())
+        session.sample_generator.set_state(state["sample_generator"])
+        session.memory_generator.set_state(state["memory_generator"])
+        session.records = [ChunkRecord(**record) for record in meta["records"]]
+        if session.fast_learner is not None:
+            session.fast_learner.load(directory / "memory")
+            if (directory / "optimizer.safetensors").is_file():
+                session.fast_learner.load_optimizer(directory / "optimizer.safetensors")
+        return session
+
+
+def validate_action(action: str, position: int = 1) -> str:
+    """Strip an action; an empty one is a user error naming its position."""
+    if not isinstance(action, str) or not action.strip():
+        raise UserInputError(f"action {position} is empty")
+    return action.strip()
+

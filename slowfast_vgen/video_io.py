@@ -1,0 +1,106 @@
+"""Writing videos and reading images; conversions between uint8 frames and model tensors.
+
+Frames on disk and in numpy are ``(F, H, W, 3) uint8``; model tensors are
+``(B, C, F, H, W) float`` in ``[-1, 1]`` (the diffusers video convention).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import UserInputError
+from .io_utils import atomic_output_file
+
+
+def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
+    """``(F, H, W, 3) uint8`` -> ``(1, 3, F, H, W) float32`` in ``[-1, 1]``."""
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"expected frames of shape (F, H, W, 3), got {tuple(frames.shape)}")
+    video = torch.from_numpy(np.ascontiguousarray(frames)).float().div(127.5).sub(1.0)
+    return video.permute(3, 0, 1, 2).unsqueeze(0)  # (F, H, W, C) -> (1, C, F, H, W)
+
+
+def tensor_to_frames(video: torch.Tensor) -> np.ndarray:
+    """``(C, F, H, W)`` or ``(1, C, F, H, W)`` in ``[-1, 1]`` -> ``(F, H, W, 3) uint8``."""
+    if video.ndim == 5:
+        if video.shape[0] != 1:
+            raise ValueError(f"expected a single video, got batch {video.shape[0]}")
+        video = video[0]
+    pixels = ((video.detach().float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
+    return pixels.permute(1, 2, 3, 0).cpu().numpy()  # (C, F, H, W) -> (F, H, W, C)
+
+
+def read_image(path: str | os.PathLike, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Read an image file as ``(H, W, 3) uint8`` RGB, optionally resized to ``size=(H, W)``."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"image not found: {path}")
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            if size is not None and (image.height, image.width) != tuple(size):
+                image = image.resize((size[1], size[0]), Image.BICUBIC)
+            return np.asarray(image, dtype=np.uint8).copy()
+    except (UnidentifiedImageError, OSError) as err:
+        raise UserInputError(f"cannot read image {path}: {err}") from None
+
+
+DECORD_WIDTH_ALIGNMENT = 32
+"""decord 0.6 fails on videos whose width is not a multiple of 32 ("The size must exactly match")."""
+
+
+def auto_upscale(width: int, min_width: int = 128, max_factor: int = 16) -> int:
+    """The smallest integer factor that makes a video at least ``min_width`` wide with a width
+    decord can read (a multiple of 32); 1 when the width already qualifies."""
+    start = max(1, -(-min_width // width))
+    for factor in range(start, max_factor + 1):
+        if (factor * width) % DECORD_WIDTH_ALIGNMENT == 0:
+            return factor
+    return start
+
+
+def upscale_frames(frames: np.ndarray, factor: int) -> np.ndarray:
+    """Nearest-neighbour upscaling ``(F, H, W, 3) -> (F, H*k, W*k, 3)`` (pixels stay exact blocks)."""
+    if factor == 1:
+        return frames
+    return frames.repeat(factor, axis=1).repeat(factor, axis=2)
+
+
+def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 8.0, upscale: int = 1) -> Path:
+    """Write ``(F, H, W, 3) uint8`` frames atomically as H.264 mp4 (or GIF for a ``.gif`` path).
+
+    The mp4 uses yuv420p at the exact frame size (``macro_block_size=1`` disables imageio's
+    resizing), so decord and browsers read it back with the same frame count. ``upscale``
+    enlarges small frames (nearest neighbour) for viewing; see :func:`auto_upscale`.
+    """
+    import imageio.v3 as iio
+
+    path = Path(path)
+    frames = np.ascontiguousarray(frames, dtype=np.uint8)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
+        raise ValueError(f"expected non-empty frames of shape (F, H, W, 3), got {frames.shape}")
+    frames = upscale_frames(frames, upscale)
+    with atomic_output_file(path) as tmp:
+        if path.suffix.lower() == ".gif":
+            iio.imwrite(tmp, frames, extension=".gif", duration=1000.0 / fps, loop=0)
+        else:
+            height, width = frames.shape[1:3]
+            if height % 2 or width % 2:  # yuv420p needs even sizes
+                frames = np.pad(frames, ((0, 0), (0, height % 2), (0, width % 2), (0, 0)), mode="edge")
+            iio.imwrite(
+                tmp,
+                frames,
+                extension=".mp4",
+                fps=fps,
+                codec="libx264",
+                macro_block_size=1,
+                pixelformat="yuv420p",
+                output_params=["-crf", "12", "-preset", "veryfast"],
+            )
+    return path

@@ -1,0 +1,48 @@
+"""Shared fixtures: a tiny pixel-space model (1.3 M-parameter UNet3D, 16x16 frames) built in code."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from slowfast_vgen.model import ModelBundle, ModelConfig
+
+torch.set_num_threads(2)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", default=False, help="run tests marked slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--runslow"):
+        return
+    skip = pytest.mark.skip(reason="slow: pass --runslow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_config() -> ModelConfig:
+    return ModelConfig(height=16, width=16, seed=0)
+
+
+@pytest.fixture()
+def tiny_bundle(tiny_config) -> ModelBundle:
+    """A fresh tiny model per test (tests mutate it by injecting LoRAs)."""
+    return ModelBundle.from_config(tiny_config)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_config):
+    path = tmp_path_factory.mktemp("models") / "tiny"
+    ModelBundle.from_config(tiny_config).save_pretrained(path)
+    return path
+
+
+@pytest.fixture()
+def first_frame() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, size=(16, 16, 3), dtype=np.uint8)

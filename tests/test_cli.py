@@ -1,0 +1,166 @@
+"""`sfvgen generate | play | make-model` end to end on a tiny model, and every bad input -> exit 2."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import decord
+import numpy as np
+import pytest
+from PIL import Image
+
+from slowfast_vgen.cli import main
+
+FAST = ["--steps", "2", "frames_per_chunk=3", "context_frames=3", "window=6", "fast.rank=4"]
+
+
+@pytest.fixture()
+def image(tmp_path) -> Path:
+    path = tmp_path / "first.png"
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 256, (24, 20, 3), dtype=np.uint8)).save(path)  # resized to 16x16
+    return path
+
+
+def _read(path) -> np.ndarray:
+    return decord.VideoReader(str(path)).get_batch(list(range(len(decord.VideoReader(str(path)))))).asnumpy()
+
+
+def test_generate_writes_readable_video_and_sidecar(tiny_model_dir, image, tmp_path, capsys):
+    out = tmp_path / "out" / "video.mp4"
+    code = main(["generate", "--model", str(tiny_model_dir), "--image", str(image), "--quiet",
+                 "--actions", "move right; move right; move left", "--out", str(out), "--gif", *FAST])
+    assert code == 0
+    frames = _read(out)
+    assert frames.shape == (1 + 3 * 3, 128, 128, 3)  # 16x16 frames upscaled x8 for viewing
+    assert out.with_suffix(".gif").is_file()
+    sidecar = json.loads(out.with_suffix(".json").read_text())
+    assert sidecar["frames"] == 10 and sidecar["fast_mode"] == "paper" and sidecar["upscale"] == 8
+    assert (sidecar["height"], sidecar["width"]) == (16, 16)
+    assert [c["action"] for c in sidecar["chunks"]] == ["move right", "move right", "move left"]
+    assert [(c["start_frame"], c["end_frame"]) for c in sidecar["chunks"]] == [(1, 4), (4, 7), (7, 10)]
+    assert all(c["seconds"] > 0 and c["temp_lora_loss"] > 0 for c in sidecar["chunks"])
+    assert "frames_per_chunk: 3" in out.with_suffix(".yaml").read_text()
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_same_seed_gives_identical_video(tiny_model_dir, image, tmp_path):
+    videos = []
+    for name in ("a", "b"):
+        out = tmp_path / f"{name}.mp4"
+        assert main(["generate", "--model", str(tiny_model_dir), "--image", str(image), "--quiet", "--seed", "3",
+                     "--actions", "move up; move down", "--out", str(out), "--fast", "off", *FAST]) == 0
+        videos.append(_read(out))
+    assert np.array_equal(videos[0], videos[1])
+
+
+def test_interrupted_generation_resumes_from_session(tiny_model_dir, image, tmp_path):
+    common = ["--model", str(tiny_model_dir), "--image", str(image), "--quiet", *FAST]
+    straight = tmp_path / "straight.mp4"
+    assert main(["generate", *common, "--actions", "move left; move up; move right", "--out", str(straight)]) == 0
+    partial = tmp_path / "partial.mp4"
+    session = tmp_path / "session"
+    assert main(["generate", *common, "--actions", "move left; move up", "--out", str(partial), "--session", str(session)]) == 0
+    resumed = tmp_path / "resumed.mp4"
+    assert main(["generate", *common, "--actions", "move left; move up; move right", "--out", str(resumed),
+                 "--session", str(session)]) == 0
+    assert np.array_equal(_read(resumed), _read(straight))
+    assert main(["generate", *common, "--actions", "stay; stay", "--out", str(resumed), "--session", str(session)]) == 2
+
+
+def test_play_reads_actions_and_commands_from_stdin(tiny_model_dir, image, tmp_path, monkeypatch, capsys):
+    import io
+
+    saved = tmp_path / "saved"
+    script = f"move left\n:save {saved}\n:reset\n:bogus\nmove right\n:load {saved}\nmove up\n:quit\nmove down\n"
+    monkeypatch.setattr(sys, "stdin", io.StringIO(script))
+    out = tmp_path / "play.mp4"
+    assert main(["play", "--model", str(tiny_model_dir), "--image", str(image), "--out", str(out), *FAST]) == 0
+    text = capsys.readouterr().out
+    assert "memory reset" in text and "unknown command :bogus" in text and f"saved to {saved}" in text
+    assert (saved / "memory" / "adapter_model.safetensors").is_file()
+    # left, (save), right, (load back to after 'left'), up -> 1 + 2 chunks of 3 frames; 'move down' after :quit ignored
+    assert _read(out).shape[0] == 7
+    assert [c["action"] for c in json.loads(out.with_suffix(".json").read_text())["chunks"]] == ["move left", "move up"]
+
+
+def test_make_model_writes_a_loadable_model(tmp_path):
+    out = tmp_path / "model"
+    assert main(["make-model", "--out", str(out), "height=32", "width=32", "use_vae=true"]) == 0
+    assert (out / "vae" / "diffusion_pytorch_model.safetensors").is_file()
+    assert main(["make-model", "--out", str(out)]) == 2  # refuses to overwrite
+    video = tmp_path / "v.mp4"
+    assert main(["generate", "--model", str(out), "--actions", "stay", "--out", str(video), "--quiet",
+                 "--image", str(Path(__file__)), *FAST]) == 2  # a .py file is no image
+
+
+def _bad_model(tiny_model_dir, tmp_path, kind):
+    model = tmp_path / kind
+    shutil.copytree(tiny_model_dir, model)
+    if kind == "missing":
+        shutil.rmtree(model / "scheduler")
+    else:
+        for file in (model / "unet").glob("*.safetensors"):
+            file.unlink()
+        (model / "unet" / "diffusion_pytorch_model.bin").write_bytes(b"\x80\x04K\x01.")
+    return model
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("no-actions", "no actions given"),
+        ("empty-action", "action 2 is empty"),
+        ("bad-image", "cannot read image"),
+        ("missing-image", "image not found"),
+        ("unknown-key", "bad config: Key 'colour' not in 'GenerationConfig'"),
+        ("bad-type", "bad config: Value 'many'"),
+        ("window", "exceeds the window of 6 frames"),
+        ("missing-component", "has no scheduler/ component"),
+        ("pickle", "refusing to load pickle weights"),
+        ("no-model", "model directory not found"),
+        ("bad-out", "--out must end in .mp4"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(case, message, tiny_model_dir, image, tmp_path, capsys):
+    model, actions, extra, out = str(tiny_model_dir), ["--actions", "move left; move right"], [], tmp_path / "v.mp4"
+    img = str(image)
+    if case == "no-actions":
+        actions = []
+    elif case == "empty-action":
+        actions = ["--actions", "move left;  ; move right"]
+    elif case == "bad-image":
+        img = str(tmp_path / "broken.png")
+        Path(img).write_bytes(b"not a png")
+    elif case == "missing-image":
+        img = str(tmp_path / "none.png")
+    elif case == "unknown-key":
+        extra = ["colour=red"]
+    elif case == "bad-type":
+        extra = ["frames_per_chunk=many"]
+    elif case == "window":
+        extra = ["context_frames=4"]
+    elif case in ("missing-component", "pickle"):
+        model = str(_bad_model(tiny_model_dir, tmp_path, "missing" if case == "missing-component" else "pickle"))
+    elif case == "no-model":
+        model = str(tmp_path / "nowhere")
+    elif case == "bad-out":
+        out = tmp_path / "v.avi"
+    code = main(["generate", "--model", model, "--image", img, "--quiet", "--out", str(out), *actions, *FAST, *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert not out.exists()
+
+
+def test_console_script_exit_code_and_no_traceback(tmp_path):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    result = subprocess.run([sys.executable, "-m", "slowfast_vgen", "generate", "--actions", "move left",
+                             "--model", str(tmp_path / "nothing"), "--out", str(tmp_path / "v.mp4")],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: model directory not found: {tmp_path / 'nothing'}"
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,69 @@
+"""Eq. 1-3 helpers: which frames get noise, which frames count in the loss."""
+
+import pytest
+import torch
+from diffusers import DDPMScheduler
+
+from slowfast_vgen import diffusion
+
+
+@pytest.fixture()
+def scheduler():
+    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+
+
+def test_context_mask_marks_first_frames():
+    mask = diffusion.context_mask(2, 3, 5)
+    assert mask.shape == (2, 8)
+    assert mask[:, :3].all() and not mask[:, 3:].any()
+    with pytest.raises(ValueError, match="at least one context"):
+        diffusion.context_mask(1, 0, 4)
+
+
+def test_noise_targets_keeps_context_bit_identical(scheduler):
+    generator = torch.Generator().manual_seed(0)
+    clean = torch.randn(2, 4, 6, 8, 8, generator=generator)
+    noise = torch.randn(clean.shape, generator=generator)
+    mask = torch.tensor([[True, True, False, False, False, False], [True, False, False, False, False, False]])
+    timesteps = torch.tensor([999, 500])
+    noisy = diffusion.noise_targets(scheduler, clean, noise, timesteps, mask)
+    assert torch.equal(noisy[0, :, :2], clean[0, :, :2])
+    assert torch.equal(noisy[1, :, :1], clean[1, :, :1])
+    expected = scheduler.add_noise(clean, noise, timesteps)
+    assert torch.equal(noisy[0, :, 2:], expected[0, :, 2:])
+    assert torch.equal(noisy[1, :, 1:], expected[1, :, 1:])
+    assert not torch.allclose(noisy[0, :, 2:], clean[0, :, 2:])
+
+
+def test_whole_sequence_noise_touches_every_frame(scheduler):
+    clean = torch.randn(1, 4, 6, 8, 8)
+    noisy = diffusion.noise_whole_sequence(scheduler, clean, torch.randn_like(clean), torch.tensor([900]))
+    per_frame_change = (noisy - clean).abs().flatten(3).mean(dim=(0, 1, 3))
+    assert (per_frame_change > 0.1).all()
+
+
+def test_masked_loss_has_zero_gradient_on_context():
+    prediction = torch.randn(2, 4, 6, 4, 4, requires_grad=True)
+    target = torch.randn(2, 4, 6, 4, 4)
+    mask = diffusion.context_mask(2, 2, 4)
+    loss = diffusion.masked_diffusion_loss(prediction, target, mask)
+    loss.backward()
+    assert torch.count_nonzero(prediction.grad[:, :, :2]) == 0
+    assert (prediction.grad[:, :, 2:].abs() > 0).all()
+    expected = (prediction[:, :, 2:] - target[:, :, 2:]).pow(2).mean()
+    assert torch.allclose(loss, expected)
+
+
+def test_masked_loss_ignores_context_values():
+    target = torch.zeros(1, 3, 5, 2, 2)
+    prediction = torch.zeros(1, 3, 5, 2, 2)
+    prediction[:, :, :2] = 100.0  # wrong context prediction must not matter
+    mask = diffusion.context_mask(1, 2, 3)
+    assert diffusion.masked_diffusion_loss(prediction, target, mask).item() == 0.0
+
+
+def test_diffusion_target_follows_prediction_type(scheduler):
+    clean, noise, t = torch.randn(1, 3, 2, 4, 4), torch.randn(1, 3, 2, 4, 4), torch.tensor([10])
+    assert torch.equal(diffusion.diffusion_target(scheduler, clean, noise, t), noise)
+    v_scheduler = DDPMScheduler(prediction_type="v_prediction")
+    assert torch.allclose(diffusion.diffusion_target(v_scheduler, clean, noise, t), v_scheduler.get_velocity(clean, noise, t))

@@ -1,0 +1,162 @@
+"""Temp-LoRA: base weights frozen and untouched, memory learns, resets, saves as a plain peft adapter."""
+
+import pytest
+import torch
+from peft import PeftModel
+
+from slowfast_vgen.fast_learner import FastLearnerConfig, TempLoRA, remove_adapter
+from slowfast_vgen.model import ModelBundle
+
+
+def _chunk_pair(seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    previous = torch.rand(1, 3, 2, 16, 16, generator=generator) * 2 - 1
+    new = torch.rand(1, 3, 4, 16, 16, generator=generator) * 2 - 1
+    return previous, new
+
+
+def _base_state(unet):
+    """Base weights by their original names (peft renames a wrapped layer's weight to base_layer.weight)."""
+    return {k.replace(".base_layer", ""): v.detach().clone() for k, v in unet.state_dict().items() if "lora_" not in k}
+
+
+def _learner(bundle, **overrides):
+    config = FastLearnerConfig(**{"rank": 4, "alpha": 4, "learning_rate": 1e-3, **overrides})
+    return TempLoRA(bundle.unet, bundle.noise_scheduler, config)
+
+
+def _output(unet, text, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    sample = torch.randn(1, 3, 6, 16, 16, generator=generator)
+    with torch.no_grad():
+        return unet(sample, 500, encoder_hidden_states=text).sample
+
+
+def test_only_lora_parameters_change_and_base_is_byte_equal(tiny_bundle):
+    before = _base_state(tiny_bundle.unet)
+    learner = _learner(tiny_bundle)
+    trainable = {n for n, p in tiny_bundle.unet.named_parameters() if p.requires_grad}
+    assert trainable == set(learner.parameters) and all("lora_" in n for n in trainable)
+    assert all("temp_attentions" in n or "transformer_in" in n for n in trainable)
+    lora_before = {n: p.detach().clone() for n, p in learner.parameters.items()}
+    previous, new = _chunk_pair()
+    uncond = tiny_bundle.encode_text([""])
+    for _ in range(3):
+        learner.update(previous, new, torch.Generator().manual_seed(1), uncond)
+    after = _base_state(tiny_bundle.unet)
+    assert before.keys() == after.keys()
+    for key in before:
+        assert before[key].numpy().tobytes() == after[key].numpy().tobytes(), key
+    assert any(not torch.equal(lora_before[n], p) for n, p in learner.parameters.items())
+
+
+def test_memory_loss_falls_over_update_steps(tiny_bundle):
+    learner = _learner(tiny_bundle, learning_rate=3e-3, steps_per_chunk=1, batch_size=2)
+    previous, new = _chunk_pair()
+    uncond = tiny_bundle.encode_text([""])
+
+    def probe():  # the same noise and timesteps every time
+        with torch.no_grad():
+            return float(learner.loss(previous, new, torch.Generator().manual_seed(123), uncond))
+
+    start = probe()
+    train_generator = torch.Generator().manual_seed(7)
+    for _ in range(30):
+        learner.update(previous, new, train_generator, uncond)
+    assert probe() < 0.9 * start
+
+
+def test_fresh_memory_changes_nothing_and_reset_restores_initial_output(tiny_bundle):
+    text = tiny_bundle.encode_text([""])
+    without_lora = _output(tiny_bundle.unet, text)
+    learner = _learner(tiny_bundle)
+    base_output = _output(tiny_bundle.unet, text)
+    # B = 0 at start: the fresh memory is a no-op (up to float summation order)
+    assert torch.allclose(base_output, without_lora, atol=1e-5, rtol=0)
+    previous, new = _chunk_pair()
+    for _ in range(3):
+        learner.update(previous, new, torch.Generator().manual_seed(1), text)
+    assert not torch.equal(_output(tiny_bundle.unet, text), base_output)
+    parameters_before = {n: id(p) for n, p in learner.parameters.items()}
+    learner.reset()
+    assert torch.equal(_output(tiny_bundle.unet, text), base_output)
+    assert {n: id(p) for n, p in learner.parameters.items()} == parameters_before  # in place
+    assert len(learner.optimizer.state) == 0
+
+
+def test_saved_memory_reloads_into_plain_peft_exactly(tiny_bundle, tiny_config, tmp_path):
+    learner = _learner(tiny_bundle)
+    previous, new = _chunk_pair()
+    text = tiny_bundle.encode_text([""])
+    for _ in range(2):
+        learner.update(previous, new, torch.Generator().manual_seed(3), text)
+    expected = _output(tiny_bundle.unet, text)
+    learner.save(tmp_path / "memory")
+    assert sorted(p.name for p in (tmp_path / "memory").iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+
+    fresh_unet = ModelBundle.from_config(tiny_config).unet  # same base weights (same seed)
+    peft_model = PeftModel.from_pretrained(fresh_unet, tmp_path / "memory", adapter_name="temp_lora")
+    with torch.no_grad():
+        sample = torch.randn(1, 3, 6, 16, 16, generator=torch.Generator().manual_seed(0))
+        reloaded = peft_model(sample, 500, encoder_hidden_states=text).sample
+    assert torch.equal(reloaded, expected)
+
+    # and back into our own learner on another fresh model
+    other = ModelBundle.from_config(tiny_config)
+    other_learner = _learner(other)
+    other_learner.load(tmp_path / "memory")
+    assert torch.equal(_output(other.unet, text), expected)
+
+
+def test_memory_with_other_rank_is_refused(tiny_bundle, tiny_config, tmp_path):
+    _learner(tiny_bundle).save(tmp_path / "memory")
+    other = ModelBundle.from_config(tiny_config)
+    with pytest.raises(Exception, match="rank 4"):
+        _learner(other, rank=8).load(tmp_path / "memory")
+
+
+@pytest.mark.parametrize("mode", ["text", "full-sequence"])
+def test_ablation_variants_train_the_lora(tiny_bundle, mode):
+    before = _base_state(tiny_bundle.unet)
+    learner = _learner(tiny_bundle, mode=mode)
+    initial = {n: p.detach().clone() for n, p in learner.parameters.items()}
+    previous, new = _chunk_pair()
+    history = torch.cat([torch.rand(1, 3, 10, 16, 16), previous, new], dim=2)
+    loss = learner.update(previous, new, torch.Generator().manual_seed(0), tiny_bundle.encode_text([""]),
+                          text_embeddings=tiny_bundle.encode_text(["move left"]), history=history)
+    assert loss == loss and loss > 0
+    assert any(not torch.equal(initial[n], p) for n, p in learner.parameters.items())
+    after = _base_state(tiny_bundle.unet)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_optimizer_state_round_trips_without_pickle(tiny_bundle, tmp_path):
+    learner = _learner(tiny_bundle)
+    previous, new = _chunk_pair()
+    uncond = tiny_bundle.encode_text([""])
+    learner.update(previous, new, torch.Generator().manual_seed(0), uncond)
+    learner.save_optimizer(tmp_path / "optimizer.safetensors")
+    saved = learner.optimizer.state_dict()
+    learner.optimizer.state.clear()
+    learner.load_optimizer(tmp_path / "optimizer.safetensors")
+    loaded = learner.optimizer.state_dict()
+    assert saved["param_groups"] == loaded["param_groups"]
+    for index, slots in saved["state"].items():
+        for key, value in slots.items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(loaded["state"][index][key]))
+
+
+def test_remove_adapter_restores_plain_unet(tiny_bundle):
+    text = tiny_bundle.encode_text([""])
+    base_output = _output(tiny_bundle.unet, text)
+    learner = _learner(tiny_bundle)
+    learner.update(*_chunk_pair(), torch.Generator().manual_seed(0), text)
+    assert remove_adapter(tiny_bundle.unet)
+    assert torch.allclose(_output(tiny_bundle.unet, text), base_output, atol=1e-5, rtol=0)
+    assert not any(p.requires_grad and "lora_" in n for n, p in tiny_bundle.unet.named_parameters())
+    assert not remove_adapter(tiny_bundle.unet)
+
+
+def test_bad_fast_config_is_refused():
+    with pytest.raises(ValueError, match="fast mode must be one of"):
+        FastLearnerConfig(mode="sometimes")

@@ -1,0 +1,90 @@
+"""Model bundles: build, save/load round trip, safetensors only, clear errors."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from slowfast_vgen.errors import UserInputError
+from slowfast_vgen.model import ModelBundle, ModelConfig, load_model
+
+
+def _forward(bundle, text="move left"):
+    sample = torch.randn(1, bundle.unet.config.in_channels, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return bundle.unet(sample, 100, encoder_hidden_states=bundle.encode_text([text])).sample
+
+
+def test_save_load_round_trip_gives_identical_outputs(tiny_bundle, tmp_path):
+    tiny_bundle.save_pretrained(tmp_path / "model")
+    names = {p.name for p in (tmp_path / "model").iterdir()}
+    assert {"unet", "text_encoder", "tokenizer", "scheduler", "model_index.json", "slowfast_vgen.json"} <= names
+    assert not list((tmp_path / "model").rglob("*.bin"))
+    loaded = load_model(tmp_path / "model")
+    assert torch.equal(_forward(loaded), _forward(tiny_bundle))
+    assert torch.equal(loaded.encode_text(["push the red block left"]), tiny_bundle.encode_text(["push the red block left"]))
+    assert (loaded.height, loaded.width, loaded.fps) == (16, 16, 8.0)
+
+
+def test_latent_model_encodes_and_decodes_video(tmp_path):
+    bundle = ModelBundle.from_config(ModelConfig(height=32, width=32, use_vae=True))
+    video = torch.rand(1, 3, 5, 32, 32) * 2 - 1
+    latents = bundle.encode_frames(video)
+    assert latents.shape == (1, 4, 5, 16, 16)
+    assert bundle.decode_latents(latents).shape == (1, 3, 5, 32, 32)
+    bundle.save_pretrained(tmp_path / "latent")
+    loaded = load_model(tmp_path / "latent")
+    assert loaded.vae is not None and torch.equal(loaded.encode_frames(video), latents)
+
+
+def test_pickle_weights_are_refused(tiny_model_dir, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    for file in (model / "unet").glob("*.safetensors"):
+        file.unlink()
+    (model / "unet" / "diffusion_pytorch_model.bin").write_bytes(b"\x80\x04K\x01.")  # a pickle
+    with pytest.raises(UserInputError, match="refusing to load pickle weights .*diffusion_pytorch_model.bin"):
+        load_model(model)
+
+
+def test_missing_component_is_named(tiny_model_dir, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    shutil.rmtree(model / "text_encoder")
+    with pytest.raises(UserInputError, match="has no text_encoder/ component"):
+        load_model(model)
+    with pytest.raises(UserInputError, match="model directory not found"):
+        load_model(tmp_path / "nowhere")
+
+
+def test_corrupt_config_is_a_user_error(tiny_model_dir, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "unet" / "config.json").write_text("{not json")
+    with pytest.raises(UserInputError, match="cannot load model"):
+        load_model(model)
+
+
+def test_text_encoder_size_must_match_cross_attention(tiny_bundle):
+    from slowfast_vgen.model import _build_text_encoder
+
+    encoder, tokenizer = _build_text_encoder(ModelConfig(cross_attention_dim=48))
+    with pytest.raises(UserInputError, match="hidden size 48 does not match .* 32"):
+        ModelBundle(tiny_bundle.unet, None, encoder, tokenizer, tiny_bundle.noise_scheduler)
+
+
+def test_bad_model_config_names_the_value():
+    with pytest.raises(ValueError, match="must be divisible by 4"):
+        ModelConfig(height=18, block_out_channels=[32, 64, 64])
+
+
+def test_tokenizer_round_trip_keeps_vocabulary(tiny_bundle, tmp_path):
+    tiny_bundle.tokenizer.save_pretrained(tmp_path / "tok")
+    from transformers import AutoTokenizer
+
+    loaded = AutoTokenizer.from_pretrained(tmp_path / "tok", local_files_only=True)
+    text = "Push the RED block left"
+    assert loaded(text)["input_ids"] == tiny_bundle.tokenizer(text)["input_ids"]
+    assert tiny_bundle.tokenizer.unk_token_id not in tiny_bundle.tokenizer(text)["input_ids"]
+    assert json.loads((tmp_path / "tok" / "tokenizer_config.json").read_text())["model_max_length"] == 16

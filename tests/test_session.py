@@ -1,0 +1,104 @@
+"""Streaming sessions: frame bookkeeping, determinism, exact save/resume, memory reset."""
+
+import numpy as np
+import pytest
+import torch
+
+from slowfast_vgen.config import load_config
+from slowfast_vgen.errors import UserInputError
+from slowfast_vgen.session import GenerationConfig, GenerationSession
+
+FAST_OVERRIDES = ["frames_per_chunk=3", "context_frames=3", "window=6", "sampler.num_inference_steps=2",
+                  "fast.rank=4", "fast.learning_rate=1e-3", "fast.steps_per_chunk=2"]
+
+
+def _config(*extra):
+    return load_config(GenerationConfig, overrides=FAST_OVERRIDES + list(extra))
+
+
+def _session(bundle, first_frame, *extra):
+    session = GenerationSession(bundle, _config(*extra))
+    session.start(first_frame)
+    return session
+
+
+def test_frames_and_records_follow_the_actions(tiny_bundle, first_frame):
+    session = _session(tiny_bundle, first_frame)
+    new = session.generate(["move left", "  move right  "])
+    assert new.shape == (6, 16, 16, 3) and new.dtype == np.uint8
+    video = session.video()
+    assert video.shape == (7, 16, 16, 3)
+    assert np.array_equal(video[0], first_frame)
+    assert [r.action for r in session.records] == ["move left", "move right"]
+    assert [(r.start_frame, r.end_frame, r.context_frames) for r in session.records] == [(1, 4, 1), (4, 7, 3)]
+    assert session.latents.shape == (1, 3, 7, 16, 16)
+    assert all(r.temp_lora_loss is not None and r.seconds > 0 for r in session.records)
+
+
+def test_same_seed_same_frames_other_seed_other_frames(tiny_config, first_frame):
+    from slowfast_vgen.model import ModelBundle
+
+    videos = []
+    for seed in (5, 5, 6):
+        session = _session(ModelBundle.from_config(tiny_config), first_frame, f"seed={seed}")
+        session.generate(["move up", "move down"])
+        videos.append(session.video())
+    assert np.array_equal(videos[0], videos[1])
+    assert not np.array_equal(videos[0], videos[2])
+
+
+@pytest.mark.parametrize("mode", ["paper", "off"])
+def test_save_load_continue_equals_uninterrupted_run(tiny_config, first_frame, tmp_path, mode):
+    from slowfast_vgen.model import ModelBundle
+
+    actions = ["move left", "move left", "move right", "move right"]
+    straight = _session(ModelBundle.from_config(tiny_config), first_frame, f"fast.mode={mode}")
+    straight.generate(actions)
+
+    interrupted = _session(ModelBundle.from_config(tiny_config), first_frame, f"fast.mode={mode}")
+    interrupted.generate(actions[:2])
+    interrupted.save(tmp_path / "session")
+    del interrupted
+    resumed = GenerationSession.load(tmp_path / "session", ModelBundle.from_config(tiny_config))
+    assert resumed.actions == actions[:2]
+    resumed.generate(actions[2:])
+
+    assert np.array_equal(resumed.video(), straight.video())
+    assert torch.equal(resumed.latents, straight.latents)
+    if mode == "paper":
+        for name, parameter in straight.fast_learner.parameters.items():
+            assert torch.equal(parameter, resumed.fast_learner.parameters[name]), name
+
+
+def test_reset_memory_restores_initial_lora(tiny_bundle, first_frame):
+    session = _session(tiny_bundle, first_frame)
+    initial = {n: p.detach().clone() for n, p in session.fast_learner.parameters.items()}
+    session.generate(["move left"])
+    assert any(not torch.equal(initial[n], p) for n, p in session.fast_learner.parameters.items())
+    session.reset_memory()
+    assert all(torch.equal(initial[n], p) for n, p in session.fast_learner.parameters.items())
+    assert session.num_frames == 4  # frames are kept
+
+
+def test_off_mode_has_no_lora(tiny_bundle, first_frame):
+    session = _session(tiny_bundle, first_frame, "fast.mode=off")
+    session.generate(["stay"])
+    assert session.fast_learner is None
+    assert not any("lora_" in name for name, _ in tiny_bundle.unet.named_parameters())
+    assert session.records[0].temp_lora_loss is None
+
+
+def test_bad_inputs_are_user_errors(tiny_bundle, first_frame, tmp_path):
+    session = _session(tiny_bundle, first_frame)
+    with pytest.raises(UserInputError, match="action 2 is empty"):
+        session.generate(["move left", "   "])
+    with pytest.raises(UserInputError, match="the model needs 16x16"):
+        session.start(np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(UserInputError, match="exceeds the window of 6 frames"):
+        _config("context_frames=4")
+    with pytest.raises(UserInputError, match="not a saved session"):
+        GenerationSession.load(tmp_path, tiny_bundle)
+    (tmp_path / "session.json").write_text("{}")
+    (tmp_path / "state.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(UserInputError, match="corrupt"):
+        GenerationSession.load(tmp_path, tiny_bundle)
