@@ -91,9 +91,20 @@ def _first_frame(args: argparse.Namespace, bundle) -> np.ndarray:
 
     if args.image:
         return read_image(args.image, size=(bundle.height, bundle.width))
-    from .worlds import render_first_frame
+    return world_first_frame(args.world, args.world_seed, bundle.height, bundle.width)
 
-    return render_first_frame(args.world, args.world_seed, bundle.height, bundle.width)
+
+def world_first_frame(world: str, seed: int, height: int, width: int) -> np.ndarray:
+    """The first frame of an episode of a procedural world, at the model's frame size."""
+    from .data.readers import resize_center_crop
+    from .worlds import build_world
+
+    size = max(height, width)
+    size += size % 2  # worlds render even, square views
+    episode = build_world(world, seed, overrides=[f"view_size={size}"]).sample_episode(
+        np.random.default_rng(seed), num_actions=1, frames_per_action=1
+    )
+    return resize_center_crop(episode.frames[:1], height, width)[0]
 
 
 def _parse_actions(args: argparse.Namespace) -> list[str]:

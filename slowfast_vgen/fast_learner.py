@@ -32,9 +32,10 @@ from peft.functional import delete_adapter
 from safetensors.torch import load_file, save_file
 
 from . import diffusion
+from .checkpointing import load_optimizer_state, save_optimizer_state
 from .config import help_field
 from .errors import UserInputError
-from .io_utils import atomic_output_dir, atomic_output_file
+from .io_utils import atomic_output_dir
 
 FAST_MODES = ("off", "paper", "text", "full-sequence")
 TEMPORAL_ATTENTION_REGEX = (
@@ -214,32 +215,10 @@ class TempLoRA:
 
     # optimizer state without pickle: tensors to safetensors, the rest to JSON
     def save_optimizer(self, path: str | os.PathLike) -> None:
-        state = self.optimizer.state_dict()
-        tensors, scalars = {}, {}
-        for index, slots in state["state"].items():
-            for key, value in slots.items():
-                if torch.is_tensor(value):
-                    tensors[f"{index}.{key}"] = value.detach().clone().contiguous()
-                else:
-                    scalars[f"{index}.{key}"] = value
-        metadata = {"param_groups": json.dumps(state["param_groups"]), "scalars": json.dumps(scalars)}
-        with atomic_output_file(path) as tmp:
-            save_file(tensors, str(tmp), metadata=metadata)
+        save_optimizer_state(self.optimizer, path)
 
     def load_optimizer(self, path: str | os.PathLike) -> None:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-        state: dict[int, dict] = {}
-        for key, value in {**tensors, **json.loads(metadata.get("scalars", "{}"))}.items():
-            index, slot = key.split(".", 1)
-            state.setdefault(int(index), {})[slot] = value
-        groups = json.loads(metadata["param_groups"])
-        for group in groups:  # JSON turns tuples into lists
-            group.update({k: tuple(v) for k, v in group.items() if k == "betas"})
-        self.optimizer.load_state_dict({"state": state, "param_groups": groups})
+        load_optimizer_state(self.optimizer, path)
 
 
 def remove_adapter(unet: torch.nn.Module, adapter_name: str = ADAPTER_NAME) -> bool:
@@ -253,6 +232,26 @@ def remove_adapter(unet: torch.nn.Module, adapter_name: str = ADAPTER_NAME) -> b
         if not configs:
             del unet.peft_config
     return present
+
+
+def base_state_dict(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The UNet's own weights under their original names, without any LoRA.
+
+    peft wraps a targeted ``Linear`` so its weight becomes ``...to_q.base_layer.weight``; this
+    undoes the renaming, so the result loads into a plain ``UNet3DConditionModel``.
+    """
+    return {name.replace(".base_layer.", "."): tensor for name, tensor in unet.state_dict().items() if "lora_" not in name}
+
+
+def plain_unet(unet: torch.nn.Module) -> torch.nn.Module:
+    """``unet`` itself when it carries no LoRA layers, else a plain copy with the base weights."""
+    if not any("lora_" in name for name, _ in unet.named_parameters()) and not any(
+        ".base_layer." in name for name, _ in unet.named_parameters()
+    ):
+        return unet
+    copy = type(unet).from_config(unet.config)
+    copy.load_state_dict(base_state_dict(unet))
+    return copy.to(next(unet.parameters()).device)
 
 
 def _random_window(history: torch.Tensor, length: int, generator: torch.Generator) -> torch.Tensor:

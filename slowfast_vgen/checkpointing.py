@@ -1,0 +1,150 @@
+"""Crash-safe training checkpoints, without pickle.
+
+A checkpoint is a directory ``checkpoint-<step>/`` holding
+
+* ``unet/`` (``save_pretrained``, safetensors) — the slow weights Phi,
+* ``ema/`` (optional) — the EMA copy of the UNet,
+* ``optimizer.safetensors`` — optimizer moments as tensors, the rest as JSON metadata,
+* ``trainer_state.json`` — step, LR-schedule state, counters; written last.
+
+It is written to a temporary directory and renamed when complete, so a crash mid-save leaves
+the previous checkpoints intact; pruning to ``total_limit`` happens only after a successful
+save. Loading checks completeness and reports a corrupt checkpoint by name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .errors import UserInputError
+from .io_utils import atomic_output_dir, atomic_output_file, atomic_write_json
+
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+STATE_FILE = "trainer_state.json"
+
+
+def save_optimizer_state(optimizer: torch.optim.Optimizer, path: str | os.PathLike) -> None:
+    """Optimizer state as safetensors (tensors) + JSON metadata (param groups, scalars); atomic."""
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, slots in state["state"].items():
+        for key, value in slots.items():
+            if torch.is_tensor(value):
+                tensors[f"{index}.{key}"] = value.detach().clone().contiguous().cpu()
+            else:
+                scalars[f"{index}.{key}"] = value
+    metadata = {"param_groups": json.dumps(state["param_groups"]), "scalars": json.dumps(scalars)}
+    with atomic_output_file(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, path: str | os.PathLike) -> None:
+    """Inverse of :func:`save_optimizer_state` (tensors are moved to the parameters' devices)."""
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    state: dict[int, dict] = {}
+    for key, value in {**tensors, **json.loads(metadata.get("scalars", "{}"))}.items():
+        index, slot = key.split(".", 1)
+        state.setdefault(int(index), {})[slot] = value
+    groups = json.loads(metadata["param_groups"])
+    for group in groups:  # JSON turns tuples into lists
+        if "betas" in group:
+            group["betas"] = tuple(group["betas"])
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints under ``output_dir``, oldest first."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        match = CHECKPOINT_PATTERN.match(path.name)
+        if match and path.is_dir():
+            found.append((int(match.group(1)), path))
+    return [path for _, path in sorted(found)]
+
+
+def save_checkpoint(
+    output_dir: str | os.PathLike,
+    step: int,
+    unet: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
+    ema: Any | None = None,
+    total_limit: int | None = None,
+    extra_modules: dict[str, torch.nn.Module] | None = None,
+) -> Path:
+    """Write ``checkpoint-<step>`` atomically, then prune the oldest beyond ``total_limit``."""
+    path = Path(output_dir) / f"checkpoint-{step}"
+    with atomic_output_dir(path) as tmp:
+        unet.save_pretrained(tmp / "unet", safe_serialization=True)
+        if ema is not None:
+            ema.save_pretrained(str(tmp / "ema"))
+        for name, module in (extra_modules or {}).items():
+            module.save_pretrained(tmp / name, safe_serialization=True)
+        save_optimizer_state(optimizer, tmp / "optimizer.safetensors")
+        atomic_write_json(tmp / STATE_FILE, {"step": step, **state})
+    if total_limit:
+        for old in list_checkpoints(output_dir)[:-total_limit]:
+            shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def resolve_resume(output_dir: str | os.PathLike, resume: str) -> Path | None:
+    """``""`` -> None (fresh start); ``"latest"`` -> newest checkpoint or None; else that path."""
+    if not resume:
+        return None
+    if resume == "latest":
+        checkpoints = list_checkpoints(output_dir)
+        return checkpoints[-1] if checkpoints else None
+    path = Path(resume)
+    if not path.is_dir():
+        raise UserInputError(f"checkpoint to resume from not found: {path}")
+    return path
+
+
+def read_checkpoint_state(path: Path) -> dict[str, Any]:
+    """The trainer state of a checkpoint; a missing or corrupt part is a clear error."""
+    state_file = path / STATE_FILE
+    for needed in (state_file, path / "optimizer.safetensors", path / "unet"):
+        if not needed.exists():
+            raise UserInputError(f"checkpoint {path} is incomplete or corrupt: {needed.name} is missing")
+    try:
+        return json.loads(state_file.read_text())
+    except json.JSONDecodeError as err:
+        raise UserInputError(f"checkpoint {path} is corrupt: {state_file.name}: {err}") from None
+
+
+def load_unet_weights(unet: torch.nn.Module, path: Path) -> None:
+    """Load ``path/unet`` safetensors weights into an existing UNet (strict)."""
+    from safetensors.torch import load_file
+
+    files = sorted((path / "unet").glob("*.safetensors"))
+    if not files:
+        raise UserInputError(f"checkpoint {path} is corrupt: no unet/*.safetensors")
+    state = {}
+    try:
+        for file in files:
+            state.update(load_file(str(file)))
+    except Exception as err:  # safetensors raises SafetensorError on a damaged file
+        raise UserInputError(f"checkpoint {path} is corrupt: {file.name}: {str(err).splitlines()[0]}") from None
+    # a UNet carrying a Temp-LoRA names its wrapped weights '...base_layer.weight'
+    own = {name.replace(".base_layer.", "."): name for name in unet.state_dict() if "lora_" not in name}
+    state = {own.get(key, key): value for key, value in state.items()}
+    missing, unexpected = unet.load_state_dict(state, strict=False)
+    missing = [name for name in missing if "lora_" not in name]
+    if missing or unexpected:
+        name = (missing or unexpected)[0]
+        raise UserInputError(f"checkpoint {path} does not fit this model: {'missing' if missing else 'unexpected'} weight {name}")

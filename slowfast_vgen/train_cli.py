@@ -1,0 +1,40 @@
+"""Argument parsing shared by ``train/train_slow.py`` and ``train/train_loop.py``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from .errors import run_cli
+
+
+def _main(config_cls_name: str, description: str, argv: Sequence[str] | None) -> int:
+    from . import training
+    from .config import load_config
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", help="YAML file with the training config (see configs/train/)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="config overrides, e.g. max_steps=2000 data.root=data/nav batch_size=16")
+    args = parser.parse_args(argv)
+    config = load_config(getattr(training, config_cls_name), args.config, args.overrides)
+    try:
+        result = training.train(config)
+    except training.TrainingDiverged as err:
+        print(f"error: {err}", file=sys.stderr)
+        return training.EXIT_DIVERGED
+    print(f"rank checksum {result.replica_checksum:.10e}", flush=True)
+    if result.interrupted:
+        return training.EXIT_PREEMPTED
+    last = result.losses[max(result.losses)] if result.losses else float("nan")
+    print(f"done: {result.step} steps, last loss {last:.5f}, model in {result.output_dir / 'model'}")
+    return 0
+
+
+def slow_main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(lambda a: _main("TrainConfig", "Slow learning: masked conditional video diffusion (Eq. 1-2).", a), argv)
+
+
+def loop_main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(lambda a: _main("LoopTrainConfig", "The slow-fast learning loop (Algorithm 1b).", a), argv)

@@ -1,0 +1,543 @@
+"""Slow learning (paper §3.1, Eq. 1-2) and the slow-fast learning loop (§3.3, Algorithm 1b).
+
+Both trainers share one loop with the shape of diffusers' training examples —
+``accelerator.accumulate``, ``accelerator.backward``, ``if accelerator.sync_gradients`` —
+and the same guarantees:
+
+* checkpoints ``checkpoint-N/`` are written atomically (temporary dir + rename) by the main
+  process only, pruned to ``checkpoints_total_limit`` after a successful save, and contain no
+  pickle (see :mod:`.checkpointing`);
+* ``resume=latest|PATH`` restores weights, optimizer, LR schedule and the data position; all
+  randomness is a pure function of ``(seed, step, rank)``, so a resumed run produces the losses
+  an uninterrupted one would;
+* SIGTERM saves a checkpoint at the next step boundary and exits with :data:`EXIT_PREEMPTED`;
+* a non-finite loss skips the step (logged); ``max_nonfinite_steps`` in a row abort the run.
+
+:class:`SlowTrainer` trains the UNet (VAE and text encoder frozen) on chunk batches.
+:class:`SlowFastLoopTrainer` runs, per episode, the Temp-LoRA fast learner over the
+ground-truth chunks recording ``(X_i, X_{i+1}, Theta_i)``, then updates the base weights Phi
+with each ``Theta_i`` applied and frozen.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from omegaconf import MISSING
+
+from . import diffusion
+from .checkpointing import (
+    list_checkpoints,
+    load_optimizer_state,
+    load_unet_weights,
+    read_checkpoint_state,
+    resolve_resume,
+    save_checkpoint,
+)
+from .config import help_field, save_config
+from .data.dataset import ChunkBatch, ChunkDataset, ChunkDatasetConfig, collate_chunks
+from .errors import UserInputError
+from .fast_learner import FastLearnerConfig, TempLoRA, plain_unet
+from .model import ModelBundle, ModelConfig, load_model
+
+EXIT_PREEMPTED = 143  # 128 + SIGTERM: a checkpoint was saved, run again with resume=latest
+EXIT_DIVERGED = 3
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many non-finite losses in a row."""
+
+
+@dataclass
+class TrainConfig:
+    """Slow learning: data, model, optimisation, checkpoints (the slow-fast loop adds ``loop``)."""
+
+    output_dir: str = help_field("runs/slow", "where checkpoints, logs, samples and the final model go")
+    init_from: str = help_field("", "model directory to finetune (empty: a fresh model from `model`)")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: ChunkDatasetConfig = field(default_factory=lambda: ChunkDatasetConfig(root=MISSING))  # data.root is required
+    max_steps: int = help_field(1000, "optimizer steps to train for (total, across resumes)")
+    batch_size: int = help_field(8, "chunks per process per micro-batch")
+    gradient_accumulation_steps: int = help_field(1, "micro-batches per optimizer step")
+    learning_rate: float = help_field(2e-4, "peak learning rate (paper, full scale: 5e-6)")
+    weight_decay: float = help_field(0.0, "AdamW weight decay")
+    lr_scheduler: str = help_field("constant_with_warmup", "diffusers get_scheduler name: constant_with_warmup | cosine | linear ...")
+    lr_warmup_steps: int = help_field(100, "linear warmup steps")
+    max_grad_norm: float = help_field(1.0, "gradient clipping (0 = off)")
+    mixed_precision: str = help_field("no", "no | fp16 | bf16")
+    use_ema: bool = help_field(False, "keep an EMA of the UNet weights (exported as the final model)")
+    ema_decay: float = help_field(0.999, "EMA decay")
+    text_dropout: float = help_field(0.1, "probability of training with the empty text (enables classifier-free guidance)")
+    checkpointing_steps: int = help_field(500, "save a checkpoint every N optimizer steps (and at the end)")
+    checkpoints_total_limit: int = help_field(3, "keep at most N checkpoints (0 = all)")
+    resume: str = help_field("latest", "'' (fresh start), 'latest' (newest checkpoint in output_dir, if any) or a checkpoint path")
+    max_nonfinite_steps: int = help_field(5, "abort after this many non-finite losses in a row")
+    num_workers: int = help_field(2, "DataLoader worker processes")
+    log_every: int = help_field(10, "log the loss every N steps")
+    sample_every: int = help_field(0, "write a sample video every N steps (0 = never)")
+    sample_actions: list[str] = help_field(["move right", "move left"], "actions of the sample videos")
+    report_to: str = help_field("tensorboard", "accelerate tracker: tensorboard | none (train_log.jsonl is always written)")
+    device: str = help_field("auto", "auto | cpu | cuda")
+    seed: int = help_field(0, "seed of data order, noise, timesteps and text dropout")
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "checkpointing_steps", "max_nonfinite_steps", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        if not 0.0 <= self.text_dropout < 1.0:
+            raise ValueError(f"text_dropout must be in [0, 1), got {self.text_dropout}")
+
+
+@dataclass
+class LoopConfig:
+    """The slow-fast learning loop (Algorithm 1b)."""
+
+    episodes_per_iteration: int = help_field(2, "episodes per process whose fast-learning records form one D_s")
+    chunks_per_episode: int = help_field(6, "ground-truth chunks X_0..X_{I-1} taken from each episode")
+
+
+@dataclass
+class LoopTrainConfig(TrainConfig):
+    """Slow-fast learning loop: slow-learning settings + the fast learner + episode sampling."""
+
+    fast: FastLearnerConfig = field(default_factory=FastLearnerConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+
+
+@dataclass
+class TrainResult:
+    step: int
+    losses: dict[int, float]
+    interrupted: bool
+    skipped_steps: list[int]
+    output_dir: Path
+    replica_checksum: float
+
+
+class SlowTrainer:
+    """Slow learning of the UNet with the masked conditional diffusion loss (Eq. 1-2)."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import ProjectConfiguration
+        from diffusers.optimization import get_scheduler
+
+        self.config = config
+        self.output_dir = Path(config.output_dir)
+        use_cpu = config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available())
+        log_with = _tracker(config.report_to)
+        self.accelerator = Accelerator(
+            cpu=use_cpu,
+            mixed_precision=config.mixed_precision,
+            gradient_accumulation_steps=config.gradient_accumulation_steps,
+            log_with=log_with,
+            project_config=ProjectConfiguration(project_dir=str(self.output_dir), logging_dir=str(self.output_dir / "logs")),
+        )
+        self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
+        # 1. model: fresh from the config, or a model directory to finetune
+        if config.init_from:
+            self.bundle = load_model(config.init_from)
+        else:
+            self.bundle = ModelBundle.from_config(config.model)
+        self.bundle.to(self.accelerator.device)
+        self.setup_model()
+        trainable = [p for p in self.bundle.unet.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
+        self.lr_scheduler = get_scheduler(
+            config.lr_scheduler, self.optimizer, num_warmup_steps=config.lr_warmup_steps, num_training_steps=config.max_steps
+        )
+        self.ema = None
+        if config.use_ema:
+            from diffusers.training_utils import EMAModel
+
+            self.ema = EMAModel(trainable, decay=config.ema_decay, model_cls=type(self.bundle.unet), model_config=self.bundle.unet.config)
+        # 2. resume: weights, optimizer, LR schedule, step (the data position follows from the step)
+        self.step = 0
+        self.resumed_from = resolve_resume(self.output_dir, config.resume)
+        if self.resumed_from is not None:
+            self.load_checkpoint(self.resumed_from)
+        self.unet, self.optimizer = self.accelerator.prepare(self.bundle.unet, self.optimizer)
+        self.text_cache: dict[str, torch.Tensor] = {}
+        self.stop_requested = False
+
+    # ------------------------------------------------------------------ hooks for subclasses
+    def setup_model(self) -> None:
+        """Make the slow weights trainable (VAE and text encoder are frozen by the bundle)."""
+        self.bundle.unet.requires_grad_(True)
+
+    def micro_batches(self, start: int) -> Iterator[ChunkBatch]:
+        """Micro-batches from global micro-batch index ``start`` on, this process's shard."""
+        dataset = ChunkDataset(self.config.data)
+        per_epoch = len(dataset) // (self.config.batch_size * self.world)
+        if per_epoch == 0:
+            raise UserInputError(
+                f"dataset split {self.config.data.split!r} has {len(dataset)} chunks, fewer than batch_size x processes "
+                f"= {self.config.batch_size * self.world}"
+            )
+        epoch, offset = divmod(start, per_epoch)
+        while True:
+            yield from _epoch_loader(dataset, epoch, offset, per_epoch, self.config, self.rank, self.world)
+            epoch, offset = epoch + 1, 0
+
+    def loss(self, batch: ChunkBatch, generator: torch.Generator) -> torch.Tensor:
+        """Eq. 1-2 on a batch: clean context, noised targets, epsilon loss on the targets only."""
+        return self.masked_loss(batch.frames, batch.context_mask, batch.actions, generator)
+
+    # ------------------------------------------------------------------ shared maths
+    def masked_loss(self, frames: torch.Tensor, mask: torch.Tensor, actions: list[str], generator: torch.Generator) -> torch.Tensor:
+        scheduler, device = self.bundle.noise_scheduler, self.accelerator.device
+        latents = self.bundle.encode_frames(frames.to(device))  # (B, C, F, h, w)
+        mask = mask.to(device)
+        noise = torch.randn(latents.shape, generator=generator).to(latents)
+        timesteps = diffusion.sample_timesteps(scheduler, latents.shape[0], generator, device)
+        noisy = diffusion.noise_targets(scheduler, latents, noise, timesteps, mask)  # Eq. 1
+        drop = torch.rand(len(actions), generator=generator) < self.config.text_dropout
+        texts = ["" if dropped else action for action, dropped in zip(actions, drop.tolist())]
+        prediction = self.unet(noisy, timesteps, encoder_hidden_states=self.encode_text(texts)).sample
+        target = diffusion.diffusion_target(scheduler, latents, noise, timesteps)
+        return diffusion.masked_diffusion_loss(prediction, target, mask)  # Eq. 2
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        """Frozen text encoder with a cache (actions repeat a lot)."""
+        missing = [t for t in dict.fromkeys(texts) if t not in self.text_cache]
+        if missing:
+            for text, embedding in zip(missing, self.bundle.encode_text(missing)):
+                self.text_cache[text] = embedding
+        return torch.stack([self.text_cache[t] for t in texts])
+
+    # ------------------------------------------------------------------ the loop
+    def train(self) -> TrainResult:
+        config, accelerator = self.config, self.accelerator
+        if accelerator.is_main_process:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            save_config(config, self.output_dir / "train_config.yaml")
+        accelerator.init_trackers("slowfast_vgen")
+        previous_handler = signal.signal(signal.SIGTERM, self._request_stop)
+        losses: dict[int, float] = {}
+        skipped: list[int] = []
+        nonfinite_in_a_row = 0
+        window: list[float] = []
+        started = time.perf_counter()
+        progress = _progress(config.max_steps, self.step, disable=not accelerator.is_local_main_process)
+        micro_index = self.step * config.gradient_accumulation_steps
+        batches = self.micro_batches(micro_index)
+        self.unet.train()
+        try:
+            while self.step < config.max_steps:
+                step_losses, step_nonfinite = [], False
+                for _ in range(config.gradient_accumulation_steps):
+                    batch = next(batches)
+                    # 1. all randomness of this micro-batch from (seed, micro-batch, rank): exact resume
+                    generator = torch.Generator().manual_seed(_mix(config.seed, micro_index, self.rank))
+                    torch.manual_seed(_mix(config.seed, micro_index, self.rank, 1))  # UNet3D's dropout uses the global RNG
+                    micro_index += 1
+                    with accelerator.accumulate(self.unet):
+                        # 2. loss (Eq. 1-2, or the loop's variant)
+                        loss = self.loss(batch, generator)
+                        # 3. a non-finite loss on any process skips the micro-batch everywhere
+                        if not _all_finite(loss, accelerator):
+                            step_nonfinite = True
+                            self.optimizer.zero_grad(set_to_none=True)
+                            continue
+                        accelerator.backward(loss)
+                        step_losses.append(float(loss.detach()))
+                        # 4. optimizer step on the accumulation boundary
+                        if accelerator.sync_gradients and config.max_grad_norm > 0:
+                            accelerator.clip_grad_norm_(self.unet.parameters(), config.max_grad_norm)
+                        self.optimizer.step()
+                        self.optimizer.zero_grad(set_to_none=True)
+                self.lr_scheduler.step()
+                self.step += 1
+                progress.update(1)
+                if self.ema is not None:
+                    self.ema.step([p for p in accelerator.unwrap_model(self.unet).parameters() if p.requires_grad])
+                # 5. bookkeeping: skipped steps, logs
+                if step_nonfinite:
+                    skipped.append(self.step)
+                    nonfinite_in_a_row += 1
+                    accelerator.print(f"step {self.step}: non-finite loss, step skipped ({nonfinite_in_a_row} in a row)")
+                    self._log({"event": "nonfinite_loss", "step": self.step})
+                    if nonfinite_in_a_row >= config.max_nonfinite_steps:
+                        raise TrainingDiverged(f"{nonfinite_in_a_row} non-finite losses in a row at step {self.step}; aborting")
+                else:
+                    nonfinite_in_a_row = 0
+                if step_losses:
+                    losses[self.step] = _mean_across(sum(step_losses) / len(step_losses), accelerator)
+                    window.append(losses[self.step])
+                if self.step % config.log_every == 0 and window:
+                    record = {"step": self.step, "loss": sum(window) / len(window), "lr": self.lr_scheduler.get_last_lr()[0],
+                              "seconds": round(time.perf_counter() - started, 2)}
+                    accelerator.log({"loss": record["loss"], "lr": record["lr"]}, step=self.step)
+                    self._log(record)
+                    progress.set_postfix(loss=f"{record['loss']:.4f}")
+                    window = []
+                if config.sample_every and self.step % config.sample_every == 0:
+                    self.write_sample()
+                # 6. checkpoints: periodic, at the end, and when SIGTERM arrived
+                stop = _any_process(self.stop_requested, accelerator)
+                if self.step % config.checkpointing_steps == 0 or self.step == config.max_steps or stop:
+                    self.save_checkpoint()
+                if stop:
+                    accelerator.print(f"SIGTERM: saved checkpoint-{self.step}; resume with resume=latest")
+                    break
+        finally:
+            signal.signal(signal.SIGTERM, previous_handler)
+            progress.close()
+        interrupted = self.step < config.max_steps
+        if not interrupted:
+            self.export_model()
+        accelerator.end_training()
+        checksum = float(sum(p.detach().double().sum() for p in accelerator.unwrap_model(self.unet).parameters()))
+        return TrainResult(self.step, losses, interrupted, skipped, self.output_dir, checksum)
+
+    # ------------------------------------------------------------------ checkpoints and exports
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {"lr_scheduler": _json_safe(self.lr_scheduler.state_dict())}
+
+    def save_checkpoint(self) -> None:
+        accelerator = self.accelerator
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            optimizer = getattr(self.optimizer, "optimizer", self.optimizer)  # unwrap accelerate's wrapper
+            save_checkpoint(
+                self.output_dir, self.step, plain_unet(accelerator.unwrap_model(self.unet)), optimizer,
+                self.checkpoint_state(), ema=self.ema, total_limit=self.config.checkpoints_total_limit or None,
+            )
+        accelerator.wait_for_everyone()
+
+    def load_checkpoint(self, path: Path) -> None:
+        state = read_checkpoint_state(path)
+        load_unet_weights(self.bundle.unet, path)
+        try:
+            load_optimizer_state(self.optimizer, path / "optimizer.safetensors")
+        except Exception as err:  # wrong shapes, damaged file
+            raise UserInputError(f"checkpoint {path} is corrupt or does not fit: optimizer state: {str(err).splitlines()[0]}") from None
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        if self.ema is not None and (path / "ema").is_dir():
+            from diffusers.training_utils import EMAModel
+
+            loaded = EMAModel.from_pretrained(str(path / "ema"), model_cls=type(self.bundle.unet))
+            self.ema.load_state_dict(loaded.state_dict())
+        self.step = int(state["step"])
+        self.accelerator.print(f"resumed from {path} at step {self.step}")
+
+    def export_model(self) -> Path | None:
+        """The final model directory ``output_dir/model`` (EMA weights when enabled), loadable by ``sfvgen``."""
+        accelerator = self.accelerator
+        accelerator.wait_for_everyone()
+        if not accelerator.is_main_process:
+            return None
+        unet = accelerator.unwrap_model(self.unet)
+        if self.ema is not None:
+            trainable = [p for p in unet.parameters() if p.requires_grad]
+            self.ema.store(trainable)
+            self.ema.copy_to(trainable)
+        data = self.config.data
+        metadata = {**self.bundle.metadata, "generation": {
+            "frames_per_chunk": data.target_frames,
+            "context_frames": data.context_frames_max,
+            "window": data.context_frames_max + data.target_frames,
+        }}
+        export = ModelBundle(plain_unet(unet), self.bundle.vae, self.bundle.text_encoder, self.bundle.tokenizer,
+                             self.bundle.noise_scheduler, metadata)
+        path = export.save_pretrained(self.output_dir / "model")
+        if self.ema is not None:
+            self.ema.restore(trainable)
+        return path
+
+    def write_sample(self) -> None:
+        """A short generated video (no memory) from the first training chunk's first frame (main process)."""
+        if not self.accelerator.is_main_process:
+            return
+        from .session import GenerationConfig, GenerationSession
+        from .video_io import auto_upscale, tensor_to_frames, write_video
+
+        unet = self.accelerator.unwrap_model(self.unet)
+        first = tensor_to_frames(ChunkDataset(self.config.data)[0].context[:, :1])[0]  # (H, W, 3) uint8
+        window = self.config.data.context_frames_max + self.config.data.target_frames
+        config = GenerationConfig(frames_per_chunk=self.config.data.target_frames,
+                                  context_frames=self.config.data.context_frames_max, window=window,
+                                  fast=FastLearnerConfig(mode="off"))
+        config.sampler.num_inference_steps = 10
+        sample_bundle = ModelBundle(plain_unet(unet), self.bundle.vae, self.bundle.text_encoder, self.bundle.tokenizer,
+                                    self.bundle.noise_scheduler, self.bundle.metadata)
+        session = GenerationSession(sample_bundle, config)
+        session.start(first)
+        session.generate(list(self.config.sample_actions))
+        write_video(self.output_dir / "samples" / f"step-{self.step}.mp4", session.video(), fps=self.bundle.fps,
+                    upscale=auto_upscale(first.shape[1]))
+        unet.train()
+
+    def _log(self, record: dict) -> None:
+        if self.accelerator.is_main_process:
+            with open(self.output_dir / "train_log.jsonl", "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+    def _request_stop(self, signum, frame) -> None:
+        self.stop_requested = True
+
+
+class SlowFastLoopTrainer(SlowTrainer):
+    """Algorithm 1b: fast learning per episode (inner loop), slow learning with Theta_i frozen (outer loop).
+
+    One *iteration* collects ``D_s`` from ``episodes_per_iteration`` episodes per process: for each
+    episode a fresh Temp-LoRA runs over its ground-truth chunks ``X_0..X_{I-1}``, recording
+    ``(X_i, X_{i+1}, a_i, Theta_i)`` and then updating ``Theta_i -> Theta_{i+1}`` with the fast
+    rule (Eq. 3) on ``X_i ⊕ X_{i+1}`` while Phi is fixed. The outer loop then takes one
+    micro-batch per record: ``Theta_i`` is loaded into the LoRA (frozen) and Phi is updated with
+    the masked conditional loss of predicting ``X_{i+1}`` from ``X_i`` and the action.
+    """
+
+    config: LoopTrainConfig
+
+    def setup_model(self) -> None:
+        unet = self.bundle.unet
+        self.fast_learner = TempLoRA(unet, self.bundle.noise_scheduler, self.config.fast)
+        self.lora_names = set(self.fast_learner.parameters)
+        self._set_trainable(slow=True)
+
+    def _set_trainable(self, slow: bool) -> None:
+        """Slow phase: Phi trainable, Theta frozen; fast phase: the reverse."""
+        for name, parameter in self.bundle.unet.named_parameters():
+            parameter.requires_grad_((name in self.lora_names) != slow)
+
+    def micro_batches(self, start: int) -> Iterator[dict]:
+        """Records of D_s, one per micro-batch; iteration k's records depend only on (seed, k, Phi)."""
+        from .data.episodes import EpisodeDataset
+
+        config = self.config
+        if config.batch_size != 1:
+            raise UserInputError("the slow-fast loop trains one record (one Theta_i) per micro-batch: set batch_size=1")
+        episodes = EpisodeDataset(config.data, config.loop.chunks_per_episode)
+        per_iteration = config.loop.episodes_per_iteration * (config.loop.chunks_per_episode - 1)
+        iteration, offset = divmod(start, per_iteration)
+        while True:
+            records = self.collect(episodes, iteration)
+            yield from records[offset:]
+            iteration, offset = iteration + 1, 0
+
+    def collect(self, episodes, iteration: int) -> list[dict]:
+        """The inner loop: fast learning over each episode's chunks with Phi fixed -> D_s."""
+        config = self.config
+        generator = torch.Generator().manual_seed(_mix(config.seed, 10_000_019 + iteration, self.rank))
+        torch.manual_seed(_mix(config.seed, 10_000_019 + iteration, self.rank, 1))  # dropout in the fast updates
+        count = config.loop.episodes_per_iteration
+        order = torch.randperm(len(episodes), generator=generator).tolist()
+        chosen = [order[(iteration * count * self.world + self.rank * count + k) % len(order)] for k in range(count)]
+        unet, device = self.accelerator.unwrap_model(self.unet), self.accelerator.device
+        uncond = self.encode_text([""])
+        records = []
+        self._set_trainable(slow=False)
+        try:
+            for index in chosen:
+                chunks, actions = episodes[index]  # (I, 3, K, H, W), I actions
+                latents = [self.bundle.encode_frames(chunk[None].to(device)) for chunk in chunks]  # I x (1, C, K, h, w)
+                self.fast_learner.reset()  # Theta_0^e: a fresh memory per episode
+                for i in range(len(latents) - 1):
+                    records.append({"context": latents[i], "target": latents[i + 1], "action": actions[i + 1],
+                                    "theta": self.fast_learner.state_dict()})  # D_s += (X_i, X_{i+1}, Theta_i)
+                    unet.train()
+                    self.fast_learner.update(latents[i], latents[i + 1], generator, uncond,
+                                             text_embeddings=self.encode_text([actions[i + 1]]),
+                                             history=torch.cat(latents[: i + 2], dim=2))  # Eq. 3 with Phi fixed
+        finally:
+            self._set_trainable(slow=True)
+        return records
+
+    def loss(self, record: dict, generator: torch.Generator) -> torch.Tensor:
+        """Phi's loss with Theta_i applied and frozen: predict X_{i+1} from X_i and the action (Eq. 1-2)."""
+        self.fast_learner.load_state_dict(record["theta"])
+        context, target = record["context"], record["target"]
+        latents = torch.cat([context, target], dim=2)  # (1, C, f_p + f_g, h, w)
+        mask = diffusion.context_mask(1, context.shape[2], target.shape[2], latents.device)
+        scheduler = self.bundle.noise_scheduler
+        noise = torch.randn(latents.shape, generator=generator).to(latents)
+        timesteps = diffusion.sample_timesteps(scheduler, 1, generator, latents.device)
+        noisy = diffusion.noise_targets(scheduler, latents, noise, timesteps, mask)
+        text = "" if float(torch.rand(1, generator=generator)) < self.config.text_dropout else record["action"]
+        prediction = self.unet(noisy, timesteps, encoder_hidden_states=self.encode_text([text])).sample
+        return diffusion.masked_diffusion_loss(prediction, diffusion.diffusion_target(scheduler, latents, noise, timesteps), mask)
+
+
+# ---------------------------------------------------------------------------- helpers
+def _mix(*numbers: int) -> int:
+    """A 63-bit seed from integers (stable across runs and processes)."""
+    value = 1469598103934665603
+    for number in numbers:
+        value = ((value ^ (number & 0xFFFFFFFFFFFF)) * 1099511628211) % (1 << 63)
+    return value
+
+
+def _epoch_loader(dataset: ChunkDataset, epoch: int, offset: int, per_epoch: int, config: TrainConfig, rank: int, world: int):
+    """One epoch's micro-batches for this process, starting at micro-batch ``offset``."""
+    from torch.utils.data import DataLoader
+
+    dataset.set_epoch(epoch)
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(_mix(config.seed, epoch))).tolist()
+    size = config.batch_size
+    batches = [order[(i * world + rank) * size:(i * world + rank + 1) * size] for i in range(offset, per_epoch)]
+    return DataLoader(dataset, batch_sampler=batches, collate_fn=collate_chunks, num_workers=config.num_workers)
+
+
+def _all_finite(loss: torch.Tensor, accelerator) -> bool:
+    finite = torch.tensor([1.0 if torch.isfinite(loss).all() else 0.0], device=accelerator.device)
+    if accelerator.num_processes > 1:
+        finite = accelerator.reduce(finite, reduction="sum") / accelerator.num_processes
+    return bool(finite.item() == 1.0)
+
+
+def _any_process(flag: bool, accelerator) -> bool:
+    value = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
+    if accelerator.num_processes > 1:
+        value = accelerator.reduce(value, reduction="sum")
+    return bool(value.item() > 0)
+
+
+def _mean_across(value: float, accelerator) -> float:
+    if accelerator.num_processes == 1:
+        return value
+    tensor = torch.tensor([value], device=accelerator.device)
+    return float(accelerator.reduce(tensor, reduction="mean").item())
+
+
+def _json_safe(state: dict) -> dict:
+    """LR-scheduler state without callables (LambdaLR keeps its lambdas out of state_dict already)."""
+    return json.loads(json.dumps(state, default=lambda value: None))
+
+
+def _tracker(report_to: str):
+    if report_to in ("", "none"):
+        return None
+    if report_to == "tensorboard":
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            try:
+                import tensorboardX  # noqa: F401
+            except ImportError:
+                return None  # train_log.jsonl still records everything
+    return report_to
+
+
+def _progress(total: int, initial: int, disable: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="train", disable=disable, dynamic_ncols=True)
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Run the trainer that fits the config type (slow learning or the slow-fast loop)."""
+    trainer_cls = SlowFastLoopTrainer if isinstance(config, LoopTrainConfig) else SlowTrainer
+    return trainer_cls(config).train()
+
+
+__all__ = ["TrainConfig", "LoopTrainConfig", "LoopConfig", "SlowTrainer", "SlowFastLoopTrainer", "TrainResult",
+           "TrainingDiverged", "EXIT_PREEMPTED", "EXIT_DIVERGED", "train", "list_checkpoints"]

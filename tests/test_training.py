@@ -1,0 +1,215 @@
+"""Slow learning and the slow-fast loop: checkpoints, exact resume, SIGTERM, NaN, 2 processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from slowfast_vgen.checkpointing import list_checkpoints, save_checkpoint
+from slowfast_vgen.config import load_config
+from slowfast_vgen.data.world_dataset import MakeWorldConfig, make_world_dataset
+from slowfast_vgen.errors import UserInputError
+from slowfast_vgen.model import load_model
+from slowfast_vgen.training import (
+    LoopTrainConfig,
+    SlowFastLoopTrainer,
+    SlowTrainer,
+    TrainConfig,
+    TrainingDiverged,
+    train,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def world_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("world")
+    make_world_dataset(MakeWorldConfig(out=str(root), episodes=4, size=32, frames_per_action=4, actions_per_episode=4,
+                                       val_fraction=0.0, test_fraction=0.0, workers=1))
+    return root
+
+
+def _overrides(root: Path, out: Path, *extra: str) -> list[str]:
+    return [f"data.root={root}", f"output_dir={out}", "data.height=16", "data.width=16", "data.context_frames_max=2",
+            "data.target_frames=4", "batch_size=2", "num_workers=0", "lr_warmup_steps=1", "report_to=none",
+            "log_every=1", "checkpointing_steps=100", *extra]
+
+
+def _slow(root, out, *extra) -> TrainConfig:
+    return load_config(TrainConfig, overrides=_overrides(root, out, *extra))
+
+
+def _unet_state(out: Path) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in load_model(out / "model").unet.state_dict().items()}
+
+
+def test_three_steps_write_checkpoints_and_a_loadable_model(world_root, tmp_path):
+    out = tmp_path / "run"
+    result = train(_slow(world_root, out, "max_steps=3", "checkpointing_steps=2"))
+    assert result.step == 3 and sorted(result.losses) == [1, 2, 3] and not result.interrupted
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2", "checkpoint-3"]
+    files = sorted(str(p.relative_to(out / "checkpoint-3")) for p in (out / "checkpoint-3").rglob("*") if p.is_file())
+    assert files == ["optimizer.safetensors", "trainer_state.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors"]
+    assert json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())["step"] == 3
+    assert not [p for p in out.rglob("*") if p.suffix in (".bin", ".pkl", ".pt")]  # nothing pickled
+    assert [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()] == [1, 2, 3]
+    bundle = load_model(out / "model")
+    assert bundle.metadata["generation"] == {"frames_per_chunk": 4, "context_frames": 2, "window": 6}
+
+
+def test_resume_gives_the_losses_and_weights_of_an_uninterrupted_run(world_root, tmp_path):
+    straight = train(_slow(world_root, tmp_path / "a", "max_steps=4"))
+    first = train(_slow(world_root, tmp_path / "b", "max_steps=2"))
+    resumed = train(_slow(world_root, tmp_path / "b", "max_steps=4", "resume=latest"))
+    assert sorted(first.losses) == [1, 2] and sorted(resumed.losses) == [3, 4]
+    for step in (1, 2):
+        assert first.losses[step] == straight.losses[step]
+    for step in (3, 4):
+        assert resumed.losses[step] == straight.losses[step]
+    a, b = _unet_state(tmp_path / "a"), _unet_state(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_pruning_keeps_the_newest_and_only_after_a_successful_save(world_root, tmp_path):
+    out = tmp_path / "run"
+    train(_slow(world_root, out, "max_steps=4", "checkpointing_steps=1", "checkpoints_total_limit=2"))
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-3", "checkpoint-4"]
+
+    class Exploding(torch.nn.Module):
+        def save_pretrained(self, *args, **kwargs):
+            raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(out, 5, Exploding(), torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1), {}, total_limit=2)
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-3", "checkpoint-4"]
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary leftovers
+
+
+def test_corrupt_or_missing_checkpoint_is_a_clear_error(world_root, tmp_path):
+    out = tmp_path / "run"
+    train(_slow(world_root, out, "max_steps=2"))
+    weights = out / "checkpoint-2" / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(UserInputError, match="checkpoint .*checkpoint-2 is corrupt"):
+        SlowTrainer(_slow(world_root, out, "max_steps=3"))
+    (out / "checkpoint-2" / "trainer_state.json").unlink()
+    with pytest.raises(UserInputError, match="incomplete or corrupt: trainer_state.json is missing"):
+        SlowTrainer(_slow(world_root, out, "max_steps=3"))
+    with pytest.raises(UserInputError, match="checkpoint to resume from not found"):
+        SlowTrainer(_slow(world_root, out, f"resume={tmp_path / 'nope'}"))
+
+
+def test_nonfinite_loss_is_skipped_and_logged_then_aborts(world_root, tmp_path, monkeypatch):
+    original = SlowTrainer.loss
+    calls = {"n": 0}
+
+    def sometimes_nan(self, batch, generator):
+        calls["n"] += 1
+        loss = original(self, batch, generator)
+        return loss * float("nan") if calls["n"] == 2 else loss
+
+    monkeypatch.setattr(SlowTrainer, "loss", sometimes_nan)
+    out = tmp_path / "run"
+    result = train(_slow(world_root, out, "max_steps=3"))
+    assert result.skipped_steps == [2] and sorted(result.losses) == [1, 3]
+    assert any(json.loads(line).get("event") == "nonfinite_loss" for line in (out / "train_log.jsonl").read_text().splitlines())
+    assert all(torch.isfinite(v).all() for v in _unet_state(out).values())
+
+    monkeypatch.setattr(SlowTrainer, "loss", lambda self, batch, generator: torch.tensor(float("inf"), requires_grad=True))
+    with pytest.raises(TrainingDiverged, match="2 non-finite losses in a row"):
+        train(_slow(world_root, tmp_path / "diverge", "max_steps=5", "max_nonfinite_steps=2"))
+
+
+def test_bad_config_key_exits_2(tmp_path):
+    from slowfast_vgen.train_cli import slow_main
+
+    assert slow_main([f"output_dir={tmp_path}", "data.root=x", "learning_rat=1"]) == 2
+    assert slow_main([f"output_dir={tmp_path}"]) == 2  # data.root is required
+
+
+def _run_script(script: str, args: list[str], **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([*script.split(), *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_143(world_root, tmp_path):
+    out = tmp_path / "run"
+    process = _run_script(f"{sys.executable} train/train_slow.py", _overrides(world_root, out, "max_steps=100000"))
+    log = out / "train_log.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (log.is_file() and len(log.read_text().splitlines()) >= 2):
+        time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=240)
+    assert process.returncode == 143, output
+    checkpoints = list_checkpoints(out)
+    assert len(checkpoints) == 1
+    step = json.loads((checkpoints[0] / "trainer_state.json").read_text())["step"]
+    assert step >= 2 and checkpoints[0].name == f"checkpoint-{step}"
+    resumed = train(_slow(world_root, out, f"max_steps={step + 1}"))
+    assert sorted(resumed.losses) == [step + 1] and (out / "model").is_dir()
+
+
+def test_two_cpu_processes_stay_in_sync_and_only_rank_0_writes(world_root, tmp_path):
+    out = tmp_path / "ddp"
+    process = _run_script(f"{sys.executable} -m torch.distributed.run --nproc_per_node 2 --master_port 29517 train/train_slow.py",
+                          _overrides(world_root, out, "max_steps=2", "checkpointing_steps=1", "batch_size=1"))
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output
+    checksums = [line.split()[-1] for line in output.splitlines() if line.startswith("rank checksum")]
+    assert len(checksums) == 2 and checksums[0] == checksums[1], output
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-1", "checkpoint-2"]
+    assert len((out / "train_log.jsonl").read_text().splitlines()) == 2  # one writer
+
+
+def test_slow_fast_loop_updates_phi_with_each_theta_frozen(world_root, tmp_path):
+    config = load_config(LoopTrainConfig, overrides=_overrides(
+        world_root, tmp_path / "loop", "batch_size=1", "max_steps=3", "fast.rank=4", "fast.learning_rate=1e-2",
+        "loop.episodes_per_iteration=1", "loop.chunks_per_episode=4"))
+    seen = []
+
+    class Recording(SlowFastLoopTrainer):
+        def loss(self, record, generator):
+            if seen:  # the previous record's Theta_i was not changed by the outer (Phi) update
+                previous = seen[-1]["theta"]
+                assert all(torch.equal(previous[k], v) for k, v in self.fast_learner.state_dict().items())
+            value = super().loss(record, generator)
+            assert all(torch.equal(record["theta"][k], v) for k, v in self.fast_learner.state_dict().items())
+            assert not any(p.requires_grad for p in self.fast_learner.parameters.values())
+            seen.append(record)
+            return value
+
+    trainer = Recording(config)
+    phi_before = {k: v.clone() for k, v in trainer.accelerator.unwrap_model(trainer.unet).state_dict().items() if "lora_" not in k}
+    result = trainer.train()
+    assert result.step == 3 and len(seen) == 3
+    thetas = [record["theta"] for record in seen]
+    fresh = {f"base_model.model.{k.replace('.temp_lora', '')}": v for k, v in trainer.fast_learner.initial_state.items()}
+    assert thetas[0].keys() == fresh.keys()
+    assert all(torch.equal(thetas[0][k], fresh[k]) for k in fresh)  # Theta_0 of an episode is a fresh memory
+    assert any(not torch.equal(thetas[0][k], thetas[1][k]) for k in thetas[0])  # the fast learner moved between chunks
+    phi_after = {k: v for k, v in trainer.accelerator.unwrap_model(trainer.unet).state_dict().items() if "lora_" not in k}
+    assert any(not torch.equal(phi_before[k], phi_after[k]) for k in phi_before)
+    exported = load_model(tmp_path / "loop" / "model")
+    assert not any("lora_" in k or "base_layer" in k for k in exported.unet.state_dict())
+
+
+def test_loop_script_runs_end_to_end(world_root, tmp_path):
+    out = tmp_path / "loop-script"
+    process = _run_script(f"{sys.executable} train/train_loop.py", _overrides(
+        world_root, out, "batch_size=1", "max_steps=3", "fast.rank=4", "loop.episodes_per_iteration=1",
+        "loop.chunks_per_episode=3", "checkpointing_steps=2"))
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2", "checkpoint-3"]
+    assert (out / "model" / "unet").is_dir()
