@@ -5,17 +5,19 @@
 
 For every fast-learning mode it generates the same route from the same first frame and seed
 and records, per chunk: generation seconds, Temp-LoRA update seconds and the peak memory
-(CUDA allocator peak, or the process RSS high-water mark on CPU). The summary gives the
-Temp-LoRA overhead as a ratio (paper / off) and the memory of the last chunk relative to the
-first, which stays ~1 because the memory is a fixed-size LoRA. Results go to
-``benchmarks/results/<name>.json``.
+(CUDA allocator peak, or the process RSS high-water mark on CPU). Each mode runs in its own
+process, so its peak memory is its own. The summary gives the Temp-LoRA overhead as a ratio
+(paper / off) and the memory of the last chunk relative to the second, which stays ~1
+because the memory is a fixed-size LoRA. Results go to ``benchmarks/results/<name>.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import statistics
+import subprocess
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -63,22 +65,36 @@ def main(argv=None) -> int:
     parser.add_argument("--modes", default="off,paper", help="comma-separated fast modes (default off,paper)")
     parser.add_argument("--device", default="cpu", help="cpu | cuda")
     parser.add_argument("--name", default="chunk_cost_cpu_tiny", help="result file name (without .json)")
+    parser.add_argument("--single-mode", help=argparse.SUPPRESS)  # internal: measure one mode, print JSON
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="GenerationConfig overrides")
     args = parser.parse_args(argv)
+    if args.single_mode is None:
+        return run_all(args, argv if argv is not None else sys.argv[1:])
 
     if args.model:
         bundle = load_model(args.model, device=args.device)
     else:
         bundle = ModelBundle.from_config(load_config(ModelConfig, args.model_config)).to(args.device)
-    results = {"device": str(bundle.device), "machine": platform.processor() or platform.machine(),
-               "torch_threads": torch.get_num_threads(), "model": model_summary(bundle),
-               "chunks": args.chunks, "modes": {}}
+    config = load_config(GenerationConfig, overrides=[*args.overrides, f"fast.mode={args.single_mode}"])
+    records = measure(bundle, config, args.chunks)
+    print(json.dumps({"device": str(bundle.device), "model": model_summary(bundle), "config": asdict(config),
+                      "summary": summarise(records, args.warmup), "per_chunk": records}))
+    return 0
+
+
+def run_all(args, argv) -> int:
+    """Measure every mode in a fresh process (so peak RSS is per mode), then compare."""
+    results = {"machine": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
+               "chunks": args.chunks, "command": "python benchmarks/chunk_cost.py " + " ".join(argv), "modes": {}}
     for mode in args.modes.split(","):
-        config = load_config(GenerationConfig, overrides=[*args.overrides, f"fast.mode={mode}"])
-        records = measure(bundle, config, args.chunks)
-        results["modes"][mode] = {"summary": summarise(records, args.warmup), "per_chunk": records}
-        results["config"] = {k: v for k, v in asdict(config).items() if k != "fast"}
-        summary = results["modes"][mode]["summary"]
+        child = subprocess.run([sys.executable, __file__, *argv, "--single-mode", mode], capture_output=True, text=True)
+        if child.returncode != 0:
+            print(child.stderr, file=sys.stderr)
+            return child.returncode
+        measured = json.loads(child.stdout.strip().splitlines()[-1])
+        results.update(device=measured["device"], model=measured["model"])
+        results["modes"][mode] = {"summary": measured["summary"], "per_chunk": measured["per_chunk"]}
+        summary = measured["summary"]
         print(f"{mode:>14}: {summary['seconds_per_chunk']:.3f} s/chunk "
               f"(update {summary['memory_update_seconds_per_chunk']:.3f} s), peak {summary['peak_memory_mb_max']:.0f} MB, "
               f"last/second-chunk memory {summary['peak_memory_last_over_second_chunk']:.3f}")

@@ -4,6 +4,7 @@ Subcommands:
 
 * ``sfvgen generate``   — a long video from a first frame and a list of actions.
 * ``sfvgen play``       — interactive: one action per line, the video grows as you type.
+* ``sfvgen eval``       — chunk / long / revisit suites against exact ground truth.
 * ``sfvgen make-model`` — write a freshly initialised model directory from a config.
 
 Bad input (no actions, an empty action, an unreadable image, an unknown config key, a broken
@@ -314,6 +315,36 @@ def make_model_main(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- eval
+def eval_main(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .evaluation import EvalConfig, evaluate, markdown_table, save_results
+
+    _quiet_libraries()
+    bundle, model_path = _load_bundle(args)
+    flags = {"suite": args.suite, "seeds": _int_list(args.seeds), "routes": args.routes,
+             "generation.sampler.num_inference_steps": args.steps,
+             "variants": f"[{args.variants}]" if args.variants else None}
+    overrides = [f"{key}={value}" for key, value in flags.items() if value is not None] + list(args.overrides)
+    defaults = {"generation": bundle.metadata.get("generation", {})}
+    config = load_config(EvalConfig, args.config, overrides, defaults=defaults)
+    result = evaluate(bundle, config, progress=None if args.quiet else (lambda line: print(line, flush=True)))
+    result["model"] = model_path
+    written = save_results(result, args.out)
+    print(markdown_table(result))
+    print("wrote " + ", ".join(written.values()))
+    return 0
+
+
+def _int_list(text: str | None) -> str | None:
+    if text is None:
+        return None
+    try:
+        return "[" + ",".join(str(int(v)) for v in text.split(",") if v.strip()) + "]"
+    except ValueError:
+        raise UserInputError(f"--seeds must be comma-separated integers, got {text!r}") from None
+
+
 # ---------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sfvgen", description="Action-driven long video generation with slow-fast learning.")
@@ -336,6 +367,22 @@ def build_parser() -> argparse.ArgumentParser:
     play.add_argument("--gif", action="store_true", help="also keep a .gif up to date")
     _add_generation_options(play)
     play.set_defaults(handler=play_main)
+
+    evaluate = sub.add_parser("eval", help="evaluate memory and quality against exact ground truth",
+                              description="Evaluation suites on held-out navigation worlds: chunk | long | revisit, "
+                                          "for every Temp-LoRA variant and several seeds (mean and 95%% CI).")
+    evaluate.add_argument("--suite", choices=["chunk", "long", "revisit"], help="suite (default revisit)")
+    evaluate.add_argument("--variants", help="comma-separated fast modes (default off,paper,text,full-sequence)")
+    evaluate.add_argument("--seeds", help="comma-separated generation seeds (default 0,1,2)")
+    evaluate.add_argument("--routes", type=int, help="routes (held-out worlds) per seed (default 3)")
+    evaluate.add_argument("--steps", type=int, help="denoising steps per chunk")
+    evaluate.add_argument("--out", required=True, help="output directory: results.json, results.md, PNG figures")
+    evaluate.add_argument("--config", help="YAML with EvalConfig values (configs/eval_revisit.yaml)")
+    evaluate.add_argument("--quiet", action="store_true", help="no per-run lines")
+    evaluate.add_argument("overrides", nargs="*", metavar="key=value",
+                          help="EvalConfig overrides, e.g. actions_per_route=10 metrics.resnet18_weights=r18.safetensors")
+    _add_model_options(evaluate)
+    evaluate.set_defaults(handler=eval_main)
 
     make_model = sub.add_parser("make-model", help="write a freshly initialised model directory",
                                 description="Write a random-weight model (for tests, demos and as a training start).")

@@ -281,7 +281,8 @@ class ModelBundle:
             self.unet.save_pretrained(tmp / "unet", safe_serialization=True)
             if self.vae is not None:
                 self.vae.save_pretrained(tmp / "vae", safe_serialization=True)
-            if "text_encoder_package" not in self.metadata:  # else the package provides them
+            packaged = "text_encoder_package" in self.metadata
+            if not packaged:  # else the pip package provides them
                 self.text_encoder.save_pretrained(tmp / "text_encoder", safe_serialization=True)
                 self.tokenizer.save_pretrained(tmp / "tokenizer")
             self.noise_scheduler.save_pretrained(tmp / "scheduler")
@@ -292,8 +293,8 @@ class ModelBundle:
                 "_diffusers_version": diffusers.__version__,
                 "unet": ["diffusers", type(self.unet).__name__],
                 "vae": ["diffusers", type(self.vae).__name__] if self.vae is not None else [None, None],
-                "text_encoder": ["transformers", type(self.text_encoder).__name__],
-                "tokenizer": ["transformers", type(self.tokenizer).__name__],
+                "text_encoder": [None, None] if packaged else ["transformers", type(self.text_encoder).__name__],
+                "tokenizer": [None, None] if packaged else ["transformers", type(self.tokenizer).__name__],
                 "scheduler": ["diffusers", type(self.noise_scheduler).__name__],
             }
             atomic_write_json(tmp / "model_index.json", index)

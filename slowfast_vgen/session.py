@@ -99,13 +99,15 @@ class GenerationSession:
 
     # ------------------------------------------------------------------ start
     def start(self, image: np.ndarray) -> None:
-        """Begin an episode from a first frame ``(H, W, 3) uint8`` at the model's size."""
+        """Begin an episode from a first frame ``(H, W, 3) uint8`` at the model's size, or from
+        several frames ``(N, H, W, 3)`` (e.g. ground-truth history: the next chunk's context)."""
+        frames = image[None] if image.ndim == 3 else image
         expected = (self.bundle.height, self.bundle.width, 3)
-        if image.shape != expected:
-            raise UserInputError(f"first frame is {image.shape[1]}x{image.shape[0]}, the model needs {expected[1]}x{expected[0]}")
-        pixels = frames_to_tensor(image[None])  # (1, 3, 1, H, W)
+        if frames.shape[1:] != expected or len(frames) == 0:
+            raise UserInputError(f"first frame is {frames.shape[2]}x{frames.shape[1]}, the model needs {expected[1]}x{expected[0]}")
+        pixels = frames_to_tensor(frames)  # (1, 3, N, H, W)
         self.latents = self.bundle.encode_frames(pixels)
-        self.frames = [image.copy()]
+        self.frames = [frame.copy() for frame in frames]
         self.records = []
 
     @property
@@ -134,7 +136,7 @@ class GenerationSession:
                 # 1. encode the action C_i (cross-attention conditioning)
                 text = bundle.encode_text([action])
                 # 2. context X_i: the previous chunk's clean latents (the first frame for chunk 0)
-                num_context = 1 if not self.records else min(config.context_frames, self.latents.shape[2])
+                num_context = min(config.context_frames, self.latents.shape[2])
                 context = self.latents[:, :, -num_context:]  # (1, C, f_p, h, w)
                 # 3. Y_i = (Phi + Theta_i)(X_i, C_i): denoise the new frames from noise (inner loop)
                 scheduler = make_scheduler(config.sampler.scheduler, bundle.noise_scheduler.config)

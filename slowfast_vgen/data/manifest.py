@@ -1,0 +1,211 @@
+"""The on-disk dataset format: ``manifest.jsonl`` rows (:class:`Segment`) over H.264 mp4 files.
+
+A dataset root holds ``manifest.jsonl`` (one JSON object per line, one line per action
+segment), the videos it names, and optionally ``meta/<episode>.json`` ground-truth side files.
+Every path in the manifest is relative to the root and may not leave it: absolute paths and
+``..`` components are rejected. See ``slowfast_vgen/data/README.md`` for the full format.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any, Iterable, Iterator
+
+from ..errors import UserInputError
+from ..io_utils import atomic_write_json, atomic_write_text
+
+MANIFEST_NAME = "manifest.jsonl"
+META_DIR = "meta"
+FIELDS: tuple[str, ...] = ("video", "start_frame", "end_frame", "fps", "action", "episode", "split")
+
+
+def check_relative_path(path: Any) -> str | None:
+    """Why ``path`` is not a safe path relative to a dataset root, or ``None`` when it is.
+
+    Rejected: non-strings, empty strings, absolute paths (POSIX or Windows, drive letters and
+    UNC included), backslashes and any ``..`` component.
+    """
+    if not isinstance(path, str) or not path.strip():
+        return f"path must be a non-empty string, got {path!r}"
+    if "\\" in path:
+        return f"path {path!r} uses backslashes; use '/'"
+    posix, windows = PurePosixPath(path), PureWindowsPath(path)
+    if posix.is_absolute() or windows.is_absolute() or windows.drive:
+        return f"path {path!r} is absolute; paths must be relative to the dataset root"
+    if ".." in posix.parts:
+        return f"path {path!r} escapes the dataset root ('..')"
+    return None
+
+
+def resolve_in_root(root: str | os.PathLike, relative: str) -> Path:
+    """``root / relative`` after checking that ``relative`` stays inside ``root`` (UserInputError if not)."""
+    problem = check_relative_path(relative)
+    if problem:
+        raise UserInputError(problem)
+    return Path(root) / relative
+
+
+def segment_problems(row: Any) -> list[str]:
+    """Everything wrong with one manifest row (a parsed JSON value); empty when the row is valid."""
+    if not isinstance(row, dict):
+        return [f"row must be a JSON object, got {type(row).__name__}"]
+    problems = [f"missing field {name!r}" for name in FIELDS if name not in row]
+    if "video" in row and (problem := check_relative_path(row["video"])):
+        problems.append(problem)
+    start, end = row.get("start_frame"), row.get("end_frame")
+    for name, value in (("start_frame", start), ("end_frame", end)):
+        if name in row and (not isinstance(value, int) or isinstance(value, bool)):
+            problems.append(f"{name} must be an integer, got {value!r}")
+    if _is_int(start) and start < 0:
+        problems.append(f"start_frame must be >= 0, got {start}")
+    if _is_int(start) and _is_int(end) and end <= start:
+        problems.append(f"empty segment: end_frame {end} <= start_frame {start} (end is exclusive)")
+    fps = row.get("fps")
+    if "fps" in row and (
+        isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0
+    ):
+        problems.append(f"fps must be a positive number, got {fps!r}")
+    for name in ("action", "episode", "split"):
+        if name in row and (not isinstance(row[name], str) or not row[name].strip()):
+            problems.append(
+                f"empty {name}" if isinstance(row[name], str) else f"{name} must be a string, got {row[name]!r}"
+            )
+    return problems
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclasses.dataclass
+class Segment:
+    """One manifest row: frames ``[start_frame, end_frame)`` of ``video`` show ``action``.
+
+    ``extra`` keeps any additional keys of the row so that read -> write round-trips them.
+    """
+
+    video: str
+    start_frame: int
+    end_frame: int
+    fps: float
+    action: str
+    episode: str
+    split: str
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        problems = segment_problems(self._fields())
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    @property
+    def num_frames(self) -> int:
+        return self.end_frame - self.start_frame
+
+    def _fields(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in FIELDS}
+
+    def to_json(self) -> dict[str, Any]:
+        """The manifest row as a JSON-able dict (required fields first, then ``extra``)."""
+        return {**self._fields(), **self.extra}
+
+    @classmethod
+    def from_json(cls, row: Any) -> "Segment":
+        """Parse one row; ``ValueError`` listing every problem when it is invalid."""
+        problems = segment_problems(row)
+        if problems:
+            raise ValueError("; ".join(problems))
+        extra = {k: v for k, v in row.items() if k not in FIELDS}
+        return cls(**{name: row[name] for name in FIELDS}, extra=extra)
+
+
+@dataclasses.dataclass
+class ManifestRow:
+    """A line of a manifest as read leniently: the segment, or why it could not be parsed."""
+
+    line: int
+    raw: Any
+    segment: Segment | None
+    problems: list[str]
+
+
+def manifest_path(root_or_file: str | os.PathLike) -> Path:
+    """``root/manifest.jsonl`` for a dataset root, or the path itself when it names a file."""
+    path = Path(root_or_file)
+    return path / MANIFEST_NAME if path.is_dir() else path
+
+
+def iter_manifest(path: str | os.PathLike) -> Iterator[ManifestRow]:
+    """Every non-blank line of a manifest file, parsed leniently (problems reported, not raised)."""
+    path = manifest_path(path)
+    if not path.is_file():
+        raise UserInputError(f"manifest not found: {path}")
+    with open(path, encoding="utf-8") as handle:
+        for number, text in enumerate(handle, start=1):
+            if not text.strip():
+                continue
+            try:
+                raw = json.loads(text)
+            except json.JSONDecodeError as err:
+                yield ManifestRow(number, text.rstrip("\n"), None, [f"not valid JSON: {err.msg}"])
+                continue
+            try:
+                yield ManifestRow(number, raw, Segment.from_json(raw), [])
+            except ValueError as err:
+                yield ManifestRow(number, raw, None, str(err).split("; "))
+
+
+def read_manifest(path: str | os.PathLike) -> list[Segment]:
+    """All segments of a manifest (a file, or a dataset root holding ``manifest.jsonl``).
+
+    Strict: the first bad row raises :class:`UserInputError` naming the file, line and problem
+    (``data_tools/validate.py`` lists all of them).
+    """
+    file = manifest_path(path)
+    segments = []
+    for row in iter_manifest(file):
+        if row.segment is None:
+            raise UserInputError(
+                f"{file}:{row.line}: {'; '.join(row.problems)} (run data_tools/validate.py for a full report)"
+            )
+        segments.append(row.segment)
+    return segments
+
+
+def write_manifest(path: str | os.PathLike, segments: Iterable[Segment]) -> Path:
+    """Write ``segments`` as JSON lines, atomically (a dataset root gets ``root/manifest.jsonl``)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / MANIFEST_NAME
+    text = "".join(json.dumps(s.to_json(), ensure_ascii=False) + "\n" for s in segments)
+    atomic_write_text(path, text)
+    return path
+
+
+def episode_meta_path(root: str | os.PathLike, episode: str) -> Path:
+    """``root/meta/<episode>.json``; the episode name must be a plain file name."""
+    if not episode or "/" in episode or "\\" in episode or episode in (".", ".."):
+        raise UserInputError(f"episode name {episode!r} cannot be used as a file name")
+    return Path(root) / META_DIR / f"{episode}.json"
+
+
+def write_episode_meta(root: str | os.PathLike, episode: str, meta: dict[str, Any]) -> Path:
+    """Write an episode's ground-truth side file atomically."""
+    path = episode_meta_path(root, episode)
+    atomic_write_json(path, meta)
+    return path
+
+
+def read_episode_meta(root: str | os.PathLike, episode: str) -> dict[str, Any] | None:
+    """An episode's ground-truth side file, or ``None`` when the dataset has none for it."""
+    path = episode_meta_path(root, episode)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserInputError(f"{path}: not valid JSON: {err}") from None

@@ -1,0 +1,286 @@
+"""Video reading behind a small interface, so another decoder can slot in.
+
+:class:`VideoReaderBackend` is all the dataset and the data tools need: a frame count and
+random access to ``(N, H, W, 3) uint8`` frames. Two implementations:
+
+* ``decord`` (default): fast random access. Known problems (PLATFORM-NOTES.md): it takes frame
+  counts from the container (which can over-report) and can fail mid-file on corrupt data, so
+  every decoder error is turned into :class:`VideoReadError` naming the file, and
+  ``count_decodable()`` counts what really decodes. decord 0.6 also returns mis-strided frames
+  for some frame widths (measured: 8, 16, 24, 48 fail; 20, 32, 40, 64, 96 work); this is
+  detected on open and ``auto`` then reads that file with imageio.
+* ``imageio`` (fallback, e.g. where decord has no wheel): decodes the whole file with
+  imageio-ffmpeg on open and serves frames from memory; fine for the short clips we store.
+
+Readers are cheap to open and hold OS resources, so callers open them lazily (per DataLoader
+worker), never when a dataset is constructed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+
+BACKENDS: tuple[str, ...] = ("auto", "decord", "imageio")
+
+
+class VideoReadError(Exception):
+    """A video could not be opened or decoded; ``path`` names it, ``reason`` says why."""
+
+    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class DecordGeometryError(VideoReadError):
+    """decord decodes the file but returns wrongly strided frames (a decord 0.6 bug for some widths)."""
+
+
+class VideoReaderBackend(Protocol):
+    """Random access to the frames of one video file."""
+
+    @property
+    def num_frames(self) -> int:
+        """Frame count as reported by the container (may over-report for damaged files)."""
+        ...
+
+    def get_frames(self, indices: Sequence[int]) -> np.ndarray:
+        """Frames at ``indices`` as ``(len(indices), H, W, 3) uint8``; :class:`VideoReadError` on failure."""
+        ...
+
+
+def short_decoder_error(err: BaseException) -> str:
+    """A one-line reason from a (often multi-line, log-prefixed) decoder exception."""
+    text = " ".join(str(err).split())
+    for marker in ("Error: ", "ERROR ", "Check failed: "):
+        if marker in text:
+            text = text[text.rindex(marker) + len(marker) :]
+            break
+    text = text or type(err).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _check_indices(path: str, indices: Sequence[int], num_frames: int) -> list[int]:
+    out = [int(i) for i in indices]
+    bad = [i for i in out if not 0 <= i < num_frames]
+    if bad:
+        raise VideoReadError(path, f"frame {bad[0]} requested but the video has {num_frames} frames")
+    return out
+
+
+class DecordVideoReader:
+    """:class:`VideoReaderBackend` on ``decord.VideoReader`` (one codec thread: DataLoader workers parallelise)."""
+
+    def __init__(self, path: str | os.PathLike, num_threads: int = 1) -> None:
+        import decord
+
+        self.path = str(path)
+        if not Path(self.path).is_file():
+            raise VideoReadError(self.path, "file not found")
+        try:
+            self._reader = decord.VideoReader(self.path, num_threads=num_threads)
+            self._num_frames = len(self._reader)
+        except Exception as err:  # decord raises RuntimeError / DECORDError for bad files
+            reason = short_decoder_error(err)
+            if "cannot find video stream" in reason:  # e.g. an encoder that wrote zero frames
+                raise VideoReadError(self.path, "no video stream (zero frames)") from None
+            raise VideoReadError(self.path, f"cannot open: {reason}") from None
+        self._check_geometry()
+
+    def _check_geometry(self) -> None:
+        """Decode frame 0 once: decord 0.6 returns mis-strided frames for some widths (8, 16, 24, 48, ...)."""
+        if self._num_frames == 0:
+            return
+        try:
+            shape = self._reader[0].shape
+            self._reader.seek(0)
+        except Exception:  # a damaged file: left to get_frames / count_decodable to report
+            return
+        if len(shape) != 3 or shape[-1] != 3:
+            raise DecordGeometryError(
+                self.path,
+                f"decord cannot return frames of this width (got a frame of shape {tuple(shape)}); use the imageio backend",
+            )
+
+    @property
+    def num_frames(self) -> int:
+        return self._num_frames
+
+    @property
+    def fps(self) -> float:
+        return float(self._reader.get_avg_fps())
+
+    def get_frames(self, indices: Sequence[int]) -> np.ndarray:
+        idx = _check_indices(self.path, indices, self._num_frames)
+        try:
+            frames = self._reader.get_batch(idx).asnumpy()
+        except Exception as err:
+            raise VideoReadError(
+                self.path, f"cannot decode frames {idx[0]}..{idx[-1]}: {short_decoder_error(err)}"
+            ) from None
+        if frames.shape[0] != len(idx):
+            raise VideoReadError(self.path, f"decoder returned {frames.shape[0]} frames for {len(idx)} indices")
+        return frames
+
+    def count_decodable(self) -> int:
+        """Decode sequentially from the start and count frames until the first failure."""
+        count = 0
+        try:
+            self._reader.seek(0)
+            for _ in range(self._num_frames):
+                self._reader.next()
+                count += 1
+        except StopIteration:
+            pass
+        except Exception:  # a corrupt packet: frames after it do not count
+            pass
+        return count
+
+
+class ImageioVideoReader:
+    """:class:`VideoReaderBackend` that decodes the whole file with imageio-ffmpeg on open."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        import imageio.v3 as iio
+
+        self.path = str(path)
+        if not Path(self.path).is_file():
+            raise VideoReadError(self.path, "file not found")
+        frames = []
+        try:
+            for frame in iio.imiter(self.path, plugin="FFMPEG"):
+                frames.append(np.asarray(frame, dtype=np.uint8))
+        except Exception as err:
+            if not frames:
+                raise VideoReadError(self.path, f"cannot open: {short_decoder_error(err)}") from None
+        if not frames:
+            raise VideoReadError(self.path, "no decodable frames")
+        self._frames = np.stack(frames)  # (F, H, W, 3)
+        try:
+            self._fps = float(iio.immeta(self.path, plugin="FFMPEG").get("fps", 0.0))
+        except Exception:
+            self._fps = 0.0
+
+    @property
+    def fps(self) -> float:
+        return self._fps
+
+    @property
+    def num_frames(self) -> int:
+        return int(self._frames.shape[0])
+
+    def get_frames(self, indices: Sequence[int]) -> np.ndarray:
+        return self._frames[_check_indices(self.path, indices, self.num_frames)]
+
+    def count_decodable(self) -> int:
+        return self.num_frames
+
+
+def _decord_available() -> bool:
+    try:
+        import decord  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def reader_factory(backend: str = "auto") -> Callable[[str], VideoReaderBackend]:
+    """A function ``path -> reader`` for ``backend``.
+
+    ``"auto"`` = decord when installed, falling back to imageio per file when decord cannot
+    return that file's frames correctly (see :class:`DecordGeometryError`), else imageio.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown video backend {backend!r}; expected one of {BACKENDS}")
+    if backend == "auto":
+        return _open_auto if _decord_available() else ImageioVideoReader
+    return DecordVideoReader if backend == "decord" else ImageioVideoReader
+
+
+def _open_auto(path: str) -> VideoReaderBackend:
+    """decord, or imageio for the frame widths decord 0.6 gets wrong."""
+    try:
+        return DecordVideoReader(path)
+    except DecordGeometryError:
+        return ImageioVideoReader(path)
+
+
+def open_video(path: str | os.PathLike, backend: str = "auto") -> VideoReaderBackend:
+    """Open ``path`` with ``backend``; :class:`VideoReadError` when it is missing or unreadable."""
+    return reader_factory(backend)(str(path))
+
+
+def ffmpeg_decodable_frames(path: str | os.PathLike, timeout: float = 600.0) -> int:
+    """Frames the ffmpeg CLI decodes before the first decoding error; deterministic.
+
+    decord decodes in a background thread, so on a corrupt file the frame at which its error
+    surfaces varies from run to run (measured: 0 or 29 for the same file). ffmpeg with a single
+    decoder thread and errors made fatal (``-threads 1 -xerror -err_detect explode``) stops at
+    the same frame every time. Uses the ffmpeg binary shipped with imageio-ffmpeg.
+    """
+    import subprocess
+
+    import imageio_ffmpeg
+
+    command = [
+        imageio_ffmpeg.get_ffmpeg_exe(),
+        "-nostdin",
+        "-hide_banner",
+        "-v",
+        "error",
+        "-stats",
+        "-threads",
+        "1",
+        "-xerror",
+        "-err_detect",
+        "explode",
+        "-i",
+        str(path),
+        "-map",
+        "0:v:0",
+        "-f",
+        "null",
+        "-",
+    ]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return 0
+    counts = re.findall(r"frame=\s*(\d+)", result.stderr)
+    return int(counts[-1]) if counts else 0
+
+
+def quiet_decoder_logs() -> None:
+    """Silence FFmpeg's per-packet log lines printed by decord (call from entry points only)."""
+    if _decord_available():
+        import decord
+
+        decord.logging.set_level(decord.logging.QUIET)
+
+
+def resize_center_crop(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``(N, h, w, 3) uint8`` -> ``(N, height, width, 3) uint8``: scale to cover, then centre-crop.
+
+    The aspect ratio is kept (the shorter side is fitted, the excess cropped); PIL's bilinear
+    filter, which widens its support when shrinking (antialiased). A no-op when the size
+    already matches. Pure numpy/PIL on purpose: no torch thread pool in data workers.
+    """
+    from PIL import Image
+
+    n, h, w, _ = frames.shape
+    if (h, w) == (height, width):
+        return frames
+    scale = max(height / h, width / w)
+    crop_w, crop_h = width / scale, height / scale  # the source region that ends up in the output
+    box = ((w - crop_w) / 2, (h - crop_h) / 2, (w + crop_w) / 2, (h + crop_h) / 2)
+    out = np.empty((n, height, width, 3), dtype=np.uint8)
+    for i in range(n):
+        out[i] = np.asarray(
+            Image.fromarray(np.ascontiguousarray(frames[i])).resize((width, height), Image.BILINEAR, box=box)
+        )
+    return out

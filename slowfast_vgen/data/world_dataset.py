@@ -1,0 +1,310 @@
+"""Render procedural-world episodes into a dataset on disk (the logic of ``data_tools/make_world.py``).
+
+Layout written under ``out``::
+
+    videos/<episode>.mp4     one H.264 video per episode: start frame + K frames per action
+    meta/<episode>.json      exact ground truth (camera / object positions per frame, primitives,
+                             revisit frames, world seed and config) and the generator settings
+    manifest.jsonl           one row per action segment, written last, atomically
+    dataset.json             generator settings, split sizes and the seed rule
+
+Splits and seeds (the rule): episode ``e`` lives in world ``w = e // episodes_per_world``, whose
+seed is ``seed * 1_000_000 + w``. Worlds are split in contiguous blocks, ``train`` first, then
+``val``, then ``test`` (sizes from the fractions, at least one world each when there are 3 or
+more worlds), so a world seed never appears in two splits, and datasets made with different
+``--seed`` values never share a world (for fewer than a million worlds).
+
+Phrasings: ``train`` rows use training phrasings only; ``val`` and ``test`` rows draw from all
+phrasings (training and held-out), so held-out wordings are evaluated there and never trained on.
+
+Resuming: each episode's video and then its meta file are written atomically; an episode whose
+both files exist with the same generator settings is not rendered again, so an interrupted run
+continues where it stopped. The manifest is rebuilt from the meta files at the end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import multiprocessing
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from ..config import help_field
+from ..errors import UserInputError
+from ..io_utils import atomic_write_json
+from ..worlds import build_world, world_config, world_spec
+from ..worlds.actions import PhraseSplit, phrase
+from ..worlds.base import action_frame_range
+from .manifest import Segment, episode_meta_path, write_episode_meta, write_manifest
+
+WORLD_SEED_STRIDE = 1_000_000
+FORMAT_VERSION = 1
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+
+
+@dataclasses.dataclass
+class MakeWorldConfig:
+    """Settings of one generated dataset (see the module docstring for the split/seed rule)."""
+
+    out: str = help_field(help="output dataset directory")
+    episodes: int = help_field(help="number of episodes to render")
+    seed: int = help_field(0, help="dataset seed; world seeds are seed * 1_000_000 + world index")
+    world: str = help_field("navigation", help="world name: navigation or blocks")
+    size: int = help_field(32, help="view height and width in pixels")
+    frames_per_action: int = help_field(8, help="frames rendered per action (K)")
+    actions_per_episode: int = help_field(10, help="actions per episode (M); an episode has 1 + M*K frames")
+    fps: float = help_field(8.0, help="frame rate written into the videos and the manifest")
+    episodes_per_world: int = help_field(1, help="episodes rendered in each world (different routes, same map)")
+    val_fraction: float = help_field(0.1, help="fraction of worlds in the val split")
+    test_fraction: float = help_field(0.1, help="fraction of worlds in the test split")
+    workers: int = help_field(1, help="parallel worker processes")
+    world_overrides: list[str] = help_field([], help="key=value overrides of the world config, e.g. speed=3")
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.episodes >= 1, f"episodes must be >= 1, got {self.episodes}"),
+            (self.size >= 8 and self.size % 2 == 0, f"size must be an even number >= 8, got {self.size}"),
+            (self.frames_per_action >= 1, f"frames_per_action must be >= 1, got {self.frames_per_action}"),
+            (self.actions_per_episode >= 1, f"actions_per_episode must be >= 1, got {self.actions_per_episode}"),
+            (self.fps > 0, f"fps must be > 0, got {self.fps}"),
+            (self.episodes_per_world >= 1, f"episodes_per_world must be >= 1, got {self.episodes_per_world}"),
+            (
+                0 <= self.val_fraction < 1
+                and 0 <= self.test_fraction < 1
+                and self.val_fraction + self.test_fraction < 1,
+                "val_fraction and test_fraction must be in [0, 1) with a sum below 1, "
+                f"got {self.val_fraction}, {self.test_fraction}",
+            ),
+            (self.workers >= 1, f"workers must be >= 1, got {self.workers}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        if self.num_worlds > WORLD_SEED_STRIDE:
+            raise ValueError(f"at most {WORLD_SEED_STRIDE} worlds per dataset, got {self.num_worlds}")
+        if not self.out:
+            raise ValueError("out must name a directory")
+        world_spec(self.world)  # UserInputError for unknown names
+
+    @property
+    def num_worlds(self) -> int:
+        return math.ceil(self.episodes / self.episodes_per_world)
+
+    def generator(self) -> dict[str, Any]:
+        """Settings that determine an episode's content (what a resumed episode must match)."""
+        return {
+            "format_version": FORMAT_VERSION,
+            "world": self.world,
+            "seed": self.seed,
+            "size": self.size,
+            "frames_per_action": self.frames_per_action,
+            "actions_per_episode": self.actions_per_episode,
+            "fps": self.fps,
+            "episodes_per_world": self.episodes_per_world,
+            "world_overrides": list(self.world_overrides),
+        }
+
+
+def world_seed(dataset_seed: int, world_index: int) -> int:
+    """The seed of world ``world_index`` in a dataset made with ``dataset_seed`` (unique per world)."""
+    return dataset_seed * WORLD_SEED_STRIDE + world_index
+
+
+def split_sizes(num_worlds: int, val_fraction: float, test_fraction: float) -> dict[str, int]:
+    """Worlds per split: rounded fractions, at least one val/test world when there are >= 3 worlds."""
+    sizes = {}
+    for name, fraction in (("val", val_fraction), ("test", test_fraction)):
+        count = round(fraction * num_worlds)
+        if fraction > 0 and num_worlds >= 3:
+            count = max(1, count)
+        sizes[name] = count
+    sizes["train"] = num_worlds - sizes["val"] - sizes["test"]
+    if sizes["train"] < 1:
+        raise ValueError(
+            f"no world left for training with {num_worlds} worlds and fractions {val_fraction}, {test_fraction}"
+        )
+    return {name: sizes[name] for name in SPLITS}
+
+
+def world_split(world_index: int, sizes: dict[str, int]) -> str:
+    """The split of ``world_index``: contiguous blocks, train | val | test."""
+    if world_index < sizes["train"]:
+        return "train"
+    if world_index < sizes["train"] + sizes["val"]:
+        return "val"
+    return "test"
+
+
+def phrase_split_for(split: str) -> PhraseSplit:
+    """Which phrasings a dataset split may use: train -> training phrasings, others -> all."""
+    return "train" if split == "train" else "all"
+
+
+def episode_name(world: str, index: int) -> str:
+    return f"{world}-{index:06d}"
+
+
+def episode_segments(
+    name: str,
+    video: str,
+    primitives: list[str],
+    split: str,
+    frames_per_action: int,
+    fps: float,
+    phrase_rng: np.random.Generator,
+) -> list[Segment]:
+    """One manifest row per action, phrased with ``phrase_rng`` from the split's phrasings."""
+    phrase_split = phrase_split_for(split)
+    rows = []
+    for i, primitive in enumerate(primitives):
+        start, end = action_frame_range(i, frames_per_action)
+        rows.append(Segment(video, start, end, fps, phrase(primitive, phrase_rng, phrase_split), name, split))
+    return rows
+
+
+@dataclasses.dataclass
+class EpisodeJob:
+    """Everything a worker needs to render (or resume) one episode."""
+
+    root: str
+    index: int
+    split: str
+    world_seed: int
+    config: MakeWorldConfig
+
+    @property
+    def name(self) -> str:
+        return episode_name(self.config.world, self.index)
+
+    @property
+    def video(self) -> str:
+        return f"videos/{self.name}.mp4"
+
+
+def _route_rng(config: MakeWorldConfig, index: int) -> np.random.Generator:
+    return np.random.default_rng([config.seed, index, 1])
+
+
+def _phrase_rng(config: MakeWorldConfig, index: int) -> np.random.Generator:
+    return np.random.default_rng([config.seed, index, 2])
+
+
+def run_episode_job(job: EpisodeJob) -> list[Segment]:
+    """Render one episode to ``videos/`` and ``meta/`` (or reuse a finished one); return its rows."""
+    from ..video_io import write_video
+
+    config = job.config
+    root = Path(job.root)
+    meta_path = episode_meta_path(root, job.name)
+    video_path = root / job.video
+    meta = _finished_meta(meta_path, video_path, config)
+    if meta is None:
+        world = build_world(config.world, job.world_seed, config=world_config(config.world, _world_overrides(config)))
+        episode = world.sample_episode(
+            _route_rng(config, job.index), config.actions_per_episode, config.frames_per_action
+        )
+        write_video(video_path, episode.frames, fps=config.fps)
+        meta = {
+            "episode": job.name,
+            "video": job.video,
+            "generator": config.generator(),
+            "frames": int(episode.frames.shape[0]),
+            **episode.meta,
+        }
+        write_episode_meta(root, job.name, meta)  # written last: its presence marks the episode finished
+    return episode_segments(
+        job.name,
+        job.video,
+        list(meta["primitives"]),
+        job.split,
+        config.frames_per_action,
+        config.fps,
+        _phrase_rng(config, job.index),
+    )
+
+
+def _world_overrides(config: MakeWorldConfig) -> list[str]:
+    """The world overrides plus the view size (``view_size`` is how both worlds name it)."""
+    return [f"view_size={config.size}", *config.world_overrides]
+
+
+def _finished_meta(meta_path: Path, video_path: Path, config: MakeWorldConfig) -> dict[str, Any] | None:
+    """The meta of an already rendered episode, ``None`` if it must be rendered; error on a settings clash."""
+    if not (meta_path.is_file() and video_path.is_file()):
+        return None
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None  # a damaged side file: render again
+    if meta.get("generator") != config.generator():
+        raise UserInputError(
+            f"{meta_path} was generated with different settings ({meta.get('generator')}); "
+            f"use a new --out directory or delete the old dataset"
+        )
+    return meta
+
+
+def plan_jobs(config: MakeWorldConfig) -> list[EpisodeJob]:
+    """One job per episode, with its split and world seed fixed by the rule in the module docstring."""
+    sizes = split_sizes(config.num_worlds, config.val_fraction, config.test_fraction)
+    jobs = []
+    for index in range(config.episodes):
+        w = index // config.episodes_per_world
+        jobs.append(EpisodeJob(str(config.out), index, world_split(w, sizes), world_seed(config.seed, w), config))
+    return jobs
+
+
+def make_world_dataset(
+    config: MakeWorldConfig, progress: Callable[[Iterable], Iterable] | None = None
+) -> dict[str, Any]:
+    """Render ``config.episodes`` episodes into ``config.out`` and write the manifest; returns a summary.
+
+    ``progress`` wraps the iterator of finished episodes (e.g. ``functools.partial(tqdm, total=n)``).
+    """
+    world_config(config.world, _world_overrides(config))  # fail fast on bad overrides, in this process
+    root = Path(config.out)
+    root.mkdir(parents=True, exist_ok=True)
+    jobs = plan_jobs(config)
+    results: dict[int, list[Segment]] = {}
+    if config.workers == 1:
+        finished: Iterable = ((job.index, run_episode_job(job)) for job in jobs)
+        for index, rows in progress(finished) if progress else finished:
+            results[index] = rows
+    else:
+        with multiprocessing.get_context("spawn").Pool(config.workers) as pool:
+            finished = pool.imap_unordered(_indexed_job, jobs, chunksize=4)
+            for index, rows in progress(finished) if progress else finished:
+                results[index] = rows
+    segments = [row for index in sorted(results) for row in results[index]]
+    write_manifest(root / "manifest.jsonl", segments)
+    sizes = split_sizes(config.num_worlds, config.val_fraction, config.test_fraction)
+    summary = {
+        "generator": config.generator(),
+        "episodes": config.episodes,
+        "worlds": config.num_worlds,
+        "world_splits": sizes,
+        "episode_splits": {s: sum(1 for j in jobs if j.split == s) for s in SPLITS},
+        "segments": len(segments),
+        "world_seed_rule": f"world w has seed = seed * {WORLD_SEED_STRIDE} + w; worlds split contiguously train|val|test",
+        "phrasings": "train rows: training phrasings only; val/test rows: training and held-out phrasings",
+    }
+    atomic_write_json(root / "dataset.json", summary)
+    return summary
+
+
+def _indexed_job(job: EpisodeJob) -> tuple[int, list[Segment]]:
+    return job.index, run_episode_job(job)
+
+
+def default_workers() -> int:
+    """A sensible worker count: the CPUs this process may use, at most 8."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(8, cpus))

@@ -1,0 +1,281 @@
+"""Evaluation suites on the navigation world, where every frame's ground truth is exact.
+
+* ``chunk``   — one-chunk prediction from ground-truth context (slow learning, paper Table 1
+  left half): PSNR / SSIM against the ground-truth chunk, action accuracy.
+* ``long``    — long random-walk routes (up to ~1,000 frames): SCuts, per-chunk PSNR against
+  ground truth, drift (PSNR slope per 100 frames), action accuracy.
+* ``revisit`` — routes that go out and retrace their steps back (paper §4.1 SRC): revisit
+  PSNR / SSIM against the ground truth of the place and against the model's own first
+  visit, SRC (ResNet-18 features, or unavailable), SCuts, action accuracy.
+
+Every suite runs each fast-learning variant (``off``, ``paper``, ``text``, ``full-sequence``,
+the paper's Table 4 ablations) on the same routes and for several generation seeds; results
+are per run (variant, seed, route) and summarised per variant as mean and 95 % confidence
+interval across runs. Routes come from held-out worlds (``world_seed_base`` + route index):
+``make_world.py`` seeds worlds ``seed * 1_000_000 + w``, so a base of 900_000_000 is never
+used by a training set made with a dataset seed below 900.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from . import metrics
+from .config import config_from_dict, help_field
+from .errors import UserInputError
+from .model import ModelBundle
+from .session import GenerationConfig, GenerationSession
+
+SUITES = ("chunk", "long", "revisit")
+
+
+@dataclass
+class EvalConfig:
+    """What to evaluate and how much."""
+
+    suite: str = help_field("revisit", f"suite: {' | '.join(SUITES)}")
+    variants: list[str] = help_field(["off", "paper", "text", "full-sequence"], "fast-learning variants to compare")
+    seeds: list[int] = help_field([0, 1, 2], "generation seeds (each run uses the same routes)")
+    routes: int = help_field(3, "routes (held-out worlds) per seed")
+    actions_per_route: int = help_field(8, "actions per route (revisit: out and back; chunk: chunks predicted per route)")
+    long_frames: int = help_field(200, "frames of a long-suite route (the paper's long videos: ~1,000)")
+    phrasing: str = help_field("heldout", "action phrasings: train | heldout (never seen in training) | all")
+    world_seed_base: int = help_field(900_000_000, "held-out world seeds: base + route index")
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    metrics: metrics.MetricsConfig = field(default_factory=metrics.MetricsConfig)
+
+    def __post_init__(self) -> None:
+        if self.suite not in SUITES:
+            raise ValueError(f"suite must be one of {', '.join(SUITES)}, got {self.suite!r}")
+        from .fast_learner import FAST_MODES
+
+        variants = ["off" if str(v).lower() == "false" else v for v in self.variants]  # YAML reads `off` as false
+        bad = [v for v in variants if v not in FAST_MODES]
+        if bad or not variants:
+            raise ValueError(f"variants must be among {', '.join(FAST_MODES)}, got {self.variants}")
+        self.variants = variants
+        if not self.seeds or self.routes < 1 or self.actions_per_route < 2:
+            raise ValueError("need at least one seed, one route and two actions per route")
+        if self.phrasing not in ("train", "heldout", "all"):
+            raise ValueError(f"phrasing must be train, heldout or all, got {self.phrasing!r}")
+
+
+@dataclass
+class Route:
+    """One evaluation route with its exact ground truth."""
+
+    index: int
+    world_seed: int
+    primitives: list[str]
+    actions: list[str]
+    frames: np.ndarray  # (1 + M*K, H, W, 3) uint8
+    revisit_pairs: list[tuple[int, int]]
+
+
+def build_routes(config: EvalConfig, height: int, width: int, frames_per_chunk: int) -> list[Route]:
+    """The suite's routes on held-out navigation worlds (same for every variant and seed)."""
+    from .data.readers import resize_center_crop
+    from .worlds import build_world
+    from .worlds.actions import phrase
+
+    view = max(height, width) + max(height, width) % 2
+    routes = []
+    for index in range(config.routes):
+        world_seed = config.world_seed_base + index
+        world = build_world("navigation", world_seed, overrides=[f"view_size={view}"])
+        rng = np.random.default_rng(world_seed)
+        if config.suite == "revisit":
+            route = world.make_route(rng, config.actions_per_route, "return_to_start")
+        elif config.suite == "long":
+            route = world.make_route(rng, max(2, config.long_frames // frames_per_chunk), "random")
+        else:
+            route = world.make_route(rng, config.actions_per_route + 1, "random")
+        start = rng.integers(0, world.map_size, size=2)
+        frames, _ = world.rollout(start, route.primitives, frames_per_chunk)
+        frames = resize_center_crop(frames, height, width)
+        actions = [phrase(p, rng, config.phrasing) for p in route.primitives]
+        routes.append(Route(index, world_seed, list(route.primitives), actions, frames,
+                            route.revisit_frames(frames_per_chunk)))
+    return routes
+
+
+def evaluate(bundle: ModelBundle, config: EvalConfig, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run the suite for every variant x seed x route; returns runs, per-variant summaries, curves."""
+    generation = config.generation
+    routes = build_routes(config, bundle.height, bundle.width, generation.frames_per_chunk)
+    networks = metrics.PretrainedMetrics(config.metrics)
+    runs = []
+    for variant in config.variants:
+        for seed in config.seeds:
+            for route in routes:
+                started = time.perf_counter()
+                run = {"variant": variant, "seed": seed, "route": route.index, "world_seed": route.world_seed,
+                       **_run_route(bundle, config, route, variant, seed, networks)}
+                run["seconds"] = round(time.perf_counter() - started, 2)
+                runs.append(run)
+                if progress:
+                    progress(f"{config.suite} {variant} seed {seed} route {route.index}: "
+                             + ", ".join(f"{k} {v:.3f}" for k, v in run["scores"].items() if isinstance(v, float)))
+    return {
+        "suite": config.suite,
+        "config": _plain(config),
+        "availability": {name: {"available": reason is None, "reason": reason}
+                         for name, reason in networks.availability().items()},
+        "summary": summarise(runs, config.variants),
+        "runs": runs,
+    }
+
+
+def _run_route(bundle, config: EvalConfig, route: Route, variant: str, seed: int, networks) -> dict[str, Any]:
+    """Generate one route with one variant and seed and score it against the ground truth."""
+    values = {**asdict(config.generation), "seed": seed}
+    values["fast"]["mode"] = variant
+    session = GenerationSession(bundle, config_from_dict(GenerationConfig, values))
+    K = config.generation.frames_per_chunk
+    mc = config.metrics
+    scores: dict[str, Any] = {}
+    if config.suite == "chunk":
+        # one chunk at a time from ground-truth context: slow-learning quality, no memory involved
+        psnrs, ssims, predicted, lpips_values = [], [], [], []
+        for i in range(1, len(route.primitives)):
+            session.reset_memory()  # every chunk starts with an empty memory
+            session.start(route.frames[: 1 + i * K])
+            chunk = session.generate([route.actions[i]])  # (K, H, W, 3)
+            truth = route.frames[1 + i * K: 1 + (i + 1) * K]
+            psnrs.append(metrics.psnr(chunk, truth))
+            ssims.append(metrics.ssim(chunk, truth))
+            lpips = networks.lpips(chunk, truth)
+            lpips_values.append(lpips.value if lpips.available else None)
+            context_and_chunk = np.concatenate([route.frames[i * K: 1 + i * K], chunk])
+            predicted.append(metrics.motion_direction(context_and_chunk, mc.motion_stay_threshold, mc.motion_max_shift))
+        commanded = route.primitives[1:]
+        scores.update(psnr=float(np.mean(psnrs)), ssim=float(np.mean(ssims)),
+                      action_accuracy=float(np.mean([p == c for p, c in zip(predicted, commanded)])),
+                      lpips=None if None in lpips_values else float(np.mean(lpips_values)))
+        return {"scores": scores, "predicted": predicted, "commanded": commanded}
+    session.start(route.frames[0])
+    session.generate(route.actions)
+    video = session.video()
+    chunk_ranges = [(r.start_frame, r.end_frame) for r in session.records]
+    per_chunk = metrics.chunk_scores(video, route.frames, chunk_ranges)
+    chunks = metrics.action_chunks(video, K)
+    predicted = metrics.predict_actions(chunks, mc.motion_stay_threshold, mc.motion_max_shift)
+    scores["action_accuracy"] = float(np.mean([p == c for p, c in zip(predicted, route.primitives)]))
+    scores["chunk_psnr"] = float(np.mean([c.psnr for c in per_chunk]))
+    scores["scuts"] = float(metrics.scene_cuts(video, mc.scene_threshold, mc.scene_min_len, bundle.fps, mc.scene_upscale))
+    if config.suite == "long":
+        x = np.array([c.start for c in per_chunk], float)
+        y = np.array([c.psnr for c in per_chunk], float)
+        scores["drift_psnr_per_100_frames"] = float(np.polyfit(x, y, 1)[0] * 100) if len(x) > 1 else 0.0
+    if config.suite == "revisit":
+        revisits = metrics.revisit_scores(video, route.frames, route.revisit_pairs)
+        for key, value in metrics.mean_fields(revisits).items():
+            if key.startswith(("psnr", "ssim")):
+                scores[f"revisit_{key}"] = float(value)
+        src = networks.src(video, route.revisit_pairs)
+        scores["src"] = src.value if src.available else None
+    return {
+        "scores": scores,
+        "per_chunk_psnr": [(c.start, c.psnr) for c in per_chunk],
+        "predicted": predicted,
+        "commanded": route.primitives,
+        "memory_loss": [r.temp_lora_loss for r in session.records],
+        "video": video,  # dropped before JSON; used for contact sheets
+        "truth": route.frames,
+        "revisit_pairs": route.revisit_pairs,
+    }
+
+
+def summarise(runs: list[dict], variants: list[str]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per variant and score: mean, 95 % CI bounds and n across runs (None scores are skipped)."""
+    summary = {}
+    for variant in variants:
+        rows = [run["scores"] for run in runs if run["variant"] == variant]
+        names = dict.fromkeys(name for row in rows for name in row)
+        summary[variant] = {}
+        for name in names:
+            values = [row[name] for row in rows if row.get(name) is not None and math.isfinite(row[name])]
+            if not values:
+                summary[variant][name] = {"mean": None, "low": None, "high": None, "n": 0}
+                continue
+            mean, low, high = metrics.mean_ci(values)
+            summary[variant][name] = {"mean": mean, "low": low, "high": high, "n": len(values)}
+    return summary
+
+
+def markdown_table(result: dict) -> str:
+    """The per-variant summary as a markdown table: ``mean ± half-width of the 95 % CI``."""
+    summary = result["summary"]
+    variants = list(summary)
+    names = list(dict.fromkeys(name for variant in variants for name in summary[variant]))
+    lines = ["| score | " + " | ".join(variants) + " |", "|---|" + "---|" * len(variants)]
+    for name in names:
+        cells = []
+        for variant in variants:
+            entry = summary[variant].get(name)
+            if not entry or entry["mean"] is None:
+                cells.append("unavailable")
+            elif entry["n"] > 1 and math.isfinite(entry["high"]):
+                cells.append(f"{entry['mean']:.3f} ± {entry['high'] - entry['mean']:.3f}")
+            else:
+                cells.append(f"{entry['mean']:.3f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    notes = [f"- {name}: {info['reason']}" for name, info in result.get("availability", {}).items() if info.get("reason")]
+    if notes:
+        lines += ["", "Unavailable metrics:", *notes]
+    return "\n".join(lines) + "\n"
+
+
+def _plain(config: EvalConfig) -> dict:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.structured(config))
+
+
+
+def save_results(result: dict, out_dir) -> dict[str, str]:
+    """Write ``results.json``, ``results.md`` and the PNG figures; returns the written paths."""
+    from pathlib import Path
+
+    from .io_utils import atomic_write_json, atomic_write_text
+    from .report import contact_sheet, line_plot
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = {}
+    variants = list(result["summary"])
+    runs = result["runs"]
+    # per-chunk PSNR against the frame index, averaged over seeds and routes, one line per variant
+    curves = {}
+    for variant in variants:
+        table: dict[int, list[float]] = {}
+        for run in runs:
+            if run["variant"] == variant:
+                for start, value in run.get("per_chunk_psnr", []):
+                    if math.isfinite(value):
+                        table.setdefault(start, []).append(value)
+        if table:
+            xs = sorted(table)
+            curves[variant] = (xs, [float(np.mean(table[x])) for x in xs])
+    if curves:
+        written["psnr_plot"] = str(line_plot(curves, out / "per_chunk_psnr.png",
+                                             f"{result['suite']}: PSNR vs ground truth per chunk", "frame", "PSNR (dB)"))
+    # contact sheet: first visit vs revisit vs ground truth, first run of every variant
+    sheet = {}
+    for variant in variants:
+        run = next((r for r in runs if r["variant"] == variant and r.get("revisit_pairs")), None)
+        if run is not None:
+            first, later = run["revisit_pairs"][-1]
+            sheet[variant] = [run["video"][first], run["video"][later], run["truth"][later]]
+    if sheet:
+        written["contact_sheet"] = str(contact_sheet(sheet, ["first visit", "revisit", "ground truth"], out / "revisit_contact_sheet.png"))
+    plain_runs = [{k: v for k, v in run.items() if k not in ("video", "truth")} for run in runs]
+    atomic_write_json(out / "results.json", {**{k: v for k, v in result.items() if k != "runs"}, "runs": plain_runs})
+    atomic_write_text(out / "results.md", markdown_table(result))
+    written.update(json=str(out / "results.json"), markdown=str(out / "results.md"))
+    return written

@@ -1,0 +1,507 @@
+"""Dataset format, world-dataset generation, validation and the chunk dataset."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from slowfast_vgen.data.dataset import ChunkBatch, ChunkDataset, ChunkDatasetConfig, ChunkSample, collate_chunks
+from slowfast_vgen.data.manifest import (
+    Segment,
+    check_relative_path,
+    read_episode_meta,
+    read_manifest,
+    resolve_in_root,
+    write_manifest,
+)
+from slowfast_vgen.data.readers import (
+    DecordGeometryError,
+    ImageioVideoReader,
+    VideoReadError,
+    open_video,
+    resize_center_crop,
+)
+from slowfast_vgen.data.validate import validate_dataset
+from slowfast_vgen.data.world_dataset import MakeWorldConfig, make_world_dataset, split_sizes, world_seed
+from slowfast_vgen.errors import UserInputError
+from slowfast_vgen.video_io import write_video
+from slowfast_vgen.worlds import build_world
+from slowfast_vgen.worlds.actions import is_heldout_phrasing, parse_action
+
+# ---- helpers ------------------------------------------------------------------------------------
+
+
+def coded_frames(n: int, size: int = 32) -> np.ndarray:
+    """Uniform grey frames whose level encodes the frame index: level = 10 + 7 * i."""
+    levels = 10 + 7 * np.arange(n)
+    assert levels.max() < 256
+    return np.broadcast_to(levels[:, None, None, None], (n, size, size, 3)).astype(np.uint8)
+
+
+def decode_codes(video: torch.Tensor) -> list[int]:
+    """Frame indices back from a ``(3, F, H, W)`` tensor in [-1, 1] made from :func:`coded_frames`."""
+    levels = (video.mean(dim=(0, 2, 3)) + 1.0) * 127.5
+    return [int(round((v - 10) / 7)) for v in levels.tolist()]
+
+
+def noisy_video(path: Path, n: int = 30, size: int = 32) -> None:
+    """A video whose payload dominates the file (random frames), for corruption tests."""
+    write_video(path, np.random.default_rng(0).integers(0, 256, (n, size, size, 3), dtype=np.uint8), fps=8)
+
+
+def zero_middle(path: Path) -> None:
+    """Zero 40-60 % of the file: the container still reports every frame, the middle ones fail to decode."""
+    data = bytearray(path.read_bytes())
+    data[int(len(data) * 0.4) : int(len(data) * 0.6)] = bytes(int(len(data) * 0.6) - int(len(data) * 0.4))
+    path.write_bytes(bytes(data))
+
+
+def truncate_half(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def zero_frame_video(path: Path) -> None:
+    """An mp4 written by ffmpeg with no frames at all."""
+    import imageio_ffmpeg
+
+    subprocess.run(
+        [
+            imageio_ffmpeg.get_ffmpeg_exe(),
+            "-y",
+            "-loglevel",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "color=c=red:s=16x16:r=8",
+            "-frames:v",
+            "0",
+            "-c:v",
+            "libx264",
+            "-pix_fmt",
+            "yuv420p",
+            str(path),
+        ],
+        check=True,
+    )
+
+
+def seg(
+    video: str, start: int, end: int, action: str = "move left", episode: str = "ep", split: str = "train"
+) -> Segment:
+    return Segment(video, start, end, 8.0, action, episode, split)
+
+
+@pytest.fixture(scope="module")
+def world_root(tmp_path_factory) -> Path:
+    """A tiny navigation dataset: 5 episodes x 3 actions x 4 frames, 32x32."""
+    root = tmp_path_factory.mktemp("nav")
+    make_world_dataset(
+        MakeWorldConfig(out=str(root), episodes=5, seed=1, frames_per_action=4, actions_per_episode=3, workers=1)
+    )
+    return root
+
+
+@pytest.fixture()
+def coded_root(tmp_path) -> Path:
+    """One 20-frame coded video with segments [0,6), [6,14), [14,20) and a too-short [18,20)."""
+    write_video(tmp_path / "videos" / "a.mp4", coded_frames(20), fps=8)
+    write_manifest(
+        tmp_path,
+        [
+            seg("videos/a.mp4", 0, 6, "first"),
+            seg("videos/a.mp4", 6, 14, "second"),
+            seg("videos/a.mp4", 14, 20, "third"),
+            seg("videos/a.mp4", 18, 20, "short"),
+        ],
+    )
+    return tmp_path
+
+
+def many_videos_root(root: Path, count: int = 10) -> Path:
+    for i in range(count):
+        write_video(root / "videos" / f"v{i}.mp4", coded_frames(12), fps=8)
+    write_manifest(root, [seg(f"videos/v{i}.mp4", 2, 12, f"act {i}", f"ep{i}") for i in range(count)])
+    return root
+
+
+# ---- manifest -------------------------------------------------------------------------------------
+
+
+def test_manifest_round_trip(tmp_path):
+    rows = [
+        seg("videos/a.mp4", 1, 9, "head west", "a"),
+        Segment(
+            "videos/b c.mp4", 0, 3, 30, "push the red block left", "b", "val", extra={"source": "epic", "n": [1, 2]}
+        ),
+    ]
+    path = write_manifest(tmp_path, rows)
+    assert path == tmp_path / "manifest.jsonl"
+    assert read_manifest(tmp_path) == rows
+    assert read_manifest(path) == rows
+    assert json.loads(path.read_text().splitlines()[1])["source"] == "epic"
+    assert [p.name for p in tmp_path.iterdir()] == ["manifest.jsonl"]  # no temporary files left behind
+
+
+@pytest.mark.parametrize(
+    "path, ok",
+    [
+        ("videos/a.mp4", True),
+        ("a.mp4", True),
+        ("/etc/passwd", False),
+        ("../x.mp4", False),
+        ("videos/../../x.mp4", False),
+        ("C:/x.mp4", False),
+        ("videos\\a.mp4", False),
+        ("", False),
+    ],
+)
+def test_relative_path_rule(path, ok, tmp_path):
+    assert (check_relative_path(path) is None) == ok
+    if not ok:
+        with pytest.raises(UserInputError):
+            resolve_in_root(tmp_path, path)
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ({"video": "../a.mp4"}, "escapes the dataset root"),
+        ({"video": "/abs/a.mp4"}, "is absolute"),
+        ({"action": "  "}, "empty action"),
+        ({"end_frame": 1}, "empty segment"),
+        ({"fps": 0}, "fps must be a positive number"),
+        ({"start_frame": 1.5}, "start_frame must be an integer"),
+    ],
+)
+def test_read_manifest_rejects_bad_rows(tmp_path, row, message):
+    good = seg("videos/a.mp4", 1, 9).to_json()
+    lines = [json.dumps(good), json.dumps({**good, **row})]
+    (tmp_path / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(UserInputError, match=rf"manifest.jsonl:2: .*{message}"):
+        read_manifest(tmp_path)
+    with pytest.raises(ValueError, match=message):
+        Segment.from_json({**good, **row})
+
+
+# ---- generated world datasets ------------------------------------------------------------------------
+
+
+def test_world_dataset_videos_decode_with_expected_frame_counts(world_root):
+    import decord
+
+    segments = read_manifest(world_root)
+    assert len(segments) == 5 * 3
+    for video in sorted({s.video for s in segments}):
+        reader = decord.VideoReader(str(world_root / video))
+        assert len(reader) == 1 + 3 * 4
+        frames = reader.get_batch(list(range(len(reader)))).asnumpy()
+        assert frames.shape == (13, 32, 32, 3)
+        # the decoded frames are the ground truth rendering (up to H.264 loss)
+        meta = read_episode_meta(world_root, Path(video).stem)
+        world = build_world("navigation", meta["world_seed"], overrides=["view_size=32"])
+        truth = np.stack([world.render(p) for p in meta["camera_positions"]])
+        assert np.abs(frames.astype(int) - truth).mean() < 6
+    rows = [s for s in segments if s.episode == "navigation-000000"]
+    assert [(s.start_frame, s.end_frame) for s in rows] == [(1, 5), (5, 9), (9, 13)]
+    assert [parse_action(s.action) for s in rows] == meta_primitives(world_root, "navigation-000000")
+
+
+def meta_primitives(root: Path, episode: str) -> list[str]:
+    return read_episode_meta(root, episode)["primitives"]
+
+
+def test_world_dataset_splits_and_phrasings(world_root):
+    segments = read_manifest(world_root)
+    seeds: dict[str, set[int]] = {}
+    for s in segments:
+        seeds.setdefault(s.split, set()).add(read_episode_meta(world_root, s.episode)["world_seed"])
+        assert parse_action(s.action) is not None
+        if s.split == "train":
+            assert not is_heldout_phrasing(s.action), s.action
+    assert {k: len(v) for k, v in seeds.items()} == {"train": 3, "val": 1, "test": 1}
+    assert (
+        not (seeds["train"] & seeds["val"])
+        and not (seeds["train"] & seeds["test"])
+        and not (seeds["val"] & seeds["test"])
+    )
+    assert seeds["val"] == {world_seed(1, 3)}
+
+
+def test_split_rule_never_overlaps():
+    assert split_sizes(8, 0.1, 0.1) == {"train": 6, "val": 1, "test": 1}
+    assert split_sizes(1000, 0.1, 0.1) == {"train": 800, "val": 100, "test": 100}
+    assert split_sizes(2, 0.1, 0.1) == {"train": 2, "val": 0, "test": 0}
+    with pytest.raises(ValueError, match="no world left"):
+        split_sizes(3, 0.5, 0.5)
+
+
+def test_training_manifest_never_contains_heldout_phrasings(tmp_path):
+    make_world_dataset(
+        MakeWorldConfig(
+            out=str(tmp_path), episodes=24, seed=0, frames_per_action=1, actions_per_episode=12, size=16, workers=1
+        )
+    )
+    segments = read_manifest(tmp_path)
+    train = [s for s in segments if s.split == "train"]
+    other = [s for s in segments if s.split != "train"]
+    assert len(train) >= 200 and other
+    assert not any(is_heldout_phrasing(s.action) for s in train)
+    assert len({s.action for s in train}) > 50  # many phrasings are really used
+    # evaluation splits do draw held-out phrasings (about a quarter of the rows)
+    assert any(is_heldout_phrasing(s.action) for s in other)
+
+
+def test_world_dataset_resumes_and_refuses_other_settings(tmp_path):
+    config = MakeWorldConfig(
+        out=str(tmp_path), episodes=3, frames_per_action=2, actions_per_episode=2, workers=1, world="blocks"
+    )
+    make_world_dataset(config)
+    manifest = (tmp_path / "manifest.jsonl").read_text()
+    video = tmp_path / "videos" / "blocks-000001.mp4"
+    stamp = video.stat().st_mtime_ns
+    (tmp_path / "meta" / "blocks-000002.json").unlink()  # an interrupted run: episode 2 unfinished
+    make_world_dataset(config)
+    assert video.stat().st_mtime_ns == stamp  # finished episodes are not rendered again
+    assert (tmp_path / "meta" / "blocks-000002.json").is_file()
+    assert (tmp_path / "manifest.jsonl").read_text() == manifest
+    meta = read_episode_meta(tmp_path, "blocks-000000")
+    assert len(meta["object_positions"]["red"]) == 5
+    with pytest.raises(UserInputError, match="different settings"):
+        make_world_dataset(
+            MakeWorldConfig(
+                out=str(tmp_path),
+                episodes=3,
+                frames_per_action=2,
+                actions_per_episode=2,
+                workers=1,
+                world="blocks",
+                size=64,
+            )
+        )
+
+
+# ---- readers ---------------------------------------------------------------------------------------
+
+
+def test_readers_agree_and_report_errors(tmp_path):
+    write_video(tmp_path / "a.mp4", coded_frames(9), fps=8)
+    decord_reader = open_video(tmp_path / "a.mp4", "decord")
+    imageio_reader = open_video(tmp_path / "a.mp4", "imageio")
+    assert isinstance(imageio_reader, ImageioVideoReader)
+    assert decord_reader.num_frames == imageio_reader.num_frames == 9
+    a, b = decord_reader.get_frames([0, 4, 8]), imageio_reader.get_frames([0, 4, 8])
+    assert a.shape == b.shape == (3, 32, 32, 3) and np.abs(a.astype(int) - b).max() <= 2
+    with pytest.raises(VideoReadError, match="frame 9 requested but the video has 9 frames"):
+        decord_reader.get_frames([8, 9])
+    with pytest.raises(VideoReadError, match="file not found"):
+        open_video(tmp_path / "missing.mp4")
+    (tmp_path / "bad.mp4").write_bytes(b"not a video" * 100)
+    with pytest.raises(VideoReadError, match="bad.mp4"):
+        open_video(tmp_path / "bad.mp4")
+
+
+def test_auto_backend_works_around_decord_width_bug(tmp_path):
+    """decord 0.6 returns mis-strided frames for 16-pixel-wide videos; auto falls back to imageio."""
+    write_video(tmp_path / "narrow.mp4", coded_frames(5, size=16), fps=8)
+    with pytest.raises(DecordGeometryError, match="cannot return frames of this width"):
+        open_video(tmp_path / "narrow.mp4", "decord")
+    reader = open_video(tmp_path / "narrow.mp4")
+    frames = reader.get_frames([0, 4])
+    assert frames.shape == (2, 16, 16, 3) and abs(int(frames[1].mean()) - (10 + 7 * 4)) <= 2
+
+
+def test_resize_center_crop_keeps_aspect():
+    frames = np.zeros((2, 20, 40, 3), dtype=np.uint8)
+    frames[:, :, 6:34] = 255  # a white centre band, 28 px wide, black at both sides
+    out = resize_center_crop(frames, 10, 10)
+    assert out.shape == (2, 10, 10, 3) and out.dtype == np.uint8
+    assert out.min() >= 250  # cover-resize to 10x20 then crop the centre 10 columns: only the band is left
+    squashed = resize_center_crop(frames, 10, 20)  # same aspect: nothing cropped, the black sides stay
+    assert squashed[:, :, 0].max() < 60 and squashed[:, :, 10].min() >= 250
+    assert resize_center_crop(frames, 20, 40) is frames
+
+
+# ---- validation (library; the script is exercised in test_data_tools.py) ------------------------------
+
+
+def test_validate_clean_dataset(world_root):
+    report = validate_dataset(world_root)
+    assert report.ok, report.lines()
+    assert report.num_rows == 15 and report.num_videos == 5
+
+
+def test_validate_reports_every_kind_of_problem(tmp_path):
+    for name in ("good", "truncated", "corrupt", "zero", "empty", "short"):
+        noisy_video(tmp_path / "videos" / f"{name}.mp4", n=20)
+    truncate_half(tmp_path / "videos" / "truncated.mp4")
+    zero_middle(tmp_path / "videos" / "corrupt.mp4")
+    zero_frame_video(tmp_path / "videos" / "zero.mp4")
+    (tmp_path / "videos" / "empty.mp4").write_bytes(b"")
+    good = seg("videos/good.mp4", 0, 20).to_json()
+    rows = [
+        good,  # 1 clean
+        {**good, "video": "videos/truncated.mp4"},  # 2 truncated file
+        {**good, "video": "videos/corrupt.mp4"},  # 3 container over-reports
+        {**good, "video": "videos/zero.mp4"},  # 4 zero-frame video
+        {**good, "video": "videos/empty.mp4"},  # 5 zero bytes
+        {**good, "start_frame": 15, "end_frame": 21},  # 6 beyond decoded length
+        {**good, "video": "videos/missing.mp4"},  # 7 missing file
+        {**good, "action": ""},  # 8 empty action
+        {**good, "video": "../outside.mp4"},  # 9 escaping path
+        {**good, "video": "/abs/good.mp4"},  # 10 absolute path
+    ]
+    (tmp_path / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + "{not json\n")
+    report = validate_dataset(tmp_path)
+    assert not report.ok
+    by_line = {p.line: " ".join(p.reasons) for p in report.problems}
+    assert 1 not in by_line
+    assert "cannot decode video" in by_line[2]
+    assert "container reports 20 frames, only" in by_line[3] and "beyond decoded length" in by_line[3]
+    assert "zero frames" in by_line[4]
+    assert "empty (0 bytes)" in by_line[5]
+    assert "segment [15, 21) beyond decoded length 20" in by_line[6]
+    assert "video file missing" in by_line[7]
+    assert "empty action" in by_line[8]
+    assert "escapes the dataset root" in by_line[9]
+    assert "is absolute" in by_line[10]
+    assert "not valid JSON" in by_line[11]
+    assert len(report.lines()) == 10 and report.lines()[0].startswith("manifest.jsonl:2: videos/truncated.mp4: ")
+    assert validate_dataset(tmp_path).lines() == report.lines()  # deterministic, even on the corrupt file
+
+
+# ---- chunk dataset ---------------------------------------------------------------------------------
+
+
+def test_chunk_shapes_and_ranges(world_root):
+    config = ChunkDatasetConfig(
+        root=str(world_root), split="train", target_frames=4, context_frames_min=1, context_frames_max=4
+    )
+    ds = ChunkDataset(config)
+    assert len(ds) == 3 * 3 and ds.num_short_segments == 0
+    seen = set()
+    for i in range(len(ds)):
+        sample = ds[i]
+        assert isinstance(sample, ChunkSample)
+        f_p = sample.context.shape[1]
+        assert 1 <= f_p <= 4
+        seen.add(f_p)
+        assert sample.context.shape == (3, f_p, 32, 32) and sample.target.shape == (3, 4, 32, 32)
+        assert sample.context.dtype == torch.float32 and -1.0 <= sample.context.min() and sample.target.max() <= 1.0
+        assert parse_action(sample.action) is not None
+        # the first segment of an episode starts at frame 1: only one context frame exists
+        if ds.items[i].segment.start_frame == 1:
+            assert f_p == 1
+    assert len(seen) >= 2
+    small = ChunkDataset(ChunkDatasetConfig(root=str(world_root), split="val", height=16, width=16, target_frames=4))
+    assert small[0].target.shape == (3, 4, 16, 16)
+
+
+def test_chunk_frames_come_from_the_right_places(coded_root):
+    ds = ChunkDataset(
+        ChunkDatasetConfig(
+            root=str(coded_root), height=16, width=16, target_frames=5, context_frames_min=1, context_frames_max=3
+        )
+    )
+    assert len(ds) == 3 and ds.num_short_segments == 1  # [18, 20) is too short for 5 target frames
+    for epoch in range(4):
+        ds.set_epoch(epoch)
+        for i in range(len(ds)):
+            sample = ds[i]
+            item = ds.items[i]
+            context, target = decode_codes(sample.context), decode_codes(sample.target)
+            start = target[0]
+            assert target == list(range(start, start + 5))
+            assert item.segment.start_frame <= start and start + 5 <= item.segment.end_frame
+            assert context == list(range(start - len(context), start))  # immediately preceding frames
+            if item.segment.start_frame == 0:  # first segment: f_p = 1, context = the segment's first frame
+                assert context == [0] and target == [1, 2, 3, 4, 5]
+    assert [s.action for s in (ds[0], ds[1], ds[2])] == ["first", "second", "third"]
+    # reproducible: same seed and epoch -> same chunk
+    assert torch.equal(ds[1].context, ds[1].context)
+
+
+def test_collate_pads_contexts_on_the_left():
+    def sample(f_p: int, base: float) -> ChunkSample:
+        context = torch.arange(f_p, dtype=torch.float32).add(base).view(1, f_p, 1, 1).expand(3, f_p, 2, 2)
+        return ChunkSample(context, torch.full((3, 3, 2, 2), -1.0), f"a{f_p}", f"v{f_p}")
+
+    batch = collate_chunks([sample(1, 0.5), sample(3, 0.0)])
+    assert isinstance(batch, ChunkBatch) and len(batch) == 2
+    assert batch.frames.shape == (2, 3, 6, 2, 2)
+    assert batch.context_mask.tolist() == [[True, True, True, False, False, False]] * 2
+    assert batch.frames[0, 0, :3, 0, 0].tolist() == [0.5, 0.5, 0.5]  # first context frame repeated
+    assert batch.frames[1, 0, :3, 0, 0].tolist() == [0.0, 1.0, 2.0]
+    assert batch.actions == ["a1", "a3"] and batch.num_context == 3
+    moved = batch.to("cpu")
+    assert isinstance(moved, ChunkBatch) and torch.equal(moved.frames, batch.frames)
+    with pytest.raises(ValueError, match="same number of frames"):
+        collate_chunks([sample(1, 0.0), ChunkSample(torch.zeros(3, 1, 2, 2), torch.zeros(3, 2, 2, 2), "x", "y")])
+
+
+def test_bad_videos_are_skipped_and_counted(tmp_path):
+    root = many_videos_root(tmp_path, 10)
+    truncate_half(root / "videos" / "v3.mp4")
+    (root / "videos" / "v7.mp4").unlink()
+    config = ChunkDatasetConfig(root=str(root), height=16, width=16, target_frames=4, max_bad_fraction=0.25)
+    with pytest.warns(RuntimeWarning, match="v7.mp4: file not found"):
+        ds = ChunkDataset(config)
+    assert len(ds) == 9 and ds.bad_videos.keys() == {"videos/v7.mp4"}
+    with pytest.warns(RuntimeWarning, match="skipping unreadable video videos/v3.mp4"):
+        samples = [ds[i] for i in range(len(ds))]
+    assert set(ds.bad_videos) == {"videos/v3.mp4", "videos/v7.mp4"}
+    assert all(s.video not in ds.bad_videos for s in samples)
+    assert len({s.video for s in samples}) == 8
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a known-bad video is not retried (and not warned about) again
+        replacement = [ds[i] for i in range(len(ds))]
+    assert [s.video for s in replacement] == [s.video for s in samples]  # deterministic replacement
+
+
+def test_too_many_bad_videos_raise(tmp_path):
+    root = many_videos_root(tmp_path, 10)
+    for i in (1, 4, 8):
+        truncate_half(root / "videos" / f"v{i}.mp4")
+    ds = ChunkDataset(ChunkDatasetConfig(root=str(root), height=16, width=16, target_frames=4, max_bad_fraction=0.25))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(UserInputError, match=r"3 of 10 videos .* unreadable, more than max_bad_fraction=0.25"):
+            for i in range(len(ds)):
+                ds[i]
+        for i in (0, 2, 5, 9):
+            (root / "videos" / f"v{i}.mp4").unlink()
+        with pytest.raises(UserInputError, match=r"3 of 10 videos .*v0.mp4 \(file not found\)"):  # fails at build time
+            ChunkDataset(
+                ChunkDatasetConfig(root=str(root), height=16, width=16, target_frames=4, max_bad_fraction=0.25)
+            )
+
+
+def test_dataset_rejects_bad_config_and_empty_split(world_root, tmp_path):
+    with pytest.raises(ValueError, match="context_frames_min"):
+        ChunkDatasetConfig(root=str(world_root), context_frames_min=3, context_frames_max=2)
+    with pytest.raises(UserInputError, match="no segments with split 'holdout'"):
+        ChunkDataset(ChunkDatasetConfig(root=str(world_root), split="holdout"))
+    with pytest.raises(UserInputError, match="no usable segments"):
+        ChunkDataset(ChunkDatasetConfig(root=str(world_root), target_frames=5))
+    with pytest.raises(UserInputError, match="dataset directory not found"):
+        ChunkDataset(ChunkDatasetConfig(root=str(tmp_path / "nope")))
+
+
+def test_dataloader_with_two_workers(world_root):
+    ds = ChunkDataset(ChunkDatasetConfig(root=str(world_root), target_frames=4, context_frames_max=2))
+    ds[0]  # a reader opened in the parent must not break (or deadlock) the forked workers
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=2, collate_fn=collate_chunks, timeout=60)
+    batches = list(loader)
+    assert sum(len(b) for b in batches) == len(ds)
+    for batch in batches:
+        f = batch.frames.shape[2]
+        assert batch.frames.shape[:2] == (len(batch), 3) and batch.frames.shape[3:] == (32, 32)
+        assert batch.context_mask.shape == (len(batch), f)
+        assert (~batch.context_mask).sum(dim=1).tolist() == [4] * len(batch)

@@ -1,0 +1,222 @@
+"""The data_tools scripts end to end: exit codes, messages, and what they write."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from slowfast_vgen.data.ingest import IngestConfig, clip_times, ingest_videos, parse_timestamp
+from slowfast_vgen.data.manifest import read_manifest
+from slowfast_vgen.data.readers import open_video
+from slowfast_vgen.data.world_dataset import MakeWorldConfig, make_world_dataset
+from slowfast_vgen.errors import UserInputError
+from slowfast_vgen.video_io import write_video
+
+REPO = Path(__file__).resolve().parents[1]
+TOOLS = REPO / "data_tools"
+
+
+def run_tool(name: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(TOOLS / name), *args], capture_output=True, text=True, cwd=REPO, timeout=300
+    )
+
+
+def load_tool(name: str):
+    spec = importlib.util.spec_from_file_location(f"tool_{name[:-3]}", TOOLS / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", ["make_world.py", "ingest_videos.py", "validate.py"])
+def test_every_option_has_help(name):
+    parser = load_tool(name).build_parser()
+    for action in parser._actions:
+        assert action.help, f"{name}: option {action.option_strings or action.dest} has no help"
+    assert parser.description
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--episodes", "0"], "error: episodes must be >= 1, got 0"),
+        (["--episodes", "2", "--world", "maze"], "error: unknown world 'maze'; choose one of blocks, navigation"),
+        (["--episodes", "2", "--size", "33"], "error: size must be an even number >= 8, got 33"),
+        (["--episodes", "2", "--set", "speed=0"], "error: bad config: speed must be in [1, view_size - 1]"),
+    ],
+)
+def test_make_world_bad_input_exits_2_with_one_line(tmp_path, args, message):
+    result = run_tool("make_world.py", "--out", str(tmp_path / "ds"), "--no-progress", *args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), result.stderr
+    assert not (tmp_path / "ds" / "manifest.jsonl").exists()
+
+
+def test_make_world_then_validate(tmp_path):
+    out = tmp_path / "ds"
+    result = run_tool(
+        "make_world.py",
+        "--out",
+        str(out),
+        "--episodes",
+        "3",
+        "--seed",
+        "4",
+        "--frames-per-action",
+        "2",
+        "--actions-per-episode",
+        "3",
+        "--workers",
+        "2",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "wrote 3 episodes (9 segments" in result.stdout
+    assert "rendering" in result.stderr  # the progress bar
+    rows = read_manifest(out)
+    assert len(rows) == 9 and {r.split for r in rows} == {"train", "val", "test"}
+    # two worker processes write exactly what one process writes
+    single = tmp_path / "single"
+    make_world_dataset(
+        MakeWorldConfig(out=str(single), episodes=3, seed=4, frames_per_action=2, actions_per_episode=3, workers=1)
+    )
+    assert (single / "manifest.jsonl").read_text() == (out / "manifest.jsonl").read_text()
+    for meta in (single / "meta").iterdir():
+        assert json.loads(meta.read_text()) == json.loads((out / "meta" / meta.name).read_text())
+    for video in (single / "videos").iterdir():
+        assert video.read_bytes() == (out / "videos" / video.name).read_bytes()  # rendering + x264 are deterministic
+
+    result = run_tool("validate.py", str(out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip().splitlines() == [f"{out}: 9 rows, 3 videos: OK"]
+
+
+def test_validate_script_reports_bad_rows(tmp_path):
+    make_world_dataset(
+        MakeWorldConfig(out=str(tmp_path), episodes=3, frames_per_action=2, actions_per_episode=2, workers=1)
+    )
+    video = tmp_path / "videos" / "navigation-000001.mp4"
+    video.write_bytes(video.read_bytes()[:200])  # truncated
+    lines = (tmp_path / "manifest.jsonl").read_text().splitlines()
+    row = json.loads(lines[0])
+    lines[0] = json.dumps({**row, "action": " "})
+    lines.append(json.dumps({**row, "video": "../../etc/x.mp4"}))
+    (tmp_path / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    result = run_tool("validate.py", str(tmp_path), "--no-progress")
+    assert result.returncode == 1
+    out = result.stdout.strip().splitlines()
+    assert out[-1] == f"{tmp_path}: 7 rows, 3 videos: 4 bad row(s)"
+    assert out[0] == "manifest.jsonl:1: videos/navigation-000000.mp4: empty action"
+    assert out[1].startswith("manifest.jsonl:3: videos/navigation-000001.mp4: cannot decode video")
+    assert out[2].startswith("manifest.jsonl:4: videos/navigation-000001.mp4: cannot decode video")
+    assert out[3] == "manifest.jsonl:7: ../../etc/x.mp4: path '../../etc/x.mp4' escapes the dataset root ('..')"
+    assert "moov atom" not in result.stderr  # decoder log noise is silenced
+
+    missing = run_tool("validate.py", str(tmp_path / "nowhere"))
+    assert (
+        missing.returncode == 2
+        and missing.stderr.strip() == f"error: dataset directory not found: {tmp_path / 'nowhere'}"
+    )
+
+
+# ---- ingest -----------------------------------------------------------------------------------------
+
+
+def test_parse_timestamp():
+    assert parse_timestamp("00:00:01.089") == pytest.approx(1.089)
+    assert parse_timestamp("01:02:03.50") == pytest.approx(3723.5)
+    assert parse_timestamp("02:03.5") == pytest.approx(123.5)
+    assert parse_timestamp("12.25") == pytest.approx(12.25)
+    with pytest.raises(ValueError, match="bad timestamp"):
+        parse_timestamp("1:xx")
+
+
+def test_clip_times():
+    times, lead_in = clip_times(1.0, 2.5, fps=8, context_sec=1.0)
+    assert lead_in == 8 and len(times) == 20 and times[0] == 0.0 and times[lead_in] == 1.0
+    times, lead_in = clip_times(0.3, 1.0, fps=8, context_sec=1.0)
+    assert times[0] == 0.0 and lead_in == 3  # the lead-in is clipped at the video start
+
+
+def source_video(path: Path, seconds: float = 3.0, fps: int = 24, height: int = 48, width: int = 64) -> None:
+    """Grey frames whose level encodes the source frame index: level = 10 + 3 * i."""
+    n = int(seconds * fps)
+    levels = 10 + 3 * np.arange(n)
+    write_video(path, np.broadcast_to(levels[:, None, None, None], (n, height, width, 3)).astype(np.uint8), fps=fps)
+
+
+def test_ingest_epic_csv(tmp_path):
+    videos = tmp_path / "src"
+    source_video(videos / "P01" / "P01_01.mp4")
+    (videos / "P01_02.mp4").write_bytes(b"garbage" * 500)
+    csv = tmp_path / "ann.csv"
+    csv.write_text(
+        "narration_id,video_id,start_timestamp,stop_timestamp,narration,verb\n"
+        "P01_01_0,P01_01,00:00:01.00,00:00:02.50,open the fridge,open\n"
+        "P01_01_1,P01_01,00:00:00.25,00:00:01.00,take milk,take\n"
+        "P01_02_0,P01_02,00:00:00.00,00:00:01.00,wash cup,wash\n"
+        "P01_03_0,P01_03,00:00:00.00,00:00:01.00,close tap,close\n"
+        "P01_01_2,P01_01,00:00:09.00,00:00:10.00,too late,take\n"
+    )
+    out = tmp_path / "out"
+    result = run_tool(
+        "ingest_videos.py", "--videos", str(videos), "--annotations", str(csv), "--out", str(out), "--no-progress"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "skipped P01_02: cannot decode P01_02.mp4" in result.stderr
+    assert "skipped P01_03: video not found" in result.stderr
+    assert "skipped P01_01 (annotation line 6): segment starts at 9.00s, after the video ends (3.00s)" in result.stderr
+    assert "wrote 2 segments from 1 videos" in result.stdout and "skipped 3" in result.stdout
+    rows = read_manifest(out)
+    assert [(r.action, r.episode, r.start_frame, r.end_frame, r.fps) for r in rows] == [
+        ("open the fridge", "P01_01", 8, 20, 8.0),
+        ("take milk", "P01_01", 2, 8, 8.0),
+    ]
+    reader = open_video(out / rows[0].video)
+    assert reader.num_frames == 20
+    frames = reader.get_frames(range(20))
+    assert frames.shape == (20, 32, 32, 3)
+    # output frame k shows the source frame at time k/8 s, i.e. source frame 3k (level 10 + 9k)
+    assert [abs(int(round(frames[k].mean())) - (10 + 9 * k)) <= 2 for k in (0, 8, 19)] == [True] * 3
+    assert run_tool("validate.py", str(out), "--no-progress").returncode == 0
+
+
+def test_ingest_jsonl_and_errors(tmp_path):
+    videos = tmp_path / "src"
+    source_video(videos / "clip.mp4", seconds=2.0, fps=10, height=40, width=40)
+    ann = tmp_path / "ann.jsonl"
+    ann.write_text(json.dumps({"video": "clip.mp4", "start_sec": 0.0, "end_sec": 2.0, "action": "stir the pot"}) + "\n")
+    summary = ingest_videos(
+        IngestConfig(
+            videos=str(videos), annotations=str(ann), out=str(tmp_path / "out"), fps=4, height=16, width=16, split="val"
+        )
+    )
+    assert summary.segments == 1 and summary.skipped == []
+    (row,) = read_manifest(tmp_path / "out")
+    assert (row.start_frame, row.end_frame, row.split) == (0, 8, "val")
+    ann.write_text('{"video": "clip.mp4", "start_sec": 0}\n')
+    with pytest.raises(UserInputError, match="ann.jsonl:1: need a JSON object with video, start_sec, end_sec, action"):
+        ingest_videos(IngestConfig(videos=str(videos), annotations=str(ann), out=str(tmp_path / "o2")))
+    bad_csv = tmp_path / "bad.csv"
+    bad_csv.write_text("video_id,narration\nx,y\n")
+    with pytest.raises(UserInputError, match="missing column"):
+        ingest_videos(IngestConfig(videos=str(videos), annotations=str(bad_csv), out=str(tmp_path / "o3")))
+    result = run_tool(
+        "ingest_videos.py",
+        "--videos",
+        str(videos),
+        "--annotations",
+        str(ann),
+        "--out",
+        str(tmp_path / "o4"),
+        "--height",
+        "15",
+    )
+    assert result.returncode == 2 and result.stderr.strip().startswith("error: height and width must be even")
