@@ -189,15 +189,17 @@ class SlowTrainer:
 
     def loss(self, batch: ChunkBatch, generator: torch.Generator) -> torch.Tensor:
         """Eq. 1-2 on a batch: clean context, noised targets, epsilon loss on the targets only."""
-        return self.masked_loss(batch.frames, batch.context_mask, batch.actions, generator)
+        latents = self.bundle.encode_frames(batch.frames.to(self.accelerator.device))  # (B, C, F, h, w)
+        return self.masked_loss(latents, batch.context_mask, batch.actions, generator)
 
     # ------------------------------------------------------------------ shared maths
-    def masked_loss(self, frames: torch.Tensor, mask: torch.Tensor, actions: list[str], generator: torch.Generator) -> torch.Tensor:
-        scheduler, device = self.bundle.noise_scheduler, self.accelerator.device
-        latents = self.bundle.encode_frames(frames.to(device))  # (B, C, F, h, w)
-        mask = mask.to(device)
+    def masked_loss(self, latents: torch.Tensor, mask: torch.Tensor, actions: list[str], generator: torch.Generator) -> torch.Tensor:
+        """Eq. 1-2 on clean latents ``(B, C, F, h, w)``: context frames (``mask`` True) stay clean,
+        targets are noised; epsilon loss on the targets; the action text dropped with ``text_dropout``."""
+        scheduler = self.bundle.noise_scheduler
+        mask = mask.to(latents.device)
         noise = torch.randn(latents.shape, generator=generator).to(latents)
-        timesteps = diffusion.sample_timesteps(scheduler, latents.shape[0], generator, device)
+        timesteps = diffusion.sample_timesteps(scheduler, latents.shape[0], generator, latents.device)
         noisy = diffusion.noise_targets(scheduler, latents, noise, timesteps, mask)  # Eq. 1
         drop = torch.rand(len(actions), generator=generator) < self.config.text_dropout
         texts = ["" if dropped else action for action, dropped in zip(actions, drop.tolist())]
@@ -458,13 +460,7 @@ class SlowFastLoopTrainer(SlowTrainer):
         context, target = record["context"], record["target"]
         latents = torch.cat([context, target], dim=2)  # (1, C, f_p + f_g, h, w)
         mask = diffusion.context_mask(1, context.shape[2], target.shape[2], latents.device)
-        scheduler = self.bundle.noise_scheduler
-        noise = torch.randn(latents.shape, generator=generator).to(latents)
-        timesteps = diffusion.sample_timesteps(scheduler, 1, generator, latents.device)
-        noisy = diffusion.noise_targets(scheduler, latents, noise, timesteps, mask)
-        text = "" if float(torch.rand(1, generator=generator)) < self.config.text_dropout else record["action"]
-        prediction = self.unet(noisy, timesteps, encoder_hidden_states=self.encode_text([text])).sample
-        return diffusion.masked_diffusion_loss(prediction, diffusion.diffusion_target(scheduler, latents, noise, timesteps), mask)
+        return self.masked_loss(latents, mask, [record["action"]], generator)
 
 
 # ---------------------------------------------------------------------------- helpers

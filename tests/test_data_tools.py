@@ -220,3 +220,20 @@ def test_ingest_jsonl_and_errors(tmp_path):
         "15",
     )
     assert result.returncode == 2 and result.stderr.strip().startswith("error: height and width must be even")
+
+
+def test_merge_datasets_joins_subdirectories(tmp_path):
+    from slowfast_vgen.data.manifest import Segment, read_manifest, write_manifest
+
+    for name in ("nav", "blocks"):
+        (tmp_path / name).mkdir()
+        write_manifest(tmp_path / name, [Segment(f"videos/{name}-0.mp4", 1, 9, 8.0, "go left", f"{name}-0", "train")])
+    result = subprocess.run([sys.executable, "data_tools/merge_datasets.py", str(tmp_path), "nav", "blocks"],
+                            cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    merged = read_manifest(tmp_path)
+    assert [(s.video, s.episode) for s in merged] == [("nav/videos/nav-0.mp4", "nav-nav-0"),
+                                                      ("blocks/videos/blocks-0.mp4", "blocks-blocks-0")]
+    bad = subprocess.run([sys.executable, "data_tools/merge_datasets.py", str(tmp_path), "../elsewhere"],
+                         cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: dataset '../elsewhere'")

@@ -209,3 +209,22 @@ def read_episode_meta(root: str | os.PathLike, episode: str) -> dict[str, Any] |
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UserInputError(f"{path}: not valid JSON: {err}") from None
+
+
+def merge_manifests(root: str | os.PathLike, subdirs: Iterable[str]) -> Path:
+    """Write ``root/manifest.jsonl`` joining the datasets in ``root/<subdir>`` (e.g. two worlds).
+
+    Video paths get the ``<subdir>/`` prefix and episodes the ``<subdir>-`` prefix, so rows stay
+    unique and paths stay relative to (and inside) ``root``.
+    """
+    root = Path(root)
+    merged = []
+    for subdir in subdirs:
+        if problem := check_relative_path(subdir):
+            raise UserInputError(f"dataset {subdir!r}: {problem}")
+        for segment in read_manifest(resolve_in_root(root, subdir)):
+            merged.append(dataclasses.replace(segment, video=f"{subdir.rstrip('/')}/{segment.video}",
+                                              episode=f"{subdir.strip('/').replace('/', '-')}-{segment.episode}"))
+    if not merged:
+        raise UserInputError(f"no segments to merge under {root}")
+    return write_manifest(root, merged)
