@@ -93,7 +93,9 @@ class GenerationSession:
         self.sample_generator = torch.Generator().manual_seed(config.seed)
         self.memory_generator = torch.Generator().manual_seed(config.seed + 1)
         self.unconditional = bundle.encode_text([""])  # (1, L, D): CFG's and Temp-LoRA's "no text"
-        self.latents: torch.Tensor | None = None  # (1, C, N, h, w): every frame so far, clean
+        # every frame so far as clean latents, kept as a list of chunks (1, C, n, h, w): appending
+        # never copies the history, so the per-chunk cost does not grow with the video
+        self.latent_chunks: list[torch.Tensor] = []
         self.frames: list[np.ndarray] = []  # N decoded frames (H, W, 3) uint8
         self.records: list[ChunkRecord] = []
 
@@ -106,13 +108,28 @@ class GenerationSession:
         if frames.shape[1:] != expected or len(frames) == 0:
             raise UserInputError(f"first frame is {frames.shape[2]}x{frames.shape[1]}, the model needs {expected[1]}x{expected[0]}")
         pixels = frames_to_tensor(frames)  # (1, 3, N, H, W)
-        self.latents = self.bundle.encode_frames(pixels)
+        self.latent_chunks = [self.bundle.encode_frames(pixels)]
         self.frames = [frame.copy() for frame in frames]
         self.records = []
 
     @property
     def num_frames(self) -> int:
         return len(self.frames)
+
+    @property
+    def latents(self) -> torch.Tensor:
+        """All clean latents so far, ``(1, C, N, h, w)`` (concatenated on demand)."""
+        return torch.cat(self.latent_chunks, dim=2)
+
+    def last_latents(self, count: int) -> torch.Tensor:
+        """The last ``count`` latent frames (fewer if the video is shorter), ``(1, C, n, h, w)``."""
+        tail, have = [], 0
+        for chunk in reversed(self.latent_chunks):
+            tail.insert(0, chunk[:, :, -(count - have):])
+            have += tail[0].shape[2]
+            if have >= count:
+                break
+        return tail[0] if len(tail) == 1 else torch.cat(tail, dim=2)
 
     @property
     def num_chunks_done(self) -> int:
@@ -125,7 +142,7 @@ class GenerationSession:
     # ------------------------------------------------------------------ the generation loop
     def generate(self, actions: list[str], callback: ChunkCallback | None = None, progress: bool = False) -> np.ndarray:
         """Generate one chunk per action; returns the new frames ``(len(actions) * f_g, H, W, 3)``."""
-        if self.latents is None:
+        if not self.latent_chunks:
             raise RuntimeError("call start(first_frame) before generating")
         actions = [validate_action(action, position) for position, action in enumerate(actions, 1)]
         config, bundle = self.config, self.bundle
@@ -136,8 +153,8 @@ class GenerationSession:
                 # 1. encode the action C_i (cross-attention conditioning)
                 text = bundle.encode_text([action])
                 # 2. context X_i: the previous chunk's clean latents (the first frame for chunk 0)
-                num_context = min(config.context_frames, self.latents.shape[2])
-                context = self.latents[:, :, -num_context:]  # (1, C, f_p, h, w)
+                context = self.last_latents(config.context_frames)  # (1, C, f_p, h, w)
+                num_context = context.shape[2]
                 # 3. Y_i = (Phi + Theta_i)(X_i, C_i): denoise the new frames from noise (inner loop)
                 scheduler = make_scheduler(config.sampler.scheduler, bundle.noise_scheduler.config)
                 new = sample_chunk(
@@ -149,7 +166,7 @@ class GenerationSession:
                     progress=progress,
                 )  # (1, C, f_g, h, w)
                 # 4. append Y_i to the video: latents stay latents, frames are decoded once
-                self.latents = torch.cat([self.latents, new], dim=2)
+                self.latent_chunks.append(new)
                 new_frames = tensor_to_frames(bundle.decode_latents(new))  # (f_g, H, W, 3)
             # 5. memory update, Eq. 3: Theta_{i+1} = Theta_i - alpha * grad on (X_i ⊕ Y_i)
             loss = None
@@ -157,7 +174,7 @@ class GenerationSession:
                 if self.fast_learner is not None:
                     loss = self.fast_learner.update(
                         context, new, self.memory_generator, self.unconditional,
-                        text_embeddings=text, history=self.latents,
+                        text_embeddings=text, history=self.latents if config.fast.mode == "full-sequence" else None,
                     )
             # 6. bookkeeping: frame range, cost
             start = len(self.frames)
@@ -190,7 +207,7 @@ class GenerationSession:
     # ------------------------------------------------------------------ save / load
     def save(self, directory: str | os.PathLike) -> Path:
         """Write the session atomically: config, records, latents, frames, RNG, memory, optimizer."""
-        if self.latents is None:
+        if not self.latent_chunks:
             raise RuntimeError("nothing to save: the session has not started")
         directory = Path(directory)
         with atomic_output_dir(directory) as tmp:
@@ -232,7 +249,7 @@ class GenerationSession:
         latents = state["latents"]
         if latents.shape[1] != bundle.unet.config.in_channels:
             raise UserInputError(f"saved session {directory} does not fit this model (latent channels differ)")
-        session.latents = latents.to(bundle.device, bundle.dtype)
+        session.latent_chunks = [latents.to(bundle.device, bundle.dtype)]
         session.frames = list(state["frames"].numpy())
         session.sample_generator.set_state(state["sample_generator"])
         session.memory_generator.set_state(state["memory_generator"])

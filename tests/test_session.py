@@ -102,3 +102,12 @@ def test_bad_inputs_are_user_errors(tiny_bundle, first_frame, tmp_path):
     (tmp_path / "state.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(UserInputError, match="corrupt"):
         GenerationSession.load(tmp_path, tiny_bundle)
+
+
+def test_context_spans_chunk_boundaries(tiny_bundle, first_frame):
+    session = _session(tiny_bundle, first_frame, "frames_per_chunk=2", "context_frames=3", "window=5")
+    session.generate(["move left", "move right", "stay"])
+    assert len(session.latent_chunks) == 4 and session.latents.shape[2] == 7
+    for count in (1, 2, 3, 5, 7, 9):
+        assert torch.equal(session.last_latents(count), session.latents[:, :, -count:])
+    assert [r.context_frames for r in session.records] == [1, 3, 3]
