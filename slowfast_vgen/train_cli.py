@@ -27,8 +27,8 @@ def _main(config_cls_name: str, description: str, argv: Sequence[str] | None) ->
     print(f"rank checksum {result.replica_checksum:.10e}", flush=True)
     if result.interrupted:
         return training.EXIT_PREEMPTED
-    last = result.losses[max(result.losses)] if result.losses else float("nan")
-    print(f"done: {result.step} steps, last loss {last:.5f}, model in {result.output_dir / 'model'}")
+    last = f", last loss {result.losses[max(result.losses)]:.5f}" if result.losses else ""
+    print(f"done: {result.step} steps{last}, model in {result.output_dir / 'model'}")
     return 0
 
 

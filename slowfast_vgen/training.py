@@ -480,7 +480,14 @@ def _epoch_loader(dataset: ChunkDataset, epoch: int, offset: int, per_epoch: int
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(_mix(config.seed, epoch))).tolist()
     size = config.batch_size
     batches = [order[(i * world + rank) * size:(i * world + rank + 1) * size] for i in range(offset, per_epoch)]
-    return DataLoader(dataset, batch_sampler=batches, collate_fn=collate_chunks, num_workers=config.num_workers)
+    return DataLoader(dataset, batch_sampler=batches, collate_fn=collate_chunks, num_workers=config.num_workers,
+                      worker_init_fn=_ignore_sigterm if config.num_workers else None)
+
+
+def _ignore_sigterm(worker_id: int) -> None:
+    """DataLoader workers leave SIGTERM to the main process, which checkpoints and exits cleanly
+    (schedulers and ``kill -- -PGID`` signal the whole process group)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _all_finite(loss: torch.Tensor, accelerator) -> bool:

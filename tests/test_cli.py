@@ -164,3 +164,17 @@ def test_console_script_exit_code_and_no_traceback(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: model directory not found: {tmp_path / 'nothing'}"
     assert "Traceback" not in result.stderr
+
+
+def test_embedded_default_model_generates_offline(tmp_path):
+    from slowfast_vgen.cli import DEFAULT_MODEL_DIR
+    from slowfast_vgen.model import load_model
+
+    size = sum(p.stat().st_size for p in DEFAULT_MODEL_DIR.rglob("*") if p.is_file())
+    assert size <= 25 * 2**20  # the one small shipped model
+    assert not [p for p in DEFAULT_MODEL_DIR.rglob("*") if p.suffix in (".bin", ".pt", ".ckpt", ".pth")]
+    bundle = load_model(DEFAULT_MODEL_DIR)
+    assert (bundle.height, bundle.width) == (32, 32) and bundle.metadata["generation"]["frames_per_chunk"] == 8
+    out = tmp_path / "demo.mp4"
+    assert main(["generate", "--actions", "move right; head west", "--out", str(out), "--quiet", "--steps", "2"]) == 0
+    assert _read(out).shape == (1 + 2 * 8, 128, 128, 3)

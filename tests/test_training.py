@@ -144,12 +144,14 @@ def _run_script(script: str, args: list[str], **kwargs) -> subprocess.Popen:
 
 def test_sigterm_saves_a_checkpoint_and_exits_143(world_root, tmp_path):
     out = tmp_path / "run"
-    process = _run_script(f"{sys.executable} train/train_slow.py", _overrides(world_root, out, "max_steps=100000"))
+    # its own process group, signalled as a whole (as batch schedulers do): DataLoader workers included
+    process = _run_script(f"{sys.executable} train/train_slow.py",
+                          _overrides(world_root, out, "max_steps=100000", "num_workers=1"), start_new_session=True)
     log = out / "train_log.jsonl"
     deadline = time.time() + 240
     while time.time() < deadline and not (log.is_file() and len(log.read_text().splitlines()) >= 2):
         time.sleep(0.5)
-    process.send_signal(signal.SIGTERM)
+    os.killpg(process.pid, signal.SIGTERM)
     output, _ = process.communicate(timeout=240)
     assert process.returncode == 143, output
     checkpoints = list_checkpoints(out)
