@@ -23,7 +23,7 @@ import sys
 from typing import Sequence
 
 from slowfast_vgen.data.ingest import IngestConfig, ingest_videos
-from slowfast_vgen.data.readers import quiet_decoder_logs
+from slowfast_vgen.data.readers import add_reader_arguments, quiet_decoder_logs
 from slowfast_vgen.errors import UserInputError, run_cli
 
 
@@ -41,13 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--context-sec", type=float, default=1.0, help="seconds of lead-in kept before each segment (default 1)"
     )
     parser.add_argument("--split", default="train", help="split name written for every row (default train)")
-    parser.add_argument(
-        "--backend",
-        default="auto",
-        choices=("auto", "decord", "imageio"),
-        help="video decoder (default auto: decord if installed)",
-    )
-    parser.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
+    add_reader_arguments(parser)
     return parser
 
 

@@ -16,7 +16,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from slowfast_vgen.data.readers import quiet_decoder_logs
+from slowfast_vgen.data.readers import add_reader_arguments, quiet_decoder_logs
 from slowfast_vgen.data.validate import validate_dataset
 from slowfast_vgen.errors import run_cli
 
@@ -26,13 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("root", metavar="DIR", help="dataset root holding manifest.jsonl")
-    parser.add_argument(
-        "--backend",
-        default="auto",
-        choices=("auto", "decord", "imageio"),
-        help="video decoder (default auto: decord if installed)",
-    )
-    parser.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
+    add_reader_arguments(parser)
     return parser
 
 

@@ -27,7 +27,6 @@ import numpy as np
 
 from . import metrics
 from .config import config_from_dict, help_field
-from .errors import UserInputError
 from .model import ModelBundle
 from .session import GenerationConfig, GenerationSession
 

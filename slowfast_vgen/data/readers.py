@@ -28,6 +28,13 @@ import numpy as np
 BACKENDS: tuple[str, ...] = ("auto", "decord", "imageio")
 
 
+def add_reader_arguments(parser) -> None:
+    """The ``--backend`` and ``--no-progress`` options shared by the data tools that decode videos."""
+    parser.add_argument("--backend", default="auto", choices=BACKENDS,
+                        help="video decoder (default auto: decord if installed)")
+    parser.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
+
+
 class VideoReadError(Exception):
     """A video could not be opened or decoded; ``path`` names it, ``reason`` says why."""
 
