@@ -28,10 +28,16 @@ def _frame_mask(mask: torch.Tensor) -> torch.Tensor:
 
 
 def sample_timesteps(scheduler: SchedulerMixin, batch: int, generator: torch.Generator | None = None,
-                     device: torch.device | str = "cpu") -> torch.Tensor:
-    """One training timestep per sample, uniform over the scheduler's ``num_train_timesteps``."""
+                     device: torch.device | str = "cpu", min_timestep: int = 0) -> torch.Tensor:
+    """One training timestep per sample, uniform over ``[min_timestep, num_train_timesteps)``.
+
+    ``min_timestep > 0`` spends the training on the high-noise steps, where the context and the
+    action text decide the chunk's layout and motion (at low noise the noisy frames show it).
+    """
     steps = scheduler.config.num_train_timesteps
-    return torch.randint(0, steps, (batch,), generator=generator, device="cpu").to(device)
+    if not 0 <= min_timestep < steps:
+        raise ValueError(f"min_timestep must be in [0, {steps}), got {min_timestep}")
+    return torch.randint(min_timestep, steps, (batch,), generator=generator, device="cpu").to(device)
 
 
 def noise_targets(

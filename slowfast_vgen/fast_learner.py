@@ -32,6 +32,7 @@ from peft.functional import delete_adapter
 from safetensors.torch import load_file, save_file
 
 from . import diffusion
+from .model import unet_text_kwargs
 from .checkpointing import load_optimizer_state, save_optimizer_state
 from .config import help_field
 from .errors import UserInputError
@@ -164,12 +165,12 @@ class TempLoRA:
             mask = diffusion.context_mask(repeat, previous.shape[2], new.shape[2], clean.device)
             noisy = diffusion.noise_targets(self.noise_scheduler, clean, noise, timesteps, mask)
             embeddings = text_embeddings.expand(repeat, *text_embeddings.shape[1:])
-            prediction = self.unet(noisy, timesteps, encoder_hidden_states=embeddings).sample
+            prediction = self.unet(noisy, timesteps, **unet_text_kwargs(self.unet, embeddings)).sample
             return diffusion.masked_diffusion_loss(prediction, target, mask)
         # paper rule, Eq. 3: the whole sequence noised, no action text
         noisy = diffusion.noise_whole_sequence(self.noise_scheduler, clean, noise, timesteps)
         embeddings = unconditional_embeddings.expand(repeat, *unconditional_embeddings.shape[1:])
-        prediction = self.unet(noisy, timesteps, encoder_hidden_states=embeddings).sample
+        prediction = self.unet(noisy, timesteps, **unet_text_kwargs(self.unet, embeddings)).sample
         return diffusion.sequence_diffusion_loss(prediction, target)
 
     # ------------------------------------------------------------------ memory management

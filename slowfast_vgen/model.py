@@ -89,6 +89,11 @@ class ModelConfig:
     beta_start: float = help_field(0.00085, "first beta")
     beta_end: float = help_field(0.012, "last beta")
     prediction_type: str = help_field("epsilon", "what the UNet predicts: epsilon | v_prediction | sample")
+    pooled_text_conditioning: bool = help_field(
+        False,
+        "also give the UNet the pooled sentence embedding of the action: as an extra first cross-attention token and "
+        "added to the timestep embedding (diffusers time_cond_proj_dim), a strong global action signal for small models",
+    )
     seed: int = help_field(0, "seed for the random initial weights")
 
     def __post_init__(self) -> None:
@@ -184,7 +189,12 @@ class ModelBundle:
     # ------------------------------------------------------------------ encoders
     @torch.no_grad()
     def encode_text(self, texts: list[str]) -> torch.Tensor:
-        """Action texts -> ``(B, L, D)`` hidden states for cross-attention ("" = unconditional)."""
+        """Action texts -> ``(B, L, D)`` hidden states for cross-attention ("" = unconditional).
+
+        A UNet built with ``time_cond_proj_dim`` (``pooled_text_conditioning``) gets ``(B, 1 + L, D)``:
+        token 0 is the sentence embedding (the mean of the token states over the attention mask,
+        all-MiniLM's pooling, rescaled to unit RMS); :func:`unet_text_kwargs` routes it.
+        """
         tokens = self.tokenizer(
             list(texts),
             padding="max_length",
@@ -197,6 +207,8 @@ class ModelBundle:
         if _uses_attention_mask(self.text_encoder) and "attention_mask" in tokens:
             kwargs["attention_mask"] = tokens["attention_mask"].to(device)
         hidden = self.text_encoder(**kwargs).last_hidden_state
+        if getattr(self.unet.config, "time_cond_proj_dim", None):
+            hidden = torch.cat([pooled_sentence_embedding(hidden, tokens.get("attention_mask", torch.ones_like(tokens["input_ids"])).to(device))[:, None], hidden], dim=1)
         return hidden.to(self.dtype)
 
     @torch.no_grad()
@@ -257,6 +269,7 @@ class ModelBundle:
                 norm_num_groups=config.norm_num_groups,
                 attention_head_dim=config.attention_head_dim,
                 cross_attention_dim=config.cross_attention_dim,
+                time_cond_proj_dim=config.cross_attention_dim if config.pooled_text_conditioning else None,
             )
         scheduler = DDPMScheduler(
             num_train_timesteps=config.num_train_timesteps,
@@ -415,6 +428,23 @@ def _unfold_patches(latents: torch.Tensor, patch: int) -> torch.Tensor:
     flat = latents.permute(0, 2, 1, 3, 4).flatten(0, 1)  # (B*F, 3*p*p, h, w)
     pixels = torch.nn.functional.pixel_shuffle(flat, patch)  # (B*F, 3, H, W)
     return pixels.unflatten(0, (batch, frames)).permute(0, 2, 1, 3, 4)
+
+
+def pooled_sentence_embedding(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """``(B, L, D)`` token states -> ``(B, D)``: mean over real tokens, rescaled to unit RMS per entry."""
+    weights = attention_mask.to(hidden.dtype)[:, :, None]  # (B, L, 1)
+    pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+    return pooled / pooled.pow(2).mean(dim=-1, keepdim=True).add(1e-12).sqrt()
+
+
+def unet_text_kwargs(unet: torch.nn.Module, text_embeddings: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The UNet's text inputs for :meth:`ModelBundle.encode_text` output: cross-attention states, plus
+    token 0 (the pooled sentence embedding) as ``timestep_cond`` when the UNet has ``time_cond_proj_dim``
+    (added to the timestep embedding, like SDXL's pooled text embedding)."""
+    config = getattr(unet, "module", unet).config  # DistributedDataParallel keeps the model in .module
+    if getattr(config, "time_cond_proj_dim", None):
+        return {"encoder_hidden_states": text_embeddings, "timestep_cond": text_embeddings[:, 0]}
+    return {"encoder_hidden_states": text_embeddings}
 
 
 def _text_hidden_size(text_encoder: torch.nn.Module) -> int:

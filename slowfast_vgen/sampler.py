@@ -18,6 +18,7 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteS
 from tqdm.auto import tqdm
 
 from .config import help_field
+from .model import unet_text_kwargs
 
 SCHEDULERS = {
     "ddim": lambda config: DDIMScheduler.from_config(config, clip_sample=False, set_alpha_to_one=False),
@@ -40,6 +41,9 @@ class SamplerConfig:
     guidance_scale: float = help_field(
         2.0, "classifier-free guidance on the action text (1 = off; the empty text is unconditional)"
     )
+    eta: float = help_field(
+        0.0, "ddim only: 0 = deterministic DDIM, 1 = fresh noise at every step (DDPM-like, removes noise a small model leaves)"
+    )
 
     def __post_init__(self) -> None:
         if self.scheduler not in SCHEDULERS:
@@ -48,6 +52,10 @@ class SamplerConfig:
             raise ValueError(f"num_inference_steps must be >= 1, got {self.num_inference_steps}")
         if self.guidance_scale < 1.0:
             raise ValueError(f"guidance_scale must be >= 1 (1 = no guidance), got {self.guidance_scale}")
+        if not 0.0 <= self.eta <= 1.0:
+            raise ValueError(f"eta must be in [0, 1], got {self.eta}")
+        if self.eta and self.scheduler != "ddim":
+            raise ValueError(f"eta applies to the ddim scheduler only, got scheduler {self.scheduler!r}")
 
 
 def make_scheduler(name: str, noise_scheduler_config) -> SchedulerMixin:
@@ -67,6 +75,7 @@ def sample_chunk(
     num_frames: int,
     num_inference_steps: int,
     guidance_scale: float = 1.0,
+    eta: float = 0.0,
     generator: torch.Generator | None = None,
     callback: StepCallback | None = None,
     progress: bool = False,
@@ -83,7 +92,12 @@ def sample_chunk(
         embeddings = torch.cat([unconditional_embeddings, text_embeddings])  # (2B, L, D)
     else:
         embeddings = text_embeddings
-    step_kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
+    step_parameters = inspect.signature(scheduler.step).parameters
+    step_kwargs = {"generator": generator} if "generator" in step_parameters else {}
+    if eta:
+        if "eta" not in step_parameters:
+            raise ValueError(f"{type(scheduler).__name__} has no eta; use DDIM")
+        step_kwargs["eta"] = eta
 
     # 1. timesteps and the initial noise z_T for the new frames only
     scheduler.set_timesteps(num_inference_steps, device=device)
@@ -96,7 +110,7 @@ def sample_chunk(
         model_input = torch.cat([context, scheduler.scale_model_input(latents, timestep)], dim=2)  # (B, C, f_p+f_g, h, w)
         if use_guidance:
             model_input = torch.cat([model_input, model_input])  # (2B, C, F, h, w)
-        prediction = unet(model_input, timestep, encoder_hidden_states=embeddings).sample
+        prediction = unet(model_input, timestep, **unet_text_kwargs(unet, embeddings)).sample
         prediction = prediction[:, :, num_context:]  # keep the new frames: (B or 2B, C, f_g, h, w)
         if use_guidance:
             unconditional, conditional = prediction.chunk(2)

@@ -162,6 +162,7 @@ class GenerationSession:
                     num_frames=config.frames_per_chunk,
                     num_inference_steps=config.sampler.num_inference_steps,
                     guidance_scale=config.sampler.guidance_scale,
+                    eta=config.sampler.eta,
                     generator=self.sample_generator,
                     progress=progress,
                 )  # (1, C, f_g, h, w)

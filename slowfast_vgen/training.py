@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -44,7 +44,7 @@ from .config import help_field, save_config
 from .data.dataset import ChunkBatch, ChunkDataset, ChunkDatasetConfig, collate_chunks
 from .errors import UserInputError
 from .fast_learner import FastLearnerConfig, TempLoRA, plain_unet
-from .model import ModelBundle, ModelConfig, load_model
+from .model import ModelBundle, ModelConfig, load_model, unet_text_kwargs
 
 EXIT_PREEMPTED = 143  # 128 + SIGTERM: a checkpoint was saved, run again with resume=latest
 EXIT_DIVERGED = 3
@@ -73,6 +73,9 @@ class TrainConfig:
     mixed_precision: str = help_field("no", "no | fp16 | bf16")
     use_ema: bool = help_field(False, "keep an EMA of the UNet weights (exported as the final model)")
     ema_decay: float = help_field(0.999, "EMA decay")
+    min_timestep: int = help_field(
+        0, "train on timesteps >= this only (high noise: where the action decides the chunk's motion); 0 = all"
+    )
     text_dropout: float = help_field(0.1, "probability of training with the empty text (enables classifier-free guidance)")
     checkpointing_steps: int = help_field(500, "save a checkpoint every N optimizer steps (and at the end)")
     checkpoints_total_limit: int = help_field(3, "keep at most N checkpoints (0 = all)")
@@ -81,6 +84,11 @@ class TrainConfig:
     num_workers: int = help_field(2, "DataLoader worker processes")
     log_every: int = help_field(10, "log the loss every N steps")
     sample_every: int = help_field(0, "write a sample video every N steps (0 = never)")
+    validate_every: int = help_field(
+        0, "every N steps log the validation loss with the true, the shuffled and no action text (0 = never)"
+    )
+    validation_split: str = help_field("val", "manifest split of the fixed validation chunks")
+    validation_chunks: int = help_field(32, "number of fixed validation chunks")
     sample_actions: list[str] = help_field(["move right", "move left"], "actions of the sample videos")
     report_to: str = help_field("tensorboard", "accelerate tracker: tensorboard | none (train_log.jsonl is always written)")
     device: str = help_field("auto", "auto | cpu | cuda")
@@ -94,6 +102,8 @@ class TrainConfig:
             raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         if not 0.0 <= self.text_dropout < 1.0:
             raise ValueError(f"text_dropout must be in [0, 1), got {self.text_dropout}")
+        if self.validate_every < 0 or self.min_timestep < 0:
+            raise ValueError(f"validate_every and min_timestep must be >= 0, got {self.validate_every}, {self.min_timestep}")
 
 
 @dataclass
@@ -110,6 +120,11 @@ class LoopTrainConfig(TrainConfig):
 
     fast: FastLearnerConfig = field(default_factory=FastLearnerConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.validate_every:
+            raise ValueError("validate_every is for slow learning (train_slow.py); the loop's UNet carries a Temp-LoRA")
 
 
 @dataclass
@@ -148,6 +163,9 @@ class SlowTrainer:
         else:
             self.bundle = ModelBundle.from_config(config.model)
         self.bundle.to(self.accelerator.device)
+        num_timesteps = self.bundle.noise_scheduler.config.num_train_timesteps
+        if not 0 <= config.min_timestep < num_timesteps:
+            raise UserInputError(f"min_timestep must be in [0, {num_timesteps}) for this model, got {config.min_timestep}")
         self.setup_model()
         trainable = [p for p in self.bundle.unet.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -166,6 +184,8 @@ class SlowTrainer:
             self.load_checkpoint(self.resumed_from)
         self.unet, self.optimizer = self.accelerator.prepare(self.bundle.unet, self.optimizer)
         self.text_cache: dict[str, torch.Tensor] = {}
+        # a missing or too small validation split is an error now, not after hours of training
+        self.validation_batch = self.load_validation_batch() if config.validate_every and self.accelerator.is_main_process else None
         self.stop_requested = False
 
     # ------------------------------------------------------------------ hooks for subclasses
@@ -199,11 +219,11 @@ class SlowTrainer:
         scheduler = self.bundle.noise_scheduler
         mask = mask.to(latents.device)
         noise = torch.randn(latents.shape, generator=generator).to(latents)
-        timesteps = diffusion.sample_timesteps(scheduler, latents.shape[0], generator, latents.device)
+        timesteps = diffusion.sample_timesteps(scheduler, latents.shape[0], generator, latents.device, self.config.min_timestep)
         noisy = diffusion.noise_targets(scheduler, latents, noise, timesteps, mask)  # Eq. 1
         drop = torch.rand(len(actions), generator=generator) < self.config.text_dropout
         texts = ["" if dropped else action for action, dropped in zip(actions, drop.tolist())]
-        prediction = self.unet(noisy, timesteps, encoder_hidden_states=self.encode_text(texts)).sample
+        prediction = self.unet(noisy, timesteps, **unet_text_kwargs(self.unet, self.encode_text(texts))).sample
         target = diffusion.diffusion_target(scheduler, latents, noise, timesteps)
         return diffusion.masked_diffusion_loss(prediction, target, mask)  # Eq. 2
 
@@ -283,6 +303,10 @@ class SlowTrainer:
                     window = []
                 if config.sample_every and self.step % config.sample_every == 0:
                     self.write_sample()
+                if config.validate_every and self.step % config.validate_every == 0 and accelerator.is_main_process:
+                    record = {"step": self.step, **self.validate()}
+                    accelerator.log({k: v for k, v in record.items() if k != "step"}, step=self.step)
+                    self._log(record)
                 # 6. checkpoints: periodic, at the end, and when SIGTERM arrived
                 stop = _any_process(self.stop_requested, accelerator)
                 if self.step % config.checkpointing_steps == 0 or self.step == config.max_steps or stop:
@@ -354,6 +378,48 @@ class SlowTrainer:
         if self.ema is not None:
             self.ema.restore(trainable)
         return path
+
+    def load_validation_batch(self) -> ChunkBatch:
+        """``validation_chunks`` chunks spread evenly over the validation split, full context."""
+        data = replace(self.config.data, split=self.config.validation_split, context_frames_min=self.config.data.context_frames_max)
+        dataset = ChunkDataset(data)
+        count = min(self.config.validation_chunks, len(dataset))
+        if count < 2:
+            raise UserInputError(f"validation split {self.config.validation_split!r} needs at least 2 chunks, has {len(dataset)}")
+        picks = torch.linspace(0, len(dataset) - 1, count).round().long().tolist()
+        return collate_chunks([dataset[i] for i in picks])
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Masked loss (Eq. 2) on fixed validation chunks with fixed noise and evenly spaced timesteps,
+        once with each chunk's own action, once with the actions shuffled between chunks, once with no
+        action. ``val_loss_shuffled_action - val_loss`` is how much the model uses the action text.
+
+        Runs on the main process only, on the unwrapped UNet (no collective), in eval mode; the
+        training RNG streams are untouched, so validation does not change the training losses.
+        """
+        if self.validation_batch is None:
+            self.validation_batch = self.load_validation_batch()
+        batch, scheduler = self.validation_batch, self.bundle.noise_scheduler
+        unet = self.accelerator.unwrap_model(self.unet)
+        unet.eval()
+        device = self.accelerator.device
+        latents = self.bundle.encode_frames(batch.frames.to(device))
+        mask = batch.context_mask.to(device)
+        generator = torch.Generator().manual_seed(self.config.seed)
+        noise = torch.randn(latents.shape, generator=generator).to(latents)
+        steps = scheduler.config.num_train_timesteps
+        timesteps = torch.linspace(self.config.min_timestep, steps - 1, latents.shape[0]).round().long().to(device)
+        noisy = diffusion.noise_targets(scheduler, latents, noise, timesteps, mask)  # Eq. 1
+        target = diffusion.diffusion_target(scheduler, latents, noise, timesteps)
+        actions = list(batch.actions)
+        texts = {"val_loss": actions, "val_loss_shuffled_action": actions[1:] + actions[:1], "val_loss_no_action": [""] * len(actions)}
+        record = {}
+        for name, batch_texts in texts.items():
+            prediction = unet(noisy, timesteps, **unet_text_kwargs(unet, self.encode_text(batch_texts))).sample
+            record[name] = float(diffusion.masked_diffusion_loss(prediction, target, mask))  # Eq. 2
+        unet.train()
+        return record
 
     def write_sample(self) -> None:
         """A short generated video (no memory) from the first training chunk's first frame (main process)."""

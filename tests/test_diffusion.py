@@ -67,3 +67,12 @@ def test_diffusion_target_follows_prediction_type(scheduler):
     assert torch.equal(diffusion.diffusion_target(scheduler, clean, noise, t), noise)
     v_scheduler = DDPMScheduler(prediction_type="v_prediction")
     assert torch.allclose(diffusion.diffusion_target(v_scheduler, clean, noise, t), v_scheduler.get_velocity(clean, noise, t))
+
+
+def test_sample_timesteps_respects_min_timestep(scheduler):
+    everywhere = diffusion.sample_timesteps(scheduler, 4000, torch.Generator().manual_seed(0))
+    assert everywhere.min() < 100 and everywhere.max() == 999
+    high = diffusion.sample_timesteps(scheduler, 4000, torch.Generator().manual_seed(0), min_timestep=600)
+    assert high.min() == 600 and high.max() == 999
+    with pytest.raises(ValueError, match="min_timestep must be in"):
+        diffusion.sample_timesteps(scheduler, 1, min_timestep=1000)

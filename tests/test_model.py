@@ -115,3 +115,31 @@ def test_missing_text_encoder_package_is_named(tmp_path, tiny_model_dir):
     (model / "slowfast_vgen.json").write_text(json.dumps({**meta, "text_encoder_package": "no_such_encoder_pkg"}))
     with pytest.raises(UserInputError, match="text encoder package 'no_such_encoder_pkg', which is not installed"):
         load_model(model)
+
+
+def test_pooled_text_conditioning_adds_a_sentence_token_and_a_timestep_signal(tmp_path):
+    from slowfast_vgen.model import unet_text_kwargs
+
+    bundle = ModelBundle.from_config(ModelConfig(height=16, width=16, pooled_text_conditioning=True, seed=0))
+    plain = ModelBundle.from_config(ModelConfig(height=16, width=16, seed=0))
+    assert bundle.unet.config.time_cond_proj_dim == bundle.unet.config.cross_attention_dim
+    assert plain.unet.config.time_cond_proj_dim is None
+    texts = ["move left", "head west now"]
+    pooled, tokens = bundle.encode_text(texts), plain.encode_text(texts)
+    assert pooled.shape[1] == tokens.shape[1] + 1 and torch.equal(pooled[:, 1:], tokens)
+    assert torch.allclose(pooled[:, 0].pow(2).mean(dim=-1), torch.ones(2), atol=1e-4)  # unit RMS sentence token
+    kwargs = unet_text_kwargs(bundle.unet, pooled)
+    assert torch.equal(kwargs["timestep_cond"], pooled[:, 0]) and kwargs["encoder_hidden_states"] is pooled
+    assert set(unet_text_kwargs(plain.unet, tokens)) == {"encoder_hidden_states"}
+    # the timestep path really carries the action: zeroing its projection changes the output
+    sample = torch.randn(1, bundle.unet.config.in_channels, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = bundle.unet(sample, 100, **unet_text_kwargs(bundle.unet, pooled[:1])).sample
+        bundle.unet.time_embedding.cond_proj.weight.zero_()
+        after = bundle.unet(sample, 100, **unet_text_kwargs(bundle.unet, pooled[:1])).sample
+    assert not torch.allclose(before, after)
+    bundle.save_pretrained(tmp_path / "pooled")
+    loaded = load_model(tmp_path / "pooled")
+    assert torch.equal(loaded.encode_text(texts), bundle.encode_text(texts))
+    with torch.no_grad():
+        assert torch.equal(loaded.unet(sample, 100, **unet_text_kwargs(loaded.unet, pooled[:1])).sample, after)

@@ -48,3 +48,21 @@ def test_sampler_is_deterministic_per_generator(tiny_bundle):
 def test_unknown_scheduler_is_refused(tiny_bundle):
     with pytest.raises(ValueError, match="scheduler must be one of"):
         make_scheduler("plms", tiny_bundle.noise_scheduler.config)
+
+
+def test_ddim_eta_adds_fresh_noise_per_step_and_stays_seeded(tiny_bundle):
+    from slowfast_vgen.sampler import SamplerConfig
+
+    context = torch.zeros(1, 3, 1, 16, 16)
+    text = tiny_bundle.encode_text(["move right"])
+
+    def run(eta, seed=1):
+        return sample_chunk(tiny_bundle.unet, make_scheduler("ddim", tiny_bundle.noise_scheduler.config), context, text, None,
+                            num_frames=2, num_inference_steps=3, eta=eta, generator=torch.Generator().manual_seed(seed))
+
+    assert torch.equal(run(1.0), run(1.0))  # the step noise comes from the same generator
+    assert not torch.equal(run(1.0), run(0.0))
+    with pytest.raises(ValueError, match="eta applies to the ddim scheduler only"):
+        SamplerConfig(scheduler="euler", eta=1.0)
+    with pytest.raises(ValueError, match=r"eta must be in \[0, 1\]"):
+        SamplerConfig(eta=1.5)

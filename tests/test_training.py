@@ -215,3 +215,38 @@ def test_loop_script_runs_end_to_end(world_root, tmp_path):
     assert process.returncode == 0, output
     assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2", "checkpoint-3"]
     assert (out / "model" / "unet").is_dir()
+
+
+def test_pooled_text_model_trains_on_high_noise_steps_only_when_asked(world_root, tmp_path):
+    from slowfast_vgen.model import ModelBundle
+
+    out = tmp_path / "pooled"
+    config = _slow(world_root, out, "max_steps=2", "model.pooled_text_conditioning=true", "min_timestep=900")
+    result = train(config)
+    assert result.step == 2
+    trained = load_model(out / "model").unet
+    fresh = ModelBundle.from_config(config.model).unet
+    assert trained.config.time_cond_proj_dim == trained.config.cross_attention_dim
+    # the action's sentence embedding received gradient through the timestep path
+    assert not torch.equal(trained.time_embedding.cond_proj.weight, fresh.time_embedding.cond_proj.weight)
+    with pytest.raises(UserInputError, match=r"min_timestep must be in \[0, 1000\)"):
+        SlowTrainer(_slow(world_root, tmp_path / "bad", "min_timestep=1000"))
+
+
+def test_validation_logs_action_use_without_changing_the_training_losses(world_root, tmp_path):
+    plain = train(_slow(world_root, tmp_path / "plain", "max_steps=2"))
+    validated = train(_slow(world_root, tmp_path / "val", "max_steps=2", "validate_every=1", "validation_split=train",
+                            "validation_chunks=4"))
+    assert validated.losses == plain.losses  # validation draws no training randomness
+    records = [json.loads(line) for line in (tmp_path / "val" / "train_log.jsonl").read_text().splitlines()]
+    checks = [r for r in records if "val_loss" in r]
+    assert [r["step"] for r in checks] == [1, 2]
+    for r in checks:
+        assert {"val_loss", "val_loss_shuffled_action", "val_loss_no_action"} <= set(r)
+        assert all(0 < r[k] < 10 for k in ("val_loss", "val_loss_shuffled_action", "val_loss_no_action"))
+        assert r["val_loss"] != r["val_loss_no_action"]  # the text reaches the UNet
+    with pytest.raises(UserInputError, match="no segments with split 'val'"):
+        SlowTrainer(_slow(world_root, tmp_path / "noval", "max_steps=1", "validate_every=1"))
+    assert not (tmp_path / "noval").exists()
+    with pytest.raises(UserInputError, match="validate_every is for slow learning"):
+        load_config(LoopTrainConfig, overrides=_overrides(world_root, tmp_path / "loop", "validate_every=5"))
