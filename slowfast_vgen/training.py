@@ -368,6 +368,7 @@ class SlowTrainer:
             self.ema.copy_to(trainable)
         data = self.config.data
         metadata = {**self.bundle.metadata, "generation": {
+            **self.bundle.metadata.get("generation", {}),  # e.g. the sampler settings of an init_from model
             "frames_per_chunk": data.target_frames,
             "context_frames": data.context_frames_max,
             "window": data.context_frames_max + data.target_frames,

@@ -178,3 +178,7 @@ def test_embedded_default_model_generates_offline(tmp_path):
     out = tmp_path / "demo.mp4"
     assert main(["generate", "--actions", "move right; head west", "--out", str(out), "--quiet", "--steps", "2"]) == 0
     assert _read(out).shape == (1 + 2 * 8, 128, 128, 3)
+    from omegaconf import OmegaConf
+
+    resolved = OmegaConf.load(out.with_suffix(".yaml"))
+    assert resolved.sampler.eta == bundle.metadata["generation"]["sampler"]["eta"] == 1.0  # the model's own defaults apply
