@@ -208,7 +208,8 @@ class ModelBundle:
             kwargs["attention_mask"] = tokens["attention_mask"].to(device)
         hidden = self.text_encoder(**kwargs).last_hidden_state
         if getattr(self.unet.config, "time_cond_proj_dim", None):
-            hidden = torch.cat([pooled_sentence_embedding(hidden, tokens.get("attention_mask", torch.ones_like(tokens["input_ids"])).to(device))[:, None], hidden], dim=1)
+            real_tokens = tokens.get("attention_mask", torch.ones_like(tokens["input_ids"])).to(device)
+            hidden = torch.cat([pooled_sentence_embedding(hidden, real_tokens)[:, None], hidden], dim=1)
         return hidden.to(self.dtype)
 
     @torch.no_grad()

@@ -220,10 +220,16 @@ class SlowTrainer:
         mask = mask.to(latents.device)
         noise = torch.randn(latents.shape, generator=generator).to(latents)
         timesteps = diffusion.sample_timesteps(scheduler, latents.shape[0], generator, latents.device, self.config.min_timestep)
-        noisy = diffusion.noise_targets(scheduler, latents, noise, timesteps, mask)  # Eq. 1
         drop = torch.rand(len(actions), generator=generator) < self.config.text_dropout
         texts = ["" if dropped else action for action, dropped in zip(actions, drop.tolist())]
-        prediction = self.unet(noisy, timesteps, **unet_text_kwargs(self.unet, self.encode_text(texts))).sample
+        return self.loss_at(self.unet, latents, mask, texts, noise, timesteps)
+
+    def loss_at(self, unet: torch.nn.Module, latents: torch.Tensor, mask: torch.Tensor, texts: list[str],
+                noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """Eq. 1-2 for given texts, noise and timesteps (shared by training and validation)."""
+        scheduler = self.bundle.noise_scheduler
+        noisy = diffusion.noise_targets(scheduler, latents, noise, timesteps, mask)  # Eq. 1
+        prediction = unet(noisy, timesteps, **unet_text_kwargs(unet, self.encode_text(texts))).sample
         target = diffusion.diffusion_target(scheduler, latents, noise, timesteps)
         return diffusion.masked_diffusion_loss(prediction, target, mask)  # Eq. 2
 
@@ -411,14 +417,9 @@ class SlowTrainer:
         noise = torch.randn(latents.shape, generator=generator).to(latents)
         steps = scheduler.config.num_train_timesteps
         timesteps = torch.linspace(self.config.min_timestep, steps - 1, latents.shape[0]).round().long().to(device)
-        noisy = diffusion.noise_targets(scheduler, latents, noise, timesteps, mask)  # Eq. 1
-        target = diffusion.diffusion_target(scheduler, latents, noise, timesteps)
         actions = list(batch.actions)
         texts = {"val_loss": actions, "val_loss_shuffled_action": actions[1:] + actions[:1], "val_loss_no_action": [""] * len(actions)}
-        record = {}
-        for name, batch_texts in texts.items():
-            prediction = unet(noisy, timesteps, **unet_text_kwargs(unet, self.encode_text(batch_texts))).sample
-            record[name] = float(diffusion.masked_diffusion_loss(prediction, target, mask))  # Eq. 2
+        record = {name: float(self.loss_at(unet, latents, mask, batch_texts, noise, timesteps)) for name, batch_texts in texts.items()}
         unet.train()
         return record
 
