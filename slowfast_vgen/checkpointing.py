@@ -4,6 +4,7 @@ A checkpoint is a directory ``checkpoint-<step>/`` holding
 
 * ``unet/`` (``save_pretrained``, safetensors) — the slow weights Phi,
 * ``ema/`` (optional) — the EMA copy of the UNet,
+* ``action_encoder/`` and ``ema_action_encoder.safetensors`` (models with an action encoder),
 * ``optimizer.safetensors`` — optimizer moments as tensors, the rest as JSON metadata,
 * ``trainer_state.json`` — step, LR-schedule state, counters; written last.
 
@@ -63,6 +64,26 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, path: str | os.PathLi
     optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
+def save_ema_state(ema: Any, path: str | os.PathLike) -> None:
+    """A diffusers ``EMAModel``'s shadow weights as safetensors, its counters as JSON metadata; atomic."""
+    state = ema.state_dict()
+    tensors = {f"shadow.{i}": p.detach().clone().contiguous().cpu() for i, p in enumerate(state.pop("shadow_params"))}
+    state.pop("collected_params", None)
+    with atomic_output_file(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"state": json.dumps(state)})
+
+
+def load_ema_state(ema: Any, path: str | os.PathLike) -> None:
+    """Inverse of :func:`save_ema_state`; a damaged file is a one-line error naming it."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            state = json.loads((handle.metadata() or {})["state"])
+            shadow = [handle.get_tensor(f"shadow.{i}") for i in range(len(handle.keys()))]
+        ema.load_state_dict({**state, "shadow_params": shadow})
+    except Exception as err:
+        raise UserInputError(f"checkpoint file {path} is corrupt or does not fit: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+
+
 def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     """Complete checkpoints under ``output_dir``, oldest first."""
     root = Path(output_dir)
@@ -85,6 +106,7 @@ def save_checkpoint(
     ema: Any | None = None,
     total_limit: int | None = None,
     extra_modules: dict[str, torch.nn.Module] | None = None,
+    extra_emas: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``checkpoint-<step>`` atomically, then prune the oldest beyond ``total_limit``."""
     path = Path(output_dir) / f"checkpoint-{step}"
@@ -94,6 +116,8 @@ def save_checkpoint(
             ema.save_pretrained(str(tmp / "ema"))
         for name, module in (extra_modules or {}).items():
             module.save_pretrained(tmp / name, safe_serialization=True)
+        for name, extra_ema in (extra_emas or {}).items():
+            save_ema_state(extra_ema, tmp / f"{name}.safetensors")
         save_optimizer_state(optimizer, tmp / "optimizer.safetensors")
         atomic_write_json(tmp / STATE_FILE, {"step": step, **state})
     if total_limit:
@@ -148,3 +172,17 @@ def load_unet_weights(unet: torch.nn.Module, path: Path) -> None:
     if missing or unexpected:
         name = (missing or unexpected)[0]
         raise UserInputError(f"checkpoint {path} does not fit this model: {'missing' if missing else 'unexpected'} weight {name}")
+
+
+def load_module_weights(module: torch.nn.Module, path: Path, name: str) -> None:
+    """Load ``path/name`` safetensors weights (a ``save_pretrained`` directory) into ``module`` (strict)."""
+    from safetensors.torch import load_file
+
+    files = sorted((path / name).glob("*.safetensors"))
+    if not files:
+        raise UserInputError(f"checkpoint {path} does not fit this model: no {name}/*.safetensors")
+    try:
+        state = {key: value for file in files for key, value in load_file(str(file)).items()}
+        module.load_state_dict(state, strict=True)
+    except Exception as err:
+        raise UserInputError(f"checkpoint {path} is corrupt or does not fit: {name}: {str(err).splitlines()[0]}") from None

@@ -7,6 +7,11 @@
 * ``revisit`` — routes that go out and retrace their steps back (paper §4.1 SRC): revisit
   PSNR / SSIM against the ground truth of the place and against the model's own first
   visit, SRC (ResNet-18 features, or unavailable), SCuts, action accuracy.
+* ``rollout`` — autoregressive rollouts of ``rollout_chunks`` random-walk actions generated
+  from the first frame only (every chunk's context is the model's own output): per chunk
+  index, action accuracy and the start-footprint PSNR — PSNR against ground truth over the
+  pixels that show a place visible in the first frame, the only content knowable from it
+  (:mod:`.metrics.footprint`). Run it once per ``phrasing`` (``train`` and ``heldout``).
 
 Every suite runs each fast-learning variant (``off``, ``paper``, ``text``, ``full-sequence``,
 the paper's Table 4 ablations) on the same routes and for several generation seeds; results
@@ -27,10 +32,13 @@ import numpy as np
 
 from . import metrics
 from .config import config_from_dict, help_field
+from .errors import UserInputError
 from .model import ModelBundle
 from .session import GenerationConfig, GenerationSession
 
-SUITES = ("chunk", "long", "revisit")
+SUITES = ("chunk", "long", "revisit", "rollout")
+# rollout suite: curve name -> the per-chunk list of a run it averages
+ROLLOUT_CURVES = {"action_accuracy": "chunk_action_correct", "footprint_psnr": "chunk_footprint_psnr"}
 
 
 @dataclass
@@ -43,6 +51,7 @@ class EvalConfig:
     routes: int = help_field(3, "routes (held-out worlds) per seed")
     actions_per_route: int = help_field(8, "actions per route (revisit: out and back; chunk: chunks predicted per route)")
     long_frames: int = help_field(200, "frames of a long-suite route (the paper's long videos: ~1,000)")
+    rollout_chunks: int = help_field(32, "chunks of a rollout-suite route, each from the model's own output (>= 2)")
     phrasing: str = help_field("heldout", "action phrasings: train | heldout (never seen in training) | all")
     world_seed_base: int = help_field(900_000_000, "held-out world seeds: base + route index")
     generation: GenerationConfig = field(default_factory=GenerationConfig)
@@ -60,6 +69,8 @@ class EvalConfig:
         self.variants = variants
         if not self.seeds or self.routes < 1 or self.actions_per_route < 2:
             raise ValueError("need at least one seed, one route and two actions per route")
+        if self.rollout_chunks < 2:
+            raise ValueError(f"rollout_chunks must be >= 2, got {self.rollout_chunks}")
         if self.phrasing not in ("train", "heldout", "all"):
             raise ValueError(f"phrasing must be train, heldout or all, got {self.phrasing!r}")
 
@@ -74,6 +85,8 @@ class Route:
     actions: list[str]
     frames: np.ndarray  # (1 + M*K, H, W, 3) uint8
     revisit_pairs: list[tuple[int, int]]
+    camera_positions: np.ndarray  # (1 + M*K, 2) int: [x, y] of the rendered view's top-left on the wrapping map
+    footprint: np.ndarray | None = None  # rollout suite: (1 + M*K, H, W) bool, pixels showing a place frame 0 shows
 
 
 def build_routes(config: EvalConfig, height: int, width: int, frames_per_chunk: int) -> list[Route]:
@@ -92,15 +105,34 @@ def build_routes(config: EvalConfig, height: int, width: int, frames_per_chunk: 
             route = world.make_route(rng, config.actions_per_route, "return_to_start")
         elif config.suite == "long":
             route = world.make_route(rng, max(2, config.long_frames // frames_per_chunk), "random")
+        elif config.suite == "rollout":
+            route = world.make_route(rng, config.rollout_chunks, "random")  # persistent walk, occasional stay
         else:
             route = world.make_route(rng, config.actions_per_route + 1, "random")
         start = rng.integers(0, world.map_size, size=2)
-        frames, _ = world.rollout(start, route.primitives, frames_per_chunk)
+        frames, positions = world.rollout(start, route.primitives, frames_per_chunk)
         frames = resize_center_crop(frames, height, width)
         actions = [phrase(p, rng, config.phrasing) for p in route.primitives]
+        footprint = None
+        if config.suite == "rollout":
+            footprint = _frame_footprint(positions, view, world.map_size, height, width)
         routes.append(Route(index, world_seed, list(route.primitives), actions, frames,
-                            route.revisit_frames(frames_per_chunk)))
+                            route.revisit_frames(frames_per_chunk), positions, footprint))
     return routes
+
+
+def _frame_footprint(positions: np.ndarray, view: int, map_size: int, height: int, width: int) -> np.ndarray:
+    """``(F, height, width)`` bool start-footprint masks of the frames cut from ``view x view`` renderings.
+
+    With an even frame height and width the view is ``max(height, width)`` and
+    :func:`resize_center_crop` only crops it, by whole pixels, so a frame's top-left lies
+    ``((view - width) / 2, (view - height) / 2)`` from the view's and the masks are exact.
+    """
+    if height % 2 or width % 2:
+        raise UserInputError(f"the rollout suite needs an even frame height and width (frames that are exact crops of "
+                             f"the rendered view), got {height}x{width}")
+    offset = np.array([(view - width) // 2, (view - height) // 2])  # [x, y] of the frame inside the view
+    return metrics.footprint_masks(positions + offset, (height, width), map_size)
 
 
 def evaluate(bundle: ModelBundle, config: EvalConfig, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -126,6 +158,7 @@ def evaluate(bundle: ModelBundle, config: EvalConfig, progress: Callable[[str], 
         "availability": {name: {"available": reason is None, "reason": reason}
                          for name, reason in networks.availability().items()},
         "summary": summarise(runs, config.variants),
+        **({"curves": per_chunk_curves(runs, config.variants)} if config.suite == "rollout" else {}),
         "runs": runs,
     }
 
@@ -178,8 +211,21 @@ def _run_route(bundle, config: EvalConfig, route: Route, variant: str, seed: int
                 scores[f"revisit_{key}"] = float(value)
         src = networks.src(video, route.revisit_pairs)
         scores["src"] = src.value if src.available else None
+    curves: dict[str, list] = {}
+    if config.suite == "rollout":
+        # start-footprint PSNR per chunk: nan where the chunk shows nothing of frame 0's footprint
+        footprint = metrics.footprint_chunk_psnr(video, route.frames, route.footprint, chunk_ranges)
+        scores["footprint_psnr_first4"] = _finite_mean(footprint[:4])
+        scores["footprint_psnr"] = _finite_mean(footprint)
+        scores["footprint_chunks"] = sum(not math.isnan(v) for v in footprint)
+        curves = {
+            "chunk_action_correct": [p == c for p, c in zip(predicted, route.primitives)],
+            "chunk_footprint_psnr": [None if math.isnan(v) else v for v in footprint],
+            "chunk_footprint_pixels": [int(route.footprint[a:b].sum()) for a, b in chunk_ranges],
+        }
     return {
         "scores": scores,
+        **curves,
         "per_chunk_psnr": [(c.start, c.psnr) for c in per_chunk],
         "predicted": predicted,
         "commanded": route.primitives,
@@ -188,6 +234,12 @@ def _run_route(bundle, config: EvalConfig, route: Route, variant: str, seed: int
         "truth": route.frames,
         "revisit_pairs": route.revisit_pairs,
     }
+
+
+def _finite_mean(values: list[float]) -> float | None:
+    """Mean of the finite values (a chunk without footprint is nan; an exact copy is inf), None if none."""
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else None
 
 
 def summarise(runs: list[dict], variants: list[str]) -> dict[str, dict[str, dict[str, float]]]:
@@ -207,23 +259,59 @@ def summarise(runs: list[dict], variants: list[str]) -> dict[str, dict[str, dict
     return summary
 
 
+def per_chunk_curves(runs: list[dict], variants: list[str]) -> dict[str, dict[str, list[dict]]]:
+    """Rollout curves: per variant, curve (:data:`ROLLOUT_CURVES`) and chunk index, the mean,
+    95 % CI bounds and n across runs (missing and non-finite values are skipped, so a chunk index
+    with no footprint in any run has ``mean`` None and ``n`` 0)."""
+    curves: dict[str, dict[str, list[dict]]] = {}
+    for variant in variants:
+        rows = [run for run in runs if run["variant"] == variant]
+        curves[variant] = {}
+        for name, key in ROLLOUT_CURVES.items():
+            length = max((len(row.get(key, [])) for row in rows), default=0)
+            points = []
+            for index in range(length):
+                values = [float(v) for row in rows for v in row.get(key, [])[index:index + 1]
+                          if v is not None and math.isfinite(v)]
+                mean, low, high = metrics.mean_ci(values) if values else (None, None, None)
+                points.append({"chunk": index, "mean": mean, "low": low, "high": high, "n": len(values)})
+            curves[variant][name] = points
+    return curves
+
+
+def _format_entry(entry: dict | None) -> str:
+    """``mean ± half-width of the 95 % CI`` (just the mean with one value; "unavailable" with none)."""
+    if not entry or entry["mean"] is None:
+        return "unavailable"
+    if entry["n"] > 1 and math.isfinite(entry["high"]):
+        return f"{entry['mean']:.3f} ± {entry['high'] - entry['mean']:.3f}"
+    return f"{entry['mean']:.3f}"
+
+
 def markdown_table(result: dict) -> str:
-    """The per-variant summary as a markdown table: ``mean ± half-width of the 95 % CI``."""
+    """The per-variant summary as a markdown table: ``mean ± half-width of the 95 % CI``; for a
+    rollout also the per-chunk-index curves (with n, the runs that had a value at that chunk)."""
     summary = result["summary"]
     variants = list(summary)
     names = list(dict.fromkeys(name for variant in variants for name in summary[variant]))
     lines = ["| score | " + " | ".join(variants) + " |", "|---|" + "---|" * len(variants)]
     for name in names:
-        cells = []
-        for variant in variants:
-            entry = summary[variant].get(name)
-            if not entry or entry["mean"] is None:
-                cells.append("unavailable")
-            elif entry["n"] > 1 and math.isfinite(entry["high"]):
-                cells.append(f"{entry['mean']:.3f} ± {entry['high'] - entry['mean']:.3f}")
-            else:
-                cells.append(f"{entry['mean']:.3f}")
+        cells = [_format_entry(summary[variant].get(name)) for variant in variants]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    curves = result.get("curves")
+    if curves:
+        header = [f"{variant} {name}" for variant in curves for name in ROLLOUT_CURVES]
+        lines += ["", "Per chunk index (mean ± 95 % CI half-width, n runs):", "",
+                  "| chunk | " + " | ".join(header) + " |", "|---|" + "---|" * len(header)]
+        length = max(len(points) for by_name in curves.values() for points in by_name.values())
+        for index in range(length):
+            cells = []
+            for variant in curves:
+                for name in ROLLOUT_CURVES:
+                    points = curves[variant][name]
+                    entry = points[index] if index < len(points) else None
+                    cells.append(f"{_format_entry(entry)} (n {entry['n'] if entry else 0})")
+            lines.append(f"| {index} | " + " | ".join(cells) + " |")
     notes = [f"- {name}: {info['reason']}" for name, info in result.get("availability", {}).items() if info.get("reason")]
     if notes:
         lines += ["", "Unavailable metrics:", *notes]
@@ -242,7 +330,7 @@ def save_results(result: dict, out_dir) -> dict[str, str]:
     from pathlib import Path
 
     from .io_utils import atomic_write_json, atomic_write_text
-    from .report import contact_sheet, line_plot
+    from .report import Panel, contact_sheet, line_plot, line_plots
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -264,6 +352,16 @@ def save_results(result: dict, out_dir) -> dict[str, str]:
     if curves:
         written["psnr_plot"] = str(line_plot(curves, out / "per_chunk_psnr.png",
                                              f"{result['suite']}: PSNR vs ground truth per chunk", "frame", "PSNR (dB)"))
+    # rollout curves against the chunk index, one line per variant
+    if result.get("curves"):
+        panels = []
+        for name, title, ylabel, y_range in (("action_accuracy", "action accuracy per chunk", "accuracy", (0.0, 1.0)),
+                                             ("footprint_psnr", "start-footprint PSNR per chunk", "PSNR (dB)", None)):
+            series = {variant: ([p["chunk"] for p in by_name[name]],
+                                [math.nan if p["mean"] is None else p["mean"] for p in by_name[name]])
+                      for variant, by_name in result["curves"].items()}
+            panels.append(Panel(series, f"{result['suite']}: {title}", "chunk index", ylabel, y_range))
+        written["rollout_plot"] = str(line_plots(panels, out / "rollout_curves.png"))
     # contact sheet: first visit vs revisit vs ground truth, first run of every variant
     sheet = {}
     for variant in variants:

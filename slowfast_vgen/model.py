@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, SchedulerMixin, UNet3DConditionModel
 
+from .action_encoder import ActionEncoder, masked_mean, unit_rms
 from .config import help_field
 from .errors import UserInputError
 from .io_utils import atomic_output_dir, atomic_write_json
@@ -94,6 +95,17 @@ class ModelConfig:
         "also give the UNet the pooled sentence embedding of the action: as an extra first cross-attention token and "
         "added to the timestep embedding (diffusers time_cond_proj_dim), a strong global action signal for small models",
     )
+    action_encoder: bool = help_field(
+        False,
+        "put a trainable action encoder (attention pooling + MLP, see slowfast_vgen/action_encoder.py) between the "
+        "frozen text encoder and the UNet; its global action vector enters the timestep embedding of every residual "
+        "block, its tokens the cross-attention",
+    )
+    action_tokens: int = help_field(4, "action encoder: cross-attention tokens besides the global action vector")
+    action_hidden_dim: int = help_field(256, "action encoder: MLP width")
+    action_classifier: bool = help_field(
+        True, "action encoder: a primitive classifier head for the auxiliary objective (train action_loss_weight)"
+    )
     seed: int = help_field(0, "seed for the random initial weights")
 
     def __post_init__(self) -> None:
@@ -112,6 +124,8 @@ class ModelConfig:
             raise ValueError(f"block_out_channels {self.block_out_channels} must be multiples of norm_num_groups")
         if self.prediction_type not in ("epsilon", "v_prediction", "sample"):
             raise ValueError(f"prediction_type must be epsilon, v_prediction or sample, got {self.prediction_type!r}")
+        if self.action_tokens < 0 or self.action_hidden_dim < 1:
+            raise ValueError(f"action_tokens must be >= 0 and action_hidden_dim >= 1, got {self.action_tokens}, {self.action_hidden_dim}")
 
 
 class ModelBundle:
@@ -129,14 +143,25 @@ class ModelBundle:
         tokenizer: Any,
         noise_scheduler: SchedulerMixin,
         metadata: dict[str, Any] | None = None,
+        action_encoder: ActionEncoder | None = None,
+        text_features: Any | None = None,
     ) -> None:
         self.unet = unet
         self.vae = vae
-        self.text_encoder = text_encoder
+        self.text_encoder = text_encoder  # None: texts come from ``text_features`` only (a training machine)
         self.tokenizer = tokenizer
         self.noise_scheduler = noise_scheduler
-        hidden = _text_hidden_size(text_encoder)
-        if hidden != unet.config.cross_attention_dim:
+        self.action_encoder = action_encoder
+        self.text_features = text_features  # a TextFeatureCache consulted before the encoder, or None
+        hidden = _text_hidden_size(text_encoder) if text_encoder is not None else None
+        if action_encoder is not None:
+            if hidden is not None and hidden != action_encoder.config.text_dim:
+                raise UserInputError(f"text encoder hidden size {hidden} does not match the action encoder's text_dim "
+                                     f"{action_encoder.config.text_dim}")
+            hidden = action_encoder.config.output_dim
+        if text_encoder is None and text_features is None:
+            raise UserInputError("a model needs its text encoder or a text feature cache")
+        if hidden is not None and hidden != unet.config.cross_attention_dim:
             raise UserInputError(
                 f"text encoder hidden size {hidden} does not match the UNet's cross_attention_dim "
                 f"{unet.config.cross_attention_dim}"
@@ -146,6 +171,8 @@ class ModelBundle:
         self.metadata.setdefault("height", sample)
         self.metadata.setdefault("width", sample)
         self.unet.eval()  # inference by default; trainers switch it to train()
+        if self.action_encoder is not None:
+            self.action_encoder.eval()
         for module in (self.vae, self.text_encoder):
             if module is not None:
                 module.requires_grad_(False).eval()
@@ -181,7 +208,7 @@ class ModelBundle:
         return float(self.metadata["fps"])
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "ModelBundle":
-        for module in (self.unet, self.vae, self.text_encoder):
+        for module in (self.unet, self.vae, self.text_encoder, self.action_encoder):
             if module is not None:
                 module.to(device) if dtype is None else module.to(device=device, dtype=dtype)
         return self
@@ -189,15 +216,51 @@ class ModelBundle:
     # ------------------------------------------------------------------ encoders
     @torch.no_grad()
     def encode_text(self, texts: list[str]) -> torch.Tensor:
-        """Action texts -> ``(B, L, D)`` hidden states for cross-attention ("" = unconditional).
+        """Action texts -> ``(B, L, D)`` conditioning for the UNet ("" = unconditional); see :func:`unet_text_kwargs`.
 
-        A UNet built with ``time_cond_proj_dim`` (``pooled_text_conditioning``) gets ``(B, 1 + L, D)``:
-        token 0 is the sentence embedding (the mean of the token states over the attention mask,
-        all-MiniLM's pooling, rescaled to unit RMS); :func:`unet_text_kwargs` routes it.
+        * With an action encoder: its output ``(B, 1 + num_tokens, D)`` (token 0 = the global action vector).
+        * A UNet built with ``time_cond_proj_dim`` (``pooled_text_conditioning``) gets ``(B, 1 + L, D)``:
+          token 0 is the sentence embedding (the mean of the token states over the attention mask,
+          all-MiniLM's pooling, rescaled to unit RMS), then the padded token states.
+        * Otherwise the padded token states (ModelScope: CLIP's 77 states).
         """
+        if self.action_encoder is not None:
+            states, mask = self.encode_text_states(texts)
+            encoder_dtype = next(self.action_encoder.parameters()).dtype
+            conditioning = self.action_encoder(states.to(self.device, encoder_dtype), mask.to(self.device)).conditioning
+            return conditioning.to(self.dtype)
+        hidden, real_tokens = self._run_text_encoder(texts, pad_to_max=True)
+        if getattr(self.unet.config, "time_cond_proj_dim", None):
+            hidden = torch.cat([pooled_sentence_embedding(hidden, real_tokens)[:, None], hidden], dim=1)
+        return hidden.to(self.dtype)
+
+    @torch.no_grad()
+    def encode_text_states(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The frozen encoder's token states ``(B, L, D)`` and real-token mask ``(B, L)``, padded to the
+        longest text; read from ``text_features`` where cached, the rest computed by the encoder."""
+        cache = self.text_features
+        missing = list(dict.fromkeys(t for t in texts if cache is None or t not in cache))
+        if missing:
+            if self.text_encoder is None:
+                raise UserInputError(f"action text {missing[0]!r} is not in the text feature cache and this model "
+                                     "was loaded without its text encoder")
+            from .text_features import TextFeatureCache
+
+            hidden, real_tokens = self._run_text_encoder(missing, pad_to_max=False)
+            if cache is None:
+                cache = TextFeatureCache(fingerprint="")
+            cache.add(missing, hidden, real_tokens)
+            if self.text_features is None:
+                self.text_features = cache
+        return cache.lookup(list(texts))
+
+    def _run_text_encoder(self, texts: list[str], pad_to_max: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The frozen text encoder on ``texts``: ``(B, L, D)`` states and the ``(B, L)`` real-token mask."""
+        if self.text_encoder is None:
+            raise UserInputError("this model was loaded without its text encoder")
         tokens = self.tokenizer(
             list(texts),
-            padding="max_length",
+            padding="max_length" if pad_to_max else "longest",
             max_length=min(self.tokenizer.model_max_length, 77),
             truncation=True,
             return_tensors="pt",
@@ -207,10 +270,19 @@ class ModelBundle:
         if _uses_attention_mask(self.text_encoder) and "attention_mask" in tokens:
             kwargs["attention_mask"] = tokens["attention_mask"].to(device)
         hidden = self.text_encoder(**kwargs).last_hidden_state
-        if getattr(self.unet.config, "time_cond_proj_dim", None):
-            real_tokens = tokens.get("attention_mask", torch.ones_like(tokens["input_ids"])).to(device)
-            hidden = torch.cat([pooled_sentence_embedding(hidden, real_tokens)[:, None], hidden], dim=1)
-        return hidden.to(self.dtype)
+        real_tokens = tokens.get("attention_mask", torch.ones_like(tokens["input_ids"])).to(device)
+        return hidden, real_tokens
+
+    @property
+    def text_encoder_fingerprint(self) -> str:
+        """Identity of the frozen text encoder (weights + tokenizer), which text feature caches must match."""
+        if self.text_encoder is None:  # loaded without it: the fingerprint recorded when the model was saved
+            return str(self.metadata.get("text_encoder_fingerprint", ""))
+        if getattr(self, "_fingerprint", None) is None:
+            from .text_features import module_fingerprint
+
+            self._fingerprint = module_fingerprint(self.text_encoder, self.tokenizer)
+        return self._fingerprint
 
     @torch.no_grad()
     def encode_frames(self, video: torch.Tensor, frames_per_batch: int = 16) -> torch.Tensor:
@@ -270,8 +342,16 @@ class ModelBundle:
                 norm_num_groups=config.norm_num_groups,
                 attention_head_dim=config.attention_head_dim,
                 cross_attention_dim=config.cross_attention_dim,
-                time_cond_proj_dim=config.cross_attention_dim if config.pooled_text_conditioning else None,
+                time_cond_proj_dim=(
+                    config.cross_attention_dim if config.pooled_text_conditioning or config.action_encoder else None
+                ),
             )
+            action_encoder = None
+            if config.action_encoder:
+                action_encoder = new_action_encoder(
+                    _text_hidden_size(text_encoder), config.cross_attention_dim, config.action_hidden_dim,
+                    config.action_tokens, config.action_classifier,
+                )
         scheduler = DDPMScheduler(
             num_train_timesteps=config.num_train_timesteps,
             beta_schedule=config.beta_schedule,
@@ -286,7 +366,7 @@ class ModelBundle:
             metadata["patch_size"] = config.patch_size
         if config.text_encoder.startswith(PACKAGE_PREFIX):
             metadata["text_encoder_package"] = config.text_encoder.removeprefix(PACKAGE_PREFIX)
-        return cls(unet, vae, text_encoder, tokenizer, scheduler, metadata)
+        return cls(unet, vae, text_encoder, tokenizer, scheduler, metadata, action_encoder=action_encoder)
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write the bundle atomically in diffusers layout (safetensors weights)."""
@@ -300,6 +380,11 @@ class ModelBundle:
                 self.text_encoder.save_pretrained(tmp / "text_encoder", safe_serialization=True)
                 self.tokenizer.save_pretrained(tmp / "tokenizer")
             self.noise_scheduler.save_pretrained(tmp / "scheduler")
+            if self.action_encoder is not None:
+                self.action_encoder.save_pretrained(tmp / "action_encoder", safe_serialization=True)
+            metadata = dict(self.metadata)
+            if self.action_encoder is not None:  # lets a machine without the encoder check its feature cache
+                metadata["text_encoder_fingerprint"] = self.text_encoder_fingerprint
             import diffusers
 
             index = {
@@ -311,15 +396,22 @@ class ModelBundle:
                 "tokenizer": [None, None] if packaged else ["transformers", type(self.tokenizer).__name__],
                 "scheduler": ["diffusers", type(self.noise_scheduler).__name__],
             }
+            if self.action_encoder is not None:
+                index["action_encoder"] = ["slowfast_vgen", "ActionEncoder"]
             atomic_write_json(tmp / "model_index.json", index)
-            atomic_write_json(tmp / METADATA_FILE, self.metadata)
+            atomic_write_json(tmp / METADATA_FILE, metadata)
         return directory
 
     @classmethod
     def from_pretrained(
-        cls, directory: str | os.PathLike, torch_dtype: torch.dtype | None = None
+        cls, directory: str | os.PathLike, torch_dtype: torch.dtype | None = None, text_features: Any | None = None,
     ) -> "ModelBundle":
-        """Load a bundle from a local diffusers-layout directory (never from a hub, never pickle)."""
+        """Load a bundle from a local diffusers-layout directory (never from a hub, never pickle).
+
+        With ``text_features`` (a :class:`~slowfast_vgen.text_features.TextFeatureCache`) a model with an
+        action encoder loads without its text encoder (a training machine that lacks its package); the
+        cache must come from the encoder the model was saved with.
+        """
         from transformers import AutoModel, AutoTokenizer
 
         directory = Path(directory)
@@ -329,7 +421,8 @@ class ModelBundle:
         if (directory / METADATA_FILE).is_file():
             metadata = json.loads((directory / METADATA_FILE).read_text())
         package = (metadata or {}).get("text_encoder_package")
-        required = ("unet", "scheduler") if package else ("unet", "text_encoder", "tokenizer", "scheduler")
+        cache_only = text_features is not None  # the text encoder is not loaded: texts come from the cache
+        required = ("unet", "scheduler") if package or cache_only else ("unet", "text_encoder", "tokenizer", "scheduler")
         for component in required:
             if not (directory / component).is_dir():
                 raise UserInputError(f"model directory {directory} has no {component}/ component")
@@ -341,23 +434,75 @@ class ModelBundle:
             vae = AutoencoderKL.from_pretrained(
                 directory / "vae", torch_dtype=torch_dtype, **_safetensors_kwargs(directory / "vae")
             )
-        text_dir = _package_model_path(package) if package else directory / "text_encoder"
-        tokenizer_dir = text_dir if package else directory / "tokenizer"
-        text_encoder = AutoModel.from_pretrained(
-            text_dir, local_files_only=True, dtype=torch_dtype, **_safetensors_kwargs(text_dir)
-        )
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+        action_encoder = None
+        if (directory / "action_encoder").is_dir():
+            action_encoder = ActionEncoder.from_pretrained(
+                directory / "action_encoder", torch_dtype=torch_dtype, **_safetensors_kwargs(directory / "action_encoder")
+            )
+        text_encoder = tokenizer = None
+        if cache_only:
+            expected = (metadata or {}).get("text_encoder_fingerprint", "")
+            if expected and text_features.fingerprint != expected:
+                raise UserInputError(f"the text feature cache was made by another text encoder than this model's "
+                                     f"({text_features.fingerprint} != {expected}): rebuild it")
+        else:
+            text_dir = _package_model_path(package) if package else directory / "text_encoder"
+            tokenizer_dir = text_dir if package else directory / "tokenizer"
+            text_encoder = AutoModel.from_pretrained(
+                text_dir, local_files_only=True, dtype=torch_dtype, **_safetensors_kwargs(text_dir)
+            )
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
         scheduler_config = DDPMScheduler.load_config(directory / "scheduler")
         noise_scheduler = DDPMScheduler.from_config(scheduler_config)
-        for module in (unet, vae, text_encoder):
+        for module in (unet, vae, text_encoder, action_encoder):
             _align_tensors(module)
-        return cls(unet, vae, text_encoder, tokenizer, noise_scheduler, metadata)
+        if cache_only and not (metadata or {}).get("text_encoder_fingerprint"):
+            metadata = {**(metadata or {}), "text_encoder_fingerprint": text_features.fingerprint}
+        return cls(unet, vae, text_encoder, tokenizer, noise_scheduler, metadata, action_encoder=action_encoder,
+                   text_features=text_features)
+
+    def use_text_features(self, cache: Any) -> None:
+        """Read action texts from a :class:`~slowfast_vgen.text_features.TextFeatureCache` first; a cache made
+        by another text encoder than this model's is refused."""
+        expected = self.text_encoder_fingerprint
+        if expected and cache.fingerprint and cache.fingerprint != expected:
+            raise UserInputError(f"the text feature cache was made by another text encoder than this model's "
+                                 f"({cache.fingerprint} != {expected}): rebuild it")
+        self.text_features = cache
+
+    def with_action_encoder(self, hidden_dim: int = 256, num_tokens: int = 4, classifier: bool = True,
+                            seed: int = 0) -> "ModelBundle":
+        """Attach a fresh action encoder (for a model that has none); the UNet keeps its weights.
+
+        A UNet with ``time_cond_proj_dim`` (``pooled_text_conditioning``) starts exactly where it was: the
+        new encoder's global vector starts as the pooled sentence embedding it was trained on.
+        """
+        if self.action_encoder is not None:
+            raise UserInputError("this model already has an action encoder")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            text_dim = _text_hidden_size(self.text_encoder) if self.text_encoder is not None else self.unet.config.cross_attention_dim
+            self.action_encoder = new_action_encoder(
+                text_dim, self.unet.config.cross_attention_dim, hidden_dim, num_tokens, classifier
+            ).to(self.device)
+        self.action_encoder.eval()
+        return self
 
 
-def load_model(path: str | os.PathLike, device: str = "cpu", dtype: torch.dtype | None = None) -> ModelBundle:
+def new_action_encoder(text_dim: int, output_dim: int, hidden_dim: int, num_tokens: int, classifier: bool) -> ActionEncoder:
+    """A fresh action encoder; with ``classifier`` its head covers every procedural-world primitive."""
+    from .worlds.actions import all_phrasings
+
+    primitives = sorted(all_phrasings("all")) if classifier else []
+    return ActionEncoder(text_dim=text_dim, output_dim=output_dim, hidden_dim=hidden_dim, num_tokens=num_tokens,
+                         primitives=primitives)
+
+
+def load_model(path: str | os.PathLike, device: str = "cpu", dtype: torch.dtype | None = None,
+               text_features: Any | None = None) -> ModelBundle:
     """Load a model directory with user-facing errors for anything that cannot be read."""
     try:
-        bundle = ModelBundle.from_pretrained(path, torch_dtype=dtype)
+        bundle = ModelBundle.from_pretrained(path, torch_dtype=dtype, text_features=text_features)
     except UserInputError:
         raise
     except (OSError, ValueError, json.JSONDecodeError, KeyError) as err:
@@ -433,9 +578,7 @@ def _unfold_patches(latents: torch.Tensor, patch: int) -> torch.Tensor:
 
 def pooled_sentence_embedding(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """``(B, L, D)`` token states -> ``(B, D)``: mean over real tokens, rescaled to unit RMS per entry."""
-    weights = attention_mask.to(hidden.dtype)[:, :, None]  # (B, L, 1)
-    pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
-    return pooled / pooled.pow(2).mean(dim=-1, keepdim=True).add(1e-12).sqrt()
+    return unit_rms(masked_mean(hidden, attention_mask))
 
 
 def unet_text_kwargs(unet: torch.nn.Module, text_embeddings: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -525,6 +668,7 @@ def model_summary(bundle: ModelBundle) -> dict[str, Any]:
     count = lambda m: sum(p.numel() for p in m.parameters()) if m is not None else 0  # noqa: E731
     return {
         "unet_parameters": count(bundle.unet),
+        "action_encoder_parameters": count(bundle.action_encoder),
         "vae_parameters": count(bundle.vae),
         "text_encoder_parameters": count(bundle.text_encoder),
         "latent_channels": bundle.unet.config.in_channels,
@@ -533,4 +677,4 @@ def model_summary(bundle: ModelBundle) -> dict[str, Any]:
     }
 
 
-__all__ = ["ModelBundle", "ModelConfig", "load_model", "build_word_tokenizer", "model_summary"]
+__all__ = ["ModelBundle", "ModelConfig", "load_model", "new_action_encoder", "build_word_tokenizer", "model_summary"]

@@ -2,6 +2,8 @@
 
 * :func:`line_plot` — y against x for several named series (e.g. per-chunk PSNR against the
   frame index, with and without memory).
+* :func:`line_plots` — several such plots stacked in one PNG (e.g. a rollout's action
+  accuracy and footprint PSNR against the chunk index).
 * :func:`contact_sheet` — a grid of frames with row and column labels (e.g. first visit vs
   revisit vs ground truth, one row per variant).
 """
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -20,9 +22,40 @@ from .io_utils import atomic_output_file
 PALETTE = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189), (140, 86, 75)]
 
 
-def line_plot(series: dict[str, tuple[Sequence[float], Sequence[float]]], path: str | os.PathLike, title: str,
-              xlabel: str, ylabel: str, size: tuple[int, int] = (640, 400)) -> Path:
+Series = dict[str, tuple[Sequence[float], Sequence[float]]]
+
+
+class Panel(NamedTuple):
+    """One plot of :func:`line_plots`; ``y_range`` fixes the y axis (default: fitted to the data)."""
+
+    series: Series
+    title: str
+    xlabel: str
+    ylabel: str
+    y_range: Optional[tuple[float, float]] = None
+
+
+def line_plot(series: Series, path: str | os.PathLike, title: str, xlabel: str, ylabel: str,
+              size: tuple[int, int] = (640, 400)) -> Path:
     """Save a line plot of ``{name: (xs, ys)}`` as PNG (non-finite points are dropped)."""
+    return _save(_line_plot_image(series, title, xlabel, ylabel, size), path)
+
+
+def line_plots(panels: Sequence[Panel], path: str | os.PathLike, size: tuple[int, int] = (640, 400)) -> Path:
+    """Save several line plots (one :class:`Panel` each, ``size`` each) stacked top to bottom in one PNG."""
+    if not panels:
+        raise ValueError("line_plots needs at least one panel, got none")
+    panels = [Panel(*panel) for panel in panels]  # plain tuples are accepted too
+    images = [_line_plot_image(p.series, p.title, p.xlabel, p.ylabel, size, p.y_range) for p in panels]
+    sheet = Image.new("RGB", (size[0], size[1] * len(images)), "white")
+    for index, image in enumerate(images):
+        sheet.paste(image, (0, index * size[1]))
+    return _save(sheet, path)
+
+
+def _line_plot_image(series: Series, title: str, xlabel: str, ylabel: str, size: tuple[int, int],
+                     y_range: Optional[tuple[float, float]] = None) -> Image.Image:
+    """The plot of :func:`line_plot` as a PIL image (y axis over ``y_range`` when given, else the data's)."""
     width, height = size
     left, right, top, bottom = 60, 150, 30, 45
     image = Image.new("RGB", size, "white")
@@ -33,7 +66,7 @@ def line_plot(series: dict[str, tuple[Sequence[float], Sequence[float]]], path: 
     if not every:
         every = [(0.0, 0.0), (1.0, 1.0)]
     x0, x1 = min(p[0] for p in every), max(p[0] for p in every)
-    y0, y1 = min(p[1] for p in every), max(p[1] for p in every)
+    y0, y1 = y_range if y_range is not None else (min(p[1] for p in every), max(p[1] for p in every))
     x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1)
     pad = 0.05 * (y1 - y0)
     y0, y1 = y0 - pad, y1 + pad
@@ -65,7 +98,7 @@ def line_plot(series: dict[str, tuple[Sequence[float], Sequence[float]]], path: 
     draw.text((left, 8), title, fill="black")
     draw.text(((width - right + left) // 2 - 30, height - 18), xlabel, fill="black")
     draw.text((4, 12), ylabel, fill="black")
-    return _save(image, path)
+    return image
 
 
 def contact_sheet(rows: dict[str, Sequence[np.ndarray]], columns: Sequence[str], path: str | os.PathLike,

@@ -29,19 +29,23 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-from omegaconf import MISSING
 
 from . import diffusion
+from .action_encoder import auxiliary_action_loss
 from .checkpointing import (
     list_checkpoints,
+    load_ema_state,
+    load_module_weights,
     load_optimizer_state,
     load_unet_weights,
     read_checkpoint_state,
     resolve_resume,
     save_checkpoint,
 )
+from .text_features import TextFeatureCache
 from .config import help_field, save_config
 from .data.dataset import ChunkBatch, ChunkDataset, ChunkDatasetConfig, collate_chunks
+from .data.live_worlds import LiveWorldChunks, LiveWorldsConfig, live_chunk_loader
 from .errors import UserInputError
 from .fast_learner import FastLearnerConfig, TempLoRA, plain_unet
 from .model import ModelBundle, ModelConfig, load_model, unet_text_kwargs
@@ -61,8 +65,17 @@ class TrainConfig:
     output_dir: str = help_field("runs/slow", "where checkpoints, logs, samples and the final model go")
     init_from: str = help_field("", "model directory to finetune (empty: a fresh model from `model`)")
     model: ModelConfig = field(default_factory=ModelConfig)
-    data: ChunkDatasetConfig = field(default_factory=lambda: ChunkDatasetConfig(root=MISSING))  # data.root is required
+    data: ChunkDatasetConfig = field(default_factory=lambda: ChunkDatasetConfig(root=""))  # root: required for disk data
+    data_source: str = help_field(
+        "disk", "disk: the chunk dataset at data.root | live: procedural worlds rendered on the fly by the DataLoader "
+        "workers (settings in `live`; frame size and context/target lengths from `data`), no dataset on disk"
+    )
+    live: LiveWorldsConfig = field(default_factory=LiveWorldsConfig)
     max_steps: int = help_field(1000, "optimizer steps to train for (total, across resumes)")
+    max_minutes: float = help_field(
+        0.0, "wall-clock budget of this run in minutes (0 = none): at the first step past it a checkpoint is saved "
+        "and the model exported, as at max_steps; running the command again continues exactly"
+    )
     batch_size: int = help_field(8, "chunks per process per micro-batch")
     gradient_accumulation_steps: int = help_field(1, "micro-batches per optimizer step")
     learning_rate: float = help_field(2e-4, "peak learning rate (paper, full scale: 5e-6)")
@@ -75,6 +88,19 @@ class TrainConfig:
     ema_decay: float = help_field(0.999, "EMA decay")
     min_timestep: int = help_field(
         0, "train on timesteps >= this only (high noise: where the action decides the chunk's motion); 0 = all"
+    )
+    add_action_encoder: bool = help_field(
+        False, "give the model a fresh action encoder (slowfast_vgen/action_encoder.py) if it has none (e.g. init_from "
+        "a model without one); a model that has one keeps it"
+    )
+    action_loss_weight: float = help_field(
+        0.0, "weight of the auxiliary primitive-classification loss of the action encoder (texts that are not "
+        "procedural-world phrasings carry no label and add nothing; 0 = off)"
+    )
+    action_encoder_lr: float = help_field(0.0, "learning rate of the action encoder (0 = learning_rate)")
+    text_features: str = help_field(
+        "", "precomputed text features (data_tools/text_features.py): the frozen text encoder is not loaded and "
+        "every action text must be in the cache (models with an action encoder)"
     )
     text_dropout: float = help_field(0.1, "probability of training with the empty text (enables classifier-free guidance)")
     checkpointing_steps: int = help_field(500, "save a checkpoint every N optimizer steps (and at the end)")
@@ -98,12 +124,24 @@ class TrainConfig:
         for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "checkpointing_steps", "max_nonfinite_steps", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.data_source not in ("disk", "live"):
+            raise ValueError(f"data_source must be disk or live, got {self.data_source!r}")
+        if self.data_source == "disk" and not self.data.root:
+            raise ValueError("data.root is required (the dataset directory), or set data_source=live")
+        if self.data_source == "live" and self.data.height != self.data.width:
+            raise ValueError(f"live worlds render square frames: data.height must equal data.width, got "
+                             f"{self.data.height}x{self.data.width}")
+        if str(self.mixed_precision) == "False":  # YAML and dotlists read a bare `no` as false
+            self.mixed_precision = "no"
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         if not 0.0 <= self.text_dropout < 1.0:
             raise ValueError(f"text_dropout must be in [0, 1), got {self.text_dropout}")
         if self.validate_every < 0 or self.min_timestep < 0:
             raise ValueError(f"validate_every and min_timestep must be >= 0, got {self.validate_every}, {self.min_timestep}")
+        if not (self.action_loss_weight >= 0 and self.action_encoder_lr >= 0 and self.max_minutes >= 0):  # also refuses nan
+            raise ValueError(f"action_loss_weight, action_encoder_lr and max_minutes must be >= 0, got "
+                             f"{self.action_loss_weight}, {self.action_encoder_lr}, {self.max_minutes}")
 
 
 @dataclass
@@ -157,18 +195,33 @@ class SlowTrainer:
             project_config=ProjectConfiguration(project_dir=str(self.output_dir), logging_dir=str(self.output_dir / "logs")),
         )
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
-        # 1. model: fresh from the config, or a model directory to finetune
+        # 1. model: fresh from the config, or a model directory to finetune (optionally given an action encoder)
+        cache = TextFeatureCache.load(config.text_features) if config.text_features else None
         if config.init_from:
-            self.bundle = load_model(config.init_from)
+            self.bundle = load_model(config.init_from, text_features=cache)
         else:
             self.bundle = ModelBundle.from_config(config.model)
+            if cache is not None:
+                self.bundle.use_text_features(cache)
+        if config.add_action_encoder and self.bundle.action_encoder is None:
+            self.bundle.with_action_encoder(seed=config.seed)
+        if cache is not None and self.bundle.action_encoder is None:
+            raise UserInputError("text_features serve models with an action encoder (model.action_encoder=true, or "
+                                 "add_action_encoder=true with init_from)")
+        if config.action_loss_weight and (self.bundle.action_encoder is None or self.bundle.action_encoder.classifier is None):
+            raise UserInputError("action_loss_weight needs an action encoder with a primitive classifier")
         self.bundle.to(self.accelerator.device)
         num_timesteps = self.bundle.noise_scheduler.config.num_train_timesteps
         if not 0 <= config.min_timestep < num_timesteps:
             raise UserInputError(f"min_timestep must be in [0, {num_timesteps}) for this model, got {config.min_timestep}")
         self.setup_model()
         trainable = [p for p in self.bundle.unet.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
+        groups = [{"params": trainable}]
+        encoder = self.bundle.action_encoder
+        if encoder is not None:
+            encoder.requires_grad_(True)
+            groups.append({"params": list(encoder.parameters()), "lr": config.action_encoder_lr or config.learning_rate})
+        self.optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=config.weight_decay)
         self.lr_scheduler = get_scheduler(
             config.lr_scheduler, self.optimizer, num_warmup_steps=config.lr_warmup_steps, num_training_steps=config.max_steps
         )
@@ -177,12 +230,21 @@ class SlowTrainer:
             from diffusers.training_utils import EMAModel
 
             self.ema = EMAModel(trainable, decay=config.ema_decay, model_cls=type(self.bundle.unet), model_config=self.bundle.unet.config)
+        self.encoder_ema = None
+        if config.use_ema and encoder is not None:
+            from diffusers.training_utils import EMAModel
+
+            self.encoder_ema = EMAModel(list(encoder.parameters()), decay=config.ema_decay)
         # 2. resume: weights, optimizer, LR schedule, step (the data position follows from the step)
         self.step = 0
         self.resumed_from = resolve_resume(self.output_dir, config.resume)
         if self.resumed_from is not None:
             self.load_checkpoint(self.resumed_from)
-        self.unet, self.optimizer = self.accelerator.prepare(self.bundle.unet, self.optimizer)
+        if encoder is not None:
+            self.unet, self.action_encoder, self.optimizer = self.accelerator.prepare(self.bundle.unet, encoder, self.optimizer)
+        else:
+            self.unet, self.optimizer = self.accelerator.prepare(self.bundle.unet, self.optimizer)
+            self.action_encoder = None
         self.text_cache: dict[str, torch.Tensor] = {}
         # a missing or too small validation split is an error now, not after hours of training
         self.validation_batch = self.load_validation_batch() if config.validate_every and self.accelerator.is_main_process else None
@@ -193,8 +255,23 @@ class SlowTrainer:
         """Make the slow weights trainable (VAE and text encoder are frozen by the bundle)."""
         self.bundle.unet.requires_grad_(True)
 
+    def live_config(self, split: str = "train") -> LiveWorldsConfig:
+        """The live worlds of ``data_source=live``: frame size and chunk lengths from ``data``; the validation
+        split renders other worlds (dataset seed 899) with all phrasings and full context."""
+        data = self.config.data
+        live = replace(self.config.live, size=data.height, context_frames_min=data.context_frames_min,
+                       context_frames_max=data.context_frames_max, target_frames=data.target_frames)
+        if split != "train":
+            live = replace(live, split=split, seed=899, context_frames_min=data.context_frames_max)
+        return live
+
     def micro_batches(self, start: int) -> Iterator[ChunkBatch]:
         """Micro-batches from global micro-batch index ``start`` on, this process's shard."""
+        if self.config.data_source == "live":
+            yield from live_chunk_loader(self.live_config(), self.config.batch_size, start_batch=start, rank=self.rank,
+                                         world_size=self.world, num_workers=self.config.num_workers,
+                                         pin_memory=self.accelerator.device.type == "cuda")
+            return
         dataset = ChunkDataset(self.config.data)
         per_epoch = len(dataset) // (self.config.batch_size * self.world)
         if per_epoch == 0:
@@ -222,24 +299,51 @@ class SlowTrainer:
         timesteps = diffusion.sample_timesteps(scheduler, latents.shape[0], generator, latents.device, self.config.min_timestep)
         drop = torch.rand(len(actions), generator=generator) < self.config.text_dropout
         texts = ["" if dropped else action for action, dropped in zip(actions, drop.tolist())]
-        return self.loss_at(self.unet, latents, mask, texts, noise, timesteps)
+        conditioning, logits = self.conditioning(texts)
+        loss = self.loss_at(self.unet, latents, mask, conditioning, noise, timesteps)
+        if logits is not None:  # the auxiliary objective (0 x logits keeps every parameter in the graph: DDP)
+            labels = self.bundle.action_encoder.primitive_labels(texts)
+            auxiliary = auxiliary_action_loss(logits, labels)
+            loss = loss + (self.config.action_loss_weight * auxiliary if auxiliary is not None else 0.0 * logits.sum())
+        return loss
 
-    def loss_at(self, unet: torch.nn.Module, latents: torch.Tensor, mask: torch.Tensor, texts: list[str],
+    def loss_at(self, unet: torch.nn.Module, latents: torch.Tensor, mask: torch.Tensor, conditioning: torch.Tensor,
                 noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """Eq. 1-2 for given texts, noise and timesteps (shared by training and validation)."""
+        """Eq. 1-2 for given text conditioning, noise and timesteps (shared by training and validation)."""
         scheduler = self.bundle.noise_scheduler
         noisy = diffusion.noise_targets(scheduler, latents, noise, timesteps, mask)  # Eq. 1
-        prediction = unet(noisy, timesteps, **unet_text_kwargs(unet, self.encode_text(texts))).sample
+        prediction = unet(noisy, timesteps, **unet_text_kwargs(unet, conditioning)).sample
         target = diffusion.diffusion_target(scheduler, latents, noise, timesteps)
         return diffusion.masked_diffusion_loss(prediction, target, mask)  # Eq. 2
 
+    def conditioning(self, texts: list[str], encoder: torch.nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The UNet's text conditioning for ``texts`` and the action encoder's primitive logits (or None).
+
+        The frozen encoder's output is cached per text (or read from ``text_features``); the action encoder,
+        when the model has one, runs on it with gradients (it trains with the UNet).
+        """
+        encoder = encoder if encoder is not None else self.action_encoder
+        if encoder is None:
+            return self.encode_text(texts), None
+        states, mask = self.bundle.encode_text_states(texts)
+        device = self.accelerator.device
+        output = encoder(states.to(device), mask.to(device))
+        return output.conditioning, output.logits
+
     def encode_text(self, texts: list[str]) -> torch.Tensor:
-        """Frozen text encoder with a cache (actions repeat a lot)."""
+        """Frozen text conditioning with a cache (actions repeat a lot); no gradients."""
+        if self.action_encoder is not None:
+            with torch.no_grad():
+                return self.conditioning(texts)[0]
         missing = [t for t in dict.fromkeys(texts) if t not in self.text_cache]
         if missing:
             for text, embedding in zip(missing, self.bundle.encode_text(missing)):
                 self.text_cache[text] = embedding
         return torch.stack([self.text_cache[t] for t in texts])
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        modules = [self.unet] + ([self.action_encoder] if self.action_encoder is not None else [])
+        return [p for module in modules for p in module.parameters() if p.requires_grad]
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> TrainResult:
@@ -255,6 +359,7 @@ class SlowTrainer:
         window: list[float] = []
         started = time.perf_counter()
         progress = _progress(config.max_steps, self.step, disable=not accelerator.is_local_main_process)
+        budget_spent = False
         micro_index = self.step * config.gradient_accumulation_steps
         batches = self.micro_batches(micro_index)
         self.unet.train()
@@ -279,7 +384,7 @@ class SlowTrainer:
                         step_losses.append(float(loss.detach()))
                         # 4. optimizer step on the accumulation boundary
                         if accelerator.sync_gradients and config.max_grad_norm > 0:
-                            accelerator.clip_grad_norm_(self.unet.parameters(), config.max_grad_norm)
+                            accelerator.clip_grad_norm_(self.trainable_parameters(), config.max_grad_norm)
                         self.optimizer.step()
                         self.optimizer.zero_grad(set_to_none=True)
                 self.lr_scheduler.step()
@@ -287,6 +392,8 @@ class SlowTrainer:
                 progress.update(1)
                 if self.ema is not None:
                     self.ema.step([p for p in accelerator.unwrap_model(self.unet).parameters() if p.requires_grad])
+                if self.encoder_ema is not None:
+                    self.encoder_ema.step(list(accelerator.unwrap_model(self.action_encoder).parameters()))
                 # 5. bookkeeping: skipped steps, logs
                 if step_nonfinite:
                     skipped.append(self.step)
@@ -313,17 +420,24 @@ class SlowTrainer:
                     record = {"step": self.step, **self.validate()}
                     accelerator.log({k: v for k, v in record.items() if k != "step"}, step=self.step)
                     self._log(record)
-                # 6. checkpoints: periodic, at the end, and when SIGTERM arrived
+                # 6. checkpoints: periodic, at the end, when SIGTERM arrived and when the time budget is spent
                 stop = _any_process(self.stop_requested, accelerator)
-                if self.step % config.checkpointing_steps == 0 or self.step == config.max_steps or stop:
+                over_budget = bool(config.max_minutes) and time.perf_counter() - started >= 60 * config.max_minutes
+                budget_spent = _any_process(over_budget, accelerator)
+                if self.step % config.checkpointing_steps == 0 or self.step == config.max_steps or stop or budget_spent:
                     self.save_checkpoint()
                 if stop:
                     accelerator.print(f"SIGTERM: saved checkpoint-{self.step}; resume with resume=latest")
                     break
+                if budget_spent:
+                    accelerator.print(f"time budget of {config.max_minutes:g} min spent at step {self.step}: "
+                                      f"saved checkpoint-{self.step}; running again continues")
+                    break
         finally:
             signal.signal(signal.SIGTERM, previous_handler)
+            batches.close()  # shuts the DataLoader workers down now (they ignore SIGTERM: left alive, exit would hang)
             progress.close()
-        interrupted = self.step < config.max_steps
+        interrupted = self.step < config.max_steps and not budget_spent
         if not interrupted:
             self.export_model()
         accelerator.end_training()
@@ -339,15 +453,19 @@ class SlowTrainer:
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             optimizer = getattr(self.optimizer, "optimizer", self.optimizer)  # unwrap accelerate's wrapper
+            extra = {"action_encoder": accelerator.unwrap_model(self.action_encoder)} if self.action_encoder is not None else {}
             save_checkpoint(
                 self.output_dir, self.step, plain_unet(accelerator.unwrap_model(self.unet)), optimizer,
                 self.checkpoint_state(), ema=self.ema, total_limit=self.config.checkpoints_total_limit or None,
+                extra_modules=extra, extra_emas={"ema_action_encoder": self.encoder_ema} if self.encoder_ema else None,
             )
         accelerator.wait_for_everyone()
 
     def load_checkpoint(self, path: Path) -> None:
         state = read_checkpoint_state(path)
         load_unet_weights(self.bundle.unet, path)
+        if self.bundle.action_encoder is not None:
+            load_module_weights(self.bundle.action_encoder, path, "action_encoder")
         try:
             load_optimizer_state(self.optimizer, path / "optimizer.safetensors")
         except Exception as err:  # wrong shapes, damaged file
@@ -358,6 +476,8 @@ class SlowTrainer:
 
             loaded = EMAModel.from_pretrained(str(path / "ema"), model_cls=type(self.bundle.unet))
             self.ema.load_state_dict(loaded.state_dict())
+        if self.encoder_ema is not None and (path / "ema_action_encoder.safetensors").is_file():
+            load_ema_state(self.encoder_ema, path / "ema_action_encoder.safetensors")
         self.step = int(state["step"])
         self.accelerator.print(f"resumed from {path} at step {self.step}")
 
@@ -368,10 +488,14 @@ class SlowTrainer:
         if not accelerator.is_main_process:
             return None
         unet = accelerator.unwrap_model(self.unet)
+        encoder = accelerator.unwrap_model(self.action_encoder) if self.action_encoder is not None else None
         if self.ema is not None:
             trainable = [p for p in unet.parameters() if p.requires_grad]
             self.ema.store(trainable)
             self.ema.copy_to(trainable)
+        if self.encoder_ema is not None:
+            self.encoder_ema.store(list(encoder.parameters()))
+            self.encoder_ema.copy_to(list(encoder.parameters()))
         data = self.config.data
         metadata = {**self.bundle.metadata, "generation": {
             **self.bundle.metadata.get("generation", {}),  # e.g. the sampler settings of an init_from model
@@ -380,14 +504,20 @@ class SlowTrainer:
             "window": data.context_frames_max + data.target_frames,
         }}
         export = ModelBundle(plain_unet(unet), self.bundle.vae, self.bundle.text_encoder, self.bundle.tokenizer,
-                             self.bundle.noise_scheduler, metadata)
+                             self.bundle.noise_scheduler, metadata, action_encoder=encoder,
+                             text_features=self.bundle.text_features)
         path = export.save_pretrained(self.output_dir / "model")
         if self.ema is not None:
             self.ema.restore(trainable)
+        if self.encoder_ema is not None:
+            self.encoder_ema.restore(list(encoder.parameters()))
         return path
 
     def load_validation_batch(self) -> ChunkBatch:
         """``validation_chunks`` chunks spread evenly over the validation split, full context."""
+        if self.config.data_source == "live":
+            stream = LiveWorldChunks(self.live_config(self.config.validation_split))
+            return collate_chunks([stream.sample(i) for i in range(max(2, self.config.validation_chunks))])
         data = replace(self.config.data, split=self.config.validation_split, context_frames_min=self.config.data.context_frames_max)
         dataset = ChunkDataset(data)
         count = min(self.config.validation_chunks, len(dataset))
@@ -419,7 +549,13 @@ class SlowTrainer:
         timesteps = torch.linspace(self.config.min_timestep, steps - 1, latents.shape[0]).round().long().to(device)
         actions = list(batch.actions)
         texts = {"val_loss": actions, "val_loss_shuffled_action": actions[1:] + actions[:1], "val_loss_no_action": [""] * len(actions)}
-        record = {name: float(self.loss_at(unet, latents, mask, batch_texts, noise, timesteps)) for name, batch_texts in texts.items()}
+        encoder = self.accelerator.unwrap_model(self.action_encoder) if self.action_encoder is not None else None
+        if encoder is not None:
+            encoder.eval()
+        record = {name: float(self.loss_at(unet, latents, mask, self.conditioning(batch_texts, encoder)[0], noise, timesteps))
+                  for name, batch_texts in texts.items()}
+        if encoder is not None:
+            encoder.train()
         unet.train()
         return record
 
@@ -431,20 +567,25 @@ class SlowTrainer:
         from .video_io import auto_upscale, tensor_to_frames, write_video
 
         unet = self.accelerator.unwrap_model(self.unet)
-        first = tensor_to_frames(ChunkDataset(self.config.data)[0].context[:, :1])[0]  # (H, W, 3) uint8
+        sample = LiveWorldChunks(self.live_config()).sample(0) if self.config.data_source == "live" else ChunkDataset(self.config.data)[0]
+        first = tensor_to_frames(sample.context[:, :1])[0]  # (H, W, 3) uint8
         window = self.config.data.context_frames_max + self.config.data.target_frames
         config = GenerationConfig(frames_per_chunk=self.config.data.target_frames,
                                   context_frames=self.config.data.context_frames_max, window=window,
                                   fast=FastLearnerConfig(mode="off"))
         config.sampler.num_inference_steps = 10
+        encoder = self.accelerator.unwrap_model(self.action_encoder) if self.action_encoder is not None else None
         sample_bundle = ModelBundle(plain_unet(unet), self.bundle.vae, self.bundle.text_encoder, self.bundle.tokenizer,
-                                    self.bundle.noise_scheduler, self.bundle.metadata)
+                                    self.bundle.noise_scheduler, self.bundle.metadata, action_encoder=encoder,
+                                    text_features=self.bundle.text_features)
         session = GenerationSession(sample_bundle, config)
         session.start(first)
         session.generate(list(self.config.sample_actions))
         write_video(self.output_dir / "samples" / f"step-{self.step}.mp4", session.video(), fps=self.bundle.fps,
                     upscale=auto_upscale(first.shape[1]))
         unet.train()
+        if encoder is not None:
+            encoder.train()
 
     def _log(self, record: dict) -> None:
         if self.accelerator.is_main_process:

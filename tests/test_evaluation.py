@@ -7,8 +7,10 @@ import pytest
 
 from slowfast_vgen.cli import main
 from slowfast_vgen.config import load_config
-from slowfast_vgen.evaluation import EvalConfig, build_routes, evaluate, markdown_table, summarise
+from slowfast_vgen.evaluation import EvalConfig, build_routes, evaluate, markdown_table, per_chunk_curves, summarise
 from slowfast_vgen.errors import UserInputError
+from slowfast_vgen.metrics import footprint_masks
+from slowfast_vgen.worlds import build_world
 
 TINY = ["routes=1", "seeds=[0,1]", "actions_per_route=4", "generation.frames_per_chunk=4", "generation.context_frames=4",
         "generation.window=8", "generation.sampler.num_inference_steps=1", "generation.fast.rank=4"]
@@ -54,6 +56,64 @@ def test_chunk_suite_predicts_from_ground_truth_context(tiny_bundle):
     assert run["scores"]["lpips"] is None  # no LPIPS weights configured: unavailable, never a number
 
 
+def test_rollout_routes_carry_exact_start_footprints_even_when_cropped():
+    config = load_config(EvalConfig, overrides=[*TINY, "suite=rollout", "rollout_chunks=5", "phrasing=train"])
+    (route,) = build_routes(config, 16, 12, frames_per_chunk=4)  # 16x16 views centre-cropped to 16x12
+    assert len(route.primitives) == len(route.actions) == 5 and route.frames.shape == (1 + 5 * 4, 16, 12, 3)
+    assert route.footprint.shape == (21, 16, 12) and route.footprint[0].all() and not route.footprint.all()
+    map_size = build_world("navigation", route.world_seed, overrides=["view_size=16"]).map_size
+    # the crop drops 2 columns on each side: the frame's top-left is 2 px right of the view's
+    assert np.array_equal(route.footprint, footprint_masks(route.camera_positions + [2, 0], (16, 12), map_size))
+    # every footprint pixel shows exactly what frame 0 shows at the same map position
+    origin = route.camera_positions[0] + [2, 0]
+    for f, (x, y) in enumerate(route.camera_positions + [2, 0]):
+        rows, cols = np.nonzero(route.footprint[f])
+        r0, c0 = (y + rows - origin[1]) % map_size, (x + cols - origin[0]) % map_size
+        assert np.array_equal(route.frames[f][rows, cols], route.frames[0][r0, c0])
+    with pytest.raises(UserInputError, match=r"even frame height and width .*got 16x15"):
+        build_routes(config, 16, 15, frames_per_chunk=4)  # a half-pixel crop: no exact footprint
+
+
+def test_rollout_suite_reports_per_chunk_curves_and_the_plot(tiny_model_dir, tmp_path):
+    out = tmp_path / "rollout"
+    code = main(["eval", "--model", str(tiny_model_dir), "--suite", "rollout", "--variants", "off,paper",
+                 "--out", str(out), "--quiet", *TINY, "seeds=[0]", "rollout_chunks=3"])
+    assert code == 0
+    result = json.loads((out / "results.json").read_text())
+    assert result["config"]["rollout_chunks"] == 3 and len(result["runs"]) == 2
+    for run in result["runs"]:
+        assert len(run["chunk_action_correct"]) == len(run["chunk_footprint_psnr"]) == len(run["commanded"]) == 3
+        assert run["scores"]["action_accuracy"] == pytest.approx(np.mean(run["chunk_action_correct"]))
+        present = [v for v in run["chunk_footprint_psnr"] if v is not None]
+        assert run["chunk_footprint_psnr"][0] is not None  # the first chunk always overlaps the start view
+        assert run["scores"]["footprint_chunks"] == len(present) == sum(n > 0 for n in run["chunk_footprint_pixels"])
+        assert run["scores"]["footprint_psnr"] == pytest.approx(np.mean(present))
+        assert run["scores"]["footprint_psnr_first4"] == pytest.approx(np.mean(present))  # 3 chunks: all are first 4
+    for variant in ("off", "paper"):
+        curves = result["curves"][variant]
+        assert [p["chunk"] for p in curves["action_accuracy"]] == [0, 1, 2]
+        assert len(curves["footprint_psnr"]) == 3 and curves["footprint_psnr"][0]["n"] == 1
+        assert "footprint_psnr_first4" in result["summary"][variant]
+    table = (out / "results.md").read_text()
+    assert "| chunk | off action_accuracy | off footprint_psnr | paper action_accuracy |" in table
+    from PIL import Image
+
+    with Image.open(out / "rollout_curves.png") as image:
+        assert image.size == (640, 800)  # two stacked plots
+
+
+def test_rollout_curves_average_each_chunk_index_across_runs():
+    runs = [{"variant": "off", "chunk_action_correct": [True, False], "chunk_footprint_psnr": [20.0, None]},
+            {"variant": "off", "chunk_action_correct": [True, True], "chunk_footprint_psnr": [22.0, None]}]
+    curves = per_chunk_curves(runs, ["off"])["off"]
+    assert [p["mean"] for p in curves["action_accuracy"]] == [1.0, 0.5]
+    first, second = curves["footprint_psnr"]
+    assert first["mean"] == 21.0 and first["high"] - 21.0 == pytest.approx(12.7062)  # t(1) * sqrt(2) / sqrt(2)
+    assert second == {"chunk": 1, "mean": None, "low": None, "high": None, "n": 0}  # no footprint left
+    table = markdown_table({"summary": summarise([], ["off"]), "curves": {"off": curves}})
+    assert "| 1 | 0.500 ± 6.353 (n 2) | unavailable (n 0) |" in table
+
+
 def test_summary_mean_and_interval():
     runs = [{"variant": "paper", "scores": {"x": v, "src": None}} for v in (1.0, 2.0, 3.0)]
     summary = summarise(runs, ["paper"])
@@ -68,3 +128,5 @@ def test_bad_eval_config_is_refused():
         load_config(EvalConfig, overrides=["variants=[sometimes]"])
     with pytest.raises(UserInputError, match="suite must be one of"):
         load_config(EvalConfig, overrides=["suite=everything"])
+    with pytest.raises(UserInputError, match="rollout_chunks must be >= 2, got 1"):
+        load_config(EvalConfig, overrides=["suite=rollout", "rollout_chunks=1"])

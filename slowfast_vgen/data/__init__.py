@@ -8,6 +8,7 @@ Modules (imported explicitly; this package imports nothing heavy on its own):
 * :mod:`.world_dataset` — render procedural worlds to a dataset (``data_tools/make_world.py``).
 * :mod:`.ingest` — convert annotated real videos (``data_tools/ingest_videos.py``).
 * :mod:`.dataset` — ``ChunkDataset`` / ``collate_chunks`` / ``ChunkBatch`` for training.
+* :mod:`.live_worlds` — ``LiveWorldChunks`` / ``live_chunk_loader``: the same chunks rendered on the fly.
 
 The format itself is described in ``README.md`` beside this file.
 """

@@ -2,12 +2,14 @@
 
 Pure maths and feature networks are kept apart (k-diffusion's ``evaluation.py`` style):
 
-* :mod:`.frames` - PSNR, SSIM, the LPIPS distance over features; :func:`to_unit_frames`.
+* :mod:`.frames` - PSNR (also over a pixel mask), SSIM, the LPIPS distance over features;
+  :func:`to_unit_frames`.
 * :mod:`.frechet` - Fréchet distance between Gaussian fits of features (FVD maths).
 * :mod:`.networks` - LPIPS-AlexNet, I3D, ResNet-18; loaded from local ``.safetensors`` only.
 * :mod:`.pretrained` - LPIPS / FVD / SRC as :class:`MetricResult` (unavailable, with the
   reason, when the weights are missing).
 * :mod:`.long_video` - SCuts (PySceneDetect) and the SRC maths.
+* :mod:`.footprint` - the start view's footprint masks and the PSNR over them (rollouts).
 * :mod:`.memory` - per-chunk and revisit PSNR / SSIM against the worlds' ground truth.
 * :mod:`.motion` - action accuracy from the global motion of generated chunks.
 * :mod:`.stats` - mean and 95 % t confidence interval across seeds.
@@ -16,7 +18,8 @@ Frames are ``(F, H, W, 3) uint8`` (or ``(F, 3, H, W)`` float in ``[0, 1]``) ever
 """
 
 from .config import MetricsConfig
-from .frames import lpips_distance, psnr, psnr_per_frame, ssim, ssim_per_frame, to_unit_frames
+from .footprint import footprint_chunk_psnr, footprint_masks
+from .frames import lpips_distance, masked_psnr, psnr, psnr_per_frame, ssim, ssim_per_frame, to_unit_frames
 from .frechet import frechet_distance, frechet_distance_from_stats, gaussian_fit, sqrtm_psd
 from .long_video import scene_cut_frames, scene_cuts, scene_revisit_consistency
 from .memory import ChunkScore, RevisitScore, chunk_scores, mean_fields, revisit_scores
@@ -27,9 +30,9 @@ from .stats import mean_ci, t_quantile_975
 
 __all__ = [
     "ChunkScore", "MetricResult", "MetricsConfig", "PretrainedMetrics", "RevisitScore", "WeightsUnavailable",
-    "action_accuracy", "action_chunks", "chunk_displacement", "chunk_scores", "estimate_shift", "frechet_distance",
-    "frechet_distance_from_stats", "fvd", "gaussian_fit", "lpips", "lpips_distance", "mean_ci", "mean_fields",
-    "motion_direction", "predict_actions", "psnr", "psnr_per_frame", "revisit_scores", "scene_cut_frames",
-    "scene_cuts", "scene_revisit_consistency", "sqrtm_psd", "src", "ssim", "ssim_per_frame", "t_quantile_975",
-    "to_unit_frames",
+    "action_accuracy", "action_chunks", "chunk_displacement", "chunk_scores", "estimate_shift",
+    "footprint_chunk_psnr", "footprint_masks", "frechet_distance", "frechet_distance_from_stats", "fvd",
+    "gaussian_fit", "lpips", "lpips_distance", "masked_psnr", "mean_ci", "mean_fields", "motion_direction",
+    "predict_actions", "psnr", "psnr_per_frame", "revisit_scores", "scene_cut_frames", "scene_cuts",
+    "scene_revisit_consistency", "sqrtm_psd", "src", "ssim", "ssim_per_frame", "t_quantile_975", "to_unit_frames",
 ]  # fmt: skip

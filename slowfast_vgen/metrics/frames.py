@@ -9,6 +9,7 @@ in ``[0, 1]`` the maths runs on. PSNR and SSIM use torchmetrics (``data_range=1`
 
 from __future__ import annotations
 
+import math
 from typing import Sequence, Union
 
 import numpy as np
@@ -53,6 +54,28 @@ def psnr(x: Frames, y: Frames) -> float:
 
     a, b = _pair(x, y)
     return float(peak_signal_noise_ratio(a, b, data_range=1.0))
+
+
+def masked_psnr(x: Frames, y: Frames, mask: Union[np.ndarray, torch.Tensor]) -> float:
+    """PSNR in dB of two clips over the pixels ``mask`` selects only.
+
+    ``mask`` is ``(F, H, W)`` bool, True where a pixel counts. The squared error is pooled over
+    every selected pixel of every frame and its 3 channels (in ``[0, 1]`` units, as
+    :func:`psnr`), then ``PSNR = 10 log10(1 / MSE)``: with an all-True mask this equals
+    :func:`psnr`. Returns ``nan`` when the mask selects no pixel and ``inf`` when the selected
+    pixels are identical.
+    """
+    a, b = _pair(x, y)  # (F, 3, H, W) each
+    keep = torch.as_tensor(mask, dtype=torch.bool)  # (F, H, W)
+    expected = (a.shape[0], a.shape[2], a.shape[3])
+    if tuple(keep.shape) != expected:
+        raise ValueError(f"mask must be (F, H, W) = {expected}, got {tuple(keep.shape)}")
+    count = int(keep.sum())
+    if count == 0:
+        return math.nan
+    squared = (a.double() - b.double()).pow(2).sum(dim=1)  # (F, 3, H, W) -> (F, H, W), summed over channels
+    mse = float(squared[keep].sum()) / (3 * count)
+    return math.inf if mse == 0.0 else 10.0 * math.log10(1.0 / mse)
 
 
 def ssim_per_frame(x: Frames, y: Frames) -> torch.Tensor:

@@ -1,0 +1,113 @@
+"""The action encoder and precomputed text features: shapes, warm start, save/load, cache rules, training."""
+
+import json
+
+import pytest
+import torch
+
+from slowfast_vgen.action_encoder import ActionEncoder, auxiliary_action_loss, masked_mean, unit_rms
+from slowfast_vgen.errors import UserInputError
+from slowfast_vgen.model import ModelBundle, ModelConfig, load_model, pooled_sentence_embedding, unet_text_kwargs
+from slowfast_vgen.text_features import TextFeatureCache, build_text_features
+
+
+@pytest.fixture()
+def encoder_bundle() -> ModelBundle:
+    return ModelBundle.from_config(ModelConfig(height=16, width=16, action_encoder=True, action_tokens=3, seed=0))
+
+
+def test_masked_mean_ignores_padding():
+    states = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])
+    assert torch.equal(masked_mean(states, torch.tensor([[1, 1, 0]])), torch.tensor([[2.0, 3.0]]))
+    assert torch.allclose(unit_rms(torch.tensor([[3.0, 4.0]])).pow(2).mean(), torch.tensor(1.0))
+
+
+def test_encoder_output_layout_and_padding_invariance():
+    encoder = ActionEncoder(text_dim=8, output_dim=8, hidden_dim=16, num_tokens=2, primitives=["move left", "stay"])
+    states = torch.randn(2, 5, 8, generator=torch.Generator().manual_seed(0))
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    out = encoder(states, mask)
+    assert out.conditioning.shape == (2, 3, 8) and out.logits.shape == (2, 2)
+    assert torch.allclose(out.conditioning[:, 0].pow(2).mean(dim=-1), torch.ones(2))  # global vector at unit RMS
+    garbage = states.clone()
+    garbage[0, 3:] = 1e3  # padding content must not matter
+    assert torch.allclose(encoder(garbage, mask).conditioning[0], out.conditioning[0], atol=1e-6)
+    trimmed = encoder(states[:1, :3], mask[:1, :3])  # nor the padded length
+    assert torch.allclose(trimmed.conditioning, out.conditioning[:1], atol=1e-6)
+
+
+def test_fresh_encoder_starts_as_the_pooled_sentence_embedding(encoder_bundle):
+    """to_global is zero-initialised: token 0 equals what a pooled_text_conditioning UNet was trained on."""
+    texts = ["move left", "head west", ""]
+    states, mask = encoder_bundle.encode_text_states(texts)
+    conditioning = encoder_bundle.encode_text(texts)
+    assert conditioning.shape == (3, 4, encoder_bundle.unet.config.cross_attention_dim)
+    assert torch.allclose(conditioning[:, 0], pooled_sentence_embedding(states, mask), atol=1e-5)
+    kwargs = unet_text_kwargs(encoder_bundle.unet, conditioning)
+    assert torch.equal(kwargs["timestep_cond"], conditioning[:, 0])
+
+
+def test_primitive_labels_and_auxiliary_loss(encoder_bundle):
+    encoder = encoder_bundle.action_encoder
+    labels = encoder.primitive_labels(["move left", "head west", "", "dance a jig", "shove the red cube to the left"])
+    names = encoder.config.primitives
+    assert names[labels[0]] == "move left" and labels[1] == labels[0]
+    assert labels[2] == -1 and labels[3] == -1  # empty text and free text carry no label
+    assert names[labels[4]] == "push red left"
+    logits = torch.zeros(5, len(names))
+    logits[torch.arange(5), labels.clamp(min=0)] = 50.0
+    assert float(auxiliary_action_loss(logits, labels)) < 1e-6  # only labelled rows count, and they are right
+    assert auxiliary_action_loss(logits, torch.full((5,), -1)) is None
+
+
+def test_save_load_round_trip_with_action_encoder(encoder_bundle, tmp_path):
+    encoder_bundle.save_pretrained(tmp_path / "m")
+    assert (tmp_path / "m" / "action_encoder" / "diffusion_pytorch_model.safetensors").is_file()
+    index = json.loads((tmp_path / "m" / "model_index.json").read_text())
+    assert index["action_encoder"] == ["slowfast_vgen", "ActionEncoder"]
+    meta = json.loads((tmp_path / "m" / "slowfast_vgen.json").read_text())
+    assert meta["text_encoder_fingerprint"] == encoder_bundle.text_encoder_fingerprint
+    loaded = load_model(tmp_path / "m")
+    texts = ["move up", "push the blue block down"]
+    assert torch.equal(loaded.encode_text(texts), encoder_bundle.encode_text(texts))
+
+
+def test_text_feature_cache_round_trip_and_encoder_check(encoder_bundle, tmp_path):
+    texts = ["", "move left", "slide the green box to the right"]
+    cache = build_text_features(encoder_bundle, texts)
+    path = cache.save(tmp_path / "features.safetensors")
+    loaded = TextFeatureCache.load(path, expected_fingerprint=encoder_bundle.text_encoder_fingerprint)
+    states, mask = loaded.lookup(texts)
+    direct, direct_mask = encoder_bundle._run_text_encoder(texts, pad_to_max=False)
+    assert torch.equal(mask, direct_mask)
+    assert torch.allclose(states * mask[..., None], direct * direct_mask[..., None], atol=2e-2)  # stored as float16
+    with pytest.raises(UserInputError, match="made by another text encoder"):
+        TextFeatureCache.load(path, expected_fingerprint="0" * 32)
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(UserInputError, match="is corrupt"):
+        TextFeatureCache.load(path)
+
+
+def test_model_loads_without_text_encoder_from_a_cache(encoder_bundle, tmp_path):
+    encoder_bundle.save_pretrained(tmp_path / "m")
+    cache = build_text_features(encoder_bundle, ["", "move left"])
+    loaded = ModelBundle.from_pretrained(tmp_path / "m", text_features=cache)
+    assert loaded.text_encoder is None
+    expected = encoder_bundle.encode_text(["move left"])
+    assert torch.allclose(loaded.encode_text(["move left"]), expected, atol=1e-6)
+    with pytest.raises(UserInputError, match="'go north' is not in the text feature cache"):
+        loaded.encode_text(["go north"])
+    other = TextFeatureCache("f" * 32, cache.features)
+    with pytest.raises(UserInputError, match="made by another text encoder"):
+        ModelBundle.from_pretrained(tmp_path / "m", text_features=other)
+
+
+def test_attaching_an_encoder_keeps_a_pooled_model_unchanged():
+    bundle = ModelBundle.from_config(ModelConfig(height=16, width=16, pooled_text_conditioning=True, seed=1))
+    texts = ["move right", "stay"]
+    before = bundle.encode_text(texts)
+    bundle.with_action_encoder(num_tokens=2)
+    after = bundle.encode_text(texts)
+    assert after.shape[1] == 3 and torch.allclose(after[:, 0], before[:, 0], atol=1e-5)
+    with pytest.raises(UserInputError, match="already has an action encoder"):
+        bundle.with_action_encoder()
