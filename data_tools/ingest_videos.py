@@ -3,7 +3,8 @@
 Annotations: an EPIC-KITCHENS-style CSV (``video_id,start_timestamp,stop_timestamp,narration``,
 timestamps ``HH:MM:SS.ff``; extra columns ignored) or a JSONL of
 ``{"video": ..., "start_sec": ..., "end_sec": ..., "action": ...}`` rows. Videos are found
-recursively under ``--videos`` by relative path or by file stem (``P01_01`` -> ``P01/P01_01.MP4``).
+recursively under ``--videos`` by relative path or by file stem (``P01_01`` -> ``P01/P01_01.MP4``);
+recognised files: .mp4 .m4v .mov .mkv .webm .avi .mpg .mpeg .mpe .m1v .m2v .vob (any case).
 
 Output (see slowfast_vgen/data/README.md): one H.264 clip per segment,
 ``videos/<video>/<annotation line>.mp4``, at ``--fps`` and ``--height`` x ``--width`` (resized to

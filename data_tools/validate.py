@@ -1,9 +1,11 @@
 """Check a dataset: decode every video and every manifest row against what really decodes.
 
 Prints one line per bad row, ``manifest.jsonl:<line>: <video>: <reasons>``, then a summary.
-Catches: invalid JSON or fields, empty actions, paths escaping the dataset root, missing or
-empty files, undecodable or zero-frame videos, truncated/corrupt videos (fewer decodable frames
-than the container reports) and segments beyond the decoded length.
+Catches: lines that are not UTF-8 or not JSON, invalid fields, empty actions, paths escaping the
+dataset root (by text or through a symlink), missing or empty files, undecodable or zero-frame
+videos, truncated/corrupt videos (fewer decodable frames than the container reports), videos on
+which decord and imageio return different frames ("decoders disagree", checked on a few sampled
+frames when decord is installed) and segments beyond the decoded length.
 
 Exit code: 0 when the dataset is clean, 1 when any row is bad, 2 when DIR is not a directory.
 

@@ -2,7 +2,7 @@
 
 A frozen sentence encoder's pooled vector encodes wording more than meaning for short
 commands (``move left`` · ``move right`` cosine 0.86, ``move right`` · ``head east`` 0.36;
-PLATFORM-NOTES, "Action text geometry"), so a UNet conditioned on it directly has to dig the
+mean-pooled all-MiniLM-L6-v2 embeddings), so a UNet conditioned on it directly has to dig the
 direction out of a tiny component of its input. The action encoder reads the token states and
 hands the UNet an action representation it can use:
 

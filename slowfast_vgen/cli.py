@@ -4,7 +4,7 @@ Subcommands:
 
 * ``sfvgen generate``   — a long video from a first frame and a list of actions.
 * ``sfvgen play``       — interactive: one action per line, the video grows as you type.
-* ``sfvgen eval``       — chunk / long / revisit suites against exact ground truth.
+* ``sfvgen eval``       — chunk / long / revisit / rollout suites against exact ground truth.
 * ``sfvgen make-model`` — write a freshly initialised model directory from a config.
 
 Bad input (no actions, an empty action, an unreadable image, an unknown config key, a broken
@@ -28,11 +28,15 @@ DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "default_model"
 
 
 # ---------------------------------------------------------------------------- shared options
+EVAL_SUITES = ("chunk", "long", "revisit", "rollout")  # = evaluation.SUITES (checked by a test; no torch import here)
+
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="model directory in diffusers layout (default: the embedded model)")
     parser.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto (default: auto)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                         help="weights dtype on the device (default: float32)")
+    parser.add_argument("--text-features", help="precomputed text features (data_tools/text_features.py): a model with "
+                        "an action encoder then runs without its text encoder package; other texts are refused")
 
 
 def _add_generation_options(parser: argparse.ArgumentParser) -> None:
@@ -53,13 +57,68 @@ def _add_generation_options(parser: argparse.ArgumentParser) -> None:
                         help="config overrides, e.g. frames_per_chunk=8 fast.rank=16")
 
 
+FLAG_KEYS = {"fast.mode": "--fast", "seed": "--seed", "sampler.num_inference_steps": "--steps",
+             "sampler.guidance_scale": "--guidance", "sampler.scheduler": "--scheduler"}
+"""GenerationConfig keys set by a flag, and the flag (named in messages about them)."""
+
+
+def _check_generation_flags(args: argparse.Namespace) -> None:
+    """Refuse flag values the library cannot take, naming the flag (before any model is loaded)."""
+    import math
+
+    from .session import check_seed
+
+    if args.seed is not None:
+        try:
+            check_seed(args.seed, "--seed")
+        except ValueError as err:
+            raise UserInputError(str(err)) from None
+    if args.world_seed < 0:
+        raise UserInputError(f"--world-seed must be >= 0, got {args.world_seed}")
+    if args.guidance is not None and (not math.isfinite(args.guidance) or args.guidance < 0):
+        raise UserInputError(f"--guidance must be a finite number >= 0, got {args.guidance}")
+    if args.upscale is not None and args.upscale < 1:
+        raise UserInputError(f"--upscale must be an integer >= 1, got {args.upscale}")
+
+
+def _explicit_settings(args: argparse.Namespace) -> list[str]:
+    """GenerationConfig keys the user set on this command line: flags, ``key=value`` and ``--config`` keys."""
+    from omegaconf import OmegaConf
+
+    keys = [key for key, flag in FLAG_KEYS.items() if getattr(args, flag[2:]) is not None]
+    keys += [item.split("=", 1)[0].strip() for item in args.overrides]
+    if args.config:
+        def flatten(node, prefix=""):
+            for key, value in node.items():
+                if isinstance(value, dict):
+                    yield from flatten(value, f"{prefix}{key}.")
+                else:
+                    yield f"{prefix}{key}"
+
+        keys += list(flatten(OmegaConf.to_container(OmegaConf.load(args.config))))
+    return list(dict.fromkeys(keys))
+
+
+def _settings_conflicts(saved, given, keys: Sequence[str]) -> list[str]:
+    """``"--seed 5 (saved: 3)"`` for every key in ``keys`` whose value differs between two GenerationConfigs."""
+    from omegaconf import OmegaConf
+
+    saved_node, given_node = OmegaConf.structured(saved), OmegaConf.structured(given)
+    conflicts = []
+    for key in keys:
+        old, new = OmegaConf.select(saved_node, key), OmegaConf.select(given_node, key)
+        if old != new:
+            label = FLAG_KEYS.get(key, f"{key}=")
+            conflicts.append(f"{label}{' ' if label.startswith('--') else ''}{new} (saved: {old})")
+    return conflicts
+
+
 def _generation_config(args: argparse.Namespace, bundle):
     from .config import load_config
     from .session import GenerationConfig
 
     overrides = list(args.overrides)
-    flags = {"fast.mode": args.fast, "seed": args.seed, "sampler.num_inference_steps": args.steps,
-             "sampler.guidance_scale": args.guidance, "sampler.scheduler": args.scheduler}
+    flags = {key: getattr(args, flag[2:]) for key, flag in FLAG_KEYS.items()}
     overrides += [f"{key}={value}" for key, value in flags.items() if value is not None]
     defaults = bundle.metadata.get("generation", {})
     return load_config(GenerationConfig, args.config, overrides, defaults=defaults)
@@ -84,7 +143,12 @@ def _load_bundle(args: argparse.Namespace):
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserInputError(f"device {device} requested but CUDA is not available")
     dtype = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}[args.dtype]
-    return load_model(path, device=device, dtype=dtype), str(path)
+    cache = None
+    if getattr(args, "text_features", None):
+        from .text_features import TextFeatureCache
+
+        cache = TextFeatureCache.load(args.text_features)
+    return load_model(path, device=device, dtype=dtype, text_features=cache), str(path)
 
 
 def _first_frame(args: argparse.Namespace, bundle) -> np.ndarray:
@@ -117,7 +181,16 @@ def _parse_actions(args: argparse.Namespace) -> list[str]:
         path = Path(args.actions_file)
         if not path.is_file():
             raise UserInputError(f"actions file not found: {path}")
-        raw = [line for line in path.read_text().splitlines() if line.strip() and not line.lstrip().startswith("#")]
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise UserInputError(
+                f"actions file {path} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start}); "
+                "give one action per line"
+            ) from None
+        except OSError as err:
+            raise UserInputError(f"cannot read actions file {path}: {err.strerror or err}") from None
+        raw = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     elif args.actions is not None:
         raw = args.actions.split(";")
         if len(raw) > 1 and raw[-1].strip() == "":
@@ -155,7 +228,10 @@ def write_outputs(session, out: Path, model_path: str, gif: bool, upscale: int |
 
     fps = session.bundle.fps
     video = session.video()
-    upscale = upscale or auto_upscale(video.shape[2])
+    if upscale is None:
+        upscale = auto_upscale(video.shape[2])
+    elif upscale < 1:
+        raise UserInputError(f"--upscale must be an integer >= 1, got {upscale}")
     write_video(out, video, fps=fps, upscale=upscale)
     if gif:
         write_video(out.with_suffix(".gif"), video, fps=fps, upscale=upscale)
@@ -177,12 +253,29 @@ def write_outputs(session, out: Path, model_path: str, gif: bool, upscale: int |
     return sidecar
 
 
-def _resolve_out(path: str) -> Path:
+def _resolve_out(path: str, gif: bool = False) -> Path:
+    """Check the output location before anything is generated: ``--out`` and its sidecars must be
+    writable files in a folder that exists (created here) and accepts new files."""
+    import os
+    import tempfile
+
     out = Path(path)
     if out.suffix.lower() != ".mp4":
         raise UserInputError(f"--out must end in .mp4, got {out}")
-    if out.parent and not out.parent.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
+    for file in [out, out.with_suffix(".json"), out.with_suffix(".yaml")] + ([out.with_suffix(".gif")] if gif else []):
+        if file.is_dir():
+            raise UserInputError(f"--out: {file} is a directory; give the path of a video file")
+    folder = out.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserInputError(f"--out: cannot create the folder {folder}: {err.strerror or err}") from None
+    try:  # the outputs are written atomically: a temporary file in this folder, then renamed
+        fd, probe = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=".probe", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise UserInputError(f"--out: cannot write to the folder {folder}: {err.strerror or err}") from None
     return out
 
 
@@ -190,8 +283,9 @@ def _resolve_out(path: str) -> Path:
 def generate_main(args: argparse.Namespace) -> int:
     from .session import GenerationSession
 
+    _check_generation_flags(args)
     actions = _parse_actions(args)
-    out = _resolve_out(args.out)
+    out = _resolve_out(args.out, args.gif)
     _quiet_libraries()
     bundle, model_path = _load_bundle(args)
     config = _generation_config(args, bundle)
@@ -201,6 +295,12 @@ def generate_main(args: argparse.Namespace) -> int:
         done = session.actions
         if done != actions[: len(done)]:
             raise UserInputError(f"saved session {session_dir} was made with other actions; use a new --session dir")
+        conflicts = _settings_conflicts(session.config, config, _explicit_settings(args))
+        if conflicts:
+            raise UserInputError(
+                f"saved session {session_dir} was made with other settings: {', '.join(conflicts)}; "
+                "resume without them (the saved settings apply) or use a new --session dir"
+            )
         print(f"resuming {session_dir}: {len(done)} of {len(actions)} chunks already done", file=sys.stderr)
     else:
         session = GenerationSession(bundle, config)
@@ -230,7 +330,8 @@ PLAY_HELP = """type an action per line (e.g. "move left"); commands:
 def play_main(args: argparse.Namespace) -> int:
     from .session import GenerationSession
 
-    out = _resolve_out(args.out)
+    _check_generation_flags(args)
+    out = _resolve_out(args.out, args.gif)
     _quiet_libraries()
     bundle, model_path = _load_bundle(args)
     config = _generation_config(args, bundle)
@@ -268,6 +369,8 @@ def play_main(args: argparse.Namespace) -> int:
                     say(f"unknown command {command}; :help lists them")
             except UserInputError as err:
                 say(f"error: {err}")
+            except OSError as err:  # e.g. :save into a folder that cannot be written
+                say(f"error: {command} {argument}: {err.strerror or err}")
             continue
         try:
             session.generate([line], progress=interactive and not args.quiet)
@@ -339,10 +442,18 @@ def eval_main(args: argparse.Namespace) -> int:
 def _int_list(text: str | None) -> str | None:
     if text is None:
         return None
+    from .session import check_seed
+
     try:
-        return "[" + ",".join(str(int(v)) for v in text.split(",") if v.strip()) + "]"
+        seeds = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise UserInputError(f"--seeds must be comma-separated integers, got {text!r}") from None
+    for seed in seeds:
+        try:
+            check_seed(seed, "--seeds")
+        except ValueError as err:
+            raise UserInputError(str(err)) from None
+    return "[" + ",".join(str(seed) for seed in seeds) + "]"
 
 
 # ---------------------------------------------------------------------------- parser
@@ -369,9 +480,9 @@ def build_parser() -> argparse.ArgumentParser:
     play.set_defaults(handler=play_main)
 
     evaluate = sub.add_parser("eval", help="evaluate memory and quality against exact ground truth",
-                              description="Evaluation suites on held-out navigation worlds: chunk | long | revisit, "
-                                          "for every Temp-LoRA variant and several seeds (mean and 95%% CI).")
-    evaluate.add_argument("--suite", choices=["chunk", "long", "revisit"], help="suite (default revisit)")
+                              description="Evaluation suites on held-out navigation worlds: chunk | long | revisit | rollout, "
+                                          "for every Temp-LoRA variant and several seeds (mean and 95% CI).")
+    evaluate.add_argument("--suite", choices=EVAL_SUITES, help="suite (default revisit)")
     evaluate.add_argument("--variants", help="comma-separated fast modes (default off,paper,text,full-sequence)")
     evaluate.add_argument("--seeds", help="comma-separated generation seeds (default 0,1,2)")
     evaluate.add_argument("--routes", type=int, help="routes (held-out worlds) per seed (default 3)")

@@ -75,6 +75,8 @@ class FastLearnerConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.learning_rate < 0:
             raise ValueError(f"learning_rate must be >= 0, got {self.learning_rate}")
+        if not -(2**63) <= self.seed <= 2**64 - 1:
+            raise ValueError(f"fast.seed must be an integer in [-2**63, 2**64 - 1], got {self.seed}")
 
 
 class TempLoRA:
@@ -204,15 +206,7 @@ class TempLoRA:
 
     def load(self, directory: str | os.PathLike) -> None:
         """Load a memory saved by :meth:`save` (safetensors only); checks rank and targets match."""
-        directory = Path(directory)
-        weights = directory / "adapter_model.safetensors"
-        config_file = directory / "adapter_config.json"
-        if not weights.is_file() or not config_file.is_file():
-            raise UserInputError(f"{directory} is not a Temp-LoRA memory (needs adapter_config.json + adapter_model.safetensors)")
-        saved = json.loads(config_file.read_text())
-        if saved.get("r") != self.config.rank:
-            raise UserInputError(f"memory {directory} has LoRA rank {saved.get('r')}, this model uses {self.config.rank}")
-        self.load_state_dict(load_file(str(weights)))
+        self.load_state_dict(read_memory(directory, self.config.rank))
 
     # optimizer state without pickle: tensors to safetensors, the rest to JSON
     def save_optimizer(self, path: str | os.PathLike) -> None:
@@ -220,6 +214,36 @@ class TempLoRA:
 
     def load_optimizer(self, path: str | os.PathLike) -> None:
         load_optimizer_state(self.optimizer, path)
+
+
+def read_memory(directory: str | os.PathLike, rank: int) -> dict[str, torch.Tensor]:
+    """The LoRA weights of a memory directory written by :meth:`TempLoRA.save`, read completely.
+
+    :class:`UserInputError` naming the file when a file is missing, damaged (truncated JSON or
+    safetensors) or the rank differs from ``rank``.
+    """
+    directory = Path(directory)
+    weights = directory / "adapter_model.safetensors"
+    config_file = directory / "adapter_config.json"
+    if not weights.is_file() or not config_file.is_file():
+        raise UserInputError(f"{directory} is not a Temp-LoRA memory (needs adapter_config.json + adapter_model.safetensors)")
+    try:
+        saved = json.loads(config_file.read_text(encoding="utf-8"))
+        if not isinstance(saved, dict):
+            raise ValueError(f"expected a JSON object, got {type(saved).__name__}")
+    except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise UserInputError(f"memory {config_file} is corrupt: {_first_line(err)}") from None
+    if saved.get("r") != rank:
+        raise UserInputError(f"memory {directory} has LoRA rank {saved.get('r')}, this model uses {rank}")
+    try:
+        return load_file(str(weights))
+    except Exception as err:  # safetensors raises its own error types
+        raise UserInputError(f"memory {weights} is corrupt: {_first_line(err)}") from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def remove_adapter(unet: torch.nn.Module, adapter_name: str = ADAPTER_NAME) -> bool:

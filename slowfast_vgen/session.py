@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from .config import help_field
 from .errors import UserInputError
-from .fast_learner import FastLearnerConfig, TempLoRA, remove_adapter
+from .fast_learner import FastLearnerConfig, TempLoRA, read_memory, remove_adapter
 from .io_utils import atomic_output_dir, atomic_write_json
 from .model import ModelBundle
 from .profiling import Stopwatch, peak_memory_mb, reset_peak_memory
@@ -34,6 +34,15 @@ from .sampler import SamplerConfig, make_scheduler, sample_chunk
 from .video_io import frames_to_tensor, tensor_to_frames
 
 SESSION_FORMAT = 1
+SEED_RANGE = (-(2**63), 2**64 - 1)
+"""Seeds ``torch.Generator.manual_seed`` accepts (a negative seed counts modulo 2**64)."""
+
+
+def check_seed(seed: int, name: str = "seed") -> None:
+    """``ValueError`` naming ``name`` when ``seed`` is outside :data:`SEED_RANGE`."""
+    low, high = SEED_RANGE
+    if not low <= seed <= high:
+        raise ValueError(f"{name} must be an integer in [-2**63, 2**64 - 1], got {seed}")
 
 
 @dataclass
@@ -48,6 +57,7 @@ class GenerationConfig:
     fast: FastLearnerConfig = field(default_factory=FastLearnerConfig)
 
     def __post_init__(self) -> None:
+        check_seed(self.seed)
         if self.frames_per_chunk < 1 or self.context_frames < 1:
             raise ValueError(
                 f"frames_per_chunk and context_frames must be >= 1, got {self.frames_per_chunk} and {self.context_frames}"
@@ -91,7 +101,7 @@ class GenerationSession:
             self.fast_learner = TempLoRA(bundle.unet, bundle.noise_scheduler, config.fast)
         bundle.unet.eval()
         self.sample_generator = torch.Generator().manual_seed(config.seed)
-        self.memory_generator = torch.Generator().manual_seed(config.seed + 1)
+        self.memory_generator = torch.Generator().manual_seed((config.seed + 1) % 2**64)  # = seed + 1 below 2**64 - 1
         self.unconditional = bundle.encode_text([""])  # (1, L, D): CFG's and Temp-LoRA's "no text"
         # every frame so far as clean latents, kept as a list of chunks (1, C, n, h, w): appending
         # never copies the history, so the per-chunk cost does not grow with the video
@@ -231,35 +241,94 @@ class GenerationSession:
 
     @classmethod
     def load(cls, directory: str | os.PathLike, bundle: ModelBundle) -> "GenerationSession":
-        """Resume a saved session on ``bundle`` (the model it was generated with)."""
+        """Resume a saved session on ``bundle`` (the model it was generated with).
+
+        Every file is read and checked before ``bundle`` is touched, so a damaged session is a
+        :class:`UserInputError` naming the file and leaves a session running on ``bundle`` intact.
+        """
         from .config import config_from_dict
 
         directory = Path(directory)
         meta_file, state_file = directory / "session.json", directory / "state.safetensors"
         if not meta_file.is_file() or not state_file.is_file():
             raise UserInputError(f"{directory} is not a saved session (needs session.json and state.safetensors)")
+
+        def corrupt(file: Path, err: BaseException) -> UserInputError:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            return UserInputError(f"saved session {directory} is corrupt: {file.relative_to(directory)}: {reason}")
+
+        # 1. read and check every file, before the model is touched
         try:
-            meta = json.loads(meta_file.read_text())
+            meta = json.loads(meta_file.read_text(encoding="utf-8"))
+            if not isinstance(meta, dict):
+                raise ValueError(f"expected a JSON object, got {type(meta).__name__}")
+        except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise corrupt(meta_file, err) from None
+        try:
             state = load_file(str(state_file))
-        except (json.JSONDecodeError, OSError, Exception) as err:  # safetensors raises its own errors
-            raise UserInputError(f"saved session {directory} is corrupt: {str(err).splitlines()[0]}") from None
+            frames = state["frames"].numpy()
+            latents = state["latents"]
+            for name in ("sample_generator", "memory_generator"):
+                torch.Generator().set_state(state[name])  # a damaged RNG state fails here
+        except Exception as err:  # safetensors raises its own error types
+            raise corrupt(state_file, err) from None
         if meta.get("format") != SESSION_FORMAT:
             raise UserInputError(f"saved session {directory} has format {meta.get('format')}, expected {SESSION_FORMAT}")
-        config = config_from_dict(GenerationConfig, meta["config"])
-        session = cls(bundle, config)
-        latents = state["latents"]
-        if latents.shape[1] != bundle.unet.config.in_channels:
+        try:
+            config = config_from_dict(GenerationConfig, meta["config"])
+            records = [ChunkRecord(**record) for record in meta["records"]]
+        except (KeyError, TypeError, UserInputError) as err:
+            raise corrupt(meta_file, err) from None
+        if latents.ndim != 5 or latents.shape[1] != bundle.unet.config.in_channels:
             raise UserInputError(f"saved session {directory} does not fit this model (latent channels differ)")
+        if frames.ndim != 4 or frames.shape[1:] != (bundle.height, bundle.width, 3):
+            raise UserInputError(
+                f"saved session {directory} has {tuple(frames.shape[1:3])} frames, this model makes "
+                f"{(bundle.height, bundle.width)}"
+            )
+        memory, optimizer_file = None, directory / "optimizer.safetensors"
+        if config.fast.mode != "off":
+            memory = read_memory(directory / "memory", config.fast.rank)  # UserInputError naming the file
+            if optimizer_file.is_file():
+                try:
+                    check_optimizer_file(optimizer_file)
+                except Exception as err:
+                    raise corrupt(optimizer_file, err) from None
+
+        # 2. build the session on the model and restore its state
+        session = cls(bundle, config)
         session.latent_chunks = [latents.to(bundle.device, bundle.dtype)]
-        session.frames = list(state["frames"].numpy())
+        session.frames = list(frames)
         session.sample_generator.set_state(state["sample_generator"])
         session.memory_generator.set_state(state["memory_generator"])
-        session.records = [ChunkRecord(**record) for record in meta["records"]]
+        session.records = records
         if session.fast_learner is not None:
-            session.fast_learner.load(directory / "memory")
-            if (directory / "optimizer.safetensors").is_file():
-                session.fast_learner.load_optimizer(directory / "optimizer.safetensors")
+            try:
+                session.fast_learner.load_state_dict(memory)
+            except RuntimeError as err:  # shapes that do not fit
+                reason = str(err).strip().splitlines()[0]
+                raise UserInputError(f"saved session {directory}: memory does not fit this model: {reason}") from None
+            if optimizer_file.is_file():
+                try:
+                    session.fast_learner.load_optimizer(optimizer_file)
+                except (ValueError, KeyError, RuntimeError) as err:
+                    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                    raise UserInputError(
+                        f"saved session {directory}: optimizer.safetensors does not fit this model: {reason}"
+                    ) from None
         return session
+
+
+def check_optimizer_file(path: str | os.PathLike) -> None:
+    """Read an optimizer file written by ``save_optimizer`` completely; raises on a damaged one."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+        for key in handle.keys():
+            handle.get_tensor(key)
+    json.loads(metadata["param_groups"])
+    json.loads(metadata.get("scalars", "{}"))
 
 
 def validate_action(action: str, position: int = 1) -> str:

@@ -123,6 +123,16 @@ def _bad_model(tiny_model_dir, tmp_path, kind):
         ("pickle", "refusing to load pickle weights"),
         ("no-model", "model directory not found"),
         ("bad-out", "--out must end in .mp4"),
+        # issue #12
+        ("out-cannot-create", "--out: cannot create the folder /proc/nope"),
+        ("out-not-writable", "--out: cannot write to the folder /sys: "),
+        ("out-is-dir", "is a directory; give the path of a video file"),
+        ("binary-actions-file", "is not UTF-8 text (byte 0xff at offset 0)"),
+        ("seed-too-big", f"--seed must be an integer in [-2**63, 2**64 - 1], got {2**64}"),
+        ("seed-too-small", f"--seed must be an integer in [-2**63, 2**64 - 1], got {-2**63 - 1}"),
+        ("guidance-nan", "--guidance must be a finite number >= 0, got nan"),
+        ("guidance-override-inf", "bad config: guidance_scale must be a finite number >= 1 (1 = no guidance), got inf"),
+        ("upscale-0", "--upscale must be an integer >= 1, got 0"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(case, message, tiny_model_dir, image, tmp_path, capsys):
@@ -149,11 +159,129 @@ def test_bad_input_exits_2_with_one_line(case, message, tiny_model_dir, image, t
         model = str(tmp_path / "nowhere")
     elif case == "bad-out":
         out = tmp_path / "v.avi"
+    elif case == "out-cannot-create":
+        out = Path("/proc/nope/x.mp4")
+    elif case == "out-not-writable":
+        if not os.path.ismount("/sys"):
+            pytest.skip("needs sysfs at /sys (no file can be created there)")
+        out = Path("/sys/x.mp4")
+    elif case == "out-is-dir":
+        out = tmp_path / "exists.mp4"
+        out.mkdir()
+    elif case == "binary-actions-file":
+        (tmp_path / "route.bin").write_bytes(b"\xff\xfe\x00move\x80left\n")
+        actions = ["--actions-file", str(tmp_path / "route.bin")]
+    elif case == "seed-too-big":
+        extra = ["--seed", str(2**64)]
+    elif case == "seed-too-small":
+        extra = ["--seed", str(-2**63 - 1)]
+    elif case == "guidance-nan":
+        extra = ["--guidance", "nan"]
+    elif case == "guidance-override-inf":
+        extra = ["sampler.guidance_scale=inf"]
+    elif case == "upscale-0":
+        extra = ["--upscale", "0"]
     code = main(["generate", "--model", model, "--image", img, "--quiet", "--out", str(out), *actions, *FAST, *extra])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
-    assert not out.exists()
+    assert "Traceback" not in "\n".join(err)
+    if case == "out-is-dir":
+        assert out.is_dir() and not any(out.iterdir()) and not out.with_suffix(".json").exists()  # nothing generated
+    else:
+        assert not out.exists()
+
+
+def test_seed_limits_are_usable(tiny_model_dir, image, tmp_path):
+    """The extreme seeds torch accepts generate (the memory generator's seed + 1 wraps at 2**64)."""
+    for seed in (2**64 - 1, -2**63):
+        out = tmp_path / f"{seed}.mp4"
+        assert main(["generate", "--model", str(tiny_model_dir), "--image", str(image), "--quiet", "--seed", str(seed),
+                     "--actions", "stay", "--out", str(out), *FAST]) == 0
+
+
+def test_bad_output_location_fails_before_generating_without_traceback(tmp_path):
+    """Issue #12: the console script refuses an unusable --out at once (before loading any model)."""
+    (tmp_path / "d.mp4").mkdir()
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    for out, message in [("/proc/nope/x.mp4", "error: --out: cannot create the folder /proc/nope: "),
+                         (str(tmp_path / "d.mp4"), f"error: --out: {tmp_path / 'd.mp4'} is a directory")]:
+        result = subprocess.run([sys.executable, "-m", "slowfast_vgen", "generate", "--actions", "move left",
+                                 "--model", str(tmp_path / "nothing"), "--out", out],
+                                capture_output=True, text=True, env=env, timeout=300)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith(message), result.stderr
+
+
+def _saved_session(tiny_model_dir, image, tmp_path, *extra) -> tuple[Path, list[str]]:
+    common = ["--model", str(tiny_model_dir), "--image", str(image), "--quiet", *FAST]
+    session = tmp_path / "session"
+    assert main(["generate", *common, *extra, "--actions", "move left", "--out", str(tmp_path / "a.mp4"),
+                 "--session", str(session)]) == 0
+    return session, common
+
+
+@pytest.mark.parametrize("damaged", ["optimizer.safetensors", "memory/adapter_model.safetensors",
+                                     "memory/adapter_config.json", "state.safetensors", "session.json"])
+def test_resume_from_truncated_session_file_exits_2(damaged, tiny_model_dir, image, tmp_path, capsys):
+    session, common = _saved_session(tiny_model_dir, image, tmp_path)
+    file = session / damaged
+    file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+    capsys.readouterr()
+    code = main(["generate", *common, "--actions", "move left; move up", "--out", str(tmp_path / "b.mp4"),
+                 "--session", str(session)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "Traceback" not in "\n".join(err)
+    assert len(err) == 1 and err[0].startswith("error: ") and "is corrupt" in err[0] and damaged.split("/")[-1] in err[0], err
+    assert not (tmp_path / "b.mp4").exists()
+
+
+def test_play_load_of_truncated_session_reports_and_continues(tiny_model_dir, image, tmp_path, monkeypatch, capsys):
+    import io
+
+    session, _ = _saved_session(tiny_model_dir, image, tmp_path)
+    (session / "optimizer.safetensors").write_bytes((session / "optimizer.safetensors").read_bytes()[:40])
+    script = f"move left\n:load {session}\n:save /proc/nope/saved\nmove up\n"
+    monkeypatch.setattr(sys, "stdin", io.StringIO(script))
+    out = tmp_path / "play.mp4"
+    assert main(["play", "--model", str(tiny_model_dir), "--image", str(image), "--out", str(out), *FAST]) == 0
+    captured = capsys.readouterr()
+    assert f"error: saved session {session} is corrupt: optimizer.safetensors" in captured.out
+    assert "error: :save /proc/nope/saved: " in captured.out
+    assert "Traceback" not in captured.out + captured.err
+    # the session went on with its own memory: left, (failed load), up -> 1 + 2 chunks of 3 frames
+    assert [c["action"] for c in json.loads(out.with_suffix(".json").read_text())["chunks"]] == ["move left", "move up"]
+    assert _read(out).shape[0] == 7
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--seed", "5"], "other settings: --seed 5 (saved: 3)"),
+        (["--steps", "1", "--fast", "off"], "other settings: --fast off (saved: paper), --steps 1 (saved: 2)"),
+        (["fast.rank=8"], "other settings: fast.rank=8 (saved: 4)"),
+    ],
+)
+def test_resume_with_conflicting_settings_exits_2(flags, message, tiny_model_dir, image, tmp_path, capsys):
+    session, common = _saved_session(tiny_model_dir, image, tmp_path, "--seed", "3")
+    capsys.readouterr()
+    args = ["generate", *common, *flags, "--actions", "move left; move up", "--out", str(tmp_path / "b.mp4"),
+            "--session", str(session)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: saved session {session} was made with") and message in err[0], err
+    assert "Traceback" not in "\n".join(err)
+    # the same settings (or none of them) resume
+    assert main(["generate", *common, "--seed", "3", "--actions", "move left; move up", "--out", str(tmp_path / "b.mp4"),
+                 "--session", str(session)]) == 0
+
+
+def test_eval_help_prints_a_single_percent(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(mean and 95% CI)" in text and "%%" not in text
 
 
 def test_console_script_exit_code_and_no_traceback(tmp_path):
@@ -182,3 +310,9 @@ def test_embedded_default_model_generates_offline(tmp_path):
 
     resolved = OmegaConf.load(out.with_suffix(".yaml"))
     assert resolved.sampler.eta == bundle.metadata["generation"]["sampler"]["eta"] == 1.0  # the model's own defaults apply
+
+
+def test_cli_suite_choices_match_the_evaluation_suites():
+    from slowfast_vgen import cli, evaluation
+
+    assert tuple(cli.EVAL_SUITES) == tuple(evaluation.SUITES)

@@ -22,6 +22,7 @@ from slowfast_vgen.data.manifest import (
 )
 from slowfast_vgen.data.readers import (
     DecordGeometryError,
+    DecordVideoReader,
     ImageioVideoReader,
     VideoReadError,
     open_video,
@@ -316,6 +317,40 @@ def test_auto_backend_works_around_decord_width_bug(tmp_path):
     reader = open_video(tmp_path / "narrow.mp4")
     frames = reader.get_frames([0, 4])
     assert frames.shape == (2, 16, 16, 3) and abs(int(frames[1].mean()) - (10 + 7 * 4)) <= 2
+
+
+def test_imageio_reader_streams_long_videos(tmp_path):
+    """Over its memory budget the imageio reader decodes on request (forward, restarting to go back)."""
+    write_video(tmp_path / "a.mp4", coded_frames(20), fps=8)
+    held = ImageioVideoReader(tmp_path / "a.mp4")
+    streamed = ImageioVideoReader(tmp_path / "a.mp4", memory_budget=0)
+    assert not held.streaming and streamed.streaming
+    assert streamed.num_frames == held.num_frames == 20 and streamed.fps == held.fps == 8.0
+    for indices in ([3, 4, 5], [9, 7, 7, 19], [0], [19, 18], [12, 2]):
+        assert np.array_equal(streamed.get_frames(indices), held.get_frames(indices)), indices
+    assert decode_codes(torch.from_numpy(streamed.get_frames([6, 1])).permute(3, 0, 1, 2).float() / 127.5 - 1) == [6, 1]
+    with pytest.raises(VideoReadError, match="frame 20 requested but the video has 20 frames"):
+        streamed.get_frames([20])
+
+
+def test_validate_reports_decoders_that_disagree(tmp_path, monkeypatch):
+    """A decoder that silently returns frame i + 12 (as decord 0.6 did on an MPEG-1 file) is a bad row."""
+    write_video(tmp_path / "videos" / "a.mp4", coded_frames(30), fps=8)
+    write_manifest(tmp_path, [seg("videos/a.mp4", 0, 30)])
+    assert validate_dataset(tmp_path).ok  # decord and imageio agree exactly on H.264
+    original = DecordVideoReader.get_frames
+
+    def shifted(self, indices):
+        return original(self, [min(i + 12, self.num_frames - 1) for i in indices])
+
+    monkeypatch.setattr(DecordVideoReader, "get_frames", shifted)
+    report = validate_dataset(tmp_path)
+    assert report.lines() == [
+        "manifest.jsonl:1: videos/a.mp4: decoders disagree: decord and imageio return different frames at 4 of 5 "
+        "sampled indices (frame 0: mean absolute difference 84.0 > 2.0); re-encode the video as H.264 .mp4"
+    ]
+    for backend in ("decord", "imageio"):  # whichever reader validates, the other one is compared with it
+        assert "decoders disagree" in validate_dataset(tmp_path, backend=backend).lines()[0]
 
 
 def test_resize_center_crop_keeps_aspect():

@@ -111,3 +111,34 @@ def test_context_spans_chunk_boundaries(tiny_bundle, first_frame):
     for count in (1, 2, 3, 5, 7, 9):
         assert torch.equal(session.last_latents(count), session.latents[:, :, -count:])
     assert [r.context_frames for r in session.records] == [1, 3, 3]
+
+
+@pytest.mark.parametrize("damaged", ["optimizer.safetensors", "memory/adapter_model.safetensors",
+                                     "memory/adapter_config.json", "state.safetensors", "session.json"])
+def test_truncated_session_file_is_a_user_error_and_leaves_the_running_session_intact(
+    damaged, tiny_bundle, first_frame, tmp_path
+):
+    """Issue #12: a damaged file is an error naming it, raised before the shared model is touched."""
+    saved = _session(tiny_bundle, first_frame)
+    saved.generate(["move left"])
+    saved.save(tmp_path / "session")
+    file = tmp_path / "session" / damaged
+    file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+    running = _session(tiny_bundle, first_frame)  # a session on the same model, as in `sfvgen play`
+    running.generate(["move up"])
+    parameters = {name: p.detach().clone() for name, p in running.fast_learner.parameters.items()}
+    with pytest.raises(UserInputError, match=rf"is corrupt: .*{damaged.split('/')[-1]}|{damaged.split('/')[-1]} is corrupt"):
+        GenerationSession.load(tmp_path / "session", tiny_bundle)
+    # the running session still owns the model's LoRA and keeps learning in it
+    lora_names = {name for name, _ in tiny_bundle.unet.named_parameters() if "lora_" in name}
+    assert lora_names == set(running.fast_learner.parameters)
+    running.generate(["move down"])
+    assert any(not torch.equal(parameters[n], p) for n, p in running.fast_learner.parameters.items())
+
+
+def test_extreme_seeds_are_accepted_and_out_of_range_seeds_refused(tiny_bundle, first_frame):
+    for seed in (2**64 - 1, -2**63):
+        _session(tiny_bundle, first_frame, f"seed={seed}").generate(["stay"])
+    for seed in (2**64, -2**63 - 1):
+        with pytest.raises(UserInputError, match=rf"seed must be an integer in \[-2\*\*63, 2\*\*64 - 1\], got {seed}"):
+            _config(f"seed={seed}")

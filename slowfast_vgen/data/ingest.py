@@ -32,7 +32,11 @@ from ..errors import UserInputError
 from .manifest import MANIFEST_NAME, Segment, write_manifest
 from .readers import VideoReadError, VideoReaderBackend, open_video, resize_center_crop
 
-VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v")
+VIDEO_EXTENSIONS: tuple[str, ...] = (
+    ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".mpe", ".m1v", ".m2v", ".vob"
+)
+"""Source files ``index_videos`` finds (case-insensitive). MPEG and AVI files are read with imageio
+by the ``auto`` backend (see ``readers.DECORD_UNRELIABLE_EXTENSIONS``)."""
 EPIC_COLUMNS: tuple[str, ...] = ("video_id", "start_timestamp", "stop_timestamp", "narration")
 _TIMESTAMP = re.compile(r"^(?:(\d+):)?(\d{1,2}):(\d{1,2}(?:\.\d+)?)$")
 

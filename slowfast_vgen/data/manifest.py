@@ -2,8 +2,9 @@
 
 A dataset root holds ``manifest.jsonl`` (one JSON object per line, one line per action
 segment), the videos it names, and optionally ``meta/<episode>.json`` ground-truth side files.
-Every path in the manifest is relative to the root and may not leave it: absolute paths and
-``..`` components are rejected. See ``slowfast_vgen/data/README.md`` for the full format.
+Every path in the manifest is relative to the root and may not leave it: absolute paths,
+``..`` components and symlinks that resolve outside the root are rejected. See
+``slowfast_vgen/data/README.md`` for the full format.
 """
 
 from __future__ import annotations
@@ -41,9 +42,24 @@ def check_relative_path(path: Any) -> str | None:
     return None
 
 
+def check_resolved_path(root: str | os.PathLike, relative: str) -> str | None:
+    """Why ``root / relative`` leaves ``root`` once symlinks are followed, or ``None`` when it stays inside.
+
+    The text of ``relative`` may be harmless (:func:`check_relative_path`) while a symlink on the
+    way (the file itself or a folder above it) points outside the root; this resolves both with
+    ``os.path.realpath``. A path that does not exist yet resolves as far as it exists.
+    """
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(os.path.join(real_root, relative))
+    if os.path.commonpath([real_root, real]) != real_root:
+        return f"path {relative!r} resolves to {real}, outside the dataset root (a symlink leaves it)"
+    return None
+
+
 def resolve_in_root(root: str | os.PathLike, relative: str) -> Path:
-    """``root / relative`` after checking that ``relative`` stays inside ``root`` (UserInputError if not)."""
-    problem = check_relative_path(relative)
+    """``root / relative`` after checking that ``relative`` stays inside ``root``, symlinks followed
+    (UserInputError if not)."""
+    problem = check_relative_path(relative) or check_resolved_path(root, relative)
     if problem:
         raise UserInputError(problem)
     return Path(root) / relative
@@ -140,23 +156,44 @@ def manifest_path(root_or_file: str | os.PathLike) -> Path:
 
 
 def iter_manifest(path: str | os.PathLike) -> Iterator[ManifestRow]:
-    """Every non-blank line of a manifest file, parsed leniently (problems reported, not raised)."""
+    """Every non-blank line of a manifest file, parsed leniently (problems reported, not raised).
+
+    Each line is decoded on its own, so a line that is not UTF-8 (a binary file) is one bad row.
+    A row whose video resolves outside the manifest's folder (the dataset root) through a symlink
+    is bad too.
+    """
     path = manifest_path(path)
     if not path.is_file():
         raise UserInputError(f"manifest not found: {path}")
-    with open(path, encoding="utf-8") as handle:
-        for number, text in enumerate(handle, start=1):
-            if not text.strip():
+    root = path.parent
+    escapes: dict[str, str | None] = {}  # video -> problem, each path resolved once
+    with open(path, "rb") as handle:
+        for number, data in enumerate(handle, start=1):
+            if not data.strip():
+                continue
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError as err:
+                yield ManifestRow(number, None, None, [
+                    f"not UTF-8 text (byte 0x{data[err.start]:02x} at column {err.start + 1}), so not a JSON row"
+                ])
                 continue
             try:
                 raw = json.loads(text)
             except json.JSONDecodeError as err:
-                yield ManifestRow(number, text.rstrip("\n"), None, [f"not valid JSON: {err.msg}"])
+                yield ManifestRow(number, text.rstrip("\r\n"), None, [f"not valid JSON: {err.msg}"])
                 continue
             try:
-                yield ManifestRow(number, raw, Segment.from_json(raw), [])
+                segment = Segment.from_json(raw)
             except ValueError as err:
                 yield ManifestRow(number, raw, None, str(err).split("; "))
+                continue
+            if segment.video not in escapes:
+                escapes[segment.video] = check_resolved_path(root, segment.video)
+            if escapes[segment.video]:
+                yield ManifestRow(number, raw, None, [escapes[segment.video]])
+                continue
+            yield ManifestRow(number, raw, segment, [])
 
 
 def read_manifest(path: str | os.PathLike) -> list[Segment]:

@@ -3,14 +3,22 @@
 :class:`VideoReaderBackend` is all the dataset and the data tools need: a frame count and
 random access to ``(N, H, W, 3) uint8`` frames. Two implementations:
 
-* ``decord`` (default): fast random access. Known problems (PLATFORM-NOTES.md): it takes frame
-  counts from the container (which can over-report) and can fail mid-file on corrupt data, so
-  every decoder error is turned into :class:`VideoReadError` naming the file, and
-  ``count_decodable()`` counts what really decodes. decord 0.6 also returns mis-strided frames
-  for some frame widths (measured: 8, 16, 24, 48 fail; 20, 32, 40, 64, 96 work); this is
-  detected on open and ``auto`` then reads that file with imageio.
-* ``imageio`` (fallback, e.g. where decord has no wheel): decodes the whole file with
-  imageio-ffmpeg on open and serves frames from memory; fine for the short clips we store.
+* ``decord`` (default): fast random access. Known problems: it takes frame counts from the
+  container (which can over-report) and can fail mid-file on corrupt data, so every decoder
+  error is turned into :class:`VideoReadError` naming the file, and ``count_decodable()``
+  counts what really decodes. decord 0.6 also returns mis-strided frames for some frame widths
+  (measured: 8, 16, 24, 48 fail; 20, 32, 40, 64, 96 work); this is detected on open and
+  ``auto`` then reads that file with imageio. On MPEG program streams (``.mpg``/``.mpeg``) decord
+  returns wrong frames without any error: on a 64x48 MPEG-1 file, frames fetched by index are
+  other (partly decoded) frames (``tests/test_data_tools.py`` checks this), and a 720x405 MPEG-1
+  file came back shifted by 12 frames with the last frame repeated, while imageio decoded both
+  exactly and decord read the same stream exactly once remuxed to ``.mkv`` or re-encoded to
+  H.264. ``auto`` therefore reads the containers in :data:`DECORD_UNRELIABLE_EXTENSIONS` with
+  imageio, and ``data_tools/validate.py`` compares the two decoders on sampled frames.
+* ``imageio`` (fallback, e.g. where decord has no wheel): decodes with the ffmpeg binary of
+  imageio-ffmpeg. Files up to :data:`IMAGEIO_MEMORY_BUDGET` bytes of decoded frames are held in
+  memory (the short clips we store); longer ones (source videos for ingest) are streamed:
+  each request decodes forward from the last position, restarting only to go back.
 
 Readers are cheap to open and hold OS resources, so callers open them lazily (per DataLoader
 worker), never when a dataset is constructed.
@@ -26,6 +34,13 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 
 BACKENDS: tuple[str, ...] = ("auto", "decord", "imageio")
+DECORD_UNRELIABLE_EXTENSIONS: tuple[str, ...] = (".mpg", ".mpeg", ".mpe", ".m1v", ".m2v", ".vob", ".avi")
+"""Containers the ``auto`` backend reads with imageio: decord 0.6 returns wrong frames on MPEG
+program streams (see the module docstring). The MPEG elementary streams and DVD ``.vob`` files
+carry the same video, and ``.avi`` is a precaution (decord seeks by timestamps, which AVI stores
+poorly; the H.264 and MPEG-4 ``.avi`` files tested here decoded exactly)."""
+IMAGEIO_MEMORY_BUDGET = 1 << 30
+"""Decoded bytes an :class:`ImageioVideoReader` keeps in memory before it switches to streaming."""
 
 
 def add_reader_arguments(parser) -> None:
@@ -150,28 +165,62 @@ class DecordVideoReader:
 
 
 class ImageioVideoReader:
-    """:class:`VideoReaderBackend` that decodes the whole file with imageio-ffmpeg on open."""
+    """:class:`VideoReaderBackend` on the ffmpeg binary of imageio-ffmpeg (any container ffmpeg reads).
 
-    def __init__(self, path: str | os.PathLike) -> None:
-        import imageio.v3 as iio
+    Opening decodes the file once to count its frames; when the decoded frames fit in
+    ``memory_budget`` bytes they are kept and served from memory, otherwise they are streamed:
+    ``get_frames`` decodes forward from the current position (restarting from the start only to
+    go back), so memory stays at the requested frames however long the video is.
+    """
 
+    def __init__(self, path: str | os.PathLike, memory_budget: int = IMAGEIO_MEMORY_BUDGET) -> None:
         self.path = str(path)
         if not Path(self.path).is_file():
             raise VideoReadError(self.path, "file not found")
-        frames = []
+        self._frames: np.ndarray | None = None  # (F, H, W, 3) when held in memory
+        self._stream = None  # streaming mode: an open frame generator and its position
+        self._position = 0
+        frames, count, kept_bytes = [], 0, 0
+        stream, meta = self._open_stream()
         try:
-            for frame in iio.imiter(self.path, plugin="FFMPEG"):
-                frames.append(np.asarray(frame, dtype=np.uint8))
-        except Exception as err:
-            if not frames:
-                raise VideoReadError(self.path, f"cannot open: {short_decoder_error(err)}") from None
-        if not frames:
+            for frame in stream:
+                count += 1
+                if frames is not None:
+                    frames.append(frame)
+                    kept_bytes += frame.nbytes
+                    if kept_bytes > memory_budget:
+                        frames = None  # too long to hold: count the rest, stream on request
+        except VideoReadError:
+            if count == 0:
+                raise
+        if count == 0:
             raise VideoReadError(self.path, "no decodable frames")
-        self._frames = np.stack(frames)  # (F, H, W, 3)
+        self._num_frames = count
+        self._fps = float(meta.get("fps") or 0.0)
+        if frames is not None:
+            self._frames = np.stack(frames)
+
+    def _open_stream(self):
+        """A generator of ``(H, W, 3) uint8`` frames from the start of the file, and the file's metadata."""
+        import imageio_ffmpeg
+
+        generator = imageio_ffmpeg.read_frames(self.path, pix_fmt="rgb24")
         try:
-            self._fps = float(iio.immeta(self.path, plugin="FFMPEG").get("fps", 0.0))
-        except Exception:
-            self._fps = 0.0
+            meta = next(generator)
+        except Exception as err:
+            raise VideoReadError(self.path, f"cannot open: {short_decoder_error(err)}") from None
+        width, height = meta["size"]
+
+        def frames():
+            try:
+                for data in generator:
+                    yield np.frombuffer(data, dtype=np.uint8).reshape(height, width, 3)
+            except Exception as err:  # ffmpeg stopped mid-file: a damaged or truncated stream
+                raise VideoReadError(self.path, f"cannot decode: {short_decoder_error(err)}") from None
+            finally:
+                generator.close()
+
+        return frames(), meta
 
     @property
     def fps(self) -> float:
@@ -179,16 +228,43 @@ class ImageioVideoReader:
 
     @property
     def num_frames(self) -> int:
-        return int(self._frames.shape[0])
+        return self._num_frames
+
+    @property
+    def streaming(self) -> bool:
+        """True when frames are decoded on request instead of held in memory."""
+        return self._frames is None
 
     def get_frames(self, indices: Sequence[int]) -> np.ndarray:
-        return self._frames[_check_indices(self.path, indices, self.num_frames)]
+        idx = _check_indices(self.path, indices, self._num_frames)
+        if self._frames is not None:
+            return self._frames[idx]
+        if not idx:
+            raise VideoReadError(self.path, "no frame indices requested")
+        wanted = set(idx)
+        if self._stream is None or min(wanted) < self._position:
+            if self._stream is not None:
+                self._stream.close()
+            self._stream, _ = self._open_stream()
+            self._position = 0
+        found: dict[int, np.ndarray] = {}
+        for frame in self._stream:
+            if self._position in wanted:
+                found[self._position] = frame
+            self._position += 1
+            if len(found) == len(wanted):
+                break
+        if len(found) < len(wanted):
+            missing = min(wanted - set(found))
+            raise VideoReadError(self.path, f"frame {missing} did not decode")
+        return np.stack([found[i] for i in idx])
 
     def count_decodable(self) -> int:
         return self.num_frames
 
 
-def _decord_available() -> bool:
+def decord_available() -> bool:
+    """True when decord can be imported."""
     try:
         import decord  # noqa: F401
     except ImportError:
@@ -199,18 +275,26 @@ def _decord_available() -> bool:
 def reader_factory(backend: str = "auto") -> Callable[[str], VideoReaderBackend]:
     """A function ``path -> reader`` for ``backend``.
 
-    ``"auto"`` = decord when installed, falling back to imageio per file when decord cannot
-    return that file's frames correctly (see :class:`DecordGeometryError`), else imageio.
+    ``"auto"`` = decord when installed, except for the containers decord decodes wrongly
+    (:data:`DECORD_UNRELIABLE_EXTENSIONS`) and the files whose width it gets wrong (see
+    :class:`DecordGeometryError`), which imageio reads; imageio everywhere without decord.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown video backend {backend!r}; expected one of {BACKENDS}")
     if backend == "auto":
-        return _open_auto if _decord_available() else ImageioVideoReader
+        return _open_auto if decord_available() else ImageioVideoReader
     return DecordVideoReader if backend == "decord" else ImageioVideoReader
 
 
+def decord_is_reliable_for(path: str | os.PathLike) -> bool:
+    """False for the containers decord 0.6 is known to decode wrongly (:data:`DECORD_UNRELIABLE_EXTENSIONS`)."""
+    return Path(path).suffix.lower() not in DECORD_UNRELIABLE_EXTENSIONS
+
+
 def _open_auto(path: str) -> VideoReaderBackend:
-    """decord, or imageio for the frame widths decord 0.6 gets wrong."""
+    """decord, or imageio for the containers and frame widths decord 0.6 gets wrong."""
+    if not decord_is_reliable_for(path):
+        return ImageioVideoReader(path)
     try:
         return DecordVideoReader(path)
     except DecordGeometryError:
@@ -264,7 +348,7 @@ def ffmpeg_decodable_frames(path: str | os.PathLike, timeout: float = 600.0) -> 
 
 def quiet_decoder_logs() -> None:
     """Silence FFmpeg's per-packet log lines printed by decord (call from entry points only)."""
-    if _decord_available():
+    if decord_available():
         import decord
 
         decord.logging.set_level(decord.logging.QUIET)

@@ -4,8 +4,11 @@ Container metadata is not trusted: frame counts come from decoding every frame w
 chosen reader (decord by default), so a truncated or partly corrupt file whose header still
 claims the full length is caught. When the reader stops early, the number reported is the
 deterministic count of :func:`ffmpeg_decodable_frames` (decord's varies between runs on damaged
-files), so the report is the same on every run. Problems are reported per manifest row, all of them at
-once, so one run lists everything to fix.
+files), so the report is the same on every run. Decoders are not trusted either: where decord is
+installed, a few frames sampled across every clean video are decoded by decord and by imageio,
+and a video on which they differ ("decoders disagree", e.g. decord on MPEG-1 ``.mpg`` files) is
+reported. Problems are reported per manifest row, all of them at once, so one run lists
+everything to fix.
 """
 
 from __future__ import annotations
@@ -15,9 +18,25 @@ import os
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from ..errors import UserInputError
 from .manifest import MANIFEST_NAME, iter_manifest, resolve_in_root
-from .readers import VideoReadError, VideoReaderBackend, ffmpeg_decodable_frames, open_video
+from .readers import (
+    DecordVideoReader,
+    ImageioVideoReader,
+    VideoReadError,
+    VideoReaderBackend,
+    decord_available,
+    ffmpeg_decodable_frames,
+    open_video,
+)
+
+AGREEMENT_SAMPLES = 5
+"""Frames per video, spread evenly from first to last, that decord and imageio must agree on."""
+AGREEMENT_TOLERANCE = 2.0
+"""Largest mean absolute difference (0-255 levels) between the two decoders' frames; the two agree
+exactly on H.264 and differ by tens of levels when decord returns another frame."""
 
 
 @dataclasses.dataclass
@@ -49,9 +68,8 @@ class RowProblem:
     reasons: list[str]
 
     def format(self, manifest: str = MANIFEST_NAME) -> str:
-        where = f"{manifest}:{self.line}"
-        video = f" {self.video}" if self.video else ""
-        return f"{where}:{video}: {'; '.join(self.reasons)}"
+        video = f" {self.video}:" if self.video else ""
+        return f"{manifest}:{self.line}:{video} {'; '.join(self.reasons)}"
 
 
 @dataclasses.dataclass
@@ -98,7 +116,56 @@ def check_video(path: str | os.PathLike, backend: str = "auto") -> VideoCheck:
         if strict >= reported:
             return VideoCheck(reported, decodable, "the video reader fails on frames that ffmpeg decodes")
         decodable = strict
+    elif disagreement := decoder_disagreement(path, reader):
+        return VideoCheck(reported, decodable, disagreement)
     return VideoCheck(reported, decodable)
+
+
+def decoder_disagreement(
+    path: str | os.PathLike,
+    reader: VideoReaderBackend | None = None,
+    samples: int = AGREEMENT_SAMPLES,
+    tolerance: float = AGREEMENT_TOLERANCE,
+) -> str | None:
+    """Why decord and imageio return different frames for ``path``, or ``None`` when they agree.
+
+    Compares the frame counts and ``samples`` frames spread over the video (decord by random
+    access, as the chunk dataset reads). ``reader`` is an already open reader of either kind,
+    reused for its side. ``None`` as well when decord is not installed or cannot open the file
+    (a reader that fails loudly is reported by the other checks; this one looks for silent errors).
+    """
+    if not decord_available():
+        return None
+    readers: dict[str, VideoReaderBackend] = {}
+    for name, kind in (("decord", DecordVideoReader), ("imageio", ImageioVideoReader)):
+        if isinstance(reader, kind):
+            readers[name] = reader
+            continue
+        try:
+            readers[name] = kind(path)
+        except VideoReadError:  # includes decord's known width bug, which auto works around
+            return None
+    counts = {name: r.num_frames for name, r in readers.items()}
+    if counts["decord"] != counts["imageio"]:
+        return f"decoders disagree: decord counts {counts['decord']} frames, imageio decodes {counts['imageio']}"
+    indices = sorted({int(round(i)) for i in np.linspace(0, counts["decord"] - 1, samples)})
+    try:
+        frames = {name: r.get_frames(indices).astype(np.float32) for name, r in readers.items()}
+    except VideoReadError:
+        return None
+    if frames["decord"].shape != frames["imageio"].shape:
+        sizes = {name: tuple(f.shape[1:3]) for name, f in frames.items()}
+        return f"decoders disagree: decord frames are {sizes['decord']}, imageio's {sizes['imageio']}"
+    differences = np.abs(frames["decord"] - frames["imageio"]).mean(axis=(1, 2, 3))
+    bad = [(index, float(d)) for index, d in zip(indices, differences) if d > tolerance]
+    if not bad:
+        return None
+    index, difference = bad[0]
+    return (
+        f"decoders disagree: decord and imageio return different frames at {len(bad)} of {len(indices)} sampled "
+        f"indices (frame {index}: mean absolute difference {difference:.1f} > {tolerance}); "
+        "re-encode the video as H.264 .mp4"
+    )
 
 
 def count_decodable_frames(reader: VideoReaderBackend, chunk: int = 64) -> int:
