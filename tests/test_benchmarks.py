@@ -1,0 +1,85 @@
+"""benchmarks/modelscope_gpu.py: a CPU smoke run of the tiny preset, and the real config on the meta device."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import UNet3DConditionModel
+from torch.utils.flop_counter import FlopCounterMode
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    name = "benchmark_modelscope_gpu"
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / "modelscope_gpu.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(name, None)
+
+
+def independent_forward_flops(unet_config: dict, batch: int, frames: int, size: int, tokens: int) -> int:
+    """One forward of a plain diffusers UNet3D on the meta device, counted by FlopCounterMode."""
+    with torch.device("meta"):
+        unet = UNet3DConditionModel(**unet_config)
+        sample = torch.empty(batch, unet_config["in_channels"], frames, size, size)
+        states = torch.empty(batch, tokens, unet_config["cross_attention_dim"])
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        unet(sample, 500, encoder_hidden_states=states)
+    return counter.get_total_flops()
+
+
+def test_tiny_cpu_run_writes_every_mode(bench, tmp_path):
+    assert bench.main(["--size", "tiny", "--device", "cpu", "--chunks", "2", "--out", str(tmp_path), "--name", "smoke"]) == 0
+    result = json.loads((tmp_path / "smoke.json").read_text())
+    modes, summary, config = result["modes"], result["summary"], result["config"]
+    preset = bench.PRESETS["tiny"]
+    assert set(modes) == set(bench.MODES)
+    assert config["frames"] == preset.frames and config["context_frames"] == 8 and config["steps"] == preset.steps
+
+    for name, mode in modes.items():
+        assert len(mode["per_chunk"]) == 2 and mode["measured_chunks"] == 1 and not mode["truncated"]
+        assert [c["warmup"] for c in mode["per_chunk"]] == [True, False]
+        assert all(c["seconds"] > 0 and c["sampling_seconds"] > 0 for c in mode["per_chunk"])
+        assert mode["peak_memory_mb"] > 0
+        # the FLOP count matches an independent count of one forward at the mode's batch and frames
+        frames = preset.frames + (0 if name == "reference" else config["context_frames"])
+        assert mode["unet_frames"] == frames and mode["unet_batch"] == 2
+        expected = independent_forward_flops(preset.unet, 2, frames, preset.latent_size, preset.text_tokens)
+        assert mode["unet_forward_flops"] == expected > 0
+        # per-chunk FLOPs, MFU and the means follow from the records
+        assert mode["flops_per_chunk"] == config["steps"] * expected + mode["temp_lora_update_flops"]
+        seconds = mode["per_chunk"][1]["seconds"]
+        assert mode["seconds_per_chunk"] == pytest.approx(seconds)
+        assert mode["mfu"] == pytest.approx(mode["flops_per_chunk"] / seconds / (result["peak_tflops"] * 1e12))
+    lora = modes["project_temp_lora"]
+    assert lora["temp_lora_update_flops"] > 0 and lora["per_chunk"][1]["update_seconds"] > 0
+    assert modes["project"]["per_chunk"][1]["update_seconds"] == 0
+
+    ref, project = modes["reference"], modes["project"]
+    assert summary["project_over_reference_time"] == pytest.approx(project["seconds_per_chunk"] / ref["seconds_per_chunk"])
+    assert summary["project_over_reference_flops"] == pytest.approx(project["flops_per_chunk"] / ref["flops_per_chunk"])
+    assert summary["temp_lora_time_ratio"] == pytest.approx(lora["seconds_per_chunk"] / project["seconds_per_chunk"])
+    assert summary["temp_lora_memory_ratio"] == pytest.approx(lora["peak_memory_mb"] / project["peak_memory_mb"])
+    assert summary["project_mfu"] == project["mfu"]
+    assert summary["goal"]["met"] == (summary["project_over_reference_time"] <= 0.8 and project["mfu"] >= 0.45)
+
+
+def test_full_size_config_builds_on_meta(bench):
+    unet = bench.build_unet(bench.PRESETS["modelscope"], "meta")
+    assert all(p.device.type == "meta" for p in unet.parameters())  # no memory behind the weights
+    assert sum(p.numel() for p in unet.parameters()) == pytest.approx(1.41e9, abs=0.02e9)
+
+
+def test_bad_arguments_are_user_errors(bench, tmp_path):
+    for argv in (["--modes", "fastest"], ["--chunks", "1", "--warmup", "1"], ["--guidance-scale", "1"]):
+        with pytest.raises(bench.UserInputError):
+            bench.main(["--size", "tiny", "--device", "cpu", "--out", str(tmp_path), *argv])
