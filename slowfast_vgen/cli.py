@@ -6,6 +6,7 @@ Subcommands:
 * ``sfvgen play``       — interactive: one action per line, the video grows as you type.
 * ``sfvgen eval``       — chunk / long / revisit / rollout suites against exact ground truth.
 * ``sfvgen make-model`` — write a freshly initialised model directory from a config.
+* ``sfvgen plan``       — long-horizon planning: subgoals -> video plan -> inverse dynamics -> the world.
 
 Bad input (no actions, an empty action, an unreadable image, an unknown config key, a broken
 model directory, pickle weights, a chunk larger than the window) prints one ``error:`` line
@@ -456,6 +457,43 @@ def _int_list(text: str | None) -> str | None:
     return "[" + ",".join(str(seed) for seed in seeds) + "]"
 
 
+# ---------------------------------------------------------------------------- plan
+PLAN_TASKS = ("navigate-return", "blocks-return")  # = planning.TASKS (no torch import here)
+
+
+def plan_main(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .planning import PlanConfig, markdown_table, resolve_task, run_plan, save_plan_results
+
+    flags = {"episodes": args.episodes, "seed": args.seed, "policy": args.policy, "loop": args.loop,
+             "oracle": "true" if args.oracle else None, "generation.fast.mode": args.fast,
+             "generation.sampler.num_inference_steps": args.steps}
+    overrides = [f"{key}={value}" for key, value in flags.items() if value is not None] + list(args.overrides)
+
+    def plan_config(defaults=None):
+        config = load_config(PlanConfig, args.config, overrides, defaults=defaults)
+        config.task = args.task  # paths: set as given (flags win), never parsed as YAML values
+        config.idm = args.idm or config.idm
+        return config
+
+    config = plan_config()
+    resolve_task(config.task, config.num_blocks)  # a bad task fails here, before any model is loaded
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserInputError(f"--out: {out} is a file; give a directory")
+    _quiet_libraries()
+    bundle = model_path = None
+    if config.uses_video_model:
+        bundle, model_path = _load_bundle(args)
+        config = plan_config(defaults={"generation": bundle.metadata.get("generation", {})})
+    result = run_plan(config, bundle, progress=None if args.quiet else (lambda line: print(line, flush=True)))
+    result["model"] = model_path
+    written = save_plan_results(result, out, fps=bundle.fps if bundle is not None else 8.0)
+    print(markdown_table(result))
+    print("wrote " + ", ".join(written.values()))
+    return 0
+
+
 # ---------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sfvgen", description="Action-driven long video generation with slow-fast learning.")
@@ -494,6 +532,27 @@ def build_parser() -> argparse.ArgumentParser:
                           help="EvalConfig overrides, e.g. actions_per_route=10 metrics.resnet18_weights=r18.safetensors")
     _add_model_options(evaluate)
     evaluate.set_defaults(handler=eval_main)
+
+    plan = sub.add_parser("plan", help="long-horizon planning: video plans executed by an inverse dynamics model",
+                          description="Each subgoal becomes one generated chunk, an inverse dynamics model reads the "
+                                      "action, the procedural world executes it; return tasks on held-out worlds "
+                                      "(mean and 95% CI over episodes).")
+    plan.add_argument("--task", required=True, help=f"{' | '.join(PLAN_TASKS)} | a task file (YAML: world, outward, return)")
+    plan.add_argument("--episodes", type=int, help="episodes, one held-out world each (default 4)")
+    plan.add_argument("--seed", type=int, help="generation seed of episode 0 (episode i: seed + i) and random-policy seed (default 0)")
+    plan.add_argument("--fast", choices=["paper", "off", "text", "full-sequence"], help="Temp-LoRA rule of the video model (default: paper)")
+    plan.add_argument("--oracle", action="store_true", help="world model = the world's own renderer (upper bound)")
+    plan.add_argument("--policy", choices=["model", "random"], help="model = world model + IDM (default); random = uniform primitives")
+    plan.add_argument("--loop", choices=["closed", "open"], help="closed (default) = re-seed from every real observation; open = plan on generated frames only")
+    plan.add_argument("--idm", help="'analytic' (default) or a trained IDM directory (train/train_idm.py)")
+    plan.add_argument("--steps", type=int, help="denoising steps per chunk")
+    plan.add_argument("--out", required=True, help="output directory: results.json, results.md, episodes/episode-NNN.mp4")
+    plan.add_argument("--config", help="YAML with PlanConfig values")
+    plan.add_argument("--quiet", action="store_true", help="no per-episode lines")
+    plan.add_argument("overrides", nargs="*", metavar="key=value",
+                      help="PlanConfig overrides, e.g. outward_actions=3 generation.frames_per_chunk=4")
+    _add_model_options(plan)
+    plan.set_defaults(handler=plan_main)
 
     make_model = sub.add_parser("make-model", help="write a freshly initialised model directory",
                                 description="Write a random-weight model (for tests, demos and as a training start).")

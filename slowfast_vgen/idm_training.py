@@ -1,0 +1,256 @@
+"""Training the inverse dynamics model on chunks rendered on the fly from procedural worlds.
+
+    python train/train_idm.py output_dir=/work/idm/nav world=navigation max_minutes=5
+
+* Data: :class:`~slowfast_vgen.inverse_dynamics.PairSampler` renders (first, last) frame pairs
+  of one action's chunk with exact labels. Training worlds have seeds ``seed * 1_000_000 + w``
+  (``w < num_worlds``), held-out worlds ``val_seed * 1_000_000 + w`` (``w < val_worlds``); both
+  seeds must be below 900, so neither ever touches the evaluation and planning worlds
+  (``900_000_000 + i``). Batch ``n`` is a pure function of ``(seed, n)``.
+* Augmentation (generated frames are blurry and noisy, renders are not): per sample, Gaussian
+  pixel noise of a random strength up to ``noise_std`` and, with probability ``blur_prob``, a
+  3x3 box blur; drawn from a generator seeded with ``(seed, n)``.
+* Loss: cross-entropy over the primitives + ``displacement_weight`` x smooth-L1 of the
+  displacement divided by the model's ``displacement_scale``.
+* Checkpoints: ``output_dir/checkpoint/`` (``model/`` safetensors + config, optimizer moments
+  as safetensors, ``trainer_state.json``) written to a temporary directory and renamed when
+  complete (:func:`~slowfast_vgen.io_utils.atomic_output_dir`). Re-running the same command
+  resumes from it exactly (same batches, same augmentation, same optimizer state).
+* At the end (``max_steps`` reached, or stopped by ``max_minutes`` / ``stop_after``): ``output_dir/model/``
+  and ``output_dir/eval.json``, the accuracy on ``val_chunks`` chunks of the held-out worlds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from .config import help_field
+from .errors import UserInputError
+from .inverse_dynamics import IDM_WORLDS, InverseDynamicsModel, PairBatch, PairSampler, evaluate_reader, load_idm
+from .io_utils import atomic_output_dir, atomic_write_json
+
+_IDM_SEED_LIMIT = 900  # dataset seeds below this never reach the evaluation worlds (900_000_000 + i)
+
+
+@dataclasses.dataclass
+class IDMTrainConfig:
+    """One inverse dynamics model trained on one world (see the module docstring)."""
+
+    output_dir: str = help_field("", "directory for checkpoint/, model/, eval.json, train_log.jsonl (required)")
+    world: str = help_field("navigation", f"world: {' | '.join(IDM_WORLDS)}")
+    world_overrides: list[str] = help_field([], "world config overrides, e.g. ['num_blocks=4'] (view_size comes from size)")
+    size: int = help_field(32, "frame height and width in pixels (= the video model's)")
+    frames_per_action: int = help_field(8, "K: frames per action chunk (= the video model's frames_per_chunk)")
+    seed: int = help_field(700, "training world seed: worlds seed * 1_000_000 + w (below 900)")
+    num_worlds: int = help_field(400, "training worlds (built once and cached)")
+    val_seed: int = help_field(701, "held-out world seed (below 900, different from seed)")
+    val_worlds: int = help_field(50, "held-out worlds")
+    val_chunks: int = help_field(1000, "held-out chunks scored at the end")
+    batch_size: int = help_field(64, "pairs per step")
+    max_steps: int = help_field(3000, "optimizer steps")
+    max_minutes: float = help_field(0.0, "stop (checkpointed, resumable) after this many minutes; 0 = no limit")
+    stop_after: int = help_field(0, "stop (checkpointed, resumable) after this many steps of this run; 0 = no limit")
+    lr: float = help_field(1e-3, "AdamW learning rate (cosine decay to 10 % over max_steps)")
+    weight_decay: float = help_field(1e-4, "AdamW weight decay")
+    displacement_weight: float = help_field(1.0, "weight of the displacement loss")
+    noise_std: float = help_field(0.06, "largest per-sample Gaussian pixel noise, in [-1, 1] units")
+    blur_prob: float = help_field(0.3, "probability of a 3x3 box blur per sample")
+    channels: list[int] = help_field([32, 64, 128, 128], "CNN widths: a stem, then one stride-2 stage each")
+    hidden_dim: int = help_field(256, "MLP width")
+    checkpoint_every: int = help_field(250, "steps between checkpoints")
+    log_every: int = help_field(50, "steps between train_log.jsonl lines")
+    num_threads: int = help_field(1, "torch CPU threads (the project's CPU is shared: keep 1)")
+    resume: bool = help_field(True, "continue from output_dir/checkpoint when it exists")
+
+    def __post_init__(self) -> None:
+        checks = [
+            (bool(self.output_dir), "output_dir is required"),
+            (self.world in IDM_WORLDS, f"world must be one of {IDM_WORLDS}, got {self.world!r}"),
+            (0 <= self.seed < _IDM_SEED_LIMIT and 0 <= self.val_seed < _IDM_SEED_LIMIT and self.seed != self.val_seed,
+             f"seed and val_seed must differ and lie in [0, {_IDM_SEED_LIMIT}), got {self.seed}, {self.val_seed}"),
+            (min(self.num_worlds, self.val_worlds, self.val_chunks, self.batch_size) >= 1,
+             "num_worlds, val_worlds, val_chunks and batch_size must be >= 1"),
+            (self.max_steps >= 1 and self.max_minutes >= 0 and self.stop_after >= 0,
+             f"need max_steps >= 1, max_minutes >= 0, stop_after >= 0, got {self.max_steps}, {self.max_minutes}, {self.stop_after}"),
+            (self.lr > 0 and self.noise_std >= 0 and 0 <= self.blur_prob <= 1,
+             f"need lr > 0, noise_std >= 0, blur_prob in [0, 1], got {self.lr}, {self.noise_std}, {self.blur_prob}"),
+            (self.checkpoint_every >= 1 and self.log_every >= 1 and self.num_threads >= 1,
+             "checkpoint_every, log_every and num_threads must be >= 1"),
+            (not any(o.split("=")[0].strip() == "view_size" for o in self.world_overrides),
+             "set the frame size with size=, not world_overrides view_size"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+
+@dataclasses.dataclass
+class IDMTrainResult:
+    step: int
+    finished: bool  # max_steps reached (False: stopped by max_minutes or stop_after, resumable)
+    output_dir: Path
+    evaluation: dict | None
+
+
+def augment(batch: PairBatch, generator: torch.Generator, noise_std: float, blur_prob: float) -> PairBatch:
+    """Noise and blur the frames (the same draw for a sample's first and last frame), clamped to [-1, 1]."""
+    b = batch.first.shape[0]
+    pair = torch.stack([batch.first, batch.last], dim=1)  # 2 x (B, 3, H, W) -> (B, 2, 3, H, W)
+    blur = torch.rand(b, generator=generator) < blur_prob
+    if blur.any():
+        flat = pair[blur].flatten(0, 1)  # (b', 2, 3, H, W) -> (b' * 2, 3, H, W)
+        blurred = F.avg_pool2d(F.pad(flat, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+        pair[blur] = blurred.unflatten(0, (-1, 2))
+    strength = torch.rand(b, 1, 1, 1, 1, generator=generator) * noise_std
+    pair = (pair + strength * torch.randn(pair.shape, generator=generator)).clamp(-1, 1)
+    return PairBatch(pair[:, 0], pair[:, 1], batch.labels, batch.displacement)
+
+
+def idm_loss(model: InverseDynamicsModel, batch: PairBatch, displacement_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(loss, accuracy)`` of one batch: cross-entropy + weighted smooth-L1 on the normalised displacement."""
+    logits, displacement = model(batch.first, batch.last)
+    target = batch.displacement / model.config.displacement_scale
+    loss = F.cross_entropy(logits, batch.labels) + displacement_weight * F.smooth_l1_loss(displacement, target)
+    return loss, (logits.argmax(-1) == batch.labels).float().mean()
+
+
+def lr_factor(step: int, max_steps: int) -> float:
+    """Cosine decay from 1 to 0.1 over ``max_steps`` (a pure function of the step: exact resume)."""
+    return 0.1 + 0.45 * (1 + math.cos(math.pi * min(step, max_steps) / max_steps))
+
+
+def _batch_rng(seed: int, step: int) -> tuple[np.random.Generator, torch.Generator]:
+    """The data and augmentation generators of batch ``step`` (a pure function: exact resume)."""
+    numpy_rng = np.random.default_rng([seed, step])
+    torch_rng = torch.Generator().manual_seed(int(numpy_rng.integers(2**62)))
+    return numpy_rng, torch_rng
+
+
+def _save_checkpoint(path: Path, model: InverseDynamicsModel, optimizer: torch.optim.Optimizer, step: int) -> None:
+    from .checkpointing import save_optimizer_state
+
+    with atomic_output_dir(path) as tmp:
+        model.save_pretrained(tmp / "model", safe_serialization=True)
+        save_optimizer_state(optimizer, tmp / "optimizer.safetensors")
+        atomic_write_json(tmp / "trainer_state.json", {"step": step})  # written last
+
+
+def train_idm(config: IDMTrainConfig, progress=print) -> IDMTrainResult:
+    """Train (or resume) one IDM on ``config.num_threads`` CPU threads (restored afterwards); returns
+    where it stopped and the held-out evaluation."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(config.num_threads)
+    try:
+        return _train_idm(config, progress)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _train_idm(config: IDMTrainConfig, progress) -> IDMTrainResult:
+    from .checkpointing import load_optimizer_state
+
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    # 1. data: training and held-out world pools (disjoint seeds, both below the evaluation worlds)
+    sampler = PairSampler(config.world, config.size, config.frames_per_action, config.seed, config.num_worlds,
+                          config.world_overrides)
+    # 2. model and optimizer, resumed from the checkpoint when there is one
+    checkpoint = out / "checkpoint"
+    step = 0
+    if config.resume and (checkpoint / "trainer_state.json").is_file():
+        model = load_idm(checkpoint / "model").train()
+        if (list(model.config.primitives) != list(sampler.primitives) or model.config.image_size != config.size
+                or model.config.frames_per_action != config.frames_per_action):
+            raise UserInputError(f"checkpoint {checkpoint} was trained for another world, size or frames_per_action; "
+                                 "use a new output_dir")
+        step = int(json.loads((checkpoint / "trainer_state.json").read_text())["step"])
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)  # the initial weights are a function of the config
+            model = InverseDynamicsModel(
+                world=config.world, primitives=list(sampler.primitives), image_size=config.size,
+                frames_per_action=config.frames_per_action, displacement_scale=sampler.displacement_scale,
+                world_overrides=list(config.world_overrides), channels=list(config.channels), hidden_dim=config.hidden_dim,
+            )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    if step:
+        load_optimizer_state(optimizer, checkpoint / "optimizer.safetensors")
+        progress(f"resuming {checkpoint} at step {step}")
+    # 3. the loop: render a batch, augment, step; checkpoint atomically
+    model.train()
+    log = (out / "train_log.jsonl").open("a", encoding="utf-8")
+    finished, first_step = step >= config.max_steps, step
+    try:
+        while step < config.max_steps:
+            numpy_rng, torch_rng = _batch_rng(config.seed, step)
+            batch = augment(sampler.batch(numpy_rng, config.batch_size), torch_rng, config.noise_std, config.blur_prob)
+            loss, accuracy = idm_loss(model, batch, config.displacement_weight)
+            lr = config.lr * lr_factor(step, config.max_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            if step % config.log_every == 0 or step == config.max_steps:
+                line = {"step": step, "loss": round(loss.item(), 5), "batch_accuracy": round(accuracy.item(), 4),
+                        "lr": round(lr, 7), "minutes": round((time.monotonic() - started) / 60, 3)}
+                log.write(json.dumps(line) + "\n")
+                log.flush()
+                progress(json.dumps(line))
+            out_of_time = bool(config.max_minutes and time.monotonic() - started > 60 * config.max_minutes
+                               or config.stop_after and step - first_step >= config.stop_after)
+            if step % config.checkpoint_every == 0 or step == config.max_steps or out_of_time:
+                _save_checkpoint(checkpoint, model, optimizer, step)
+            if out_of_time:
+                break
+        finished = step >= config.max_steps
+    finally:
+        log.close()
+    # 4. the model and its accuracy on held-out worlds
+    model.eval()
+    with atomic_output_dir(out / "model") as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+    held_out = PairSampler(config.world, config.size, config.frames_per_action, config.val_seed, config.val_worlds,
+                           config.world_overrides)
+    evaluation = {"step": step, "finished": finished, "world": config.world, "size": config.size,
+                  "frames_per_action": config.frames_per_action, "val_seed": config.val_seed,
+                  "val_worlds": config.val_worlds, **evaluate_reader(model, held_out, config.val_chunks, seed=config.val_seed)}
+    atomic_write_json(out / "eval.json", evaluation)
+    progress(f"held-out accuracy {evaluation['accuracy']:.4f} on {config.val_chunks} chunks of {config.val_worlds} "
+             f"worlds (chance {evaluation['chance']:.3f}), displacement MAE {evaluation['displacement_mae']:.3f} "
+             f"{evaluation['displacement_units']}")
+    return IDMTrainResult(step, finished, out, evaluation)
+
+
+
+def idm_main(argv=None) -> int:
+    """``train/train_idm.py``: ``[--config YAML] key=value ...`` -> :func:`train_idm`."""
+    import argparse
+
+    from .config import load_config
+    from .errors import run_cli
+
+    def main(args) -> int:
+        parser = argparse.ArgumentParser(description="Train an inverse dynamics model on procedural-world chunks.")
+        parser.add_argument("--config", help="YAML file with IDMTrainConfig values")
+        parser.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. output_dir=/work/idm/nav max_minutes=5")
+        parsed = parser.parse_args(args)
+        result = train_idm(load_config(IDMTrainConfig, parsed.config, parsed.overrides), progress=lambda s: print(s, flush=True))
+        print(f"{'done' if result.finished else 'stopped by the time budget (re-run to continue)'}: step {result.step}, "
+              f"model in {result.output_dir / 'model'}")
+        return 0
+
+    return run_cli(main, argv)
+
+
+__all__ = ["IDMTrainConfig", "IDMTrainResult", "augment", "idm_loss", "idm_main", "train_idm"]

@@ -1,0 +1,174 @@
+"""Planning (paper §3.4): inverse dynamics models, the oracle and random bounds, `sfvgen plan` end to end."""
+
+import json
+
+import decord
+import numpy as np
+import pytest
+import torch
+
+from slowfast_vgen.cli import PLAN_TASKS, main
+from slowfast_vgen.errors import UserInputError
+from slowfast_vgen.idm_training import IDMTrainConfig, train_idm
+from slowfast_vgen.inverse_dynamics import (
+    ColourTrackingIDM, InverseDynamicsModel, PairSampler, ShiftSearchIDM, evaluate_reader, load_idm,
+)
+from slowfast_vgen.planning import TASKS, PlanConfig, resolve_task, run_plan
+from slowfast_vgen.session import GenerationConfig
+
+TINY_IDM = ["size=16", "frames_per_action=3", "num_worlds=8", "val_worlds=4", "val_chunks=200", "batch_size=32",
+            "channels=[8,16,32]", "hidden_dim=64", "lr=3e-3", "log_every=1000"]
+TINY_GENERATION = ["generation.frames_per_chunk=3", "generation.context_frames=3", "generation.window=6",
+                   "generation.fast.rank=4"]
+
+
+def _plain(config) -> dict:
+    """A model config without diffusers' bookkeeping keys, tuples as lists (as JSON stores them)."""
+    return json.loads(json.dumps({k: v for k, v in config.items() if not k.startswith("_")}))
+
+
+def _plan(task, policy="model", oracle=False, episodes=3, **kwargs):
+    config = PlanConfig(task=task, episodes=episodes, policy=policy, oracle=oracle, **kwargs)
+    return run_plan(config)
+
+
+def test_cli_task_names_match_the_library():
+    assert PLAN_TASKS == tuple(TASKS)
+
+
+def test_oracle_returns_to_start_and_random_policy_does_not():
+    oracle = _plan("navigate-return", oracle=True)
+    random = _plan("navigate-return", policy="random", seed=1)  # (seed 0 returns once by chance: 8 random moves)
+    for episode in oracle["episodes"]:
+        assert episode["scores"]["final_distance_px"] <= 1.0 and episode["scores"]["waypoint_distance_px"] <= 1.0
+        assert episode["scores"]["success"] and episode["scores"]["action_agreement"] == 1.0
+    for episode in random["episodes"]:  # worlds 900000000-2
+        assert episode["scores"]["final_distance_px"] > 1.0 and not episode["scores"]["success"]
+    assert random["summary"]["success"]["mean"] == 0.0
+    # the same tasks for both policies: held-out worlds and subgoals do not depend on the policy
+    assert [e["start"] for e in oracle["episodes"]] == [e["start"] for e in random["episodes"]]
+
+
+def test_blocks_oracle_puts_every_block_back_and_random_does_not():
+    oracle = _plan("blocks-return", oracle=True, episodes=2)
+    random = _plan("blocks-return", policy="random", episodes=2)
+    assert all(e["scores"]["block_distance"] == 0.0 and e["scores"]["success"] for e in oracle["episodes"])
+    assert not any(e["scores"]["success"] for e in random["episodes"])
+    assert random["summary"]["block_distance"]["mean"] > 1.0
+
+
+def test_open_loop_oracle_equals_closed_loop():
+    closed = _plan("navigate-return", oracle=True, episodes=1, loop="closed")
+    opened = _plan("navigate-return", oracle=True, episodes=1, loop="open")
+    assert closed["episodes"][0]["steps"] == opened["episodes"][0]["steps"]
+    assert np.array_equal(closed["videos"][0], opened["videos"][0])
+
+
+def test_analytic_readers_are_exact_on_rendered_chunks():
+    nav = PairSampler("navigation", 16, 3, seed=710, num_worlds=4)
+    assert evaluate_reader(ShiftSearchIDM(), nav, 60)["accuracy"] == 1.0
+    blocks = PairSampler("blocks", 32, 8, seed=710, num_worlds=4)
+    reader = ColourTrackingIDM(blocks.world_config)
+    world = blocks.world(0)
+    script = world.move_and_return_script(np.random.default_rng(0), world.initial_state, 6)
+    frames, _ = world.rollout(world.initial_state, script, 8)
+    assert [reader.read(frames[i * 8:(i + 1) * 8 + 1]).primitive for i in range(6)] == script
+
+
+def test_idm_save_load_round_trip_is_exact(tmp_path):
+    torch.manual_seed(0)
+    model = InverseDynamicsModel(image_size=16, frames_per_action=3, displacement_scale=3.0, channels=(8, 16), hidden_dim=32)
+    model.save_pretrained(tmp_path / "idm", safe_serialization=True)
+    assert not list((tmp_path / "idm").glob("*.bin"))
+    loaded = load_idm(tmp_path / "idm")
+    assert _plain(loaded.config) == _plain(model.config)
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
+    chunk = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
+    assert model.eval().read(chunk) == loaded.read(chunk)
+    (tmp_path / "pickled").mkdir()
+    (tmp_path / "pickled" / "config.json").write_text((tmp_path / "idm" / "config.json").read_text())
+    torch.save(model.state_dict(), tmp_path / "pickled" / "diffusion_pytorch_model.bin")
+    with pytest.raises(UserInputError, match="pickle"):
+        load_idm(tmp_path / "pickled")
+
+
+def test_idm_trained_briefly_beats_chance_and_resumes_exactly(tmp_path):
+    from slowfast_vgen.config import load_config
+
+    result = train_idm(load_config(IDMTrainConfig, None, [f"output_dir={tmp_path / 'full'}", "max_steps=150", *TINY_IDM]),
+                       progress=lambda line: None)
+    evaluation = json.loads((tmp_path / "full" / "eval.json").read_text())
+    assert result.finished and evaluation["step"] == 150 and evaluation["chance"] == 0.2
+    assert evaluation["accuracy"] > 0.5, evaluation  # measured 0.98; chance is 0.2
+    # stopped at step 20 and resumed to 40 == 40 straight (same batches, augmentation, optimizer state)
+    common = ["max_steps=40", "val_chunks=5", "checkpoint_every=15", *(o for o in TINY_IDM if not o.startswith("val_chunks"))]
+    train_idm(load_config(IDMTrainConfig, None, [f"output_dir={tmp_path / 'straight'}", *common]), progress=lambda line: None)
+    pieces = [f"output_dir={tmp_path / 'pieces'}", *common]
+    stopped = train_idm(load_config(IDMTrainConfig, None, [*pieces, "stop_after=20"]), progress=lambda line: None)
+    assert (stopped.step, stopped.finished) == (20, False)
+    resumed = train_idm(load_config(IDMTrainConfig, None, pieces), progress=lambda line: None)
+    assert (resumed.step, resumed.finished) == (40, True)
+    a, b = load_idm(tmp_path / "straight" / "model"), load_idm(tmp_path / "pieces" / "model")
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), name
+
+
+def test_cli_plan_with_oracle_writes_results_table_and_video(tmp_path, capsys):
+    out = tmp_path / "oracle"
+    assert main(["plan", "--task", "navigate-return", "--oracle", "--episodes", "1", "--quiet", "--out", str(out),
+                 "outward_actions=2", "size=16", "generation.frames_per_chunk=3"]) == 0
+    result = json.loads((out / "results.json").read_text())
+    assert result["world_model"] == "oracle" and result["summary"]["final_distance_px"]["mean"] == 0.0
+    assert result["summary"]["final_distance_px"]["low"] is None  # one episode: no interval
+    steps = result["episodes"][0]["steps"]
+    assert len(steps) == 4 and all(s["executed"] == s["intended"] for s in steps)
+    assert "final_distance_px" in (out / "results.md").read_text()
+    video = decord.VideoReader(str(out / result["episodes"][0]["video"]))
+    assert len(video) == 1 + 4 * 3 and video[0].shape[1] > video[0].shape[0]  # target | plan | executed
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_cli_plan_with_the_tiny_video_model_and_a_learned_idm(tiny_model_dir, tmp_path):
+    idm = tmp_path / "idm"
+    InverseDynamicsModel(image_size=16, frames_per_action=3, displacement_scale=3.0, channels=(8, 16),
+                         hidden_dim=32).save_pretrained(idm, safe_serialization=True)
+    out = tmp_path / "model"
+    assert main(["plan", "--task", "navigate-return", "--model", str(tiny_model_dir), "--episodes", "1", "--seed", "3",
+                 "--fast", "paper", "--steps", "2", "--idm", str(idm), "--quiet", "--out", str(out),
+                 "outward_actions=1", *TINY_GENERATION]) == 0
+    result = json.loads((out / "results.json").read_text())
+    assert result["world_model"] == "video model" and result["fast_mode"] == "paper" and result["idm"] == str(idm)
+    steps = result["episodes"][0]["steps"]
+    assert len(steps) == 2 and all(s["memory_loss"] is not None and s["displacement"] is not None for s in steps)
+    assert (out / "results.md").is_file()
+    assert len(decord.VideoReader(str(out / "episodes" / "episode-000.mp4"))) == 1 + 2 * 3
+
+
+def test_cli_plan_bad_inputs_exit_2(tiny_model_dir, tmp_path, capsys):
+    assert main(["plan", "--task", "navigate-everywhere", "--oracle", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("error: unknown task 'navigate-everywhere': choose navigate-return, blocks-return or a task file "
+                   "(YAML with world, outward, return)")
+    task = tmp_path / "task.yaml"
+    task.write_text("world: navigation\noutward: [move right, fly to the moon]\nreturn: [move left]\n")
+    assert main(["plan", "--task", str(task), "--oracle", "--out", str(tmp_path / "x")]) == 2
+    assert "outward subgoal 2 ('fly to the moon') is not an action" in capsys.readouterr().err
+    assert main(["plan", "--task", "navigate-return", "--oracle", "--policy", "random", "--out", str(tmp_path / "x")]) == 2
+    idm = tmp_path / "idm32"
+    InverseDynamicsModel(image_size=32, frames_per_action=8, channels=(8, 16), hidden_dim=32).save_pretrained(idm)
+    assert main(["plan", "--task", "navigate-return", "--oracle", "--idm", str(idm), "--out", str(tmp_path / "x"),
+                 "size=16", "generation.frames_per_chunk=3"]) == 2
+    assert "was trained for 32x32 frames (plan: 16x16), 8 frames per action (plan: 3)" in capsys.readouterr().err
+
+
+def test_task_file_runs_its_own_subgoals(tmp_path):
+    task = tmp_path / "route.yaml"
+    task.write_text("world: navigation\noutward: [move right, head north, head north]\nreturn: [go south, go south, move left]\n")
+    template = resolve_task(str(task))
+    assert template.world == "navigation" and template.back == ["go south", "go south", "move left"]
+    result = run_plan(PlanConfig(task=str(task), episodes=1, oracle=True, size=16,
+                                 generation=GenerationConfig(frames_per_chunk=2, context_frames=2, window=4)))
+    episode = result["episodes"][0]
+    assert [s["executed"] for s in episode["steps"]] == ["move right", "move up", "move up", "move down", "move down", "move left"]
+    assert episode["scores"]["success"] and len(episode["scores"]["waypoint_distances_px"]) == 3
