@@ -17,18 +17,27 @@ Variants (the paper's Table 4 ablations):
 
 The memory saves as a standard peft adapter directory (``adapter_config.json`` +
 ``adapter_model.safetensors``) that plain peft can load.
+
+Several memories can share one UNet: each is a peft adapter with its own name, and
+:func:`use_adapter` makes one of them (or none) the active adapter while it runs, restoring the
+previous state afterwards. A :class:`~slowfast_vgen.session.GenerationSession` owns one such
+adapter, so two sessions on one model never see each other's memory.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
-from peft.functional import delete_adapter
+from peft.functional import delete_adapter, set_adapter
+from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file, save_file
 
 from . import diffusion
@@ -82,7 +91,11 @@ class FastLearnerConfig:
 class TempLoRA:
     """A LoRA injected into a UNet in place, with its own optimizer and the memory-update rule.
 
-    ``unet``'s base parameters are frozen (``requires_grad=False``) and never modified.
+    ``unet``'s base parameters are frozen (``requires_grad=False``) and never modified. The LoRA is
+    the peft adapter ``adapter_name``; other adapters on the same UNet are left in place (one with
+    the same name is replaced). Like peft's ``inject_adapter_in_model``, construction leaves the new
+    adapter as the active one; :meth:`update` and :meth:`loss` make it the only active adapter while
+    they run (:func:`use_adapter`), whatever another user of the UNet activated in between.
     """
 
     def __init__(self, unet: torch.nn.Module, noise_scheduler, config: FastLearnerConfig,
@@ -100,10 +113,12 @@ class TempLoRA:
             lora_dropout=0.0,
             init_lora_weights=True,  # B = 0: a fresh memory leaves the model's output unchanged
         )
-        remove_adapter(unet, adapter_name)  # a UNet reused by a new session starts from a fresh memory
-        with torch.random.fork_rng(devices=[]):
+        remove_adapter(unet, adapter_name)  # a reused name starts from a fresh memory
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Already found a `peft_config`")  # several adapters: intended
             torch.manual_seed(config.seed)
             inject_adapter_in_model(self.lora_config, unet, adapter_name=adapter_name)
+        set_adapter(unet, adapter_name)  # the new memory is the active adapter (as on a UNet without one)
         self.parameters = {name: p for name, p in unet.named_parameters() if f".{adapter_name}." in name}
         if not self.parameters:
             raise UserInputError(f"Temp-LoRA target regex matched no module of the UNet: {config.target_modules!r}")
@@ -129,14 +144,15 @@ class TempLoRA:
         far, ``(1, C, N, h, w)``) is needed by the ``full-sequence`` variant.
         """
         losses = []
-        for _ in range(self.config.steps_per_chunk):
-            self.optimizer.zero_grad(set_to_none=True)
-            loss = self.loss(previous, new, generator, unconditional_embeddings, text_embeddings, history)
-            loss.backward()
-            if self.config.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(list(self.parameters.values()), self.config.max_grad_norm)
-            self.optimizer.step()
-            losses.append(float(loss.detach()))
+        with self.activated():
+            for _ in range(self.config.steps_per_chunk):
+                self.optimizer.zero_grad(set_to_none=True)
+                loss = self._loss(previous, new, generator, unconditional_embeddings, text_embeddings, history)
+                loss.backward()
+                if self.config.max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(list(self.parameters.values()), self.config.max_grad_norm)
+                self.optimizer.step()
+                losses.append(float(loss.detach()))
         self.optimizer.zero_grad(set_to_none=True)
         return sum(losses) / len(losses) if losses else float("nan")
 
@@ -150,6 +166,18 @@ class TempLoRA:
         history: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The memory loss of the configured variant on one pair (differentiable w.r.t. the LoRA)."""
+        with self.activated():
+            return self._loss(previous, new, generator, unconditional_embeddings, text_embeddings, history)
+
+    def _loss(
+        self,
+        previous: torch.Tensor,
+        new: torch.Tensor,
+        generator: torch.Generator,
+        unconditional_embeddings: torch.Tensor,
+        text_embeddings: torch.Tensor | None,
+        history: torch.Tensor | None,
+    ) -> torch.Tensor:
         mode, repeat = self.config.mode, self.config.batch_size
         sequence = torch.cat([previous, new], dim=2)  # z' = z_0^{i-1} ⊕ z_0^i: (1, C, f_p+f_g, h, w)
         if mode == "full-sequence":
@@ -176,6 +204,10 @@ class TempLoRA:
         return diffusion.sequence_diffusion_loss(prediction, target)
 
     # ------------------------------------------------------------------ memory management
+    def activated(self):
+        """Context manager: this memory is the UNet's only active adapter inside (see :func:`use_adapter`)."""
+        return use_adapter(self.unet, self.adapter_name)
+
     @torch.no_grad()
     def reset(self) -> None:
         """Forget the episode: restore the initial LoRA (in place) and clear Adam's moments."""
@@ -246,11 +278,60 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
+def _adapter_layers(unet: torch.nn.Module) -> list[BaseTunerLayer]:
+    return [module for module in unet.modules() if isinstance(module, BaseTunerLayer)]
+
+
+def _adapter_names(layer: BaseTunerLayer) -> set[str]:
+    return {name for attribute in layer.adapter_layer_names for name in getattr(layer, attribute).keys()}
+
+
+@contextmanager
+def restored_adapters(unet: torch.nn.Module) -> Iterator[None]:
+    """Undo, on exit, changes to which adapters of ``unet`` are active and to their ``requires_grad``.
+
+    A LoRA layer created inside the block (a new adapter's first layer on a plain ``Linear``)
+    ends with no active adapter: the UNet computes outside the block what it computed before.
+    """
+    active = {layer: list(layer.active_adapters) for layer in _adapter_layers(unet)}
+    flags = [(parameter, parameter.requires_grad) for layer in active
+             for name, parameter in layer.named_parameters() if name.startswith("lora_")]
+    try:
+        yield
+    finally:
+        for layer in _adapter_layers(unet):  # adapters deleted inside the block stay deleted
+            existing = _adapter_names(layer)
+            layer.set_adapter([name for name in active.get(layer, []) if name in existing])  # sets requires_grad too
+        for parameter, flag in flags:
+            parameter.requires_grad_(flag)
+
+
+@contextmanager
+def use_adapter(unet: torch.nn.Module, adapter_name: str | None) -> Iterator[None]:
+    """Run the block with ``adapter_name`` as the only active adapter of ``unet`` (``None``: no adapter,
+    the base model), then restore the previously active adapters and ``requires_grad`` flags."""
+    if not _adapter_layers(unet):  # a plain UNet: nothing to switch
+        if adapter_name is not None:
+            raise ValueError(f"the UNet has no adapter {adapter_name!r}")
+        yield
+        return
+    with restored_adapters(unet):
+        set_adapter(unet, [] if adapter_name is None else [adapter_name])  # LoRA layers skip inactive adapters
+        yield
+
+
 def remove_adapter(unet: torch.nn.Module, adapter_name: str = ADAPTER_NAME) -> bool:
-    """Delete a Temp-LoRA adapter from ``unet`` if present (the base weights are untouched)."""
+    """Delete a Temp-LoRA adapter from ``unet`` if present (the base weights are untouched).
+
+    The other adapters stay as they were: active or not, trainable or not.
+    """
     present = any(adapter_name in getattr(module, "lora_A", {}) for module in unet.modules())
     if present:
-        delete_adapter(unet, adapter_name, prefix="lora_")
+        with restored_adapters(unet):
+            for layer in _adapter_layers(unet):
+                # deactivate it first, else peft activates another adapter in its place
+                layer.set_adapter([name for name in layer.active_adapters if name != adapter_name])
+            delete_adapter(unet, adapter_name, prefix="lora_")
     configs = getattr(unet, "peft_config", None)
     if isinstance(configs, dict):
         configs.pop(adapter_name, None)

@@ -8,12 +8,19 @@ keeps an episodic memory of fixed size.
 
 ``save(dir)`` / ``load(dir)`` hold everything needed to continue exactly: latents and frames so
 far, the LoRA memory, its optimizer state and both random generators.
+
+A session owns its memory: its Temp-LoRA is a peft adapter of its own name on the shared UNet,
+active only while the session generates (a session with ``fast.mode=off`` runs with no adapter
+active). Several sessions can therefore run interleaved on one model, each producing exactly
+what it would alone. The adapter is deleted by :meth:`GenerationSession.close` or when the
+session is garbage-collected.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -26,7 +33,9 @@ from tqdm.auto import tqdm
 
 from .config import help_field
 from .errors import UserInputError
-from .fast_learner import FastLearnerConfig, TempLoRA, read_memory, remove_adapter
+from .fast_learner import (
+    ADAPTER_NAME, FastLearnerConfig, TempLoRA, read_memory, remove_adapter, restored_adapters, use_adapter,
+)
 from .io_utils import atomic_output_dir, atomic_write_json
 from .model import ModelBundle
 from .profiling import Stopwatch, peak_memory_mb, reset_peak_memory
@@ -89,16 +98,27 @@ ChunkCallback = Callable[[ChunkRecord, np.ndarray], None]
 
 
 class GenerationSession:
-    """A long, action-driven generation that can be stepped, saved and resumed."""
+    """A long, action-driven generation that can be stepped, saved and resumed.
+
+    Its Temp-LoRA is the UNet adapter ``adapter_name`` (unique per session), active only inside
+    :meth:`generate`; other sessions on the same model are not affected by it.
+    """
 
     def __init__(self, bundle: ModelBundle, config: GenerationConfig) -> None:
         self.bundle = bundle
         self.config = config
         self.device = bundle.device
-        remove_adapter(bundle.unet)  # a reused model never carries an old episode's memory
         self.fast_learner = None
+        self.adapter_name = None
         if config.fast.mode != "off":
-            self.fast_learner = TempLoRA(bundle.unet, bundle.noise_scheduler, config.fast)
+            self.adapter_name = free_adapter_name(bundle.unet)
+            with restored_adapters(bundle.unet):  # creating a memory changes nothing for the model's other users
+                self.fast_learner = TempLoRA(bundle.unet, bundle.noise_scheduler, config.fast, self.adapter_name)
+            # the adapter goes with the session (close() or garbage collection), never with another session
+            owned = next(iter(self.fast_learner.parameters.values()))
+            self._release = weakref.finalize(self, _release_adapter, bundle.unet, self.adapter_name, owned)
+            self._release.atexit = False
+        self.closed = False
         bundle.unet.eval()
         self.sample_generator = torch.Generator().manual_seed(config.seed)
         self.memory_generator = torch.Generator().manual_seed((config.seed + 1) % 2**64)  # = seed + 1 below 2**64 - 1
@@ -152,54 +172,58 @@ class GenerationSession:
     # ------------------------------------------------------------------ the generation loop
     def generate(self, actions: list[str], callback: ChunkCallback | None = None, progress: bool = False) -> np.ndarray:
         """Generate one chunk per action; returns the new frames ``(len(actions) * f_g, H, W, 3)``."""
+        if self.closed:
+            raise RuntimeError("this session is closed")
         if not self.latent_chunks:
             raise RuntimeError("call start(first_frame) before generating")
         actions = [validate_action(action, position) for position, action in enumerate(actions, 1)]
         config, bundle = self.config, self.bundle
         produced = []
-        for action in tqdm(actions, desc="chunks", disable=not progress):  # one chunk per action (Algorithm 1a)
-            reset_peak_memory(self.device)
-            with Stopwatch(self.device) as generation_time:
-                # 1. encode the action C_i (cross-attention conditioning)
-                text = bundle.encode_text([action])
-                # 2. context X_i: the previous chunk's clean latents (the first frame for chunk 0)
-                context = self.last_latents(config.context_frames)  # (1, C, f_p, h, w)
-                num_context = context.shape[2]
-                # 3. Y_i = (Phi + Theta_i)(X_i, C_i): denoise the new frames from noise (inner loop)
-                scheduler = make_scheduler(config.sampler.scheduler, bundle.noise_scheduler.config)
-                new = sample_chunk(
-                    bundle.unet, scheduler, context, text, self.unconditional,
-                    num_frames=config.frames_per_chunk,
-                    num_inference_steps=config.sampler.num_inference_steps,
-                    guidance_scale=config.sampler.guidance_scale,
-                    eta=config.sampler.eta,
-                    generator=self.sample_generator,
-                    progress=progress,
-                )  # (1, C, f_g, h, w)
-                # 4. append Y_i to the video: latents stay latents, frames are decoded once
-                self.latent_chunks.append(new)
-                new_frames = tensor_to_frames(bundle.decode_latents(new))  # (f_g, H, W, 3)
-            # 5. memory update, Eq. 3: Theta_{i+1} = Theta_i - alpha * grad on (X_i ⊕ Y_i)
-            loss = None
-            with Stopwatch(self.device) as memory_time:
-                if self.fast_learner is not None:
-                    loss = self.fast_learner.update(
-                        context, new, self.memory_generator, self.unconditional,
-                        text_embeddings=text, history=self.latents if config.fast.mode == "full-sequence" else None,
-                    )
-            # 6. bookkeeping: frame range, cost
-            start = len(self.frames)
-            self.frames.extend(new_frames)
-            record = ChunkRecord(
-                index=len(self.records), action=action, start_frame=start, end_frame=len(self.frames),
-                context_frames=num_context, seconds=round(generation_time.seconds, 4),
-                memory_seconds=round(memory_time.seconds, 4), temp_lora_loss=loss,
-                peak_memory_mb=peak_memory_mb(self.device),
-            )
-            self.records.append(record)
-            produced.append(new_frames)
-            if callback is not None:
-                callback(record, new_frames)
+        # 0. this session's memory is the only active adapter of the shared UNet (none with fast.mode=off)
+        with use_adapter(bundle.unet, self.adapter_name):
+            for action in tqdm(actions, desc="chunks", disable=not progress):  # one chunk per action (Algorithm 1a)
+                reset_peak_memory(self.device)
+                with Stopwatch(self.device) as generation_time:
+                    # 1. encode the action C_i (cross-attention conditioning)
+                    text = bundle.encode_text([action])
+                    # 2. context X_i: the previous chunk's clean latents (the first frame for chunk 0)
+                    context = self.last_latents(config.context_frames)  # (1, C, f_p, h, w)
+                    num_context = context.shape[2]
+                    # 3. Y_i = (Phi + Theta_i)(X_i, C_i): denoise the new frames from noise (inner loop)
+                    scheduler = make_scheduler(config.sampler.scheduler, bundle.noise_scheduler.config)
+                    new = sample_chunk(
+                        bundle.unet, scheduler, context, text, self.unconditional,
+                        num_frames=config.frames_per_chunk,
+                        num_inference_steps=config.sampler.num_inference_steps,
+                        guidance_scale=config.sampler.guidance_scale,
+                        eta=config.sampler.eta,
+                        generator=self.sample_generator,
+                        progress=progress,
+                    )  # (1, C, f_g, h, w)
+                    # 4. append Y_i to the video: latents stay latents, frames are decoded once
+                    self.latent_chunks.append(new)
+                    new_frames = tensor_to_frames(bundle.decode_latents(new))  # (f_g, H, W, 3)
+                # 5. memory update, Eq. 3: Theta_{i+1} = Theta_i - alpha * grad on (X_i ⊕ Y_i)
+                loss = None
+                with Stopwatch(self.device) as memory_time:
+                    if self.fast_learner is not None:
+                        loss = self.fast_learner.update(
+                            context, new, self.memory_generator, self.unconditional,
+                            text_embeddings=text, history=self.latents if config.fast.mode == "full-sequence" else None,
+                        )
+                # 6. bookkeeping: frame range, cost
+                start = len(self.frames)
+                self.frames.extend(new_frames)
+                record = ChunkRecord(
+                    index=len(self.records), action=action, start_frame=start, end_frame=len(self.frames),
+                    context_frames=num_context, seconds=round(generation_time.seconds, 4),
+                    memory_seconds=round(memory_time.seconds, 4), temp_lora_loss=loss,
+                    peak_memory_mb=peak_memory_mb(self.device),
+                )
+                self.records.append(record)
+                produced.append(new_frames)
+                if callback is not None:
+                    callback(record, new_frames)
         return np.concatenate(produced) if produced else np.zeros((0, *self.frames[0].shape), np.uint8)
 
     def step(self, action: str) -> np.ndarray:
@@ -215,9 +239,26 @@ class GenerationSession:
         """All frames so far, ``(N, H, W, 3) uint8``."""
         return np.stack(self.frames)
 
+    def close(self) -> None:
+        """Delete this session's memory adapter from the model now (garbage collection does it otherwise).
+
+        Frames, latents and records stay readable; :meth:`generate` and :meth:`save` are refused.
+        """
+        if self.fast_learner is not None:
+            self._release()  # remove_adapter(unet, adapter_name), once
+        self.closed = True
+
+    def __enter__(self) -> "GenerationSession":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
     # ------------------------------------------------------------------ save / load
     def save(self, directory: str | os.PathLike) -> Path:
         """Write the session atomically: config, records, latents, frames, RNG, memory, optimizer."""
+        if self.closed:
+            raise RuntimeError("this session is closed: its memory is gone")
         if not self.latent_chunks:
             raise RuntimeError("nothing to save: the session has not started")
         directory = Path(directory)
@@ -329,6 +370,22 @@ def check_optimizer_file(path: str | os.PathLike) -> None:
             handle.get_tensor(key)
     json.loads(metadata["param_groups"])
     json.loads(metadata.get("scalars", "{}"))
+
+
+def free_adapter_name(unet: torch.nn.Module) -> str:
+    """``temp_lora_1``, ``temp_lora_2``, ...: the first name no adapter of ``unet`` has (a session's memory)."""
+    taken = set(getattr(unet, "peft_config", None) or {})
+    taken |= {name for module in unet.modules() for name in getattr(module, "lora_A", {})}
+    number = 1
+    while f"{ADAPTER_NAME}_{number}" in taken:
+        number += 1
+    return f"{ADAPTER_NAME}_{number}"
+
+
+def _release_adapter(unet: torch.nn.Module, adapter_name: str, owned: torch.nn.Parameter) -> None:
+    """Delete a closed or collected session's adapter, unless the name now belongs to another memory."""
+    if any(parameter is owned for parameter in unet.parameters()):
+        remove_adapter(unet, adapter_name)
 
 
 def validate_action(action: str, position: int = 1) -> str:

@@ -129,9 +129,9 @@ def test_truncated_session_file_is_a_user_error_and_leaves_the_running_session_i
     parameters = {name: p.detach().clone() for name, p in running.fast_learner.parameters.items()}
     with pytest.raises(UserInputError, match=rf"is corrupt: .*{damaged.split('/')[-1]}|{damaged.split('/')[-1]} is corrupt"):
         GenerationSession.load(tmp_path / "session", tiny_bundle)
-    # the running session still owns the model's LoRA and keeps learning in it
+    # the failed load added and removed no adapter: the running session still owns its LoRA and keeps learning in it
     lora_names = {name for name, _ in tiny_bundle.unet.named_parameters() if "lora_" in name}
-    assert lora_names == set(running.fast_learner.parameters)
+    assert lora_names == set(saved.fast_learner.parameters) | set(running.fast_learner.parameters)
     running.generate(["move down"])
     assert any(not torch.equal(parameters[n], p) for n, p in running.fast_learner.parameters.items())
 
@@ -142,3 +142,91 @@ def test_extreme_seeds_are_accepted_and_out_of_range_seeds_refused(tiny_bundle, 
     for seed in (2**64, -2**63 - 1):
         with pytest.raises(UserInputError, match=rf"seed must be an integer in \[-2\*\*63, 2\*\*64 - 1\], got {seed}"):
             _config(f"seed={seed}")
+
+
+def _run_alone(tiny_config, first_frame, mode, seed, actions):
+    from slowfast_vgen.model import ModelBundle
+
+    session = _session(ModelBundle.from_config(tiny_config), first_frame, f"fast.mode={mode}", f"seed={seed}")
+    for action in actions:
+        session.generate([action])
+    return session
+
+
+@pytest.mark.parametrize("other_mode", ["paper", "off", "full-sequence"])
+def test_interleaved_sessions_on_one_model_equal_each_alone(tiny_bundle, tiny_config, first_frame, other_mode):
+    """Issue #12: each session owns its Temp-LoRA (an adapter of its own, active only while it runs)."""
+    actions_a, actions_b = ["move left", "move up"], ["move right", "stay"]
+    alone_a = _run_alone(tiny_config, first_frame, "paper", 1, actions_a)
+    alone_b = _run_alone(tiny_config, first_frame, other_mode, 2, actions_b)
+
+    a = _session(tiny_bundle, first_frame, "fast.mode=paper", "seed=1")
+    b = _session(tiny_bundle, first_frame, f"fast.mode={other_mode}", "seed=2")
+    for action_a, action_b in zip(actions_a, actions_b):  # A chunk, B chunk, A chunk, B chunk
+        a.generate([action_a])
+        b.generate([action_b])
+
+    for together, alone in ((a, alone_a), (b, alone_b)):
+        assert np.array_equal(together.video(), alone.video())
+        assert torch.equal(together.latents, alone.latents)
+        assert [r.temp_lora_loss for r in together.records] == [r.temp_lora_loss for r in alone.records]
+        if together.fast_learner is not None:
+            mine, reference = together.fast_learner.state_dict(), alone.fast_learner.state_dict()
+            assert mine.keys() == reference.keys() and all(torch.equal(mine[k], reference[k]) for k in mine)
+    assert b.fast_learner is None or a.adapter_name != b.adapter_name
+
+
+def test_closing_a_session_deletes_only_its_adapter(tiny_bundle, first_frame):
+    a = _session(tiny_bundle, first_frame)
+    b = _session(tiny_bundle, first_frame)
+    b.generate(["move left"])
+    b_state = b.fast_learner.state_dict()
+    a.close()
+    lora_names = {name for name, _ in tiny_bundle.unet.named_parameters() if "lora_" in name}
+    assert lora_names == set(b.fast_learner.parameters)
+    assert all(torch.equal(v, b.fast_learner.state_dict()[k]) for k, v in b_state.items())
+    with pytest.raises(RuntimeError, match="closed"):
+        a.save("unused")
+    c = _session(tiny_bundle, first_frame)  # takes the freed name
+    assert c.adapter_name == a.adapter_name != b.adapter_name
+
+
+def test_a_collected_session_never_deletes_a_newer_adapter_of_its_name(tiny_bundle, first_frame):
+    from slowfast_vgen.fast_learner import remove_adapter
+
+    old = _session(tiny_bundle, first_frame)
+    remove_adapter(tiny_bundle.unet, old.adapter_name)  # someone else freed the name
+    new = _session(tiny_bundle, first_frame)
+    assert new.adapter_name == old.adapter_name
+    del old  # its finalizer runs now: the adapter of that name is not its own any more
+    assert set(new.fast_learner.parameters) <= {name for name, _ in tiny_bundle.unet.named_parameters()}
+    new.generate(["move left"])
+
+
+def test_the_memory_shapes_the_next_chunk(tiny_config, first_frame):
+    """Paper vs off with one seed: the same first chunk (a fresh LoRA is a no-op), then the memory is active
+    while the session samples, so the second chunk differs."""
+    actions = ["move left", "move up"]
+    paper = _run_alone(tiny_config, first_frame, "paper", 1, actions)
+    off = _run_alone(tiny_config, first_frame, "off", 1, actions)
+    assert torch.allclose(paper.latent_chunks[1], off.latent_chunks[1], atol=1e-5, rtol=0)
+    assert not torch.allclose(paper.latent_chunks[2], off.latent_chunks[2], atol=1e-5, rtol=0)
+
+
+def test_off_session_ignores_an_active_adapter_and_leaves_it_active(tiny_bundle, tiny_config, first_frame):
+    from slowfast_vgen.fast_learner import FastLearnerConfig, TempLoRA
+
+    learner = TempLoRA(tiny_bundle.unet, tiny_bundle.noise_scheduler, FastLearnerConfig(rank=4, learning_rate=1e-2))
+    uncond = tiny_bundle.encode_text([""])
+    learner.update(torch.rand(1, 3, 2, 16, 16) * 2 - 1, torch.rand(1, 3, 3, 16, 16) * 2 - 1, torch.Generator(), uncond)
+    probe = torch.randn(1, 3, 5, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = tiny_bundle.unet(probe, 500, encoder_hidden_states=uncond).sample
+    off = _session(tiny_bundle, first_frame, "fast.mode=off", "seed=4")
+    off.generate(["move left", "move up"])
+    assert torch.equal(off.latents, _run_alone(tiny_config, first_frame, "off", 4, ["move left", "move up"]).latents)
+    paper = _session(tiny_bundle, first_frame, "seed=4")
+    paper.generate(["move left"])
+    with torch.no_grad():  # the learner's memory is active again, untouched by both sessions
+        assert torch.equal(tiny_bundle.unet(probe, 500, encoder_hidden_states=uncond).sample, before)
+    assert all(p.requires_grad for p in learner.parameters.values())
