@@ -23,6 +23,7 @@ import functools
 import sys
 from typing import Sequence
 
+from slowfast_vgen.config import add_dataclass_arguments, dataclass_from_args
 from slowfast_vgen.data.ingest import IngestConfig, ingest_videos
 from slowfast_vgen.data.readers import add_reader_arguments, quiet_decoder_logs
 from slowfast_vgen.errors import UserInputError, run_cli
@@ -32,16 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--videos", required=True, help="folder holding the source videos (searched recursively)")
-    parser.add_argument("--annotations", required=True, help="EPIC-style .csv or segments .jsonl")
-    parser.add_argument("--out", required=True, help="output dataset directory")
-    parser.add_argument("--fps", type=float, default=8.0, help="output frame rate (default 8)")
-    parser.add_argument("--height", type=int, default=32, help="output frame height, even (default 32)")
-    parser.add_argument("--width", type=int, default=32, help="output frame width, even (default 32)")
-    parser.add_argument(
-        "--context-sec", type=float, default=1.0, help="seconds of lead-in kept before each segment (default 1)"
-    )
-    parser.add_argument("--split", default="train", help="split name written for every row (default train)")
+    # one option per IngestConfig field (defaults and help from the dataclass); --backend and
+    # --no-progress are the options every video-decoding data tool shares
+    add_dataclass_arguments(parser, IngestConfig, exclude=["backend"])
     add_reader_arguments(parser)
     return parser
 
@@ -49,17 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        config = IngestConfig(
-            videos=args.videos,
-            annotations=args.annotations,
-            out=args.out,
-            fps=args.fps,
-            height=args.height,
-            width=args.width,
-            context_sec=args.context_sec,
-            split=args.split,
-            backend=args.backend,
-        )
+        config = dataclass_from_args(IngestConfig, args)
     except ValueError as err:
         raise UserInputError(str(err)) from None
     quiet_decoder_logs()

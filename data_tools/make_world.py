@@ -21,53 +21,22 @@ import sys
 import time
 from typing import Sequence
 
+from slowfast_vgen.config import add_dataclass_arguments, dataclass_from_args
 from slowfast_vgen.data.world_dataset import MakeWorldConfig, default_workers, make_world_dataset
 from slowfast_vgen.errors import UserInputError, run_cli
-from slowfast_vgen.worlds import available_worlds
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--out", required=True, help="output dataset directory (created; re-running resumes)")
-    parser.add_argument("--episodes", type=int, required=True, help="number of episodes to render (>= 1)")
-    parser.add_argument(
-        "--seed", type=int, default=0, help="dataset seed; world seeds are seed*1_000_000 + world index (default 0)"
-    )
-    parser.add_argument(
-        "--world", default="navigation", help=f"world to render: {' or '.join(available_worlds())} (default navigation)"
-    )
-    parser.add_argument(
-        "--size", type=int, default=32, help="view height and width in pixels, e.g. 32 or 64 (default 32)"
-    )
-    parser.add_argument("--frames-per-action", type=int, default=8, help="frames rendered per action, K (default 8)")
-    parser.add_argument(
-        "--actions-per-episode",
-        type=int,
-        default=10,
-        help="actions per episode, M; videos have 1 + M*K frames (default 10)",
-    )
-    parser.add_argument("--fps", type=float, default=8.0, help="frame rate of the videos (default 8)")
-    parser.add_argument(
-        "--episodes-per-world", type=int, default=1, help="episodes (routes) rendered in each world (default 1)"
-    )
-    parser.add_argument(
-        "--val-fraction", type=float, default=0.1, help="fraction of worlds in the val split (default 0.1)"
-    )
-    parser.add_argument(
-        "--test-fraction", type=float, default=0.1, help="fraction of worlds in the test split (default 0.1)"
-    )
-    parser.add_argument(
-        "--workers", type=int, default=None, help="parallel worker processes (default: CPUs available, at most 8)"
-    )
-    parser.add_argument(
-        "--set",
-        dest="world_overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a world config field, e.g. --set speed=3 (repeatable)",
+    # one option per MakeWorldConfig field: defaults and help come from the dataclass
+    add_dataclass_arguments(
+        parser,
+        MakeWorldConfig,
+        flags={"world_overrides": "--set"},
+        runtime_defaults={"workers": "CPUs available, at most 8"},
+        metavars={"world_overrides": "KEY=VALUE"},
     )
     parser.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
     return parser
@@ -76,20 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        config = MakeWorldConfig(
-            out=args.out,
-            episodes=args.episodes,
-            seed=args.seed,
-            world=args.world,
-            size=args.size,
-            frames_per_action=args.frames_per_action,
-            actions_per_episode=args.actions_per_episode,
-            fps=args.fps,
-            episodes_per_world=args.episodes_per_world,
-            val_fraction=args.val_fraction,
-            test_fraction=args.test_fraction,
-            workers=args.workers if args.workers is not None else default_workers(),
-            world_overrides=list(args.world_overrides),
+        config = dataclass_from_args(
+            MakeWorldConfig, args, workers=args.workers if args.workers is not None else default_workers()
         )
     except ValueError as err:
         raise UserInputError(str(err)) from None

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -138,11 +138,7 @@ def _load_bundle(args: argparse.Namespace):
         path = DEFAULT_MODEL_DIR
     else:
         path = Path(args.model)
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserInputError(f"device {device} requested but CUDA is not available")
+    device = resolve_device(args.device)
     dtype = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}[args.dtype]
     cache = None
     if getattr(args, "text_features", None):
@@ -150,6 +146,17 @@ def _load_bundle(args: argparse.Namespace):
 
         cache = TextFeatureCache.load(args.text_features)
     return load_model(path, device=device, dtype=dtype, text_features=cache), str(path)
+
+
+def resolve_device(name: str) -> str:
+    """The torch device for ``--device``: ``auto`` = ``cuda`` when available, else ``cpu``;
+    a CUDA device without CUDA is a :class:`UserInputError`."""
+    import torch
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserInputError(f"device {device} requested but CUDA is not available")
+    return device
 
 
 def _first_frame(args: argparse.Namespace, bundle) -> np.ndarray:
@@ -161,16 +168,11 @@ def _first_frame(args: argparse.Namespace, bundle) -> np.ndarray:
 
 
 def world_first_frame(world: str, seed: int, height: int, width: int) -> np.ndarray:
-    """The first frame of an episode of a procedural world, at the model's frame size."""
-    from .data.readers import resize_center_crop
-    from .worlds import build_world
+    """The first frame of an episode of a procedural world, at the model's frame size
+    (:func:`slowfast_vgen.worlds.world_first_frame`; imported lazily, so ``--help`` stays fast)."""
+    from .worlds import world_first_frame as first_frame
 
-    size = max(height, width)
-    size += size % 2  # worlds render even, square views
-    episode = build_world(world, seed, overrides=[f"view_size={size}"]).sample_episode(
-        np.random.default_rng(seed), num_actions=1, frames_per_action=1
-    )
-    return resize_center_crop(episode.frames[:1], height, width)[0]
+    return first_frame(world, seed, height, width)
 
 
 def _parse_actions(args: argparse.Namespace) -> list[str]:
@@ -227,7 +229,7 @@ def write_outputs(session, out: Path, model_path: str, gif: bool, upscale: int |
     from .io_utils import atomic_write_json
     from .video_io import auto_upscale, write_video
 
-    fps = session.bundle.fps
+    fps = session.fps
     video = session.video()
     if upscale is None:
         upscale = auto_upscale(video.shape[2])
@@ -237,6 +239,7 @@ def write_outputs(session, out: Path, model_path: str, gif: bool, upscale: int |
     if gif:
         write_video(out.with_suffix(".gif"), video, fps=fps, upscale=upscale)
     save_config(session.config, out.with_suffix(".yaml"))
+    records = session.records
     sidecar = {
         "video": out.name,
         "model": model_path,
@@ -247,8 +250,8 @@ def write_outputs(session, out: Path, model_path: str, gif: bool, upscale: int |
         "upscale": upscale,
         "fast_mode": session.config.fast.mode,
         "seed": session.config.seed,
-        "seconds_total": round(sum(r.seconds + r.memory_seconds for r in session.records), 4),
-        "chunks": [asdict(record) for record in session.records],
+        "seconds_total": round(sum(r.seconds + r.memory_seconds for r in records), 4),
+        "chunks": [asdict(record) for record in records],
     }
     atomic_write_json(out.with_suffix(".json"), sidecar)
     return sidecar
@@ -328,6 +331,90 @@ PLAY_HELP = """type an action per line (e.g. "move left"); commands:
   :quit       write the video and exit"""
 
 
+@dataclass
+class _Play:
+    """What the ``play`` commands act on: the session (``:load`` replaces it) and where it is written."""
+
+    session: Any
+    bundle: Any
+    args: argparse.Namespace
+    out: Path
+    model_path: str
+
+    def say(self, text: str) -> None:
+        print(text, flush=True)
+
+    def write(self) -> dict:
+        return write_outputs(self.session, self.out, self.model_path, self.args.gif, self.args.upscale)
+
+
+def _play_quit(play: _Play, argument: str) -> bool:
+    return True
+
+
+def _play_help(play: _Play, argument: str) -> None:
+    play.say(PLAY_HELP)
+
+
+def _play_reset(play: _Play, argument: str) -> None:
+    play.session.reset_memory()
+    play.say("memory reset")
+
+
+def _play_save(play: _Play, argument: str) -> None:
+    if not argument:
+        raise UserInputError(":save needs a directory")
+    play.session.save(argument)
+    play.say(f"saved to {argument}")
+
+
+def _play_load(play: _Play, argument: str) -> None:
+    from .session import GenerationSession
+
+    if not argument:
+        raise UserInputError(":load needs a directory")
+    play.session = GenerationSession.load(argument, play.bundle)
+    play.write()
+    play.say(f"loaded {argument}: {play.session.num_frames} frames")
+
+
+PLAY_COMMANDS: dict[str, Callable[[_Play, str], bool | None]] = {
+    ":quit": _play_quit, ":help": _play_help, ":reset": _play_reset, ":save": _play_save, ":load": _play_load,
+}
+"""``play`` commands (listed in :data:`PLAY_HELP`): ``handler(play, argument)``; a true result ends the loop."""
+
+
+def _play_command(play: _Play, line: str) -> bool:
+    """Run one ``:command argument`` line; True when the loop should stop. Errors are reported, not raised."""
+    command, _, argument = line.partition(" ")
+    argument = argument.strip()
+    handler = PLAY_COMMANDS.get(command)
+    if handler is None:
+        play.say(f"unknown command {command}; :help lists them")
+        return False
+    try:
+        return bool(handler(play, argument))
+    except UserInputError as err:
+        play.say(f"error: {err}")
+    except OSError as err:  # e.g. :save into a folder that cannot be written
+        play.say(f"error: {command} {argument}: {err.strerror or err}")
+    return False
+
+
+def _play_action(play: _Play, action: str, progress: bool) -> None:
+    """Generate one chunk for ``action``, rewrite the video and report the chunk."""
+    try:
+        play.session.generate([action], progress=progress)
+    except UserInputError as err:
+        play.say(f"error: {err}")
+        return
+    record = play.session.records[-1]
+    play.write()
+    loss = "" if record.temp_lora_loss is None else f", memory loss {record.temp_lora_loss:.4f}"
+    play.say(f"chunk {record.index}: {record.action!r} -> frames {record.start_frame}-{record.end_frame - 1} "
+             f"({record.seconds + record.memory_seconds:.2f} s{loss})")
+
+
 def play_main(args: argparse.Namespace) -> int:
     from .session import GenerationSession
 
@@ -338,53 +425,20 @@ def play_main(args: argparse.Namespace) -> int:
     config = _generation_config(args, bundle)
     session = GenerationSession(bundle, config)
     session.start(_first_frame(args, bundle))
+    play = _Play(session, bundle, args, out, model_path)
     interactive = sys.stdin.isatty()
-    say = (lambda text: print(text, flush=True))
-    say(f"sfvgen play: {bundle.width}x{bundle.height}, fast={config.fast.mode}, writing {out}. :help for commands")
+    play.say(f"sfvgen play: {bundle.width}x{bundle.height}, fast={config.fast.mode}, writing {out}. :help for commands")
     for line in _lines(interactive):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         if line.startswith(":"):
-            command, _, argument = line.partition(" ")
-            argument = argument.strip()
-            try:
-                if command == ":quit":
-                    break
-                elif command == ":help":
-                    say(PLAY_HELP)
-                elif command == ":reset":
-                    session.reset_memory()
-                    say("memory reset")
-                elif command in (":save", ":load"):
-                    if not argument:
-                        raise UserInputError(f"{command} needs a directory")
-                    if command == ":save":
-                        session.save(argument)
-                        say(f"saved to {argument}")
-                    else:
-                        session = GenerationSession.load(argument, bundle)
-                        write_outputs(session, out, model_path, args.gif, args.upscale)
-                        say(f"loaded {argument}: {session.num_frames} frames")
-                else:
-                    say(f"unknown command {command}; :help lists them")
-            except UserInputError as err:
-                say(f"error: {err}")
-            except OSError as err:  # e.g. :save into a folder that cannot be written
-                say(f"error: {command} {argument}: {err.strerror or err}")
+            if _play_command(play, line):
+                break
             continue
-        try:
-            session.generate([line], progress=interactive and not args.quiet)
-        except UserInputError as err:
-            say(f"error: {err}")
-            continue
-        record = session.records[-1]
-        write_outputs(session, out, model_path, args.gif, args.upscale)
-        loss = "" if record.temp_lora_loss is None else f", memory loss {record.temp_lora_loss:.4f}"
-        say(f"chunk {record.index}: {record.action!r} -> frames {record.start_frame}-{record.end_frame - 1} "
-            f"({record.seconds + record.memory_seconds:.2f} s{loss})")
-    write_outputs(session, out, model_path, args.gif, args.upscale)
-    say(f"wrote {out} ({session.num_frames} frames)")
+        _play_action(play, line, progress=interactive and not args.quiet)
+    play.write()
+    play.say(f"wrote {out} ({play.session.num_frames} frames)")
     return 0
 
 

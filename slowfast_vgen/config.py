@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import types
+import typing
 from pathlib import Path
-from typing import Any, Sequence, TypeVar
+from typing import Any, Mapping, Sequence, TypeVar
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -28,6 +30,91 @@ def help_field(default: Any = dataclasses.MISSING, help: str = "", **kwargs: Any
         kwargs["default_factory"] = lambda: type(value)(value)
         default = dataclasses.MISSING
     return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
+
+
+def add_dataclass_arguments(
+    parser: Any,
+    cls: type,
+    exclude: Sequence[str] = (),
+    flags: Mapping[str, str] | None = None,
+    runtime_defaults: Mapping[str, str] | None = None,
+    metavars: Mapping[str, str] | None = None,
+) -> None:
+    """Add one ``--field-name`` option per field of dataclass ``cls`` to an argparse ``parser``.
+
+    Help and default come from the field (:func:`help_field`), the value type from its
+    annotation: ``int``/``float``/``str`` (or ``X | None``) take one value, a ``bool`` defaulting
+    to False is a ``--field-name`` switch and one defaulting to True a ``--no-field-name`` switch,
+    a ``list`` is repeatable (``--field-name A --field-name B``). Fields without a default are
+    required. ``exclude`` names fields left out; ``flags`` renames options (``{"world_overrides":
+    "--set"}``); ``runtime_defaults`` names fields whose default the caller computes at run time:
+    their option defaults to ``None`` and its help says ``(default: <text>)``; ``metavars`` sets
+    the value's name in the usage text.
+    """
+    flags = dict(flags or {})
+    runtime_defaults = dict(runtime_defaults or {})
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        if field.name in exclude:
+            continue
+        flag = flags.get(field.name, "--" + field.name.replace("_", "-"))
+        help_text = field.metadata.get("help", "")
+        kind = _argument_type(hints[field.name], cls, field.name)
+        if field.default is not dataclasses.MISSING:
+            default = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            default = field.default_factory()
+        else:
+            default = dataclasses.MISSING
+        options: dict[str, Any] = {"dest": field.name}
+        if metavars and field.name in metavars:
+            options["metavar"] = metavars[field.name]
+        if field.name in runtime_defaults:
+            default_text = runtime_defaults[field.name]
+            default = None
+        elif default is dataclasses.MISSING:
+            default_text = None
+            options["required"] = True
+        else:
+            default_text = default
+        if kind is bool:
+            if default:
+                flag = flags.get(field.name, "--no-" + field.name.replace("_", "-"))
+                options.update(action="store_false", default=True)
+            else:
+                options.update(action="store_true", default=False)
+            default_text = None
+        elif kind is list:
+            options.update(action="append", default=list(default) if default is not dataclasses.MISSING else [])
+            options.pop("required", None)
+            default_text = None
+            help_text += " (repeatable)"
+        else:
+            options["type"] = kind
+            if default is not dataclasses.MISSING:
+                options["default"] = default
+        if default_text is not None:
+            help_text += f" (default: {default_text})"
+        parser.add_argument(flag, help=help_text, **options)
+
+
+def dataclass_from_args(cls: type[T], args: Any, **values: Any) -> T:
+    """``cls`` built from the fields an argparse namespace holds (see :func:`add_dataclass_arguments`),
+    ``values`` winning; a ``None`` option (a run-time default left unset) must be given in ``values``."""
+    kwargs = {field.name: getattr(args, field.name) for field in dataclasses.fields(cls) if hasattr(args, field.name)}
+    kwargs.update(values)
+    return cls(**kwargs)
+
+
+def _argument_type(annotation: Any, cls: type, name: str) -> type:
+    """The argparse value type of a field annotation: int, float, str, bool or list."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        annotation = args[0] if len(args) == 1 else annotation
+    origin = typing.get_origin(annotation) or annotation
+    if origin in (int, float, str, bool, list):
+        return origin
+    raise TypeError(f"{cls.__name__}.{name}: no command-line option for a field of type {annotation}")
 
 
 def load_config(

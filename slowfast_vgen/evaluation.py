@@ -92,14 +92,14 @@ class Route:
 def build_routes(config: EvalConfig, height: int, width: int, frames_per_chunk: int) -> list[Route]:
     """The suite's routes on held-out navigation worlds (same for every variant and seed)."""
     from .data.readers import resize_center_crop
-    from .worlds import build_world
+    from .worlds import build_world_for_frames, view_size_for
     from .worlds.actions import phrase
 
-    view = max(height, width) + max(height, width) % 2
+    view = view_size_for(height, width)
     routes = []
     for index in range(config.routes):
         world_seed = config.world_seed_base + index
-        world = build_world("navigation", world_seed, overrides=[f"view_size={view}"])
+        world = build_world_for_frames("navigation", world_seed, height, width)
         rng = np.random.default_rng(world_seed)
         if config.suite == "revisit":
             route = world.make_route(rng, config.actions_per_route, "return_to_start")

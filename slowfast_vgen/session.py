@@ -147,6 +147,11 @@ class GenerationSession:
         return len(self.frames)
 
     @property
+    def fps(self) -> float:
+        """Frame rate of the generated video (the model's)."""
+        return self.bundle.fps
+
+    @property
     def latents(self) -> torch.Tensor:
         """All clean latents so far, ``(1, C, N, h, w)`` (concatenated on demand)."""
         return torch.cat(self.latent_chunks, dim=2)

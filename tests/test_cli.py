@@ -316,3 +316,38 @@ def test_cli_suite_choices_match_the_evaluation_suites():
     from slowfast_vgen import cli, evaluation
 
     assert tuple(cli.EVAL_SUITES) == tuple(evaluation.SUITES)
+
+
+def test_device_resolution_is_one_function(monkeypatch):
+    import torch
+
+    from slowfast_vgen.cli import resolve_device
+    from slowfast_vgen.errors import UserInputError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu" and resolve_device("cpu") == "cpu"
+    with pytest.raises(UserInputError, match="device cuda:1 requested but CUDA is not available"):
+        resolve_device("cuda:1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == "cuda" and resolve_device("cuda:1") == "cuda:1"
+
+
+def test_play_command_table_matches_the_help():
+    import re
+
+    from slowfast_vgen.cli import PLAY_COMMANDS, PLAY_HELP
+
+    assert set(PLAY_COMMANDS) == set(re.findall(r"^  (:\w+)", PLAY_HELP, flags=re.M))
+
+
+def test_cli_first_frame_is_the_worlds_first_frame():
+    from slowfast_vgen.cli import world_first_frame
+    from slowfast_vgen.data.readers import resize_center_crop
+    from slowfast_vgen.worlds import build_world
+
+    frame = world_first_frame("navigation", 3, 16, 12)
+    assert frame.shape == (16, 12, 3) and frame.dtype == np.uint8
+    episode = build_world("navigation", 3, overrides=["view_size=16"]).sample_episode(
+        np.random.default_rng(3), num_actions=1, frames_per_action=1
+    )
+    assert np.array_equal(frame, resize_center_crop(episode.frames[:1], 16, 12)[0])  # a crop of a 16x16 view

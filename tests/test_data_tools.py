@@ -43,6 +43,54 @@ def test_every_option_has_help(name):
     assert parser.description
 
 
+@pytest.mark.parametrize("name, cls", [("make_world.py", MakeWorldConfig), ("ingest_videos.py", IngestConfig)])
+def test_tool_options_take_default_and_help_from_the_config_dataclass(name, cls):
+    import dataclasses
+
+    options = {action.dest: action for action in load_tool(name).build_parser()._actions}
+    for field in dataclasses.fields(cls):
+        action = options[field.name]
+        if field.name == "backend":  # the shared reader option (readers.add_reader_arguments)
+            assert action.default == field.default
+            continue
+        assert action.help.startswith(field.metadata["help"]), (name, field.name)
+        if field.name == "workers":  # computed at run time: CPUs available, at most 8
+            assert action.default is None and "CPUs available" in action.help
+        elif field.default is not dataclasses.MISSING:
+            assert action.default == field.default and not action.required, (name, field.name)
+            assert f"(default: {field.default})" in action.help
+        elif field.default_factory is dataclasses.MISSING:
+            assert action.required, (name, field.name)
+
+
+def test_add_dataclass_arguments_maps_field_types_to_options():
+    import argparse
+    import dataclasses
+
+    from slowfast_vgen.config import add_dataclass_arguments, dataclass_from_args, help_field
+
+    @dataclasses.dataclass
+    class Demo:
+        name: str = help_field(help="a required name")
+        count: int = help_field(3, help="how many")
+        scale: float | None = help_field(None, help="optional scale")
+        verbose: bool = help_field(False, help="talk more")
+        color: bool = help_field(True, help="coloured output")
+        tags: list[str] = help_field(["a"], help="tags")
+        hidden: int = help_field(0, help="not an option")
+
+    parser = argparse.ArgumentParser()
+    add_dataclass_arguments(parser, Demo, exclude=["hidden"], flags={"tags": "--tag"})
+    args = parser.parse_args(["--name", "x", "--count", "5", "--scale", "0.5", "--verbose", "--no-color",
+                              "--tag", "b", "--tag", "c"])
+    assert dataclass_from_args(Demo, args) == Demo("x", 5, 0.5, True, False, ["a", "b", "c"], 0)
+    defaults = dataclass_from_args(Demo, parser.parse_args(["--name", "y"]), hidden=7)
+    assert defaults == Demo("y", 3, None, False, True, ["a"], 7)
+    assert not hasattr(parser.parse_args(["--name", "y"]), "hidden")
+    with pytest.raises(SystemExit):
+        parser.parse_args([])  # --name is required: the field has no default
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

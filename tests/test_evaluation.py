@@ -52,8 +52,34 @@ def test_chunk_suite_predicts_from_ground_truth_context(tiny_bundle):
     result = evaluate(tiny_bundle, config)
     (run,) = result["runs"]
     assert len(run["predicted"]) == len(run["commanded"]) == 2
-    assert 0.0 <= run["scores"]["action_accuracy"] <= 1.0 and run["scores"]["psnr"] > 0
+    (route,) = build_routes(config, 16, 16, frames_per_chunk=4)
+    assert run["commanded"] == route.primitives[1:]  # chunk 0 is context only
+    correct = [p == c for p, c in zip(run["predicted"], run["commanded"])]
+    assert run["scores"]["action_accuracy"] == pytest.approx(sum(correct) / 2)
+    assert np.isfinite(run["scores"]["psnr"]) and run["scores"]["psnr"] > 0
     assert run["scores"]["lpips"] is None  # no LPIPS weights configured: unavailable, never a number
+
+
+def test_chunk_suite_action_accuracy_of_a_half_right_oracle_is_one_half(tiny_bundle, monkeypatch):
+    """Pinned case: a "model" that returns the true chunk for the two "move down" actions and a
+    still chunk for the others ("move right", "move left") is right on exactly 2 of 4 chunks."""
+    from slowfast_vgen.session import GenerationSession
+
+    config = load_config(EvalConfig, overrides=[*TINY, "suite=chunk", "variants=[off]", "seeds=[0]"])
+    (route,) = build_routes(config, 16, 16, frames_per_chunk=4)
+    assert route.primitives[1:] == ["move right", "move down", "move down", "move left"]
+
+    def oracle(self, actions, callback=None, progress=False):
+        start = self.num_frames  # 1 + i*K frames of ground-truth context before chunk i
+        index = (start - 1) // 4
+        if route.primitives[index] == "move down":
+            return route.frames[start: start + 4]
+        return np.repeat(route.frames[start - 1: start], 4, axis=0)  # (K, H, W, 3): no motion
+
+    monkeypatch.setattr(GenerationSession, "generate", oracle)
+    (run,) = evaluate(tiny_bundle, config)["runs"]
+    assert run["predicted"] == ["stay", "move down", "move down", "stay"]
+    assert run["scores"]["action_accuracy"] == 0.5
 
 
 def test_rollout_routes_carry_exact_start_footprints_even_when_cropped():

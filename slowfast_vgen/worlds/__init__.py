@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
+
 from ..config import load_config
 from ..errors import UserInputError
 from .base import Episode, World
@@ -67,6 +69,32 @@ def build_world(name: str, seed: int, config: Any | None = None, overrides: Sequ
     return spec.factory(config, seed)
 
 
+def view_size_for(height: int, width: int) -> int:
+    """The square view a world renders for ``height x width`` model frames: the larger side, made even.
+
+    :func:`slowfast_vgen.data.readers.resize_center_crop` then only crops the view (whole pixels
+    when ``height`` and ``width`` are even), so frames keep the world's exact geometry.
+    """
+    size = max(height, width)
+    return size + size % 2  # worlds render even, square views
+
+
+def build_world_for_frames(name: str, seed: int, height: int, width: int) -> World:
+    """World ``name`` for ``seed``, rendering views of :func:`view_size_for` ``(height, width)``."""
+    return build_world(name, seed, overrides=[f"view_size={view_size_for(height, width)}"])
+
+
+def world_first_frame(name: str, seed: int, height: int, width: int) -> np.ndarray:
+    """The first frame ``(height, width, 3) uint8`` of an episode of world ``name`` with ``seed``,
+    at a model's frame size (the CLI's and the pipeline's default first frame)."""
+    from ..data.readers import resize_center_crop
+
+    episode = build_world_for_frames(name, seed, height, width).sample_episode(
+        np.random.default_rng(seed), num_actions=1, frames_per_action=1
+    )
+    return resize_center_crop(episode.frames[:1], height, width)[0]  # (1, V, V, 3) -> (height, width, 3)
+
+
 __all__ = [
     "BlocksConfig",
     "BlocksWorld",
@@ -78,6 +106,9 @@ __all__ = [
     "WorldSpec",
     "available_worlds",
     "build_world",
+    "build_world_for_frames",
+    "view_size_for",
     "world_config",
+    "world_first_frame",
     "world_spec",
 ]
