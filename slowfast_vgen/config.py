@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence, TypeVar
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .errors import UserInputError
+from .errors import UserInputError, first_line
 
 T = TypeVar("T")
 
@@ -149,7 +149,7 @@ def load_config(
         merged = OmegaConf.merge(*layers)
         return OmegaConf.to_object(merged)  # type: ignore[return-value]
     except OmegaConfBaseException as err:
-        raise UserInputError(f"bad config: {_first_line(err)}") from None
+        raise UserInputError(f"bad config: {first_line(err)}") from None
     except ValueError as err:  # raised by a dataclass __post_init__
         raise UserInputError(f"bad config: {err}") from None
 
@@ -159,7 +159,7 @@ def config_from_dict(cls: type[T], values: dict) -> T:
     try:
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), OmegaConf.create(values)))  # type: ignore
     except OmegaConfBaseException as err:
-        raise UserInputError(f"bad config: {_first_line(err)}") from None
+        raise UserInputError(f"bad config: {first_line(err)}") from None
     except ValueError as err:
         raise UserInputError(f"bad config: {err}") from None
 
@@ -175,7 +175,3 @@ def save_config(config: Any, path: str | os.PathLike) -> None:
 
     atomic_write_text(path, config_to_yaml(config))
 
-
-def _first_line(err: Exception) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__

@@ -17,6 +17,23 @@ class UserInputError(Exception):
     """Bad input from the user: the message names the problem and is printed as one line."""
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (its type name when empty): the reason in a one-line error."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def read_json_object(path) -> dict:
+    """A JSON file that must hold an object; ``OSError``/``ValueError`` (not UTF-8, not JSON, not an object) otherwise."""
+    import json
+    from pathlib import Path
+
+    value = json.loads(Path(path).read_text(encoding="utf-8"))  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
     """Run ``main(argv)``; map :class:`UserInputError` (and config errors) to one line + exit 2."""
     from omegaconf.errors import OmegaConfBaseException

@@ -26,7 +26,6 @@ adapter, so two sessions on one model never see each other's memory.
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from contextlib import contextmanager
@@ -44,7 +43,7 @@ from . import diffusion
 from .model import unet_text_kwargs
 from .checkpointing import load_optimizer_state, save_optimizer_state
 from .config import help_field
-from .errors import UserInputError
+from .errors import UserInputError, first_line, read_json_object
 from .io_utils import atomic_output_dir
 
 FAST_MODES = ("off", "paper", "text", "full-sequence")
@@ -260,22 +259,16 @@ def read_memory(directory: str | os.PathLike, rank: int) -> dict[str, torch.Tens
     if not weights.is_file() or not config_file.is_file():
         raise UserInputError(f"{directory} is not a Temp-LoRA memory (needs adapter_config.json + adapter_model.safetensors)")
     try:
-        saved = json.loads(config_file.read_text(encoding="utf-8"))
-        if not isinstance(saved, dict):
-            raise ValueError(f"expected a JSON object, got {type(saved).__name__}")
-    except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise UserInputError(f"memory {config_file} is corrupt: {_first_line(err)}") from None
+        saved = read_json_object(config_file)
+    except (OSError, ValueError) as err:
+        raise UserInputError(f"memory {config_file} is corrupt: {first_line(err)}") from None
     if saved.get("r") != rank:
         raise UserInputError(f"memory {directory} has LoRA rank {saved.get('r')}, this model uses {rank}")
     try:
         return load_file(str(weights))
     except Exception as err:  # safetensors raises its own error types
-        raise UserInputError(f"memory {weights} is corrupt: {_first_line(err)}") from None
+        raise UserInputError(f"memory {weights} is corrupt: {first_line(err)}") from None
 
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _adapter_layers(unet: torch.nn.Module) -> list[BaseTunerLayer]:

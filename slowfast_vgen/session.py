@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .config import help_field
-from .errors import UserInputError
+from .errors import UserInputError, first_line, read_json_object
 from .fast_learner import (
     ADAPTER_NAME, FastLearnerConfig, TempLoRA, read_memory, remove_adapter, restored_adapters, use_adapter,
 )
@@ -300,15 +300,12 @@ class GenerationSession:
             raise UserInputError(f"{directory} is not a saved session (needs session.json and state.safetensors)")
 
         def corrupt(file: Path, err: BaseException) -> UserInputError:
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            return UserInputError(f"saved session {directory} is corrupt: {file.relative_to(directory)}: {reason}")
+            return UserInputError(f"saved session {directory} is corrupt: {file.relative_to(directory)}: {first_line(err)}")
 
         # 1. read and check every file, before the model is touched
         try:
-            meta = json.loads(meta_file.read_text(encoding="utf-8"))
-            if not isinstance(meta, dict):
-                raise ValueError(f"expected a JSON object, got {type(meta).__name__}")
-        except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            meta = read_json_object(meta_file)
+        except (OSError, ValueError) as err:
             raise corrupt(meta_file, err) from None
         try:
             state = load_file(str(state_file))
