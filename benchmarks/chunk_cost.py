@@ -75,7 +75,8 @@ def main(argv=None) -> int:
         bundle = load_model(args.model, device=args.device)
     else:
         bundle = ModelBundle.from_config(load_config(ModelConfig, args.model_config)).to(args.device)
-    config = load_config(GenerationConfig, overrides=[*args.overrides, f"fast.mode={args.single_mode}"])
+    config = load_config(GenerationConfig, overrides=[*args.overrides, f"fast.mode={args.single_mode}"],
+                         defaults=bundle.metadata.get("generation", {}))  # the model's own defaults, as sfvgen uses
     records = measure(bundle, config, args.chunks)
     print(json.dumps({"device": str(bundle.device), "model": model_summary(bundle), "config": asdict(config),
                       "summary": summarise(records, args.warmup), "per_chunk": records}))

@@ -4,6 +4,7 @@ Subcommands:
 
 * ``sfvgen generate``   — a long video from a first frame and a list of actions.
 * ``sfvgen play``       — interactive: one action per line, the video grows as you type.
+* ``sfvgen serve``      — the same in the browser: a local web app (needs the ``app`` extra: gradio).
 * ``sfvgen eval``       — chunk / long / revisit / rollout suites against exact ground truth.
 * ``sfvgen make-model`` — write a freshly initialised model directory from a config.
 * ``sfvgen plan``       — long-horizon planning: subgoals -> video plan -> inverse dynamics -> the world.
@@ -16,6 +17,7 @@ and exits with code 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,7 +25,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .errors import UserInputError, run_cli
+from .errors import UserInputError, first_line, run_cli
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "default_model"
 
@@ -40,9 +42,11 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                         "an action encoder then runs without its text encoder package; other texts are refused")
 
 
-def _add_generation_options(parser: argparse.ArgumentParser) -> None:
+def _add_generation_options(parser: argparse.ArgumentParser, image: bool = True) -> None:
+    """Model and generation options; ``image=False`` (``serve``) leaves out ``--image`` and ``--quiet``."""
     _add_model_options(parser)
-    parser.add_argument("--image", help="first frame (PNG/JPEG); default: a frame of the procedural world")
+    if image:
+        parser.add_argument("--image", help="first frame (PNG/JPEG); default: a frame of the procedural world")
     parser.add_argument("--world", default="navigation", help="world for the first frame when no --image is given")
     parser.add_argument("--world-seed", type=int, default=0, help="seed of that world (default: 0)")
     parser.add_argument("--fast", choices=["paper", "off", "text", "full-sequence"],
@@ -52,7 +56,8 @@ def _add_generation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--guidance", type=float, help="classifier-free guidance scale on the action text")
     parser.add_argument("--scheduler", help="ddim | dpmsolver++ | euler")
     parser.add_argument("--config", help="YAML file with GenerationConfig values")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    if image:
+        parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--upscale", type=int, help="integer enlargement of the written video (default: to >= 128 px wide)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="config overrides, e.g. frames_per_chunk=8 fast.rank=16")
@@ -240,6 +245,8 @@ def write_outputs(session, out: Path, model_path: str, gif: bool, upscale: int |
         write_video(out.with_suffix(".gif"), video, fps=fps, upscale=upscale)
     save_config(session.config, out.with_suffix(".yaml"))
     records = session.records
+    seconds = sum(r.seconds + r.memory_seconds for r in records)
+    generated = sum(r.end_frame - r.start_frame for r in records)
     sidecar = {
         "video": out.name,
         "model": model_path,
@@ -250,7 +257,9 @@ def write_outputs(session, out: Path, model_path: str, gif: bool, upscale: int |
         "upscale": upscale,
         "fast_mode": session.config.fast.mode,
         "seed": session.config.seed,
-        "seconds_total": round(sum(r.seconds + r.memory_seconds for r in records), 4),
+        "seconds_total": round(seconds, 4),
+        # speed: generated frames (the first frame is given) per second of generation + memory update
+        "generated_frames_per_second": round(generated / seconds, 3) if seconds > 0 else None,
         "chunks": [asdict(record) for record in records],
     }
     atomic_write_json(out.with_suffix(".json"), sidecar)
@@ -453,6 +462,77 @@ def _lines(interactive: bool):
         yield line
 
 
+# ---------------------------------------------------------------------------- serve
+APP_INSTALL = 'pip install -e ".[app]" -c constraints.txt'
+"""How to install the web app's dependencies (named in the error when gradio is missing)."""
+
+
+def serve_main(args: argparse.Namespace) -> int:
+    import os
+
+    _check_generation_flags(args)
+    if not 1 <= args.port <= 65535:
+        raise UserInputError(f"--port must be in 1..65535, got {args.port}")
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: no telemetry
+    try:
+        import gradio  # noqa: F401  (only `serve` needs it)
+    except ImportError as err:
+        raise UserInputError(f"sfvgen serve needs gradio ({first_line(err)}): {APP_INSTALL}") from None
+    from .webapp import WebApp, launch
+
+    _quiet_libraries()
+    bundle, model_path = _load_bundle(args)
+    app = WebApp(bundle, model_path, _generation_config(args, bundle), upscale=args.upscale,
+                 world=args.world, world_seed=args.world_seed)
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(app.workdir / "gradio"))  # gradio's copies go with app.close()
+    _log_to_stdout("slowfast_vgen.webapp")  # the page's unexpected errors, and the tabs that went away
+    try:
+        with _sigterm_as_ctrl_c():
+            try:
+                page = launch(app, args.host, args.port, block=False)
+            except OSError as err:  # the port is taken, the host is not this machine's
+                reason = "the port is in use (pass --port N)" if "empty port" in str(err) else first_line(err)
+                raise UserInputError(f"cannot serve on {args.host}:{args.port}: {reason}") from None
+            print(f"sfvgen serve: {bundle.width}x{bundle.height}, fast={app.config.fast.mode}; "
+                  f"open http://{args.host}:{args.port} (Ctrl-C stops)", flush=True)
+            page.block_thread()  # until Ctrl-C or SIGTERM; closes the server
+    finally:
+        app.close()
+    return 0
+
+
+def _log_to_stdout(name: str) -> None:
+    """INFO and above of the logger ``name`` (not the other libraries') on standard output, as plain lines."""
+    import logging
+
+    log = logging.getLogger(name)
+    log.setLevel(logging.INFO)
+    if not any(getattr(handler, "sfvgen_stdout", False) for handler in log.handlers):  # once per process
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.sfvgen_stdout = True
+        log.addHandler(handler)
+
+
+@contextlib.contextmanager
+def _sigterm_as_ctrl_c():
+    """Inside, SIGTERM stops the server as Ctrl-C does (the temporary files are removed); main thread only."""
+    import signal
+    import threading
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 # ---------------------------------------------------------------------------- make-model
 def make_model_main(args: argparse.Namespace) -> int:
     from .config import load_config, save_config
@@ -570,6 +650,16 @@ def build_parser() -> argparse.ArgumentParser:
     play.add_argument("--gif", action="store_true", help="also keep a .gif up to date")
     _add_generation_options(play)
     play.set_defaults(handler=play_main)
+
+    serve = sub.add_parser("serve", help="play in the browser: a local web app",
+                           description="A local web app (gradio): pick a world or upload a first frame, press arrows "
+                                       "or type actions, watch the video grow; switch, reset, save and load the "
+                                       "Temp-LoRA memory and the session. Every browser tab is its own episode. "
+                                       f"Needs gradio: {APP_INSTALL}")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    serve.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    _add_generation_options(serve, image=False)
+    serve.set_defaults(handler=serve_main)
 
     evaluate = sub.add_parser("eval", help="evaluate memory and quality against exact ground truth",
                               description="Evaluation suites on held-out navigation worlds: chunk | long | revisit | rollout, "

@@ -26,6 +26,7 @@ adapter, so two sessions on one model never see each other's memory.
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from contextlib import contextmanager
@@ -38,6 +39,7 @@ from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model,
 from peft.functional import delete_adapter, set_adapter
 from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file, save_file
+from torch.utils.checkpoint import checkpoint
 
 from . import diffusion
 from .model import unet_text_kwargs
@@ -68,6 +70,10 @@ class FastLearnerConfig:
         TEMPORAL_ATTENTION_REGEX, "regex over UNet module names that get a LoRA (default: temporal attention)"
     )
     max_grad_norm: float = help_field(1.0, "gradient clipping of the LoRA update (0 = off)")
+    checkpointing: bool = help_field(
+        True, "recompute each UNet layer's activations in the backward pass of the memory step "
+        "(same update, about half the extra peak memory, a little more time)"
+    )
     seed: int = help_field(0, "seed of the LoRA's initial A matrices")
 
     def __post_init__(self) -> None:
@@ -143,7 +149,7 @@ class TempLoRA:
         far, ``(1, C, N, h, w)``) is needed by the ``full-sequence`` variant.
         """
         losses = []
-        with self.activated():
+        with self.activated(), activation_checkpointing(self.unet, enabled=self.config.checkpointing):
             for _ in range(self.config.steps_per_chunk):
                 self.optimizer.zero_grad(set_to_none=True)
                 loss = self._loss(previous, new, generator, unconditional_embeddings, text_embeddings, history)
@@ -297,6 +303,33 @@ def restored_adapters(unet: torch.nn.Module) -> Iterator[None]:
             layer.set_adapter([name for name in active.get(layer, []) if name in existing])  # sets requires_grad too
         for parameter, flag in flags:
             parameter.requires_grad_(flag)
+
+
+CHECKPOINTED_LAYERS = ("ResnetBlock2D", "TemporalConvLayer", "Transformer2DModel", "TransformerTemporalModel")
+"""UNet layers whose activations the memory step recomputes instead of storing (diffusers class names)."""
+
+
+@contextmanager
+def activation_checkpointing(unet: torch.nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Inside the block, each layer of :data:`CHECKPOINTED_LAYERS` keeps only its inputs for the
+    backward pass and recomputes its internals there (``torch.utils.checkpoint``, non-reentrant).
+
+    The gradients are the same; the peak memory of a training step drops to the layer boundaries
+    plus one layer's internals. diffusers' ``UNet3DConditionModel`` has no gradient checkpointing
+    of its own, so the layers' ``forward`` is wrapped for the duration of the block only.
+    """
+    wrapped = []
+    if enabled:
+        for module in unet.modules():
+            if type(module).__name__ in CHECKPOINTED_LAYERS and "forward" not in vars(module):
+                module.forward = functools.partial(checkpoint, module.forward, use_reentrant=False,
+                                                   preserve_rng_state=False)
+                wrapped.append(module)
+    try:
+        yield
+    finally:
+        for module in wrapped:
+            del module.forward  # back to the class's forward
 
 
 @contextmanager

@@ -38,7 +38,7 @@ from .fast_learner import (
 )
 from .io_utils import atomic_output_dir, atomic_write_json
 from .model import ModelBundle
-from .profiling import Stopwatch, peak_memory_mb, reset_peak_memory
+from .profiling import Stopwatch, peak_memory_mb, release_freed_memory_promptly, reset_peak_memory
 from .sampler import SamplerConfig, make_scheduler, sample_chunk
 from .video_io import frames_to_tensor, tensor_to_frames
 
@@ -119,6 +119,8 @@ class GenerationSession:
             self._release = weakref.finalize(self, _release_adapter, bundle.unet, self.adapter_name, owned)
             self._release.atexit = False
         self.closed = False
+        if self.device.type == "cpu":
+            release_freed_memory_promptly()  # a chunk's activations leave the process when freed: flat memory
         bundle.unet.eval()
         self.sample_generator = torch.Generator().manual_seed(config.seed)
         self.memory_generator = torch.Generator().manual_seed((config.seed + 1) % 2**64)  # = seed + 1 below 2**64 - 1

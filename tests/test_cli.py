@@ -43,6 +43,8 @@ def test_generate_writes_readable_video_and_sidecar(tiny_model_dir, image, tmp_p
     assert [c["action"] for c in sidecar["chunks"]] == ["move right", "move right", "move left"]
     assert [(c["start_frame"], c["end_frame"]) for c in sidecar["chunks"]] == [(1, 4), (4, 7), (7, 10)]
     assert all(c["seconds"] > 0 and c["temp_lora_loss"] > 0 for c in sidecar["chunks"])
+    spent = sum(c["seconds"] + c["memory_seconds"] for c in sidecar["chunks"])
+    assert sidecar["generated_frames_per_second"] == pytest.approx(9 / spent, rel=1e-2)  # 9 new frames
     assert "frames_per_chunk: 3" in out.with_suffix(".yaml").read_text()
     assert "wrote" in capsys.readouterr().out
 

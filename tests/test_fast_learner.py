@@ -4,7 +4,7 @@ import pytest
 import torch
 from peft import PeftModel
 
-from slowfast_vgen.fast_learner import FastLearnerConfig, TempLoRA, remove_adapter
+from slowfast_vgen.fast_learner import FastLearnerConfig, TempLoRA, activation_checkpointing, remove_adapter
 from slowfast_vgen.model import ModelBundle
 
 
@@ -64,6 +64,25 @@ def test_memory_loss_falls_over_update_steps(tiny_bundle):
     for _ in range(30):
         learner.update(previous, new, train_generator, uncond)
     assert probe() < 0.9 * start
+
+
+def test_checkpointed_update_equals_the_plain_update_and_unwraps(tiny_bundle):
+    """Recomputing activations in the backward pass changes the memory's cost, not its weights."""
+    previous, new = _chunk_pair()
+    uncond = tiny_bundle.encode_text([""])
+    weights = {}
+    for checkpointing in (False, True):
+        learner = _learner(tiny_bundle, checkpointing=checkpointing)  # same name: a fresh memory each time
+        for _ in range(2):
+            learner.update(previous, new, torch.Generator().manual_seed(3), uncond)
+        weights[checkpointing] = {n: p.detach().clone() for n, p in learner.parameters.items()}
+    moved = [n for n in weights[False] if not torch.equal(weights[False][n], learner.initial_state[n])]
+    assert moved  # the comparison is between memories that learned something
+    for name in weights[False]:
+        torch.testing.assert_close(weights[True][name], weights[False][name], rtol=1e-5, atol=1e-7)
+    with activation_checkpointing(tiny_bundle.unet):
+        assert any("forward" in vars(m) for m in tiny_bundle.unet.modules())
+    assert not any("forward" in vars(m) for m in tiny_bundle.unet.modules())  # the class forward again
 
 
 def test_fresh_memory_changes_nothing_and_reset_restores_initial_output(tiny_bundle):
