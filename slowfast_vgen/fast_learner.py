@@ -71,8 +71,8 @@ class FastLearnerConfig:
     )
     max_grad_norm: float = help_field(1.0, "gradient clipping of the LoRA update (0 = off)")
     checkpointing: bool = help_field(
-        True, "recompute each UNet layer's activations in the backward pass of the memory step "
-        "(same update, about half the extra peak memory, a little more time)"
+        False, "recompute each UNet layer's activations in the backward pass of the memory step "
+        "(same update; embedded model on the CPU: peak 759 -> 649 MB, update 0.55 -> 0.93 s)"
     )
     seed: int = help_field(0, "seed of the LoRA's initial A matrices")
 
@@ -330,6 +330,36 @@ def activation_checkpointing(unet: torch.nn.Module, enabled: bool = True) -> Ite
     finally:
         for module in wrapped:
             del module.forward  # back to the class's forward
+
+
+@contextmanager
+def merged_adapter(unet: torch.nn.Module, adapter_name: str | None) -> Iterator[None]:
+    """Sample with the memory folded into the base weights: ``W' = W + (alpha / r) B A`` in every
+    layer of adapter ``adapter_name``, no adapter active inside, the exact ``W`` copied back on exit.
+
+    The same function as running the LoRA beside the layer (up to float rounding), without
+    peft's per-layer LoRA branch at every denoising step: on the CPU that branch doubled the
+    sampling time of the embedded model. The base weights are restored by copy, not by
+    subtracting the delta, so they stay byte-equal however many chunks are generated.
+    ``None`` (no memory): nothing to do.
+    """
+    if adapter_name is None:
+        yield
+        return
+    layers = [layer for layer in _adapter_layers(unet) if adapter_name in getattr(layer, "lora_A", {})]
+    originals = []
+    try:
+        with torch.no_grad():
+            for layer in layers:
+                weight = layer.get_base_layer().weight
+                originals.append((weight, weight.detach().clone()))
+                weight.add_(layer.get_delta_weight(adapter_name).to(weight.dtype))
+        with use_adapter(unet, None):
+            yield
+    finally:
+        with torch.no_grad():
+            for weight, original in originals:
+                weight.copy_(original)
 
 
 @contextmanager

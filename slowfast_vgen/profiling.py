@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,34 +20,6 @@ def _status_kib(key: str) -> int | None:
     except OSError:
         return None
     return None
-
-
-_M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
-MMAP_THRESHOLD_BYTES = 256 * 1024
-_allocator_tuned = False
-
-
-def release_freed_memory_promptly() -> bool:
-    """glibc only: serve every allocation of >= 256 KiB with its own ``mmap``, so a freed tensor
-    goes back to the system at once. Returns whether the setting is in effect.
-
-    By default glibc raises its mmap threshold after the first large frees (up to 32 MiB) and
-    afterwards keeps freed activations in the heap: a Temp-LoRA update's backward pass then leaves
-    its activations resident and the heap slowly fragments. Measured with the embedded model on
-    the CPU (100 chunks, Temp-LoRA on): peak RSS of a chunk 826 -> 602 MB, growth from the second
-    chunk to the last 4.7 % -> 1.5 %. Set once per process; other allocators are left alone.
-    """
-    global _allocator_tuned
-    if _allocator_tuned:
-        return True
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        _allocator_tuned = bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
-    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
-        return False
-    return _allocator_tuned
 
 
 def reset_peak_memory(device: torch.device) -> None:

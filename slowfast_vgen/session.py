@@ -34,11 +34,12 @@ from tqdm.auto import tqdm
 from .config import help_field
 from .errors import UserInputError, first_line, read_json_object
 from .fast_learner import (
-    ADAPTER_NAME, FastLearnerConfig, TempLoRA, read_memory, remove_adapter, restored_adapters, use_adapter,
+    ADAPTER_NAME, FastLearnerConfig, TempLoRA, merged_adapter, read_memory, remove_adapter, restored_adapters,
+    use_adapter,
 )
 from .io_utils import atomic_output_dir, atomic_write_json
 from .model import ModelBundle
-from .profiling import Stopwatch, peak_memory_mb, release_freed_memory_promptly, reset_peak_memory
+from .profiling import Stopwatch, peak_memory_mb, reset_peak_memory
 from .sampler import SamplerConfig, make_scheduler, sample_chunk
 from .video_io import frames_to_tensor, tensor_to_frames
 
@@ -119,8 +120,6 @@ class GenerationSession:
             self._release = weakref.finalize(self, _release_adapter, bundle.unet, self.adapter_name, owned)
             self._release.atexit = False
         self.closed = False
-        if self.device.type == "cpu":
-            release_freed_memory_promptly()  # a chunk's activations leave the process when freed: flat memory
         bundle.unet.eval()
         self.sample_generator = torch.Generator().manual_seed(config.seed)
         self.memory_generator = torch.Generator().manual_seed((config.seed + 1) % 2**64)  # = seed + 1 below 2**64 - 1
@@ -198,15 +197,16 @@ class GenerationSession:
                     num_context = context.shape[2]
                     # 3. Y_i = (Phi + Theta_i)(X_i, C_i): denoise the new frames from noise (inner loop)
                     scheduler = make_scheduler(config.sampler.scheduler, bundle.noise_scheduler.config)
-                    new = sample_chunk(
-                        bundle.unet, scheduler, context, text, self.unconditional,
-                        num_frames=config.frames_per_chunk,
-                        num_inference_steps=config.sampler.num_inference_steps,
-                        guidance_scale=config.sampler.guidance_scale,
-                        eta=config.sampler.eta,
-                        generator=self.sample_generator,
-                        progress=progress,
-                    )  # (1, C, f_g, h, w)
+                    with merged_adapter(bundle.unet, self.adapter_name):  # Theta_i folded into Phi while sampling
+                        new = sample_chunk(
+                            bundle.unet, scheduler, context, text, self.unconditional,
+                            num_frames=config.frames_per_chunk,
+                            num_inference_steps=config.sampler.num_inference_steps,
+                            guidance_scale=config.sampler.guidance_scale,
+                            eta=config.sampler.eta,
+                            generator=self.sample_generator,
+                            progress=progress,
+                        )  # (1, C, f_g, h, w)
                     # 4. append Y_i to the video: latents stay latents, frames are decoded once
                     self.latent_chunks.append(new)
                     new_frames = tensor_to_frames(bundle.decode_latents(new))  # (f_g, H, W, 3)

@@ -4,7 +4,9 @@ import pytest
 import torch
 from peft import PeftModel
 
-from slowfast_vgen.fast_learner import FastLearnerConfig, TempLoRA, activation_checkpointing, remove_adapter
+from slowfast_vgen.fast_learner import (
+    FastLearnerConfig, TempLoRA, activation_checkpointing, merged_adapter, remove_adapter, use_adapter,
+)
 from slowfast_vgen.model import ModelBundle
 
 
@@ -83,6 +85,27 @@ def test_checkpointed_update_equals_the_plain_update_and_unwraps(tiny_bundle):
     with activation_checkpointing(tiny_bundle.unet):
         assert any("forward" in vars(m) for m in tiny_bundle.unet.modules())
     assert not any("forward" in vars(m) for m in tiny_bundle.unet.modules())  # the class forward again
+
+
+def test_merged_memory_samples_like_the_lora_branch_and_restores_base_exactly(tiny_bundle):
+    learner = _learner(tiny_bundle, learning_rate=1e-2)
+    previous, new = _chunk_pair()
+    uncond = tiny_bundle.encode_text([""])
+    for _ in range(3):  # a memory that changes the output
+        learner.update(previous, new, torch.Generator().manual_seed(2), uncond)
+    before = _base_state(tiny_bundle.unet)
+    text = tiny_bundle.encode_text(["move left"])
+    with use_adapter(tiny_bundle.unet, learner.adapter_name):
+        branch = _output(tiny_bundle.unet, text)
+    with use_adapter(tiny_bundle.unet, None):
+        base = _output(tiny_bundle.unet, text)
+    with merged_adapter(tiny_bundle.unet, learner.adapter_name):
+        merged = _output(tiny_bundle.unet, text)
+    assert (branch - base).abs().max() > 1e-3  # the memory matters for this output
+    torch.testing.assert_close(merged, branch, rtol=1e-4, atol=1e-5)
+    after = _base_state(tiny_bundle.unet)
+    for key in before:
+        assert before[key].numpy().tobytes() == after[key].numpy().tobytes(), key
 
 
 def test_fresh_memory_changes_nothing_and_reset_restores_initial_output(tiny_bundle):
