@@ -338,8 +338,8 @@ def merged_adapter(unet: torch.nn.Module, adapter_name: str | None) -> Iterator[
     layer of adapter ``adapter_name``, no adapter active inside, the exact ``W`` copied back on exit.
 
     The same function as running the LoRA beside the layer (up to float rounding), without
-    peft's per-layer LoRA branch at every denoising step: on the CPU that branch doubled the
-    sampling time of the embedded model. The base weights are restored by copy, not by
+    peft's per-layer LoRA branch at every denoising step: with the embedded model on the CPU,
+    0.99 s instead of 1.10-1.27 s per chunk (8 DDIM steps). The base weights are restored by copy, not by
     subtracting the delta, so they stay byte-equal however many chunks are generated.
     ``None`` (no memory): nothing to do.
     """
