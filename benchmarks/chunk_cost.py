@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -86,6 +87,8 @@ def main(argv=None) -> int:
 def run_all(args, argv) -> int:
     """Measure every mode in a fresh process (so peak RSS is per mode), then compare."""
     results = {"machine": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
+               # OMP_WAIT_POLICY=PASSIVE (good beside another job) makes a solo run ~1.6x slower on 2 cores
+               "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
                "chunks": args.chunks, "command": "python benchmarks/chunk_cost.py " + " ".join(argv), "modes": {}}
     for mode in args.modes.split(","):
         child = subprocess.run([sys.executable, __file__, *argv, "--single-mode", mode], capture_output=True, text=True)

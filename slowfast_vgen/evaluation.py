@@ -159,6 +159,7 @@ def evaluate(bundle: ModelBundle, config: EvalConfig, progress: Callable[[str], 
                          for name, reason in networks.availability().items()},
         "summary": summarise(runs, config.variants),
         **({"curves": per_chunk_curves(runs, config.variants)} if config.suite == "rollout" else {}),
+        **({"memory_curve": memory_curve(runs, config.variants)} if config.suite == "revisit" else {}),
         "runs": runs,
     }
 
@@ -200,6 +201,7 @@ def _run_route(bundle, config: EvalConfig, route: Route, variant: str, seed: int
     scores["action_accuracy"] = float(np.mean([p == c for p, c in zip(predicted, route.primitives)]))
     scores["chunk_psnr"] = float(np.mean([c.psnr for c in per_chunk]))
     scores["scuts"] = float(metrics.scene_cuts(video, mc.scene_threshold, mc.scene_min_len, bundle.fps, mc.scene_upscale))
+    curves: dict[str, list] = {}  # per-run series behind the suite's curves
     if config.suite == "long":
         x = np.array([c.start for c in per_chunk], float)
         y = np.array([c.psnr for c in per_chunk], float)
@@ -209,9 +211,10 @@ def _run_route(bundle, config: EvalConfig, route: Route, variant: str, seed: int
         for key, value in metrics.mean_fields(revisits).items():
             if key.startswith(("psnr", "ssim")):
                 scores[f"revisit_{key}"] = float(value)
+        curves = {"revisit_by_gap": [{"gap_chunks": round((r.later - r.first) / K), "psnr_vs_truth": r.psnr_vs_truth,
+                                      "psnr_vs_first": r.psnr_vs_first} for r in revisits]}
         src = networks.src(video, route.revisit_pairs)
         scores["src"] = src.value if src.available else None
-    curves: dict[str, list] = {}
     if config.suite == "rollout":
         # start-footprint PSNR per chunk: nan where the chunk shows nothing of frame 0's footprint
         footprint = metrics.footprint_chunk_psnr(video, route.frames, route.footprint, chunk_ranges)
@@ -279,6 +282,32 @@ def per_chunk_curves(runs: list[dict], variants: list[str]) -> dict[str, dict[st
     return curves
 
 
+def memory_curve(runs: list[dict], variants: list[str]) -> dict[str, list[dict]]:
+    """Revisit quality against how long ago the place was seen: per variant and gap (chunks between
+    the first visit and the revisit; on an out-and-back route also the number of other places
+    passed in between), the mean, 95 % CI bounds and n of the revisited frame's PSNR against the
+    ground truth and against the first visit, over every revisit pair of every run. A memory that
+    works lifts the long gaps, where the place has left the context window, above ``off``.
+    """
+    curve: dict[str, list[dict]] = {}
+    for variant in variants:
+        by_gap: dict[int, list[dict]] = {}
+        for run in runs:
+            if run["variant"] == variant:
+                for pair in run.get("revisit_by_gap", []):
+                    by_gap.setdefault(pair["gap_chunks"], []).append(pair)
+        points = []
+        for gap in sorted(by_gap):
+            point = {"gap_chunks": gap, "n": len(by_gap[gap])}
+            for name in ("psnr_vs_truth", "psnr_vs_first"):
+                values = [p[name] for p in by_gap[gap] if math.isfinite(p[name])]
+                mean, low, high = metrics.mean_ci(values) if values else (None, None, None)
+                point[name] = {"mean": mean, "low": low, "high": high, "n": len(values)}
+            points.append(point)
+        curve[variant] = points
+    return curve
+
+
 def _format_entry(entry: dict | None) -> str:
     """``mean ± half-width of the 95 % CI`` (just the mean with one value; "unavailable" with none)."""
     if not entry or entry["mean"] is None:
@@ -312,6 +341,17 @@ def markdown_table(result: dict) -> str:
                     entry = points[index] if index < len(points) else None
                     cells.append(f"{_format_entry(entry)} (n {entry['n'] if entry else 0})")
             lines.append(f"| {index} | " + " | ".join(cells) + " |")
+    memory = result.get("memory_curve")
+    if memory:
+        gaps = sorted({point["gap_chunks"] for points in memory.values() for point in points})
+        header = [f"{variant} vs truth" for variant in memory] + [f"{variant} vs first" for variant in memory]
+        lines += ["", "Memory curve: revisit PSNR (dB) by chunks since the first visit (mean ± 95 % CI half-width):", "",
+                  "| gap (chunks) | " + " | ".join(header) + " |", "|---|" + "---|" * len(header)]
+        for gap in gaps:
+            found = {variant: next((p for p in points if p["gap_chunks"] == gap), None) for variant, points in memory.items()}
+            cells = [_format_entry(found[v][name] if found[v] else None)
+                     for name in ("psnr_vs_truth", "psnr_vs_first") for v in memory]
+            lines.append(f"| {gap} | " + " | ".join(cells) + " |")
     notes = [f"- {name}: {info['reason']}" for name, info in result.get("availability", {}).items() if info.get("reason")]
     if notes:
         lines += ["", "Unavailable metrics:", *notes]
@@ -362,6 +402,15 @@ def save_results(result: dict, out_dir) -> dict[str, str]:
                       for variant, by_name in result["curves"].items()}
             panels.append(Panel(series, f"{result['suite']}: {title}", "chunk index", ylabel, y_range))
         written["rollout_plot"] = str(line_plots(panels, out / "rollout_curves.png"))
+    # memory curve: revisit PSNR against the gap since the first visit, one line per variant
+    if result.get("memory_curve"):
+        panels = []
+        for name, title in (("psnr_vs_truth", "revisit PSNR vs ground truth"), ("psnr_vs_first", "revisit PSNR vs first visit")):
+            series = {variant: ([p["gap_chunks"] for p in points],
+                                [math.nan if p[name]["mean"] is None else p[name]["mean"] for p in points])
+                      for variant, points in result["memory_curve"].items()}
+            panels.append(Panel(series, f"memory curve: {title}", "chunks since the first visit", "PSNR (dB)", None))
+        written["memory_plot"] = str(line_plots(panels, out / "memory_curve.png"))
     # contact sheet: first visit vs revisit vs ground truth, first run of every variant
     sheet = {}
     for variant in variants:

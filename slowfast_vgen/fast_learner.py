@@ -42,7 +42,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.checkpoint import checkpoint
 
 from . import diffusion
-from .model import unet_text_kwargs
+from .model import frozen_weights_on_fast_path, unet_text_kwargs
 from .checkpointing import load_optimizer_state, save_optimizer_state
 from .config import help_field
 from .errors import UserInputError, first_line, read_json_object
@@ -148,14 +148,16 @@ class TempLoRA:
         ``(1, C, f_g, h, w)`` the generated chunk (both clean latents). ``history`` (all latents so
         far, ``(1, C, N, h, w)``) is needed by the ``full-sequence`` variant.
         """
-        losses = []
-        with self.activated(), activation_checkpointing(self.unet, enabled=self.config.checkpointing):
+        losses, trained = [], list(self.parameters.values())
+        with self.activated(), activation_checkpointing(self.unet, enabled=self.config.checkpointing), \
+                frozen_weights_on_fast_path(self.unet):
             for _ in range(self.config.steps_per_chunk):
                 self.optimizer.zero_grad(set_to_none=True)
                 loss = self._loss(previous, new, generator, unconditional_embeddings, text_embeddings, history)
-                loss.backward()
+                for parameter, gradient in zip(trained, torch.autograd.grad(loss, trained)):  # the LoRA's only
+                    parameter.grad = gradient
                 if self.config.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(list(self.parameters.values()), self.config.max_grad_norm)
+                    torch.nn.utils.clip_grad_norm_(trained, self.config.max_grad_norm)
                 self.optimizer.step()
                 losses.append(float(loss.detach()))
         self.optimizer.zero_grad(set_to_none=True)

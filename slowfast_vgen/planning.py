@@ -410,6 +410,19 @@ def blocks_scores(env: BlocksEnv, task: Task, states: np.ndarray, target: np.nda
             "block_distances": dict(zip(env.world.config.colours, distances.tolist()))}
 
 
+def plan_fidelity(plan: np.ndarray, observed: np.ndarray, return_start: int) -> dict:
+    """How faithfully the world model imagined what the world then showed: PSNR (dB) of the plan's
+    frames ``(1 + M*K, H, W, 3)`` against the real frames at the same steps, over every generated
+    frame (``plan_psnr``) and over the return leg only (``return_plan_psnr``, frames after
+    ``return_start``). On the return leg every place was seen on the way out, so this is where an
+    episodic memory can show (paper §4.1: revisits); the distances cannot, once the actions are right.
+    """
+    from .metrics import psnr
+
+    return {"plan_psnr": psnr(plan[1:], observed[1:]),
+            "return_plan_psnr": psnr(plan[return_start + 1:], observed[return_start + 1:])}
+
+
 # ---------------------------------------------------------------------------- the experiment
 def make_reader(idm: str, world: str, env: Environment, frames_per_action: int, size: int) -> ActionReader:
     """``analytic`` or a trained IDM directory, checked against the world, frame size and chunk length."""
@@ -470,6 +483,8 @@ def run_plan(config: PlanConfig, bundle=None, progress: Callable[[str], None] | 
         scores = scorer(env, task, run.states, target, config.success_radius)
         executed = [d.primitive for d in run.decisions]
         scores["action_agreement"] = float(np.mean([e == p for e, p in zip(executed, task.primitives)]))
+        if config.uses_video_model:  # the oracle's plan is the observation itself; random has none
+            scores.update(plan_fidelity(run.plan, run.observed, task.return_from * k))
         episodes.append({
             "episode": episode, "world_seed": world_seed, "start": np.asarray(task.start).tolist(),
             "return_from": task.return_from, "scores": scores,
@@ -568,6 +583,6 @@ def _plain(config: PlanConfig) -> dict:
 __all__ = [
     "BlocksEnv", "Decision", "EpisodeRun", "LOOPS", "ModelPolicy", "NavigationEnv", "OracleWorldModel", "POLICIES",
     "PlanConfig", "RandomPolicy", "TASKS", "Task", "TaskTemplate", "VideoWorldModel", "blocks_scores", "make_reader",
-    "make_task", "markdown_table", "navigation_scores", "resolve_task", "rollout", "run_episode", "run_plan",
+    "make_task", "markdown_table", "navigation_scores", "plan_fidelity", "resolve_task", "rollout", "run_episode", "run_plan",
     "save_plan_results", "side_by_side", "summarise",
 ]  # fmt: skip

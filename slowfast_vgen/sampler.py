@@ -20,7 +20,7 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteS
 from tqdm.auto import tqdm
 
 from .config import help_field
-from .model import unet_text_kwargs
+from .model import frozen_weights_on_fast_path, unet_text_kwargs
 
 SCHEDULERS = {
     "ddim": lambda config: DDIMScheduler.from_config(config, clip_sample=False, set_alpha_to_one=False),
@@ -108,7 +108,7 @@ def sample_chunk(
     latents = (latents * scheduler.init_noise_sigma).to(device=device, dtype=dtype)
 
     # 2. denoising loop: clean context ⊕ noisy targets through the UNet, step the targets only
-    with _cpu_fast_matmul(unet):  # frozen weights take a slow matmul path on the CPU
+    with frozen_weights_on_fast_path(unet):  # under no_grad: no graph, 2x faster on the CPU
         for index, timestep in enumerate(tqdm(scheduler.timesteps, desc="denoise", leave=False, disable=not progress)):
             model_input = torch.cat([context, scheduler.scale_model_input(latents, timestep)], dim=2)  # (B, C, f_p+f_g, h, w)
             if use_guidance:
@@ -122,25 +122,3 @@ def sample_chunk(
             if callback is not None:
                 callback(index, int(timestep), latents)
     return latents
-
-
-@contextmanager
-def _cpu_fast_matmul(unet: torch.nn.Module) -> Iterator[None]:
-    """On the CPU, mark frozen UNet weights ``requires_grad`` while sampling (under ``no_grad``: no
-    graph is built), then restore the flags.
-
-    Measured with torch 2.13 on the project's CPU: the embedded model's UNet forward under
-    ``no_grad`` takes 150 ms with the weights marked trainable and 300 ms with them frozen
-    (``nn.Linear`` on 3-D inputs takes a slower matmul path for a weight that does not require
-    grad), and a Temp-LoRA freezes the base weights. Nothing changes on other devices.
-    """
-    frozen = []
-    if next(unet.parameters()).device.type == "cpu" and not torch.is_grad_enabled():
-        frozen = [p for p in unet.parameters() if not p.requires_grad and p.is_floating_point()]
-    for parameter in frozen:
-        parameter.requires_grad_(True)
-    try:
-        yield
-    finally:
-        for parameter in frozen:
-            parameter.requires_grad_(False)

@@ -604,7 +604,9 @@ class SlowFastLoopTrainer(SlowTrainer):
     ``(X_i, X_{i+1}, a_i, Theta_i)`` and then updating ``Theta_i -> Theta_{i+1}`` with the fast
     rule (Eq. 3) on ``X_i ⊕ X_{i+1}`` while Phi is fixed. The outer loop then takes one
     micro-batch per record: ``Theta_i`` is loaded into the LoRA (frozen) and Phi is updated with
-    the masked conditional loss of predicting ``X_{i+1}`` from ``X_i`` and the action.
+    the masked conditional loss of predicting ``X_{i+1}`` from ``X_i`` and the action. As in
+    generation (Algorithm 1a), ``X_i`` enters as its last ``f_p`` frames (``data.context_frames_*``),
+    in both the record and the fast update.
     """
 
     config: LoopTrainConfig
@@ -653,10 +655,14 @@ class SlowFastLoopTrainer(SlowTrainer):
                 latents = [self.bundle.encode_frames(chunk[None].to(device)) for chunk in chunks]  # I x (1, C, K, h, w)
                 self.fast_learner.reset()  # Theta_0^e: a fresh memory per episode
                 for i in range(len(latents) - 1):
-                    records.append({"context": latents[i], "target": latents[i + 1], "action": actions[i + 1],
+                    # X_i as generation sees it: its last f_p frames (f_p uniform in [context_frames_min, max])
+                    low, high = config.data.context_frames_min, min(config.data.context_frames_max, latents[i].shape[2])
+                    f_p = int(torch.randint(low, high + 1, (1,), generator=generator)) if high > low else high
+                    context = latents[i][:, :, -f_p:]
+                    records.append({"context": context, "target": latents[i + 1], "action": actions[i + 1],
                                     "theta": self.fast_learner.state_dict()})  # D_s += (X_i, X_{i+1}, Theta_i)
                     unet.train()
-                    self.fast_learner.update(latents[i], latents[i + 1], generator, uncond,
+                    self.fast_learner.update(context, latents[i + 1], generator, uncond,
                                              text_embeddings=self.encode_text([actions[i + 1]]),
                                              history=torch.cat(latents[: i + 2], dim=2))  # Eq. 3 with Phi fixed
         finally:

@@ -7,7 +7,9 @@ import pytest
 
 from slowfast_vgen.cli import main
 from slowfast_vgen.config import load_config
-from slowfast_vgen.evaluation import EvalConfig, build_routes, evaluate, markdown_table, per_chunk_curves, summarise
+from slowfast_vgen.evaluation import (
+    EvalConfig, build_routes, evaluate, markdown_table, memory_curve, per_chunk_curves, summarise,
+)
 from slowfast_vgen.errors import UserInputError
 from slowfast_vgen.metrics import footprint_masks
 from slowfast_vgen.worlds import build_world
@@ -43,8 +45,25 @@ def test_revisit_suite_scores_every_variant_and_writes_reports(tiny_model_dir, t
     assert all(loss is None for run in result["runs"] if run["variant"] == "off" for loss in run["memory_loss"])
     table = (out / "results.md").read_text()
     assert table.startswith("| score | off | paper |") and "| src | unavailable | unavailable |" in table
-    for png in ("per_chunk_psnr.png", "revisit_contact_sheet.png"):
+    for png in ("per_chunk_psnr.png", "revisit_contact_sheet.png", "memory_curve.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the memory curve: route out 2, back 2 -> revisits 2 and 4 chunks after the first visit
+    curve = result["memory_curve"]["paper"]
+    assert [p["gap_chunks"] for p in curve] == [2, 4] and all(p["n"] == 2 for p in curve)  # 2 seeds
+    assert "Memory curve" in table and "| 4 |" in table
+
+
+def test_memory_curve_groups_revisit_pairs_by_gap():
+    runs = [{"variant": "paper", "revisit_by_gap": [{"gap_chunks": 2, "psnr_vs_truth": 20.0, "psnr_vs_first": 25.0},
+                                                    {"gap_chunks": 6, "psnr_vs_truth": 12.0, "psnr_vs_first": 14.0}]},
+            {"variant": "paper", "revisit_by_gap": [{"gap_chunks": 2, "psnr_vs_truth": 22.0, "psnr_vs_first": 27.0}]},
+            {"variant": "off", "revisit_by_gap": [{"gap_chunks": 2, "psnr_vs_truth": 10.0, "psnr_vs_first": 11.0}]}]
+    curve = memory_curve(runs, ["off", "paper"])
+    assert [p["gap_chunks"] for p in curve["paper"]] == [2, 6] and [p["gap_chunks"] for p in curve["off"]] == [2]
+    two = curve["paper"][0]
+    assert two["n"] == 2 and two["psnr_vs_truth"]["mean"] == 21.0 and two["psnr_vs_first"]["mean"] == 26.0
+    six = curve["paper"][1]["psnr_vs_truth"]
+    assert six["mean"] == 12.0 and six["n"] == 1  # one pair: a mean, no interval
 
 
 def test_chunk_suite_predicts_from_ground_truth_context(tiny_bundle):

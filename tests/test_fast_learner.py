@@ -52,6 +52,30 @@ def test_only_lora_parameters_change_and_base_is_byte_equal(tiny_bundle):
     assert any(not torch.equal(lora_before[n], p) for n, p in learner.parameters.items())
 
 
+def test_update_leaves_base_frozen_without_grads_and_matches_a_plain_backward(tiny_bundle):
+    """The memory step runs the frozen weights on the CPU's fast path (marked trainable for the
+    step): afterwards they are frozen again, hold no .grad, and the LoRA moved exactly as Adam on
+    the plain loss.backward() gradient moves it."""
+    previous, new = _chunk_pair()
+    uncond = tiny_bundle.encode_text([""])
+    learner = _learner(tiny_bundle)
+    learner.update(previous, new, torch.Generator().manual_seed(5), uncond)
+    updated = {n: p.detach().clone() for n, p in learner.parameters.items()}
+    base = [(n, p) for n, p in tiny_bundle.unet.named_parameters() if n not in learner.parameters]
+    assert base and all(not p.requires_grad and p.grad is None for _, p in base)
+    assert all(p.requires_grad and p.grad is None for p in learner.parameters.values())  # zeroed after the step
+
+    reference = _learner(tiny_bundle)  # same name and seed: the same fresh memory
+    reference.optimizer.zero_grad(set_to_none=True)
+    loss = reference.loss(previous, new, torch.Generator().manual_seed(5), uncond)
+    loss.backward()  # the frozen weights stay out of the graph here
+    torch.nn.utils.clip_grad_norm_(list(reference.parameters.values()), reference.config.max_grad_norm)
+    reference.optimizer.step()
+    assert any(not torch.equal(updated[n], reference.initial_state[n]) for n in updated)
+    for name, parameter in reference.parameters.items():
+        torch.testing.assert_close(updated[name], parameter.detach(), rtol=1e-4, atol=1e-5)  # lr 1e-3 steps; matmul paths differ in rounding
+
+
 def test_memory_loss_falls_over_update_steps(tiny_bundle):
     learner = _learner(tiny_bundle, learning_rate=3e-3, steps_per_chunk=1, batch_size=2)
     previous, new = _chunk_pair()

@@ -13,7 +13,7 @@ from slowfast_vgen.idm_training import IDMTrainConfig, train_idm
 from slowfast_vgen.inverse_dynamics import (
     ColourTrackingIDM, InverseDynamicsModel, PairSampler, ShiftSearchIDM, evaluate_reader, load_idm,
 )
-from slowfast_vgen.planning import TASKS, PlanConfig, resolve_task, run_plan
+from slowfast_vgen.planning import TASKS, PlanConfig, plan_fidelity, resolve_task, run_plan
 from slowfast_vgen.session import GenerationConfig
 
 TINY_IDM = ["size=16", "frames_per_action=3", "num_worlds=8", "val_worlds=4", "val_chunks=200", "batch_size=32",
@@ -114,6 +114,19 @@ def test_idm_trained_briefly_beats_chance_and_resumes_exactly(tmp_path):
         assert torch.equal(x, y), name
 
 
+def test_plan_fidelity_scores_the_whole_plan_and_its_return_leg():
+    rng = np.random.default_rng(0)
+    observed = rng.integers(0, 256, (1 + 4 * 3, 8, 8, 3), dtype=np.uint8)
+    plan = observed.copy()
+    plan[7:] = 255 - plan[7:]  # the return leg (frames after 2 chunks of 3 = frame 6) imagined wrong
+    plan[1] = np.clip(plan[1].astype(int) + 8, 0, 255)  # the outward leg slightly off
+    scores = plan_fidelity(plan, observed, return_start=6)
+    assert scores["return_plan_psnr"] < scores["plan_psnr"] < 40
+    wrong = (255 - observed[7:].astype(float)) / 255 - observed[7:].astype(float) / 255
+    assert scores["return_plan_psnr"] == pytest.approx(-10 * np.log10(np.mean(wrong ** 2)), abs=1e-3)
+    assert "plan_psnr" not in _plan("navigate-return", oracle=True, episodes=1, size=16)["episodes"][0]["scores"]
+
+
 def test_cli_plan_with_oracle_writes_results_table_and_video(tmp_path, capsys):
     out = tmp_path / "oracle"
     assert main(["plan", "--task", "navigate-return", "--oracle", "--episodes", "1", "--quiet", "--out", str(out),
@@ -141,7 +154,9 @@ def test_cli_plan_with_the_tiny_video_model_and_a_learned_idm(tiny_model_dir, tm
     assert result["world_model"] == "video model" and result["fast_mode"] == "paper" and result["idm"] == str(idm)
     steps = result["episodes"][0]["steps"]
     assert len(steps) == 2 and all(s["memory_loss"] is not None and s["displacement"] is not None for s in steps)
-    assert (out / "results.md").is_file()
+    scores = result["episodes"][0]["scores"]
+    assert 0 < scores["plan_psnr"] < 60 and 0 < scores["return_plan_psnr"] < 60  # an untrained plan is not the world
+    assert "return_plan_psnr" in (out / "results.md").read_text()
     assert len(decord.VideoReader(str(out / "episodes" / "episode-000.mp4"))) == 1 + 2 * 3
 
 

@@ -1,6 +1,6 @@
 """The slow-fast learning loop (Algorithm 1b): Temp-LoRA per episode (inner), base weights (outer).
 
-    accelerate launch train/train_loop.py --config configs/train/loop_navigation.yaml data.root=DIR init_from=MODEL
+    accelerate launch train/train_loop.py --config configs/train/loop_navigation.yaml data.root=DIR
 
 Same checkpoint, resume and exit-code rules as train_slow.py.
 """
