@@ -224,23 +224,23 @@ def _quiet_libraries() -> None:
 
 
 # ---------------------------------------------------------------------------- outputs
-def write_outputs(session, out: Path, model_path: str, gif: bool, upscale: int | None = None) -> dict:
+def write_outputs(session, out: Path, model_path: str, gif: bool, upscale: int | None = None,
+                  mp4_written: bool = False) -> dict:
     """Write the video (mp4, optional gif), the resolved config and the per-chunk sidecar JSON.
 
     ``upscale`` (default: :func:`auto_upscale`) enlarges small frames by an integer factor so
-    the video is watchable and decord-readable; the sidecar records it.
+    the video is watchable and decord-readable; the sidecar records it. ``mp4_written``: the mp4
+    was streamed while generating (``sfvgen generate``), only the rest is written here.
     """
     from .config import save_config
     from .io_utils import atomic_write_json
-    from .video_io import auto_upscale, write_video
+    from .video_io import write_video
 
     fps = session.fps
     video = session.video()
-    if upscale is None:
-        upscale = auto_upscale(video.shape[2])
-    elif upscale < 1:
-        raise UserInputError(f"--upscale must be an integer >= 1, got {upscale}")
-    write_video(out, video, fps=fps, upscale=upscale)
+    upscale = resolve_upscale(upscale, video.shape[2])
+    if not mp4_written:
+        write_video(out, video, fps=fps, upscale=upscale)
     if gif:
         write_video(out.with_suffix(".gif"), video, fps=fps, upscale=upscale)
     save_config(session.config, out.with_suffix(".yaml"))
@@ -264,6 +264,17 @@ def write_outputs(session, out: Path, model_path: str, gif: bool, upscale: int |
     }
     atomic_write_json(out.with_suffix(".json"), sidecar)
     return sidecar
+
+
+def resolve_upscale(upscale: int | None, width: int) -> int:
+    """``--upscale``: None = :func:`~slowfast_vgen.video_io.auto_upscale`; below 1 is an error."""
+    from .video_io import auto_upscale
+
+    if upscale is None:
+        return auto_upscale(width)
+    if upscale < 1:
+        raise UserInputError(f"--upscale must be an integer >= 1, got {upscale}")
+    return upscale
 
 
 def _resolve_out(path: str, gif: bool = False) -> Path:
@@ -295,6 +306,7 @@ def _resolve_out(path: str, gif: bool = False) -> Path:
 # ---------------------------------------------------------------------------- generate
 def generate_main(args: argparse.Namespace) -> int:
     from .session import GenerationSession
+    from .video_io import video_stream
 
     _check_generation_flags(args)
     actions = _parse_actions(args)
@@ -319,12 +331,17 @@ def generate_main(args: argparse.Namespace) -> int:
         session = GenerationSession(bundle, config)
         session.start(_first_frame(args, bundle))
 
-    def after_chunk(record, frames):
-        if session_dir is not None:
-            session.save(session_dir)  # a crash now loses at most the chunk in flight
+    upscale = resolve_upscale(args.upscale, bundle.width)
+    with video_stream(out, session.fps, upscale) as append:  # out appears complete at the end, never partial
+        append(session.video())  # the first frame (or every frame of a resumed session)
 
-    session.generate(actions[session.num_chunks_done:], callback=after_chunk, progress=not args.quiet)
-    sidecar = write_outputs(session, out, model_path, args.gif, args.upscale)
+        def after_chunk(record, frames):
+            append(frames)  # encoded now: the video is not held in memory, upscaled, at the end
+            if session_dir is not None:
+                session.save(session_dir)  # a crash now loses at most the chunk in flight
+
+        session.generate(actions[session.num_chunks_done:], callback=after_chunk, progress=not args.quiet)
+    sidecar = write_outputs(session, out, model_path, args.gif, upscale, mp4_written=True)
     per_chunk = [r["seconds"] + r["memory_seconds"] for r in sidecar["chunks"]]
     print(f"wrote {out} ({sidecar['frames']} frames, {len(per_chunk)} chunks, "
           f"{sum(per_chunk) / max(1, len(per_chunk)):.2f} s/chunk, fast={sidecar['fast_mode']})")

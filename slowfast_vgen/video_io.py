@@ -7,7 +7,9 @@ Frames on disk and in numpy are ``(F, H, W, 3) uint8``; model tensors are
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -82,25 +84,51 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 8.0, u
     import imageio.v3 as iio
 
     path = Path(path)
+    frames = _checked_frames(frames)
+    if path.suffix.lower() != ".gif":
+        with video_stream(path, fps, upscale) as append:
+            append(frames)
+        return path
+    with atomic_output_file(path) as tmp:
+        iio.imwrite(tmp, upscale_frames(frames, upscale), extension=".gif", duration=1000.0 / fps, loop=0)
+    return path
+
+
+@contextmanager
+def video_stream(path: str | os.PathLike, fps: float = 8.0, upscale: int = 1) -> Iterator[Callable[[np.ndarray], None]]:
+    """Encode an mp4 as its frames arrive: yields ``append(frames)`` for ``(F, H, W, 3) uint8``
+    batches. Frames go to the encoder at once (a long video is never held in memory, upscaled or
+    not); the file appears at ``path`` when the block ends without an error and not before
+    (written beside it, then renamed), with the settings of :func:`write_video`.
+    """
+    import imageio.v2 as imageio
+
+    with atomic_output_file(path) as tmp:
+        writer = None
+        try:
+            def append(frames: np.ndarray) -> None:
+                nonlocal writer
+                frames = _checked_frames(frames)
+                height, width = frames.shape[1:3]
+                if height % 2 or width % 2:  # yuv420p needs even sizes
+                    frames = np.pad(frames, ((0, 0), (0, height % 2), (0, width % 2), (0, 0)), mode="edge")
+                if writer is None:
+                    writer = imageio.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264",
+                                                macro_block_size=1, pixelformat="yuv420p",
+                                                output_params=["-crf", "12", "-preset", "veryfast"])
+                for frame in upscale_frames(frames, upscale):
+                    writer.append_data(frame)
+
+            yield append
+        finally:
+            if writer is not None:
+                writer.close()
+        if writer is None:
+            raise ValueError("no frames were written to the video")
+
+
+def _checked_frames(frames: np.ndarray) -> np.ndarray:
     frames = np.ascontiguousarray(frames, dtype=np.uint8)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
         raise ValueError(f"expected non-empty frames of shape (F, H, W, 3), got {frames.shape}")
-    frames = upscale_frames(frames, upscale)
-    with atomic_output_file(path) as tmp:
-        if path.suffix.lower() == ".gif":
-            iio.imwrite(tmp, frames, extension=".gif", duration=1000.0 / fps, loop=0)
-        else:
-            height, width = frames.shape[1:3]
-            if height % 2 or width % 2:  # yuv420p needs even sizes
-                frames = np.pad(frames, ((0, 0), (0, height % 2), (0, width % 2), (0, 0)), mode="edge")
-            iio.imwrite(
-                tmp,
-                frames,
-                extension=".mp4",
-                fps=fps,
-                codec="libx264",
-                macro_block_size=1,
-                pixelformat="yuv420p",
-                output_params=["-crf", "12", "-preset", "veryfast"],
-            )
-    return path
+    return frames

@@ -353,3 +353,23 @@ def test_cli_first_frame_is_the_worlds_first_frame():
         np.random.default_rng(3), num_actions=1, frames_per_action=1
     )
     assert np.array_equal(frame, resize_center_crop(episode.frames[:1], 16, 12)[0])  # a crop of a 16x16 view
+
+
+def test_streamed_video_equals_the_written_one_and_a_failure_leaves_no_file(tmp_path):
+    from slowfast_vgen.video_io import video_stream, write_video
+
+    frames = np.random.default_rng(0).integers(0, 256, (17, 16, 16, 3), dtype=np.uint8)
+    write_video(tmp_path / "whole.mp4", frames, upscale=2)
+    with video_stream(tmp_path / "streamed.mp4", 8.0, 2) as append:
+        for start in (0, 1, 9):  # the first frame, then chunks, as `sfvgen generate` streams them
+            append(frames[start: start + (1 if start == 0 else 8)])
+        assert not (tmp_path / "streamed.mp4").exists()  # nothing partial under the final name
+    whole, streamed = (decord.VideoReader(str(tmp_path / n)) for n in ("whole.mp4", "streamed.mp4"))
+    assert len(whole) == len(streamed) == 17
+    assert np.array_equal(whole.get_batch(range(17)).asnumpy(), streamed.get_batch(range(17)).asnumpy())
+
+    with pytest.raises(KeyboardInterrupt):
+        with video_stream(tmp_path / "broken.mp4") as append:
+            append(frames[:9])
+            raise KeyboardInterrupt
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["streamed.mp4", "whole.mp4"]  # no partial, no temp file

@@ -120,3 +120,23 @@ def test_gpu_recipe_runs_tiny_on_cpu_without_the_text_encoder_package(tmp_path):
         (run,) = result["runs"]  # one route, one seed: the summary is that run's own fraction of obeyed chunks
         obeyed = sum(p == c for p, c in zip(run["predicted"], run["commanded"])) / len(run["commanded"])
         assert result["summary"]["off"]["action_accuracy"] == {**result["summary"]["off"]["action_accuracy"], "mean": obeyed, "n": 1}
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").rglob("*.yaml")), ids=lambda p: str(p.relative_to(REPO)))
+def test_every_shipped_config_loads_into_its_dataclass(path):
+    """A typo in a shipped YAML (unknown key, wrong type, bad value) fails here, not on a user's machine."""
+    from slowfast_vgen.config import load_config
+    from slowfast_vgen.model import ModelConfig
+    from slowfast_vgen.session import GenerationConfig
+    from slowfast_vgen.training import LoopTrainConfig, TrainConfig
+
+    relative = path.relative_to(REPO / "configs")
+    if relative.parts[0] == "model":
+        cls = ModelConfig
+    elif relative.parts[0] == "train":
+        cls = LoopTrainConfig if relative.name.startswith("loop_") else TrainConfig
+    else:
+        cls = GenerationConfig
+    overrides = ["data.root=data"] if cls is not ModelConfig and relative.parts[0] == "train" else []  # given on the command line
+    config = load_config(cls, path, overrides)
+    assert isinstance(config, cls)
