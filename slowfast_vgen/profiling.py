@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +42,30 @@ def peak_memory_mb(device: torch.device) -> float | None:
         return torch.cuda.max_memory_allocated(device) / 2**20
     kib = _status_kib("VmHWM")
     return None if kib is None else kib / 1024
+
+
+@functools.lru_cache(maxsize=1)
+def _glibc_malloc_trim():
+    """glibc's ``malloc_trim``, or None on another C library / platform."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def release_freed_memory(device: torch.device) -> None:
+    """Give the pages freed by a backward pass back to the OS (glibc ``malloc_trim(0)``; CPU only).
+
+    glibc keeps freed small allocations in its heap; after every Temp-LoRA update the heap is
+    fragmented a little more, and the resident set crept up: embedded model, 125 chunks, peak
+    of the last chunk over the second ×1.056 without this call and ×1.013 with it, for about
+    10-25 ms per call. Nothing happens on other devices or C libraries.
+    """
+    if device.type != "cpu":
+        return
+    trim = _glibc_malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 @dataclass

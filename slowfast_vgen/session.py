@@ -39,7 +39,7 @@ from .fast_learner import (
 )
 from .io_utils import atomic_output_dir, atomic_write_json
 from .model import ModelBundle
-from .profiling import Stopwatch, peak_memory_mb, reset_peak_memory
+from .profiling import Stopwatch, peak_memory_mb, release_freed_memory, reset_peak_memory
 from .sampler import SamplerConfig, make_scheduler, sample_chunk
 from .video_io import frames_to_tensor, tensor_to_frames
 
@@ -218,6 +218,7 @@ class GenerationSession:
                             context, new, self.memory_generator, self.unconditional,
                             text_embeddings=text, history=self.latents if config.fast.mode == "full-sequence" else None,
                         )
+                        release_freed_memory(self.device)  # the backward pass's activations: keeps memory flat
                 # 6. bookkeeping: frame range, cost
                 start = len(self.frames)
                 self.frames.extend(new_frames)
