@@ -23,18 +23,21 @@ used by a training set made with a dataset seed below 900.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 import numpy as np
+import torch
 
 from . import metrics
 from .config import config_from_dict, help_field
 from .errors import UserInputError
 from .model import ModelBundle
 from .session import GenerationConfig, GenerationSession
+from .video_io import frames_to_tensor
 
 SUITES = ("chunk", "long", "revisit", "rollout")
 # rollout suite: curve name -> the per-chunk list of a run it averages
@@ -54,6 +57,10 @@ class EvalConfig:
     rollout_chunks: int = help_field(32, "chunks of a rollout-suite route, each from the model's own output (>= 2)")
     phrasing: str = help_field("heldout", "action phrasings: train | heldout (never seen in training) | all")
     world_seed_base: int = help_field(900_000_000, "held-out world seeds: base + route index")
+    memory_source: str = help_field(
+        "generated", "what the Temp-LoRA learns after each chunk: generated (the method) | truth (diagnostic upper "
+        "bound: the route's ground-truth chunk and its context, which no user has; the video is still generated)"
+    )
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     metrics: metrics.MetricsConfig = field(default_factory=metrics.MetricsConfig)
 
@@ -71,6 +78,8 @@ class EvalConfig:
             raise ValueError("need at least one seed, one route and two actions per route")
         if self.rollout_chunks < 2:
             raise ValueError(f"rollout_chunks must be >= 2, got {self.rollout_chunks}")
+        if self.memory_source not in ("generated", "truth"):
+            raise ValueError(f"memory_source must be generated or truth, got {self.memory_source!r}")
         if self.phrasing not in ("train", "heldout", "all"):
             raise ValueError(f"phrasing must be train, heldout or all, got {self.phrasing!r}")
 
@@ -192,6 +201,8 @@ def _run_route(bundle, config: EvalConfig, route: Route, variant: str, seed: int
                       lpips=None if None in lpips_values else float(np.mean(lpips_values)))
         return {"scores": scores, "predicted": predicted, "commanded": commanded}
     session.start(route.frames[0])
+    if config.memory_source == "truth":
+        session.memory_source = functools.partial(_true_pair, bundle, route.frames, K)
     session.generate(route.actions)
     video = session.video()
     chunk_ranges = [(r.start_frame, r.end_frame) for r in session.records]
@@ -237,6 +248,20 @@ def _run_route(bundle, config: EvalConfig, route: Route, variant: str, seed: int
         "truth": route.frames,
         "revisit_pairs": route.revisit_pairs,
     }
+
+
+def _true_pair(bundle, truth: np.ndarray, frames_per_chunk: int, index: int, context: torch.Tensor,
+               new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``memory_source=truth``: chunk ``index``'s ground-truth frames and the true frames before
+    it (as many as the generated context had), as latents, in place of the generated pair."""
+    end = 1 + index * frames_per_chunk  # truth[:end] is what came before chunk `index`
+    previous = truth[end - context.shape[2]: end]
+    chunk = truth[end: end + new.shape[2]]
+
+    def encode(frames: np.ndarray) -> torch.Tensor:
+        return bundle.encode_frames(frames_to_tensor(frames).to(bundle.device)).to(new.dtype)
+
+    return encode(previous), encode(chunk)
 
 
 def _finite_mean(values: list[float]) -> float | None:

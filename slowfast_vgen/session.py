@@ -129,6 +129,9 @@ class GenerationSession:
         self.latent_chunks: list[torch.Tensor] = []
         self.frames: list[np.ndarray] = []  # N decoded frames (H, W, 3) uint8
         self.records: list[ChunkRecord] = []
+        # diagnostics only (``sfvgen eval memory_source=truth``): (chunk index, context, new) ->
+        # the (previous, new) latents the memory learns instead of the generated pair
+        self.memory_source: Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
 
     # ------------------------------------------------------------------ start
     def start(self, image: np.ndarray) -> None:
@@ -214,8 +217,10 @@ class GenerationSession:
                 loss = None
                 with Stopwatch(self.device) as memory_time:
                     if self.fast_learner is not None:
+                        learned = (context, new) if self.memory_source is None else \
+                            self.memory_source(len(self.records), context, new)
                         loss = self.fast_learner.update(
-                            context, new, self.memory_generator, self.unconditional,
+                            *learned, self.memory_generator, self.unconditional,
                             text_embeddings=text, history=self.latents if config.fast.mode == "full-sequence" else None,
                         )
                         release_freed_memory(self.device)  # the backward pass's activations: keeps memory flat

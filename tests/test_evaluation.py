@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from slowfast_vgen.cli import main
 from slowfast_vgen.config import load_config
@@ -175,3 +176,25 @@ def test_bad_eval_config_is_refused():
         load_config(EvalConfig, overrides=["suite=everything"])
     with pytest.raises(UserInputError, match="rollout_chunks must be >= 2, got 1"):
         load_config(EvalConfig, overrides=["suite=rollout", "rollout_chunks=1"])
+
+
+def test_truth_memory_source_trains_the_memory_on_the_ground_truth_pair(tiny_bundle):
+    """The diagnostic upper bound: the memory learns the route's true chunk and the true frames
+    before it, as many as the generated context had; the video itself is still generated."""
+    from slowfast_vgen.evaluation import _true_pair
+    from slowfast_vgen.video_io import frames_to_tensor
+
+    truth = np.random.default_rng(0).integers(0, 256, (1 + 3 * 4, 16, 16, 3), dtype=np.uint8)
+    context, new = torch.zeros(1, 3, 2, 16, 16), torch.zeros(1, 3, 4, 16, 16)
+    previous, chunk = _true_pair(tiny_bundle, truth, 4, 1, context, new)  # chunk 1: frames 5..8, after frame 4
+    assert previous.shape == context.shape and chunk.shape == new.shape
+    torch.testing.assert_close(previous, tiny_bundle.encode_frames(frames_to_tensor(truth[3:5])))
+    torch.testing.assert_close(chunk, tiny_bundle.encode_frames(frames_to_tensor(truth[5:9])))
+
+    config = load_config(EvalConfig, overrides=[*TINY, "seeds=[0]", "variants=[paper]"])
+    generated = evaluate(tiny_bundle, config)["runs"][0]
+    config = load_config(EvalConfig, overrides=[*TINY, "seeds=[0]", "variants=[paper]", "memory_source=truth"])
+    from_truth = evaluate(tiny_bundle, config)["runs"][0]
+    assert from_truth["memory_loss"] != generated["memory_loss"]  # it learned other data
+    with pytest.raises(UserInputError, match="memory_source must be generated or truth"):
+        load_config(EvalConfig, overrides=["memory_source=oracle"])
