@@ -58,8 +58,11 @@ def release_freed_memory(device: torch.device) -> None:
 
     glibc keeps freed small allocations in its heap; after every Temp-LoRA update the heap is
     fragmented a little more, and the resident set crept up: embedded model, 125 chunks, peak
-    of the last chunk over the second ×1.056 without this call and ×1.013 with it, for about
-    10-25 ms per call. Nothing happens on other devices or C libraries.
+    of the last chunk over the second ×1.056 without this call and ×1.013 with it after every
+    chunk. The call takes 10-25 ms, and the next backward pass faults the pages back in (0.08 s
+    per chunk when called after every chunk), so the session calls it every
+    :data:`~slowfast_vgen.session.RELEASE_EVERY` chunks. Nothing happens on other devices or C
+    libraries.
     """
     if device.type != "cpu":
         return
