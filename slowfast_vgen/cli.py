@@ -237,12 +237,14 @@ def write_outputs(session, out: Path, model_path: str, gif: bool, upscale: int |
     from .video_io import write_video
 
     fps = session.fps
-    video = session.video()
-    upscale = resolve_upscale(upscale, video.shape[2])
-    if not mp4_written:
-        write_video(out, video, fps=fps, upscale=upscale)
-    if gif:
-        write_video(out.with_suffix(".gif"), video, fps=fps, upscale=upscale)
+    height, width = session.frames[0].shape[:2]
+    upscale = resolve_upscale(upscale, width)
+    if not mp4_written or gif:  # a streamed mp4 needs the frames stacked only for a gif
+        video = session.video()
+        if not mp4_written:
+            write_video(out, video, fps=fps, upscale=upscale)
+        if gif:
+            write_video(out.with_suffix(".gif"), video, fps=fps, upscale=upscale)
     save_config(session.config, out.with_suffix(".yaml"))
     records = session.records
     seconds = sum(r.seconds + r.memory_seconds for r in records)
@@ -250,9 +252,9 @@ def write_outputs(session, out: Path, model_path: str, gif: bool, upscale: int |
     sidecar = {
         "video": out.name,
         "model": model_path,
-        "frames": int(video.shape[0]),
-        "height": int(video.shape[1]),
-        "width": int(video.shape[2]),
+        "frames": session.num_frames,
+        "height": int(height),
+        "width": int(width),
         "fps": fps,
         "upscale": upscale,
         "fast_mode": session.config.fast.mode,

@@ -84,13 +84,12 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 8.0, u
     import imageio.v3 as iio
 
     path = Path(path)
-    frames = _checked_frames(frames)
     if path.suffix.lower() != ".gif":
-        with video_stream(path, fps, upscale) as append:
+        with video_stream(path, fps, upscale) as append:  # append() checks the frames
             append(frames)
         return path
     with atomic_output_file(path) as tmp:
-        iio.imwrite(tmp, upscale_frames(frames, upscale), extension=".gif", duration=1000.0 / fps, loop=0)
+        iio.imwrite(tmp, upscale_frames(_checked_frames(frames), upscale), extension=".gif", duration=1000.0 / fps, loop=0)
     return path
 
 
