@@ -22,12 +22,20 @@ from .config import help_field
 from .model import frozen_weights_on_fast_path, unet_text_kwargs
 
 SCHEDULERS = {
-    "ddim": lambda config: DDIMScheduler.from_config(config, clip_sample=False, set_alpha_to_one=False),
-    "dpmsolver++": lambda config: DPMSolverMultistepScheduler.from_config(
-        config, algorithm_type="dpmsolver++", solver_order=2
+    "ddim": lambda config, **kwargs: DDIMScheduler.from_config(config, clip_sample=False, set_alpha_to_one=False, **kwargs),
+    "dpmsolver++": lambda config, **kwargs: DPMSolverMultistepScheduler.from_config(
+        config, algorithm_type="dpmsolver++", solver_order=2, **kwargs
     ),
-    "euler": lambda config: EulerDiscreteScheduler.from_config(config),
+    "euler": lambda config, **kwargs: EulerDiscreteScheduler.from_config(config, **kwargs),
 }
+TIMESTEP_SPACINGS = ("trailing", "leading", "linspace")
+"""How the sampling steps are spread over the 1,000 training steps (diffusers ``timestep_spacing``).
+``trailing`` starts at the last training step, the only one whose input is (almost) pure noise:
+with 4 steps it samples at 999, 749, 499, 249. ``leading`` (diffusers' default, which the
+ModelScope and our training scheduler configs leave in place) starts at 751 with 4 steps, from
+pure noise that the model only ever saw at 999 (Lin et al. 2024, "Common Diffusion Noise
+Schedules and Sample Steps are Flawed", §3.3). On the embedded model at 4 steps, trailing raised
+the start-footprint PSNR of 32-chunk rollouts from 17.05 to 18.89 dB (README, Results)."""
 
 StepCallback = Callable[[int, int, torch.Tensor], None]
 """``callback(step_index, timestep, latents)`` called after every denoising step."""
@@ -45,6 +53,10 @@ class SamplerConfig:
     eta: float = help_field(
         0.0, "ddim only: 0 = deterministic DDIM, 1 = fresh noise at every step (DDPM-like, removes noise a small model leaves)"
     )
+    timestep_spacing: str = help_field(
+        "trailing", f"where the steps fall: {' | '.join(TIMESTEP_SPACINGS)} (trailing: the first step at the last "
+        "training step, 999, where the input is pure noise; leading: diffusers' default, starts at 1000 - 1000/steps + 1)"
+    )
 
     def __post_init__(self) -> None:
         if self.scheduler not in SCHEDULERS:
@@ -55,15 +67,20 @@ class SamplerConfig:
             raise ValueError(f"guidance_scale must be a finite number >= 1 (1 = no guidance), got {self.guidance_scale}")
         if not 0.0 <= self.eta <= 1.0:
             raise ValueError(f"eta must be in [0, 1], got {self.eta}")
+        if self.timestep_spacing not in TIMESTEP_SPACINGS:
+            raise ValueError(f"timestep_spacing must be one of {', '.join(TIMESTEP_SPACINGS)}, got {self.timestep_spacing!r}")
         if self.eta and self.scheduler != "ddim":
             raise ValueError(f"eta applies to the ddim scheduler only, got scheduler {self.scheduler!r}")
 
 
-def make_scheduler(name: str, noise_scheduler_config) -> SchedulerMixin:
-    """A fresh sampling scheduler sharing the model's noise schedule (betas, prediction type)."""
+def make_scheduler(name: str, noise_scheduler_config, timestep_spacing: str = "trailing") -> SchedulerMixin:
+    """A fresh sampling scheduler sharing the model's noise schedule (betas, prediction type);
+    ``timestep_spacing`` as in :data:`TIMESTEP_SPACINGS`."""
     if name not in SCHEDULERS:
         raise ValueError(f"scheduler must be one of {sorted(SCHEDULERS)}, got {name!r}")
-    return SCHEDULERS[name](noise_scheduler_config)
+    if timestep_spacing not in TIMESTEP_SPACINGS:
+        raise ValueError(f"timestep_spacing must be one of {', '.join(TIMESTEP_SPACINGS)}, got {timestep_spacing!r}")
+    return SCHEDULERS[name](noise_scheduler_config, timestep_spacing=timestep_spacing)
 
 
 @torch.no_grad()

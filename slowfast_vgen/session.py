@@ -206,7 +206,8 @@ class GenerationSession:
                     context = self.last_latents(config.context_frames)  # (1, C, f_p, h, w)
                     num_context = context.shape[2]
                     # 3. Y_i = (Phi + Theta_i)(X_i, C_i): denoise the new frames from noise (inner loop)
-                    scheduler = make_scheduler(config.sampler.scheduler, bundle.noise_scheduler.config)
+                    scheduler = make_scheduler(config.sampler.scheduler, bundle.noise_scheduler.config,
+                                               config.sampler.timestep_spacing)
                     with merged_adapter(bundle.unet, self.adapter_name):  # Theta_i folded into Phi while sampling
                         new = sample_chunk(
                             bundle.unet, scheduler, context, text, self.unconditional,
@@ -334,7 +335,11 @@ class GenerationSession:
         if meta.get("format") != SESSION_FORMAT:
             raise UserInputError(f"saved session {directory} has format {meta.get('format')}, expected {SESSION_FORMAT}")
         try:
-            config = config_from_dict(GenerationConfig, meta["config"])
+            saved = meta["config"]
+            if isinstance(saved.get("sampler"), dict) and "timestep_spacing" not in saved["sampler"]:
+                # saved before the spacing was a setting: it was sampled at the schedulers' `leading`
+                saved = {**saved, "sampler": {**saved["sampler"], "timestep_spacing": "leading"}}
+            config = config_from_dict(GenerationConfig, saved)
             records = [ChunkRecord(**record) for record in meta["records"]]
         except (KeyError, TypeError, UserInputError) as err:
             raise corrupt(meta_file, err) from None

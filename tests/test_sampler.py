@@ -66,3 +66,51 @@ def test_ddim_eta_adds_fresh_noise_per_step_and_stays_seeded(tiny_bundle):
         SamplerConfig(scheduler="euler", eta=1.0)
     with pytest.raises(ValueError, match=r"eta must be in \[0, 1\]"):
         SamplerConfig(eta=1.5)
+
+
+@pytest.mark.parametrize("name", ["ddim", "dpmsolver++", "euler"])
+def test_trailing_spacing_starts_from_pure_noise_step(tiny_bundle, name):
+    """The default spacing puts the first step at the last training step (999), the only one
+    whose input is the pure noise the sampler starts from; `leading` starts lower (751 with DDIM)."""
+    config = tiny_bundle.noise_scheduler.config
+    trailing = make_scheduler(name, config)
+    trailing.set_timesteps(4)
+    assert [int(t) for t in trailing.timesteps] == [999, 749, 499, 249]
+    leading = make_scheduler(name, config, "leading")
+    leading.set_timesteps(4)
+    assert int(leading.timesteps[0]) < 999
+
+
+def test_timestep_spacing_is_validated(tiny_bundle):
+    from slowfast_vgen.sampler import SamplerConfig
+
+    assert SamplerConfig().timestep_spacing == "trailing"
+    with pytest.raises(ValueError, match="timestep_spacing must be one of trailing, leading, linspace, got 'middle'"):
+        SamplerConfig(timestep_spacing="middle")
+    with pytest.raises(ValueError, match="timestep_spacing must be one of"):
+        make_scheduler("ddim", tiny_bundle.noise_scheduler.config, "middle")
+
+
+def test_session_samples_at_its_configured_spacing(tiny_bundle):
+    """`generation.sampler.timestep_spacing` reaches the UNet: the first call's timestep is 999
+    with `trailing`, 1000 - 1000/steps + 1 = 751 with `leading` (4 steps)."""
+    import numpy as np
+
+    from slowfast_vgen.fast_learner import FastLearnerConfig
+    from slowfast_vgen.sampler import SamplerConfig
+    from slowfast_vgen.session import GenerationConfig, GenerationSession
+
+    first_timesteps = {}
+    for spacing in ("trailing", "leading"):
+        seen = []
+        hook = tiny_bundle.unet.register_forward_pre_hook(lambda m, args, kwargs: seen.append(int(args[1])), with_kwargs=True)
+        try:
+            config = GenerationConfig(frames_per_chunk=2, context_frames=1, window=4, fast=FastLearnerConfig(mode="off"),
+                                      sampler=SamplerConfig(num_inference_steps=4, guidance_scale=1.0, timestep_spacing=spacing))
+            session = GenerationSession(tiny_bundle, config)
+            session.start(np.zeros((16, 16, 3), np.uint8))
+            session.generate(["move left"])
+        finally:
+            hook.remove()
+        first_timesteps[spacing] = seen[:4]
+    assert first_timesteps == {"trailing": [999, 749, 499, 249], "leading": [751, 501, 251, 1]}

@@ -230,3 +230,24 @@ def test_off_session_ignores_an_active_adapter_and_leaves_it_active(tiny_bundle,
     with torch.no_grad():  # the learner's memory is active again, untouched by both sessions
         assert torch.equal(tiny_bundle.unet(probe, 500, encoder_hidden_states=uncond).sample, before)
     assert all(p.requires_grad for p in learner.parameters.values())
+
+
+def test_session_saved_before_spacing_setting_resumes_at_leading(tiny_config, first_frame, tmp_path):
+    """A session saved without `sampler.timestep_spacing` (older versions) was sampled at the
+    schedulers' `leading` spacing; it resumes with that, not with the new default."""
+    import json
+
+    from slowfast_vgen.model import ModelBundle
+
+    session = _session(ModelBundle.from_config(tiny_config), first_frame, "sampler.timestep_spacing=leading")
+    session.generate(["move left"])
+    session.save(tmp_path / "old")
+    meta_file = tmp_path / "old" / "session.json"
+    meta = json.loads(meta_file.read_text())
+    del meta["config"]["sampler"]["timestep_spacing"]
+    meta_file.write_text(json.dumps(meta))
+    assert GenerationSession.load(tmp_path / "old", ModelBundle.from_config(tiny_config)).config.sampler.timestep_spacing == "leading"
+    session.save(tmp_path / "new")  # a session saved now records its spacing
+    assert GenerationSession.load(tmp_path / "new", ModelBundle.from_config(tiny_config)).config.sampler.timestep_spacing == "leading"
+    default = _session(ModelBundle.from_config(tiny_config), first_frame)
+    assert default.config.sampler.timestep_spacing == "trailing"
