@@ -34,8 +34,15 @@ TIMESTEP_SPACINGS = ("trailing", "leading", "linspace")
 with 4 steps it samples at 999, 749, 499, 249. ``leading`` (diffusers' default, which the
 ModelScope and our training scheduler configs leave in place) starts at 751 with 4 steps, from
 pure noise that the model only ever saw at 999 (Lin et al. 2024, "Common Diffusion Noise
-Schedules and Sample Steps are Flawed", §3.3). On the embedded model at 4 steps, trailing raised
+Schedules and Sample Steps are Flawed", §3.3). On the 2,344-step embedded model at 4 steps, trailing raised
 the start-footprint PSNR of 32-chunk rollouts from 17.05 to 18.89 dB (README, Results)."""
+
+
+def check_timestep_spacing(spacing: str) -> None:
+    """``ValueError`` unless ``spacing`` is one of :data:`TIMESTEP_SPACINGS`."""
+    if spacing not in TIMESTEP_SPACINGS:
+        raise ValueError(f"timestep_spacing must be one of {', '.join(TIMESTEP_SPACINGS)}, got {spacing!r}")
+
 
 StepCallback = Callable[[int, int, torch.Tensor], None]
 """``callback(step_index, timestep, latents)`` called after every denoising step."""
@@ -67,8 +74,7 @@ class SamplerConfig:
             raise ValueError(f"guidance_scale must be a finite number >= 1 (1 = no guidance), got {self.guidance_scale}")
         if not 0.0 <= self.eta <= 1.0:
             raise ValueError(f"eta must be in [0, 1], got {self.eta}")
-        if self.timestep_spacing not in TIMESTEP_SPACINGS:
-            raise ValueError(f"timestep_spacing must be one of {', '.join(TIMESTEP_SPACINGS)}, got {self.timestep_spacing!r}")
+        check_timestep_spacing(self.timestep_spacing)
         if self.eta and self.scheduler != "ddim":
             raise ValueError(f"eta applies to the ddim scheduler only, got scheduler {self.scheduler!r}")
 
@@ -78,8 +84,7 @@ def make_scheduler(name: str, noise_scheduler_config, timestep_spacing: str = "t
     ``timestep_spacing`` as in :data:`TIMESTEP_SPACINGS`."""
     if name not in SCHEDULERS:
         raise ValueError(f"scheduler must be one of {sorted(SCHEDULERS)}, got {name!r}")
-    if timestep_spacing not in TIMESTEP_SPACINGS:
-        raise ValueError(f"timestep_spacing must be one of {', '.join(TIMESTEP_SPACINGS)}, got {timestep_spacing!r}")
+    check_timestep_spacing(timestep_spacing)
     return SCHEDULERS[name](noise_scheduler_config, timestep_spacing=timestep_spacing)
 
 
