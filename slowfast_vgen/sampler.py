@@ -36,6 +36,7 @@ ModelScope and our training scheduler configs leave in place) starts at 751 with
 pure noise that the model only ever saw at 999 (Lin et al. 2024, "Common Diffusion Noise
 Schedules and Sample Steps are Flawed", §3.3). On the 2,344-step embedded model at 4 steps, trailing raised
 the start-footprint PSNR of 32-chunk rollouts from 17.05 to 18.89 dB (README, Results)."""
+DEFAULT_TIMESTEP_SPACING = "trailing"  # of SamplerConfig and make_scheduler
 
 
 def check_timestep_spacing(spacing: str) -> None:
@@ -61,7 +62,7 @@ class SamplerConfig:
         0.0, "ddim only: 0 = deterministic DDIM, 1 = fresh noise at every step (DDPM-like, removes noise a small model leaves)"
     )
     timestep_spacing: str = help_field(
-        "trailing", f"where the steps fall: {' | '.join(TIMESTEP_SPACINGS)} (trailing: the first step at the last "
+        DEFAULT_TIMESTEP_SPACING, f"where the steps fall: {' | '.join(TIMESTEP_SPACINGS)} (trailing: the first step at the last "
         "training step, 999, where the input is pure noise; leading: diffusers' default, starts at 1000 - 1000/steps + 1)"
     )
 
@@ -79,7 +80,7 @@ class SamplerConfig:
             raise ValueError(f"eta applies to the ddim scheduler only, got scheduler {self.scheduler!r}")
 
 
-def make_scheduler(name: str, noise_scheduler_config, timestep_spacing: str = "trailing") -> SchedulerMixin:
+def make_scheduler(name: str, noise_scheduler_config, timestep_spacing: str = DEFAULT_TIMESTEP_SPACING) -> SchedulerMixin:
     """A fresh sampling scheduler sharing the model's noise schedule (betas, prediction type);
     ``timestep_spacing`` as in :data:`TIMESTEP_SPACINGS`."""
     if name not in SCHEDULERS:
