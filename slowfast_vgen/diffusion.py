@@ -62,6 +62,17 @@ def noise_whole_sequence(
     return scheduler.add_noise(clean, noise, timesteps)
 
 
+def mix_whole_window(mask: torch.Tensor, share: float, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pick each sample with probability ``share`` for Eq. 3 instead of Eq. 1-2: its context mask
+    row becomes all False, so :func:`noise_targets` noises the whole window and
+    :func:`masked_diffusion_loss` counts every frame. Returns ``(mask, picked)``; ``picked`` is
+    ``(B,)`` bool (the caller also drops those samples' action text, as Eq. 3 has none)."""
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"share must be in [0, 1], got {share}")
+    picked = torch.rand(mask.shape[0], generator=generator) < share
+    return mask & ~picked.to(mask.device)[:, None], picked
+
+
 def diffusion_target(
     scheduler: SchedulerMixin, clean: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
 ) -> torch.Tensor:

@@ -103,6 +103,11 @@ class TrainConfig:
         "every action text must be in the cache (models with an action encoder)"
     )
     text_dropout: float = help_field(0.1, "probability of training with the empty text (enables classifier-free guidance)")
+    whole_window_share: float = help_field(
+        0.0, "probability that a training sample is noised as a whole window with the empty text (Eq. 3, the "
+        "Temp-LoRA memory objective) instead of Eq. 1-2, so the fast learner's loss is in-distribution for the "
+        "base model; 0 = off"
+    )
     checkpointing_steps: int = help_field(500, "save a checkpoint every N optimizer steps (and at the end)")
     checkpoints_total_limit: int = help_field(3, "keep at most N checkpoints (0 = all)")
     resume: str = help_field("latest", "'' (fresh start), 'latest' (newest checkpoint in output_dir, if any) or a checkpoint path")
@@ -137,6 +142,8 @@ class TrainConfig:
             raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         if not 0.0 <= self.text_dropout < 1.0:
             raise ValueError(f"text_dropout must be in [0, 1), got {self.text_dropout}")
+        if not 0.0 <= self.whole_window_share < 1.0:  # also refuses nan
+            raise ValueError(f"whole_window_share must be in [0, 1), got {self.whole_window_share}")
         if self.validate_every < 0 or self.min_timestep < 0:
             raise ValueError(f"validate_every and min_timestep must be >= 0, got {self.validate_every}, {self.min_timestep}")
         if not (self.action_loss_weight >= 0 and self.action_encoder_lr >= 0 and self.max_minutes >= 0):  # also refuses nan
@@ -292,12 +299,19 @@ class SlowTrainer:
     # ------------------------------------------------------------------ shared maths
     def masked_loss(self, latents: torch.Tensor, mask: torch.Tensor, actions: list[str], generator: torch.Generator) -> torch.Tensor:
         """Eq. 1-2 on clean latents ``(B, C, F, h, w)``: context frames (``mask`` True) stay clean,
-        targets are noised; epsilon loss on the targets; the action text dropped with ``text_dropout``."""
+        targets are noised; epsilon loss on the targets; the action text dropped with ``text_dropout``.
+
+        With ``whole_window_share`` > 0, that share of the samples follows Eq. 3 instead (every frame
+        noised, empty text), the objective the Temp-LoRA memory trains on at generation time.
+        """
         scheduler = self.bundle.noise_scheduler
         mask = mask.to(latents.device)
         noise = torch.randn(latents.shape, generator=generator).to(latents)
         timesteps = diffusion.sample_timesteps(scheduler, latents.shape[0], generator, latents.device, self.config.min_timestep)
         drop = torch.rand(len(actions), generator=generator) < self.config.text_dropout
+        if self.config.whole_window_share > 0:  # drawn only when on: runs without it keep their random stream
+            mask, whole = diffusion.mix_whole_window(mask, self.config.whole_window_share, generator)
+            drop = drop | whole.cpu()
         texts = ["" if dropped else action for action, dropped in zip(actions, drop.tolist())]
         conditioning, logits = self.conditioning(texts)
         loss = self.loss_at(self.unet, latents, mask, conditioning, noise, timesteps)
@@ -531,6 +545,8 @@ class SlowTrainer:
         """Masked loss (Eq. 2) on fixed validation chunks with fixed noise and evenly spaced timesteps,
         once with each chunk's own action, once with the actions shuffled between chunks, once with no
         action. ``val_loss_shuffled_action - val_loss`` is how much the model uses the action text.
+        ``val_loss_whole_window`` is Eq. 3 on the same chunks (every frame noised, no text): the
+        objective of the Temp-LoRA memory (``whole_window_share`` trains the base model on it too).
 
         Runs on the main process only, on the unwrapped UNet (no collective), in eval mode; the
         training RNG streams are untouched, so validation does not change the training losses.
@@ -548,12 +564,14 @@ class SlowTrainer:
         steps = scheduler.config.num_train_timesteps
         timesteps = torch.linspace(self.config.min_timestep, steps - 1, latents.shape[0]).round().long().to(device)
         actions = list(batch.actions)
-        texts = {"val_loss": actions, "val_loss_shuffled_action": actions[1:] + actions[:1], "val_loss_no_action": [""] * len(actions)}
+        empty, whole_window = [""] * len(actions), torch.zeros_like(mask)
+        runs = {"val_loss": (actions, mask), "val_loss_shuffled_action": (actions[1:] + actions[:1], mask),
+                "val_loss_no_action": (empty, mask), "val_loss_whole_window": (empty, whole_window)}
         encoder = self.accelerator.unwrap_model(self.action_encoder) if self.action_encoder is not None else None
         if encoder is not None:
             encoder.eval()
-        record = {name: float(self.loss_at(unet, latents, mask, self.conditioning(batch_texts, encoder)[0], noise, timesteps))
-                  for name, batch_texts in texts.items()}
+        record = {name: float(self.loss_at(unet, latents, run_mask, self.conditioning(texts, encoder)[0], noise, timesteps))
+                  for name, (texts, run_mask) in runs.items()}
         if encoder is not None:
             encoder.train()
         unet.train()

@@ -76,3 +76,20 @@ def test_sample_timesteps_respects_min_timestep(scheduler):
     assert high.min() == 600 and high.max() == 999
     with pytest.raises(ValueError, match="min_timestep must be in"):
         diffusion.sample_timesteps(scheduler, 1, min_timestep=1000)
+
+
+def test_mix_whole_window_turns_picked_rows_into_eq3_samples(scheduler):
+    mask = diffusion.context_mask(64, 3, 5)
+    mixed, picked = diffusion.mix_whole_window(mask, 0.25, torch.Generator().manual_seed(0))
+    assert picked.shape == (64,) and picked.dtype == torch.bool and 4 <= int(picked.sum()) <= 30
+    assert not mixed[picked].any()  # picked: no context, every frame noised and in the loss
+    assert torch.equal(mixed[~picked], mask[~picked])  # the others keep Eq. 1-2's context
+    again, picked_again = diffusion.mix_whole_window(mask, 0.25, torch.Generator().manual_seed(0))
+    assert torch.equal(again, mixed) and torch.equal(picked_again, picked)
+    clean = torch.randn(64, 4, 8, 2, 2)
+    noisy = diffusion.noise_targets(scheduler, clean, torch.randn_like(clean), torch.full((64,), 900), mixed)
+    assert not torch.isclose(noisy[picked][:, :, :3], clean[picked][:, :, :3]).any()
+    assert torch.equal(noisy[~picked][:, :, :3], clean[~picked][:, :, :3])
+    assert not diffusion.mix_whole_window(mask, 1.0)[0].any() and torch.equal(diffusion.mix_whole_window(mask, 0.0)[0], mask)
+    with pytest.raises(ValueError, match="share must be in"):
+        diffusion.mix_whole_window(mask, 1.5)

@@ -16,6 +16,7 @@ import torch
 from slowfast_vgen.checkpointing import list_checkpoints, save_checkpoint
 from slowfast_vgen.config import load_config
 from slowfast_vgen.data.world_dataset import MakeWorldConfig, make_world_dataset
+from slowfast_vgen.diffusion import context_mask
 from slowfast_vgen.errors import UserInputError
 from slowfast_vgen.model import load_model
 from slowfast_vgen.training import (
@@ -242,11 +243,35 @@ def test_validation_logs_action_use_without_changing_the_training_losses(world_r
     checks = [r for r in records if "val_loss" in r]
     assert [r["step"] for r in checks] == [1, 2]
     for r in checks:
-        assert {"val_loss", "val_loss_shuffled_action", "val_loss_no_action"} <= set(r)
-        assert all(0 < r[k] < 10 for k in ("val_loss", "val_loss_shuffled_action", "val_loss_no_action"))
+        names = ("val_loss", "val_loss_shuffled_action", "val_loss_no_action", "val_loss_whole_window")
+        assert set(names) <= set(r) and all(0 < r[k] < 10 for k in names)
+        assert r["val_loss_whole_window"] != r["val_loss_no_action"]  # Eq. 3 also noises the context frames
         assert r["val_loss"] != r["val_loss_no_action"]  # the text reaches the UNet
     with pytest.raises(UserInputError, match="no segments with split 'val'"):
         SlowTrainer(_slow(world_root, tmp_path / "noval", "max_steps=1", "validate_every=1"))
     assert not (tmp_path / "noval").exists()
     with pytest.raises(UserInputError, match="validate_every is for slow learning"):
         load_config(LoopTrainConfig, overrides=_overrides(world_root, tmp_path / "loop", "validate_every=5"))
+
+
+def test_whole_window_share_trains_eq3_samples_without_text(world_root, tmp_path, monkeypatch):
+    plain = train(_slow(world_root, tmp_path / "plain", "max_steps=2"))
+    assert train(_slow(world_root, tmp_path / "zero", "max_steps=2", "whole_window_share=0.0")).losses == plain.losses
+    trainer = SlowTrainer(_slow(world_root, tmp_path / "mixed", "max_steps=1", "whole_window_share=0.99"))
+    seen = {}
+
+    def spy(unet, latents, mask, conditioning, noise, timesteps):
+        seen.update(mask=mask.clone(), conditioning=conditioning.clone())
+        return conditioning.sum() * 0 + 1.0
+
+    monkeypatch.setattr(trainer, "loss_at", spy)
+    latents = torch.randn(64, 4, 6, 2, 2)
+    trainer.masked_loss(latents, context_mask(64, 2, 4), ["move left"] * 64, torch.Generator().manual_seed(0))
+    whole = ~seen["mask"].any(dim=1)
+    assert int(whole.sum()) >= 60  # ~99 % of the samples: no context frame at all
+    empty, left = trainer.encode_text(["", "move left"])
+    assert not torch.equal(empty, left)
+    for row in torch.nonzero(whole).flatten().tolist():
+        assert torch.equal(seen["conditioning"][row], empty)  # Eq. 3 has no action text
+    with pytest.raises(UserInputError, match=r"whole_window_share must be in \[0, 1\)"):
+        _slow(world_root, tmp_path / "bad", "whole_window_share=1.0")
