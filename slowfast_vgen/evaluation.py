@@ -42,6 +42,8 @@ from .video_io import frames_to_tensor
 SUITES = ("chunk", "long", "revisit", "rollout")
 # rollout suite: curve name -> the per-chunk list of a run it averages
 ROLLOUT_CURVES = {"action_accuracy": "chunk_action_correct", "footprint_psnr": "chunk_footprint_psnr"}
+# memory curve: series -> its column label (PSNR of the revisit vs truth and vs the first visit; first visit vs truth)
+MEMORY_CURVE_SERIES = {"psnr_vs_truth": "vs truth", "psnr_vs_first": "vs first", "first_vs_truth": "first visit vs truth"}
 
 
 @dataclass
@@ -222,8 +224,13 @@ def _run_route(bundle, config: EvalConfig, route: Route, variant: str, seed: int
         for key, value in metrics.mean_fields(revisits).items():
             if key.startswith(("psnr", "ssim")):
                 scores[f"revisit_{key}"] = float(value)
+        # returns to the start frame, whose first visit is the given image; and how close the other
+        # (generated) first visits are to the truth: the most a memory that reproduced them could score
+        scores["revisit_start_psnr_vs_truth"] = _finite_mean([r.psnr_vs_truth for r in revisits if r.first == 0])
+        scores["first_visit_psnr_vs_truth"] = _finite_mean([r.first_psnr_vs_truth for r in revisits if r.first > 0])
         curves = {"revisit_by_gap": [{"gap_chunks": round((r.later - r.first) / K), "psnr_vs_truth": r.psnr_vs_truth,
-                                      "psnr_vs_first": r.psnr_vs_first} for r in revisits]}
+                                      "psnr_vs_first": r.psnr_vs_first, "first_vs_truth": r.first_psnr_vs_truth}
+                                     for r in revisits]}
         src = networks.src(video, route.revisit_pairs)
         scores["src"] = src.value if src.available else None
     if config.suite == "rollout":
@@ -313,6 +320,9 @@ def memory_curve(runs: list[dict], variants: list[str]) -> dict[str, list[dict]]
     passed in between), the mean, 95 % CI bounds and n of the revisited frame's PSNR against the
     ground truth and against the first visit, over every revisit pair of every run. A memory that
     works lifts the long gaps, where the place has left the context window, above ``off``.
+    ``first_vs_truth`` is the first visit's PSNR against the truth: a memory that reproduced the
+    first visit exactly would score that against the truth (no value where the first visit is the
+    given start frame, which a perfect memory reproduces exactly).
     """
     curve: dict[str, list[dict]] = {}
     for variant in variants:
@@ -324,8 +334,8 @@ def memory_curve(runs: list[dict], variants: list[str]) -> dict[str, list[dict]]
         points = []
         for gap in sorted(by_gap):
             point = {"gap_chunks": gap, "n": len(by_gap[gap])}
-            for name in ("psnr_vs_truth", "psnr_vs_first"):
-                values = [p[name] for p in by_gap[gap] if math.isfinite(p[name])]
+            for name in MEMORY_CURVE_SERIES:
+                values = [p[name] for p in by_gap[gap] if name in p and math.isfinite(p[name])]
                 mean, low, high = metrics.mean_ci(values) if values else (None, None, None)
                 point[name] = {"mean": mean, "low": low, "high": high, "n": len(values)}
             points.append(point)
@@ -369,13 +379,13 @@ def markdown_table(result: dict) -> str:
     memory = result.get("memory_curve")
     if memory:
         gaps = sorted({point["gap_chunks"] for points in memory.values() for point in points})
-        header = [f"{variant} vs truth" for variant in memory] + [f"{variant} vs first" for variant in memory]
+        header = [f"{variant} {label}" for label in MEMORY_CURVE_SERIES.values() for variant in memory]
         lines += ["", "Memory curve: revisit PSNR (dB) by chunks since the first visit (mean ± 95 % CI half-width):", "",
                   "| gap (chunks) | " + " | ".join(header) + " |", "|---|" + "---|" * len(header)]
         for gap in gaps:
             found = {variant: next((p for p in points if p["gap_chunks"] == gap), None) for variant, points in memory.items()}
-            cells = [_format_entry(found[v][name] if found[v] else None)
-                     for name in ("psnr_vs_truth", "psnr_vs_first") for v in memory]
+            cells = [_format_entry(found[v].get(name) if found[v] else None)
+                     for name in MEMORY_CURVE_SERIES for v in memory]
             lines.append(f"| {gap} | " + " | ".join(cells) + " |")
     notes = [f"- {name}: {info['reason']}" for name, info in result.get("availability", {}).items() if info.get("reason")]
     if notes:

@@ -1,6 +1,7 @@
 """`sfvgen eval`: suites run every variant x seed x route, summaries carry CIs, outputs are written."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -51,7 +52,12 @@ def test_revisit_suite_scores_every_variant_and_writes_reports(tiny_model_dir, t
     # the memory curve: route out 2, back 2 -> revisits 2 and 4 chunks after the first visit
     curve = result["memory_curve"]["paper"]
     assert [p["gap_chunks"] for p in curve] == [2, 4] and all(p["n"] == 2 for p in curve)  # 2 seeds
-    assert "Memory curve" in table and "| 4 |" in table
+    # gap 4 returns to the given start frame: no perfect-memory ceiling there, and it is the start score
+    assert curve[1]["first_vs_truth"] == {"mean": None, "low": None, "high": None, "n": 0}
+    assert curve[0]["first_vs_truth"]["n"] == 2 and math.isfinite(curve[0]["first_vs_truth"]["mean"])
+    assert paper["revisit_start_psnr_vs_truth"]["mean"] == pytest.approx(curve[1]["psnr_vs_truth"]["mean"])
+    assert paper["first_visit_psnr_vs_truth"]["mean"] == pytest.approx(curve[0]["first_vs_truth"]["mean"])
+    assert "Memory curve" in table and "| 4 |" in table and "paper first visit vs truth" in table
 
 
 def test_memory_curve_groups_revisit_pairs_by_gap():

@@ -298,6 +298,9 @@ def test_chunk_and_revisit_scores():
     (revisit,) = revisit_scores(generated, truth, [(0, 8)])
     assert revisit.psnr_vs_truth == pytest.approx(psnr(generated[8:9], truth[8:9]))
     assert revisit.psnr_vs_first == pytest.approx(revisit.psnr_vs_truth)  # first visit is exact here
+    assert revisit.first_psnr_vs_truth == math.inf  # a perfect memory of the start frame is exact
+    (inner,) = revisit_scores(generated, truth, [(4, 8)])  # a generated first visit: a perfect memory scores its error
+    assert inner.first_psnr_vs_truth == pytest.approx(psnr(generated[4:5], truth[4:5])) and inner.first_psnr_vs_truth < 30
     with pytest.raises(ValueError, match="out of range"):
         chunk_scores(generated, truth, [(5, 12)])
 

@@ -5,7 +5,8 @@ route can be scored chunk by chunk, and at every revisit of a place, without lea
   (how quality decays along a long route).
 * :func:`revisit_scores` - at each ``(first, later)`` revisit pair: the generated frame at the
   later visit against the ground truth of that place, and against the model's own first visit
-  (self-consistency: what Temp-LoRA memory should improve).
+  (self-consistency: what Temp-LoRA memory should improve), and the first visit against the
+  ground truth (what a memory that reproduced the first visit exactly would score at the revisit).
 
 Frames as in :mod:`.frames`: ``(F, H, W, 3) uint8`` or ``(F, 3, H, W)`` float in ``[0, 1]``.
 The PSNR of an exactly reproduced frame is ``inf``.
@@ -41,6 +42,7 @@ class RevisitScore:
     ssim_vs_truth: float
     psnr_vs_first: float
     ssim_vs_first: float
+    first_psnr_vs_truth: float  # the first visit against the truth: a perfect memory's score (inf at the start frame)
 
 
 def _aligned(generated: Frames, ground_truth: Frames):
@@ -63,7 +65,8 @@ def chunk_scores(generated: Frames, ground_truth: Frames, ranges: Sequence[Seque
 
 
 def revisit_scores(generated: Frames, ground_truth: Frames, pairs: Sequence[Sequence[int]]) -> list[RevisitScore]:
-    """Per revisit pair: generated[later] vs ground_truth[later] and vs generated[first]."""
+    """Per revisit pair: generated[later] vs ground_truth[later] and vs generated[first], and
+    generated[first] vs ground_truth[first] (``inf`` where the first visit is the given start frame)."""
     gen, truth = _aligned(generated, ground_truth)
     out = []
     for first, later in check_pairs(pairs, gen.shape[0]):
@@ -76,6 +79,7 @@ def revisit_scores(generated: Frames, ground_truth: Frames, pairs: Sequence[Sequ
                 ssim_vs_truth=ssim(g_later, truth[later : later + 1]),
                 psnr_vs_first=psnr(g_later, gen[first : first + 1]),
                 ssim_vs_first=ssim(g_later, gen[first : first + 1]),
+                first_psnr_vs_truth=psnr(gen[first : first + 1], truth[first : first + 1]),
             )
         )
     return out
