@@ -437,13 +437,15 @@ def save_results(result: dict, out_dir) -> dict[str, str]:
                       for variant, by_name in result["curves"].items()}
             panels.append(Panel(series, f"{result['suite']}: {title}", "chunk index", ylabel, y_range))
         written["rollout_plot"] = str(line_plots(panels, out / "rollout_curves.png"))
-    # memory curve: revisit PSNR against the gap since the first visit, one line per variant
+    # memory curve: revisit PSNR against the gap since the first visit, one line per variant; the
+    # vs-truth panel also draws each variant's first visit vs truth (what a perfect memory would score)
     if result.get("memory_curve"):
         panels = []
-        for name, title in (("psnr_vs_truth", "revisit PSNR vs ground truth"), ("psnr_vs_first", "revisit PSNR vs first visit")):
-            series = {variant: ([p["gap_chunks"] for p in points],
-                                [math.nan if p[name]["mean"] is None else p[name]["mean"] for p in points])
-                      for variant, points in result["memory_curve"].items()}
+        for title, names in (("revisit PSNR vs ground truth", {"psnr_vs_truth": "", "first_vs_truth": ": first visit"}),
+                             ("revisit PSNR vs first visit", {"psnr_vs_first": ""})):
+            series = {f"{variant}{suffix}": ([p["gap_chunks"] for p in points],
+                                             [math.nan if p[name]["mean"] is None else p[name]["mean"] for p in points])
+                      for name, suffix in names.items() for variant, points in result["memory_curve"].items()}
             panels.append(Panel(series, f"memory curve: {title}", "chunks since the first visit", "PSNR (dB)", None))
         written["memory_plot"] = str(line_plots(panels, out / "memory_curve.png"))
     # contact sheet: first visit vs revisit vs ground truth, first run of every variant
