@@ -57,6 +57,10 @@ def test_revisit_suite_scores_every_variant_and_writes_reports(tiny_model_dir, t
     assert curve[0]["first_vs_truth"]["n"] == 2 and math.isfinite(curve[0]["first_vs_truth"]["mean"])
     assert paper["revisit_start_psnr_vs_truth"]["mean"] == pytest.approx(curve[1]["psnr_vs_truth"]["mean"])
     assert paper["first_visit_psnr_vs_truth"]["mean"] == pytest.approx(curve[0]["first_vs_truth"]["mean"])
+    headroom = [run["scores"]["first_visit_headroom"] for run in result["runs"] if run["variant"] == "paper"]
+    inner = [(pair["first_vs_truth"], pair["psnr_vs_truth"]) for run in result["runs"] if run["variant"] == "paper"
+             for pair in run["revisit_by_gap"] if pair["gap_chunks"] == 2]
+    assert headroom == pytest.approx([first - revisit for first, revisit in inner])
     assert "Memory curve" in table and "| 4 |" in table and "paper first visit vs truth" in table
 
 
