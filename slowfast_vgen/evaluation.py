@@ -226,11 +226,12 @@ def _run_route(bundle, config: EvalConfig, route: Route, variant: str, seed: int
                 scores[f"revisit_{key}"] = float(value)
         # returns to the start frame, whose first visit is the given image; and how close the other
         # (generated) first visits are to the truth: the most a memory that reproduced them could score
+        generated_first = [r for r in revisits if r.first > 0]
         scores["revisit_start_psnr_vs_truth"] = _finite_mean([r.psnr_vs_truth for r in revisits if r.first == 0])
-        scores["first_visit_psnr_vs_truth"] = _finite_mean([r.first_psnr_vs_truth for r in revisits if r.first > 0])
+        scores["first_visit_psnr_vs_truth"] = _finite_mean([r.first_psnr_vs_truth for r in generated_first])
         # headroom of a memory of first visits: first visit minus revisit, both against the truth
         scores["first_visit_headroom"] = _finite_mean([r.first_psnr_vs_truth - r.psnr_vs_truth
-                                                       for r in revisits if r.first > 0])
+                                                       for r in generated_first])
         curves = {"revisit_by_gap": [{"gap_chunks": round((r.later - r.first) / K), "psnr_vs_truth": r.psnr_vs_truth,
                                       "psnr_vs_first": r.psnr_vs_first, "first_vs_truth": r.first_psnr_vs_truth}
                                      for r in revisits]}
