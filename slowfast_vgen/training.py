@@ -47,7 +47,7 @@ from .config import help_field, save_config
 from .data.dataset import ChunkBatch, ChunkDataset, ChunkDatasetConfig, collate_chunks
 from .data.live_worlds import LiveWorldChunks, LiveWorldsConfig, live_chunk_loader
 from .errors import UserInputError
-from .fast_learner import FastLearnerConfig, TempLoRA, plain_unet
+from .fast_learner import FastLearnerConfig, TempLoRA, plain_unet, use_adapter
 from .model import ModelBundle, ModelConfig, load_model, unet_text_kwargs
 
 EXIT_PREEMPTED = 143  # 128 + SIGTERM: a checkpoint was saved, run again with resume=latest
@@ -157,6 +157,16 @@ class LoopConfig:
 
     episodes_per_iteration: int = help_field(2, "episodes per process whose fast-learning records form one D_s")
     chunks_per_episode: int = help_field(6, "ground-truth chunks X_0..X_{I-1} taken from each episode")
+    memoryless_share: float = help_field(
+        0.0, "share of episodes whose records train Phi without a memory (plain Eq. 1-2), so the model keeps "
+             "working without its Temp-LoRA; these episodes skip the inner loop")
+
+    def __post_init__(self) -> None:
+        if self.episodes_per_iteration < 1 or self.chunks_per_episode < 2:
+            raise ValueError(f"loop.episodes_per_iteration must be >= 1 and loop.chunks_per_episode >= 2, got "
+                             f"{self.episodes_per_iteration} and {self.chunks_per_episode}")
+        if not 0.0 <= self.memoryless_share <= 1.0:
+            raise ValueError(f"loop.memoryless_share must be in [0, 1], got {self.memoryless_share}")
 
 
 @dataclass
@@ -622,7 +632,9 @@ class SlowFastLoopTrainer(SlowTrainer):
     ``(X_i, X_{i+1}, a_i, Theta_i)`` and then updating ``Theta_i -> Theta_{i+1}`` with the fast
     rule (Eq. 3) on ``X_i ⊕ X_{i+1}`` while Phi is fixed. The outer loop then takes one
     micro-batch per record: ``Theta_i`` is loaded into the LoRA (frozen) and Phi is updated with
-    the masked conditional loss of predicting ``X_{i+1}`` from ``X_i`` and the action. As in
+    the masked conditional loss of predicting ``X_{i+1}`` from ``X_i`` and the action. A
+    ``loop.memoryless_share`` of the episodes is recorded with ``Theta_i = None``: their records
+    train Phi with the LoRA switched off, so the base model does not come to depend on a memory. As in
     generation (Algorithm 1a), ``X_i`` enters as its last ``f_p`` frames (``data.context_frames_*``),
     in both the record and the fast update.
     """
@@ -669,6 +681,8 @@ class SlowFastLoopTrainer(SlowTrainer):
         self._set_trainable(slow=False)
         try:
             for index in chosen:
+                memoryless = (config.loop.memoryless_share > 0
+                              and float(torch.rand((), generator=generator)) < config.loop.memoryless_share)
                 chunks, actions = episodes[index]  # (I, 3, K, H, W), I actions
                 latents = [self.bundle.encode_frames(chunk[None].to(device)) for chunk in chunks]  # I x (1, C, K, h, w)
                 self.fast_learner.reset()  # Theta_0^e: a fresh memory per episode
@@ -677,8 +691,11 @@ class SlowFastLoopTrainer(SlowTrainer):
                     low, high = config.data.context_frames_min, min(config.data.context_frames_max, latents[i].shape[2])
                     f_p = int(torch.randint(low, high + 1, (1,), generator=generator)) if high > low else high
                     context = latents[i][:, :, -f_p:]
+                    theta = None if memoryless else self.fast_learner.state_dict()
                     records.append({"context": context, "target": latents[i + 1], "action": actions[i + 1],
-                                    "theta": self.fast_learner.state_dict()})  # D_s += (X_i, X_{i+1}, Theta_i)
+                                    "theta": theta})  # D_s += (X_i, X_{i+1}, Theta_i)
+                    if memoryless:
+                        continue
                     unet.train()
                     self.fast_learner.update(context, latents[i + 1], generator, uncond,
                                              text_embeddings=self.encode_text([actions[i + 1]]),
@@ -688,11 +705,16 @@ class SlowFastLoopTrainer(SlowTrainer):
         return records
 
     def loss(self, record: dict, generator: torch.Generator) -> torch.Tensor:
-        """Phi's loss with Theta_i applied and frozen: predict X_{i+1} from X_i and the action (Eq. 1-2)."""
-        self.fast_learner.load_state_dict(record["theta"])
+        """Phi's loss with Theta_i applied and frozen: predict X_{i+1} from X_i and the action (Eq. 1-2).
+
+        A memoryless record (``theta`` None) computes the same loss with the LoRA switched off."""
         context, target = record["context"], record["target"]
         latents = torch.cat([context, target], dim=2)  # (1, C, f_p + f_g, h, w)
         mask = diffusion.context_mask(1, context.shape[2], target.shape[2], latents.device)
+        if record["theta"] is None:
+            with use_adapter(self.bundle.unet, None):
+                return self.masked_loss(latents, mask, [record["action"]], generator)
+        self.fast_learner.load_state_dict(record["theta"])
         return self.masked_loss(latents, mask, [record["action"]], generator)
 
 

@@ -207,6 +207,39 @@ def test_slow_fast_loop_updates_phi_with_each_theta_frozen(world_root, tmp_path)
     assert not any("lora_" in k or "base_layer" in k for k in exported.unet.state_dict())
 
 
+def test_loop_memoryless_share_trains_phi_with_the_lora_switched_off(world_root, tmp_path):
+    from slowfast_vgen.data.episodes import EpisodeDataset
+
+    def loop(share: str, out: str) -> SlowFastLoopTrainer:
+        return SlowFastLoopTrainer(load_config(LoopTrainConfig, overrides=_overrides(
+            world_root, tmp_path / out, "batch_size=1", "max_steps=2", "fast.rank=4", "fast.learning_rate=1e-2",
+            "loop.episodes_per_iteration=2", "loop.chunks_per_episode=3", f"loop.memoryless_share={share}")))
+
+    plain = loop("0.0", "plain")
+    episodes = EpisodeDataset(plain.config.data, 3)
+    assert all(record["theta"] is not None for record in plain.collect(episodes, 0))
+    trainer = loop("1.0", "memoryless")
+    records = trainer.collect(episodes, 0)
+    assert len(records) == 4 and all(record["theta"] is None for record in records)
+    fast = trainer.fast_learner
+    assert all(torch.equal(p, fast.initial_state[k]) for k, p in fast.parameters.items())  # no inner loop ran
+    with torch.no_grad():  # a memory that would change the output if it were applied
+        for parameter in fast.parameters.values():
+            parameter.normal_(std=0.5)
+    memoryless = trainer.loss(records[0], torch.Generator().manual_seed(0))
+    assert trainer.loss(dict(records[0], theta=plain.fast_learner.state_dict()),
+                        torch.Generator().manual_seed(0)).item() != memoryless.item()
+    fast.reset()  # B = 0: the LoRA adds exactly nothing
+    with fast.activated():
+        without = trainer.masked_loss(torch.cat([records[0]["context"], records[0]["target"]], dim=2),
+                                      context_mask(1, records[0]["context"].shape[2], records[0]["target"].shape[2]),
+                                      [records[0]["action"]], torch.Generator().manual_seed(0))
+    assert memoryless.item() == without.item()
+    assert not any(p.requires_grad for p in fast.parameters.values())  # Theta stays frozen for the outer loop
+    with pytest.raises(UserInputError, match=r"loop.memoryless_share must be in \[0, 1\], got 1.5"):
+        load_config(LoopTrainConfig, overrides=_overrides(world_root, tmp_path / "bad", "loop.memoryless_share=1.5"))
+
+
 def test_loop_script_runs_end_to_end(world_root, tmp_path):
     out = tmp_path / "loop-script"
     process = _run_script(f"{sys.executable} train/train_loop.py", _overrides(
