@@ -98,6 +98,28 @@ def add_dataclass_arguments(
         parser.add_argument(flag, help=help_text, **options)
 
 
+def config_keys_help(cls: type, prefix: str = "") -> list[str]:
+    """One ``key (default: value): help`` line per leaf field of dataclass ``cls``, nested
+    dataclasses as dotted keys: the keys a YAML file or a ``key=value`` override of
+    :func:`load_config` may set, with the help text of :func:`help_field`."""
+    lines = []
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        key, kind = prefix + field.name, hints[field.name]
+        if dataclasses.is_dataclass(kind):
+            lines += config_keys_help(kind, key + ".")
+            continue
+        if field.default is not dataclasses.MISSING:
+            default = f"default: {field.default!r}"
+        elif field.default_factory is not dataclasses.MISSING:
+            default = f"default: {field.default_factory()!r}"
+        else:
+            default = "required"
+        help_text = field.metadata.get("help", "")
+        lines.append(f"{key} ({default})" + (f": {help_text}" if help_text else ""))
+    return lines
+
+
 def dataclass_from_args(cls: type[T], args: Any, **values: Any) -> T:
     """``cls`` built from the fields an argparse namespace holds (see :func:`add_dataclass_arguments`),
     ``values`` winning; a ``None`` option (a run-time default left unset) must be given in ``values``."""

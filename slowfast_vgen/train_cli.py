@@ -11,14 +11,17 @@ from .errors import run_cli
 
 def _main(config_cls_name: str, description: str, argv: Sequence[str] | None) -> int:
     from . import training
-    from .config import load_config
+    from .config import config_keys_help, load_config
 
-    parser = argparse.ArgumentParser(description=description)
+    config_cls = getattr(training, config_cls_name)
+    keys = "\n".join("  " + line for line in config_keys_help(config_cls))
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=f"config keys (in the YAML file or as key=value overrides):\n{keys}")
     parser.add_argument("--config", help="YAML file with the training config (see configs/train/)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="config overrides, e.g. max_steps=2000 data.root=data/nav batch_size=16")
     args = parser.parse_args(argv)
-    config = load_config(getattr(training, config_cls_name), args.config, args.overrides)
+    config = load_config(config_cls, args.config, args.overrides)
     try:
         result = training.train(config)
     except training.TrainingDiverged as err:

@@ -240,6 +240,21 @@ def test_loop_memoryless_share_trains_phi_with_the_lora_switched_off(world_root,
         load_config(LoopTrainConfig, overrides=_overrides(world_root, tmp_path / "bad", "loop.memoryless_share=1.5"))
 
 
+def test_training_help_lists_every_config_key_with_its_help(capsys):
+    from dataclasses import fields
+
+    from slowfast_vgen.train_cli import loop_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        loop_main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "  loop.memoryless_share (default: 0.0): share of episodes whose records train Phi without a memory" in text
+    assert "  data.root (required): " in text and "  fast.rank (default: " in text
+    for field in fields(LoopTrainConfig):  # every top-level key is listed (nested ones as dotted keys)
+        assert f"  {field.name} (" in text or f"  {field.name}." in text, field.name
+
+
 def test_loop_script_runs_end_to_end(world_root, tmp_path):
     out = tmp_path / "loop-script"
     process = _run_script(f"{sys.executable} train/train_loop.py", _overrides(
