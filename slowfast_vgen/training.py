@@ -21,6 +21,7 @@ with each ``Theta_i`` applied and frozen.
 
 from __future__ import annotations
 
+import copy
 import json
 import signal
 import time
@@ -160,6 +161,10 @@ class LoopConfig:
     memoryless_share: float = help_field(
         0.0, "share of episodes whose records train Phi without a memory (plain Eq. 1-2), so the model keeps "
              "working without its Temp-LoRA; these episodes skip the inner loop")
+    anchor_weight: float = help_field(
+        0.0, "weight of a distillation term on the memoryless records: Phi's prediction with the LoRA off is pulled "
+             "toward the frozen starting model's (init_from) on the same noisy input, so the model without memory "
+             "does not erode; needs init_from and memoryless_share > 0")
 
     def __post_init__(self) -> None:
         if self.episodes_per_iteration < 1 or self.chunks_per_episode < 2:
@@ -167,6 +172,10 @@ class LoopConfig:
                              f"{self.episodes_per_iteration} and {self.chunks_per_episode}")
         if not 0.0 <= self.memoryless_share <= 1.0:
             raise ValueError(f"loop.memoryless_share must be in [0, 1], got {self.memoryless_share}")
+        if self.anchor_weight < 0:
+            raise ValueError(f"loop.anchor_weight must be >= 0, got {self.anchor_weight}")
+        if self.anchor_weight and not self.memoryless_share:
+            raise ValueError("loop.anchor_weight acts on the memoryless records: set loop.memoryless_share > 0")
 
 
 @dataclass
@@ -180,6 +189,17 @@ class LoopTrainConfig(TrainConfig):
         super().__post_init__()
         if self.validate_every:
             raise ValueError("validate_every is for slow learning (train_slow.py); the loop's UNet carries a Temp-LoRA")
+        if self.loop.anchor_weight and not self.init_from:
+            raise ValueError("loop.anchor_weight pulls toward the starting model: set init_from")
+
+
+@dataclass
+class Anchor:
+    """A frozen copy of the starting model that a distillation term pulls Phi's predictions toward."""
+
+    unet: torch.nn.Module
+    action_encoder: torch.nn.Module | None
+    weight: float
 
 
 @dataclass
@@ -307,12 +327,14 @@ class SlowTrainer:
         return self.masked_loss(latents, batch.context_mask, batch.actions, generator)
 
     # ------------------------------------------------------------------ shared maths
-    def masked_loss(self, latents: torch.Tensor, mask: torch.Tensor, actions: list[str], generator: torch.Generator) -> torch.Tensor:
+    def masked_loss(self, latents: torch.Tensor, mask: torch.Tensor, actions: list[str], generator: torch.Generator,
+                    anchor: Anchor | None = None) -> torch.Tensor:
         """Eq. 1-2 on clean latents ``(B, C, F, h, w)``: context frames (``mask`` True) stay clean,
         targets are noised; epsilon loss on the targets; the action text dropped with ``text_dropout``.
 
         With ``whole_window_share`` > 0, that share of the samples follows Eq. 3 instead (every frame
-        noised, empty text), the objective the Temp-LoRA memory trains on at generation time.
+        noised, empty text), the objective the Temp-LoRA memory trains on at generation time. With an
+        ``anchor``, its distillation term is added (see ``loss_at``).
         """
         scheduler = self.bundle.noise_scheduler
         mask = mask.to(latents.device)
@@ -324,7 +346,12 @@ class SlowTrainer:
             drop = drop | whole.cpu()
         texts = ["" if dropped else action for action, dropped in zip(actions, drop.tolist())]
         conditioning, logits = self.conditioning(texts)
-        loss = self.loss_at(self.unet, latents, mask, conditioning, noise, timesteps)
+        reference = None
+        if anchor is not None:  # the frozen model's conditioning for the same (possibly dropped) texts
+            with torch.no_grad():
+                reference = (anchor, self.conditioning(texts, anchor.action_encoder)[0] if anchor.action_encoder is not None
+                             else self.encode_text(texts))
+        loss = self.loss_at(self.unet, latents, mask, conditioning, noise, timesteps, reference)
         if logits is not None:  # the auxiliary objective (0 x logits keeps every parameter in the graph: DDP)
             labels = self.bundle.action_encoder.primitive_labels(texts)
             auxiliary = auxiliary_action_loss(logits, labels)
@@ -332,13 +359,24 @@ class SlowTrainer:
         return loss
 
     def loss_at(self, unet: torch.nn.Module, latents: torch.Tensor, mask: torch.Tensor, conditioning: torch.Tensor,
-                noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """Eq. 1-2 for given text conditioning, noise and timesteps (shared by training and validation)."""
+                noise: torch.Tensor, timesteps: torch.Tensor,
+                reference: tuple[Anchor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Eq. 1-2 for given text conditioning, noise and timesteps (shared by training and validation).
+
+        With ``reference`` = (anchor, its conditioning), plus ``anchor.weight`` x the same masked MSE
+        between the prediction and the frozen anchor UNet's prediction on the same noisy input
+        (distillation toward the starting model; zero while Phi equals it)."""
         scheduler = self.bundle.noise_scheduler
         noisy = diffusion.noise_targets(scheduler, latents, noise, timesteps, mask)  # Eq. 1
         prediction = unet(noisy, timesteps, **unet_text_kwargs(unet, conditioning)).sample
         target = diffusion.diffusion_target(scheduler, latents, noise, timesteps)
-        return diffusion.masked_diffusion_loss(prediction, target, mask)  # Eq. 2
+        loss = diffusion.masked_diffusion_loss(prediction, target, mask)  # Eq. 2
+        if reference is not None:
+            anchor, anchor_conditioning = reference
+            with torch.no_grad():
+                anchored = anchor.unet(noisy, timesteps, **unet_text_kwargs(anchor.unet, anchor_conditioning)).sample
+            loss = loss + anchor.weight * diffusion.masked_diffusion_loss(prediction, anchored, mask)
+        return loss
 
     def conditioning(self, texts: list[str], encoder: torch.nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The UNet's text conditioning for ``texts`` and the action encoder's primitive logits (or None).
@@ -643,6 +681,12 @@ class SlowFastLoopTrainer(SlowTrainer):
 
     def setup_model(self) -> None:
         unet = self.bundle.unet
+        self.anchor = None
+        if self.config.loop.anchor_weight:  # the starting model, frozen (setup runs before a resume loads Phi)
+            encoder = self.bundle.action_encoder
+            self.anchor = Anchor(copy.deepcopy(unet).requires_grad_(False).eval(),
+                                 copy.deepcopy(encoder).requires_grad_(False).eval() if encoder is not None else None,
+                                 self.config.loop.anchor_weight)
         self.fast_learner = TempLoRA(unet, self.bundle.noise_scheduler, self.config.fast)
         self.lora_names = set(self.fast_learner.parameters)
         self._set_trainable(slow=True)
@@ -707,13 +751,14 @@ class SlowFastLoopTrainer(SlowTrainer):
     def loss(self, record: dict, generator: torch.Generator) -> torch.Tensor:
         """Phi's loss with Theta_i applied and frozen: predict X_{i+1} from X_i and the action (Eq. 1-2).
 
-        A memoryless record (``theta`` None) computes the same loss with the LoRA switched off."""
+        A memoryless record (``theta`` None) computes the same loss with the LoRA switched off, plus the
+        distillation term toward the starting model when ``loop.anchor_weight`` > 0."""
         context, target = record["context"], record["target"]
         latents = torch.cat([context, target], dim=2)  # (1, C, f_p + f_g, h, w)
         mask = diffusion.context_mask(1, context.shape[2], target.shape[2], latents.device)
         if record["theta"] is None:
             with use_adapter(self.bundle.unet, None):
-                return self.masked_loss(latents, mask, [record["action"]], generator)
+                return self.masked_loss(latents, mask, [record["action"]], generator, self.anchor)
         self.fast_learner.load_state_dict(record["theta"])
         return self.masked_loss(latents, mask, [record["action"]], generator)
 

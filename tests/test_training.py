@@ -240,6 +240,53 @@ def test_loop_memoryless_share_trains_phi_with_the_lora_switched_off(world_root,
         load_config(LoopTrainConfig, overrides=_overrides(world_root, tmp_path / "bad", "loop.memoryless_share=1.5"))
 
 
+def test_loop_anchor_pulls_the_memoryless_prediction_toward_the_frozen_starting_model(world_root, tmp_path):
+    from slowfast_vgen.data.episodes import EpisodeDataset
+    from slowfast_vgen.model import ModelBundle
+
+    start = tmp_path / "start"
+    ModelBundle.from_config(_slow(world_root, tmp_path / "unused").model).save_pretrained(start)
+
+    def loop(weight: str, out: str, *extra: str) -> SlowFastLoopTrainer:
+        return SlowFastLoopTrainer(load_config(LoopTrainConfig, overrides=_overrides(
+            world_root, tmp_path / out, "batch_size=1", "max_steps=2", "fast.rank=4", f"init_from={start}",
+            "loop.episodes_per_iteration=1", "loop.chunks_per_episode=3", "loop.memoryless_share=1.0",
+            f"loop.anchor_weight={weight}", *extra)))
+
+    plain, anchored, doubled = loop("0", "plain"), loop("1.0", "anchored"), loop("2.0", "doubled")
+    record = plain.collect(EpisodeDataset(plain.config.data, 3), 0)[0]
+    assert record["theta"] is None
+
+    def losses() -> list[float]:
+        return [trainer.loss(record, torch.Generator().manual_seed(0)).item() for trainer in (plain, anchored, doubled)]
+
+    without, with_anchor, with_double = losses()
+    assert with_anchor == pytest.approx(without, abs=1e-7) and with_double == pytest.approx(without, abs=1e-7)
+    with torch.no_grad():  # Phi drifts away from the starting model, identically in all three trainers
+        for trainer in (plain, anchored, doubled):
+            torch.manual_seed(3)
+            for name, parameter in trainer.bundle.unet.named_parameters():
+                if "lora_" not in name:
+                    parameter.add_(torch.randn_like(parameter) * 0.05)
+    without, with_anchor, with_double = losses()
+    distillation = with_anchor - without
+    assert distillation > 1e-4  # the anchor term sees the drift ...
+    assert with_double - without == pytest.approx(2 * distillation, rel=1e-4)  # ... weighted linearly
+    # the anchor is the starting model, frozen: a training step moves Phi, not the anchor
+    reference = {k: v.clone() for k, v in anchored.anchor.unet.state_dict().items()}
+    assert not any(p.requires_grad for p in anchored.anchor.unet.parameters())
+    assert all(torch.equal(v, load_model(start).unet.state_dict()[k]) for k, v in reference.items())
+    anchored.train()
+    assert all(torch.equal(v, anchored.anchor.unet.state_dict()[k]) for k, v in reference.items())
+    with pytest.raises(UserInputError, match=r"loop.anchor_weight must be >= 0, got -1.0"):
+        loop("-1", "bad")
+    with pytest.raises(UserInputError, match="loop.anchor_weight acts on the memoryless records: set loop.memoryless_share > 0"):
+        loop("1.0", "bad", "loop.memoryless_share=0")
+    with pytest.raises(UserInputError, match="loop.anchor_weight pulls toward the starting model: set init_from"):
+        load_config(LoopTrainConfig, overrides=_overrides(world_root, tmp_path / "bad", "loop.memoryless_share=0.5",
+                                                          "loop.anchor_weight=1"))
+
+
 def test_training_help_lists_every_config_key_with_its_help(capsys):
     from dataclasses import fields
 
