@@ -25,6 +25,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .config import ConfigKeysParser
 from .errors import UserInputError, first_line, run_cli
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "default_model"
@@ -650,7 +651,7 @@ def plan_main(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sfvgen", description="Action-driven long video generation with slow-fast learning.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=ConfigKeysParser)
 
     generate = sub.add_parser("generate", help="generate a long video from actions",
                               description="Generate a long video, one chunk per action, with Temp-LoRA memory.")
@@ -660,6 +661,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--gif", action="store_true", help="also write a .gif beside the mp4")
     generate.add_argument("--session", help="session directory: saved after every chunk, resumed if it exists")
     _add_generation_options(generate)
+    generate.config_class = "session:GenerationConfig"
     generate.set_defaults(handler=generate_main)
 
     play = sub.add_parser("play", help="interactive generation, one action per line",
@@ -668,6 +670,7 @@ def build_parser() -> argparse.ArgumentParser:
     play.add_argument("--out", default="play.mp4", help="video kept up to date after every chunk (default: play.mp4)")
     play.add_argument("--gif", action="store_true", help="also keep a .gif up to date")
     _add_generation_options(play)
+    play.config_class = "session:GenerationConfig"
     play.set_defaults(handler=play_main)
 
     serve = sub.add_parser("serve", help="play in the browser: a local web app",
@@ -678,6 +681,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     serve.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
     _add_generation_options(serve, image=False)
+    serve.config_class = "session:GenerationConfig"
     serve.set_defaults(handler=serve_main)
 
     evaluate = sub.add_parser("eval", help="evaluate memory and quality against exact ground truth",
@@ -694,6 +698,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("overrides", nargs="*", metavar="key=value",
                           help="EvalConfig overrides, e.g. actions_per_route=10 metrics.resnet18_weights=r18.safetensors")
     _add_model_options(evaluate)
+    evaluate.config_class = "evaluation:EvalConfig"
     evaluate.set_defaults(handler=eval_main)
 
     plan = sub.add_parser("plan", help="long-horizon planning: video plans executed by an inverse dynamics model",
@@ -715,6 +720,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("overrides", nargs="*", metavar="key=value",
                       help="PlanConfig overrides, e.g. outward_actions=3 generation.frames_per_chunk=4")
     _add_model_options(plan)
+    plan.config_class = "planning:PlanConfig"
     plan.set_defaults(handler=plan_main)
 
     make_model = sub.add_parser("make-model", help="write a freshly initialised model directory",
@@ -723,6 +729,7 @@ def build_parser() -> argparse.ArgumentParser:
     make_model.add_argument("--config", help="YAML with ModelConfig values, e.g. configs/model/tiny.yaml")
     make_model.add_argument("--force", action="store_true", help="replace an existing directory")
     make_model.add_argument("overrides", nargs="*", metavar="key=value", help="ModelConfig overrides")
+    make_model.config_class = "model:ModelConfig"
     make_model.set_defaults(handler=make_model_main)
     return parser
 

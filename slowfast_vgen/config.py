@@ -8,7 +8,9 @@ structured mode, so an unknown key or a wrong type is an error naming the key.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import importlib
 import os
 import types
 import typing
@@ -197,3 +199,22 @@ def save_config(config: Any, path: str | os.PathLike) -> None:
 
     atomic_write_text(path, config_to_yaml(config))
 
+
+
+class ConfigKeysParser(argparse.ArgumentParser):
+    """An argument parser whose ``--help`` ends with every key of its config dataclass
+    (:func:`config_keys_help`). ``config_class`` is the class or ``"module:Class"`` of this package,
+    imported only when the help is printed, so building a command line stays free of torch."""
+
+    config_class: type | str | None = None
+
+    def format_help(self) -> str:
+        text = super().format_help()
+        cls = self.config_class
+        if cls is None:
+            return text
+        if isinstance(cls, str):
+            module, name = cls.split(":")
+            cls = getattr(importlib.import_module(f"{__package__}.{module}"), name)
+        keys = "\n".join("  " + line for line in config_keys_help(cls))
+        return f"{text}\nconfig keys (in the --config YAML file or as key=value overrides):\n{keys}\n"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import Sequence
 
@@ -11,12 +10,11 @@ from .errors import run_cli
 
 def _main(config_cls_name: str, description: str, argv: Sequence[str] | None) -> int:
     from . import training
-    from .config import config_keys_help, load_config
+    from .config import ConfigKeysParser, load_config
 
     config_cls = getattr(training, config_cls_name)
-    keys = "\n".join("  " + line for line in config_keys_help(config_cls))
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=f"config keys (in the YAML file or as key=value overrides):\n{keys}")
+    parser = ConfigKeysParser(description=description)
+    parser.config_class = config_cls
     parser.add_argument("--config", help="YAML file with the training config (see configs/train/)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="config overrides, e.g. max_steps=2000 data.root=data/nav batch_size=16")

@@ -286,6 +286,32 @@ def test_eval_help_prints_a_single_percent(capsys):
     assert "(mean and 95% CI)" in text and "%%" not in text
 
 
+@pytest.mark.parametrize("command, module, name", [
+    ("generate", "session", "GenerationConfig"), ("play", "session", "GenerationConfig"),
+    ("serve", "session", "GenerationConfig"), ("eval", "evaluation", "EvalConfig"),
+    ("plan", "planning", "PlanConfig"), ("make-model", "model", "ModelConfig")])
+def test_help_lists_every_config_key_that_key_value_overrides_may_set(command, module, name, capsys):
+    import importlib
+    from dataclasses import fields
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "config keys (in the --config YAML file or as key=value overrides):" in text
+    for field in fields(getattr(importlib.import_module(f"slowfast_vgen.{module}"), name)):
+        assert f"\n  {field.name} (" in text or f"\n  {field.name}." in text, field.name
+    if command == "eval":  # nested keys are dotted, with their default and help text
+        assert "\n  generation.fast.rank (default: 32): LoRA rank\n" in text
+
+
+def test_building_the_command_line_imports_no_torch():
+    code = "import sys\nfrom slowfast_vgen.cli import build_parser\nbuild_parser()\nprint('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
+
+
 def test_console_script_exit_code_and_no_traceback(tmp_path):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     result = subprocess.run([sys.executable, "-m", "slowfast_vgen", "generate", "--actions", "move left",
