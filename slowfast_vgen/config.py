@@ -62,12 +62,7 @@ def add_dataclass_arguments(
         flag = flags.get(field.name, "--" + field.name.replace("_", "-"))
         help_text = field.metadata.get("help", "")
         kind = _argument_type(hints[field.name], cls, field.name)
-        if field.default is not dataclasses.MISSING:
-            default = field.default
-        elif field.default_factory is not dataclasses.MISSING:
-            default = field.default_factory()
-        else:
-            default = dataclasses.MISSING
+        default = _field_default(field)
         options: dict[str, Any] = {"dest": field.name}
         if metavars and field.name in metavars:
             options["metavar"] = metavars[field.name]
@@ -100,6 +95,15 @@ def add_dataclass_arguments(
         parser.add_argument(flag, help=help_text, **options)
 
 
+def _field_default(field: dataclasses.Field) -> Any:
+    """A dataclass field's default value (its factory called), or ``dataclasses.MISSING`` if it is required."""
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return dataclasses.MISSING
+
+
 def config_keys_help(cls: type, prefix: str = "") -> list[str]:
     """One ``key (default: value): help`` line per leaf field of dataclass ``cls``, nested
     dataclasses as dotted keys: the keys a YAML file or a ``key=value`` override of
@@ -111,12 +115,8 @@ def config_keys_help(cls: type, prefix: str = "") -> list[str]:
         if dataclasses.is_dataclass(kind):
             lines += config_keys_help(kind, key + ".")
             continue
-        if field.default is not dataclasses.MISSING:
-            default = f"default: {field.default!r}"
-        elif field.default_factory is not dataclasses.MISSING:
-            default = f"default: {field.default_factory()!r}"
-        else:
-            default = "required"
+        default = _field_default(field)
+        default = "required" if default is dataclasses.MISSING else f"default: {default!r}"
         help_text = field.metadata.get("help", "")
         lines.append(f"{key} ({default})" + (f": {help_text}" if help_text else ""))
     return lines
@@ -198,7 +198,6 @@ def save_config(config: Any, path: str | os.PathLike) -> None:
     from .io_utils import atomic_write_text
 
     atomic_write_text(path, config_to_yaml(config))
-
 
 
 class ConfigKeysParser(argparse.ArgumentParser):

@@ -348,9 +348,8 @@ class SlowTrainer:
         conditioning, logits = self.conditioning(texts)
         reference = None
         if anchor is not None:  # the frozen model's conditioning for the same (possibly dropped) texts
-            with torch.no_grad():
-                reference = (anchor, self.conditioning(texts, anchor.action_encoder)[0] if anchor.action_encoder is not None
-                             else self.encode_text(texts))
+            with torch.no_grad():  # (a model without an action encoder: the frozen text conditioning, as for Phi)
+                reference = (anchor, self.conditioning(texts, anchor.action_encoder)[0])
         loss = self.loss_at(self.unet, latents, mask, conditioning, noise, timesteps, reference)
         if logits is not None:  # the auxiliary objective (0 x logits keeps every parameter in the graph: DDP)
             labels = self.bundle.action_encoder.primitive_labels(texts)
