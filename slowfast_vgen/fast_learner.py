@@ -66,6 +66,11 @@ class FastLearnerConfig:
     learning_rate: float = help_field(1e-4, "Adam learning rate of the LoRA")
     steps_per_chunk: int = help_field(1, "gradient steps after every generated chunk")
     batch_size: int = help_field(1, "noise draws (timesteps) per gradient step")
+    replay: int = help_field(
+        0, "paper rule only: windows drawn uniformly from the generated history that every memory step "
+        "trains on besides the latest pair, so older places (the first frame among them) are rehearsed "
+        "instead of overwritten (0 = the paper's local rule)"
+    )
     target_modules: str = help_field(
         TEMPORAL_ATTENTION_REGEX, "regex over UNet module names that get a LoRA (default: temporal attention)"
     )
@@ -87,6 +92,10 @@ class FastLearnerConfig:
             raise ValueError(f"steps_per_chunk must be >= 0, got {self.steps_per_chunk}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.replay < 0:
+            raise ValueError(f"fast.replay must be >= 0, got {self.replay}")
+        if self.replay and self.mode not in ("paper", "off"):
+            raise ValueError(f"fast.replay rehearses history windows under the paper rule, not mode {self.mode!r}")
         if self.learning_rate < 0:
             raise ValueError(f"learning_rate must be >= 0, got {self.learning_rate}")
         if not -(2**63) <= self.seed <= 2**64 - 1:
@@ -146,7 +155,7 @@ class TempLoRA:
 
         ``previous`` ``(1, C, f_p, h, w)`` is the context the chunk was generated from and ``new``
         ``(1, C, f_g, h, w)`` the generated chunk (both clean latents). ``history`` (all latents so
-        far, ``(1, C, N, h, w)``) is needed by the ``full-sequence`` variant.
+        far, ``(1, C, N, h, w)``) is needed by the ``full-sequence`` variant and by ``replay``.
         """
         losses, trained = [], list(self.parameters.values())
         with self.activated(), activation_checkpointing(self.unet, enabled=self.config.checkpointing), \
@@ -192,6 +201,14 @@ class TempLoRA:
                 raise ValueError("the full-sequence variant needs the generated history")
             sequence = _random_window(history, sequence.shape[2], generator)
         clean = sequence.expand(repeat, *sequence.shape[1:])  # (R, C, F, h, w)
+        if self.config.replay:
+            # rehearsal: the latest pair plus `replay` windows of the history, each noised as a whole
+            if history is None:
+                raise ValueError("fast.replay needs the generated history")
+            windows = [_random_window(history, sequence.shape[2], generator) for _ in range(self.config.replay)]
+            windows = [w.expand(repeat, *w.shape[1:]) for w in windows if w.shape[2] == sequence.shape[2]]
+            clean = torch.cat([clean, *windows])  # (R * (1 + replay), C, F, h, w)
+            repeat = clean.shape[0]
         noise = torch.randn(clean.shape, generator=generator, dtype=torch.float32).to(clean)
         timesteps = diffusion.sample_timesteps(self.noise_scheduler, repeat, generator, clean.device)
         target = diffusion.diffusion_target(self.noise_scheduler, clean, noise, timesteps)

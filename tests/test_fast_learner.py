@@ -226,3 +226,45 @@ def test_remove_adapter_restores_plain_unet(tiny_bundle):
 def test_bad_fast_config_is_refused():
     with pytest.raises(ValueError, match="fast mode must be one of"):
         FastLearnerConfig(mode="sometimes")
+
+
+def test_replay_trains_on_the_latest_pair_plus_windows_of_the_history(tiny_bundle, monkeypatch):
+    from slowfast_vgen import fast_learner
+
+    seen = []
+    original = fast_learner.diffusion.noise_whole_sequence
+
+    def spy(scheduler, clean, noise, timesteps):
+        seen.append(clean.detach().clone())
+        return original(scheduler, clean, noise, timesteps)
+
+    monkeypatch.setattr(fast_learner.diffusion, "noise_whole_sequence", spy)
+    before = _base_state(tiny_bundle.unet)
+    learner = _learner(tiny_bundle, replay=2, batch_size=2)
+    previous, new = _chunk_pair()
+    older = torch.rand(1, 3, 10, 16, 16, generator=torch.Generator().manual_seed(5))
+    history = torch.cat([older, previous, new], dim=2)  # 16 frames; windows are 6 long
+    loss = learner.update(previous, new, torch.Generator().manual_seed(0), tiny_bundle.encode_text([""]), history=history)
+    assert loss == loss and loss > 0
+
+    (clean,) = seen
+    assert clean.shape == (2 * 3, 3, 6, 16, 16)  # batch_size x (latest pair + 2 replayed windows)
+    pair = torch.cat([previous, new], dim=2)[0]
+    assert torch.equal(clean[0], pair) and torch.equal(clean[1], pair)
+    windows = [history[0, :, s:s + 6] for s in range(16 - 6 + 1)]
+    for sample in clean[2:]:
+        assert any(torch.equal(sample, window) for window in windows)
+    assert torch.equal(clean[2], clean[3]) and torch.equal(clean[4], clean[5])  # one window, batch_size noise draws
+    after = _base_state(tiny_bundle.unet)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+    with pytest.raises(ValueError, match="fast.replay needs the generated history"):
+        learner.update(previous, new, torch.Generator().manual_seed(0), tiny_bundle.encode_text([""]))
+
+
+def test_bad_replay_is_refused():
+    with pytest.raises(ValueError, match="fast.replay must be >= 0, got -1"):
+        FastLearnerConfig(replay=-1)
+    with pytest.raises(ValueError, match="fast.replay rehearses history windows under the paper rule, not mode 'text'"):
+        FastLearnerConfig(mode="text", replay=1)
+    assert FastLearnerConfig(mode="off", replay=1).replay == 1  # `sfvgen eval --variants off,paper fast.replay=1`

@@ -251,3 +251,26 @@ def test_session_saved_before_spacing_setting_resumes_at_leading(tiny_config, fi
     assert GenerationSession.load(tmp_path / "new", ModelBundle.from_config(tiny_config)).config.sampler.timestep_spacing == "leading"
     default = _session(ModelBundle.from_config(tiny_config), first_frame)
     assert default.config.sampler.timestep_spacing == "trailing"
+
+
+def test_replay_memory_learns_from_the_whole_generated_history(tiny_bundle, first_frame, monkeypatch):
+    from slowfast_vgen.fast_learner import TempLoRA
+
+    histories = []
+    original = TempLoRA.update
+
+    def spy(self, previous, new, generator, unconditional, text_embeddings=None, history=None):
+        histories.append(None if history is None else history.shape[2])
+        return original(self, previous, new, generator, unconditional, text_embeddings, history)
+
+    monkeypatch.setattr(TempLoRA, "update", spy)
+    session = _session(tiny_bundle, first_frame, "fast.replay=1")
+    lengths = []
+    for action in ("move left", "move up"):
+        session.generate([action])
+        lengths.append(session.latents.shape[2])
+    assert histories == lengths and lengths[1] > lengths[0]  # every frame so far, the new chunk included
+    plain = []
+    monkeypatch.setattr(TempLoRA, "update", lambda self, *a, history=None, **k: plain.append(history) or 0.0)
+    _session(tiny_bundle, first_frame).generate(["move left"])
+    assert plain == [None]  # the paper's local rule needs no history
