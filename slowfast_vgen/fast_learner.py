@@ -81,6 +81,11 @@ class FastLearnerConfig:
     )
     seed: int = help_field(0, "seed of the LoRA's initial A matrices")
 
+    @property
+    def needs_history(self) -> bool:
+        """Whether the update rule reads the whole generated history (``full-sequence``, ``replay``)."""
+        return self.mode == "full-sequence" or self.replay > 0
+
     def __post_init__(self) -> None:
         if str(self.mode).lower() == "false":  # YAML 1.1 reads a bare `off` as the boolean false
             self.mode = "off"
@@ -205,10 +210,10 @@ class TempLoRA:
             # rehearsal: the latest pair plus `replay` windows of the history, each noised as a whole
             if history is None:
                 raise ValueError("fast.replay needs the generated history")
-            windows = [_random_window(history, sequence.shape[2], generator) for _ in range(self.config.replay)]
-            windows = [w.expand(repeat, *w.shape[1:]) for w in windows if w.shape[2] == sequence.shape[2]]
-            clean = torch.cat([clean, *windows])  # (R * (1 + replay), C, F, h, w)
-            repeat = clean.shape[0]
+            if history.shape[2] >= sequence.shape[2]:  # a shorter history lies inside the pair already
+                windows = [_random_window(history, sequence.shape[2], generator) for _ in range(self.config.replay)]
+                clean = torch.cat([clean, *(w.expand(repeat, *w.shape[1:]) for w in windows)])  # (R (1 + replay), C, F, h, w)
+                repeat = clean.shape[0]
         noise = torch.randn(clean.shape, generator=generator, dtype=torch.float32).to(clean)
         timesteps = diffusion.sample_timesteps(self.noise_scheduler, repeat, generator, clean.device)
         target = diffusion.diffusion_target(self.noise_scheduler, clean, noise, timesteps)

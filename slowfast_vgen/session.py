@@ -229,7 +229,7 @@ class GenerationSession:
                             self.memory_source(len(self.records), context, new)
                         loss = self.fast_learner.update(
                             *learned, self.memory_generator, self.unconditional,
-                            text_embeddings=text, history=self.latents if config.fast.mode == "full-sequence" or config.fast.replay else None,
+                            text_embeddings=text, history=self.latents if config.fast.needs_history else None,
                         )
                         if (len(self.records) + 1) % RELEASE_EVERY == 0:  # keeps the peak flat over long videos
                             release_freed_memory(self.device)
