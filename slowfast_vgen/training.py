@@ -740,9 +740,10 @@ class SlowFastLoopTrainer(SlowTrainer):
                     if memoryless:
                         continue
                     unet.train()
+                    history = torch.cat(latents[: i + 2], dim=2) if config.fast.needs_history else None
                     self.fast_learner.update(context, latents[i + 1], generator, uncond,
                                              text_embeddings=self.encode_text([actions[i + 1]]),
-                                             history=torch.cat(latents[: i + 2], dim=2))  # Eq. 3 with Phi fixed
+                                             history=history)  # Eq. 3 with Phi fixed
         finally:
             self._set_trainable(slow=True)
         return records
