@@ -37,7 +37,7 @@ from typing import Iterator
 import torch
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
 from peft.functional import delete_adapter, set_adapter
-from peft.tuners.tuners_utils import BaseTunerLayer
+from peft.tuners.tuners_utils import BaseTunerLayer, cast_adapter_dtype
 from safetensors.torch import load_file, save_file
 from torch.utils.checkpoint import checkpoint
 
@@ -137,6 +137,9 @@ class TempLoRA:
             warnings.filterwarnings("ignore", message="Already found a `peft_config`")  # several adapters: intended
             torch.manual_seed(config.seed)
             inject_adapter_in_model(self.lora_config, unet, adapter_name=adapter_name)
+        # the LoRA and Adam in float32 on a float16 / bfloat16 UNet (as peft's get_peft_model does): in
+        # float16, Adam's eps (1e-8) rounds to 0 and the first step on A (zero gradient while B = 0) is 0 / 0
+        cast_adapter_dtype(unet, adapter_name)
         set_adapter(unet, adapter_name)  # the new memory is the active adapter (as on a UNet without one)
         self.parameters = {name: p for name, p in unet.named_parameters() if f".{adapter_name}." in name}
         if not self.parameters:

@@ -29,7 +29,7 @@ def _learner(bundle, **overrides):
 
 def _output(unet, text, seed=0):
     generator = torch.Generator().manual_seed(seed)
-    sample = torch.randn(1, 3, 6, 16, 16, generator=generator)
+    sample = torch.randn(1, 3, 6, 16, 16, generator=generator).to(text.dtype)
     with torch.no_grad():
         return unet(sample, 500, encoder_hidden_states=text).sample
 
@@ -50,6 +50,26 @@ def test_only_lora_parameters_change_and_base_is_byte_equal(tiny_bundle):
     for key in before:
         assert before[key].numpy().tobytes() == after[key].numpy().tobytes(), key
     assert any(not torch.equal(lora_before[n], p) for n, p in learner.parameters.items())
+
+
+def test_memory_on_a_float16_unet_trains_in_float32_and_stays_finite(tiny_bundle):
+    """A float16 UNet (`--dtype float16`) once gave float16 LoRA weights: Adam's eps rounded to 0 and the
+    first step turned A into NaN (its gradient is exactly 0 while B = 0)."""
+    dtype = torch.float16
+    tiny_bundle.to("cpu", dtype)
+    before = _base_state(tiny_bundle.unet)
+    learner = _learner(tiny_bundle)
+    assert {p.dtype for p in learner.parameters.values()} == {torch.float32}
+    previous, new = (x.to(dtype) for x in _chunk_pair())
+    uncond = tiny_bundle.encode_text([""])
+    losses = [learner.update(previous, new, torch.Generator().manual_seed(i), uncond) for i in range(2)]
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert all(torch.isfinite(p).all() for p in learner.parameters.values())
+    assert any(not torch.equal(learner.initial_state[n], p) for n, p in learner.parameters.items())
+    output = _output(tiny_bundle.unet, uncond.to(dtype))
+    assert output.dtype == dtype and torch.isfinite(output).all()
+    after = _base_state(tiny_bundle.unet)
+    assert all(torch.equal(before[key], after[key]) and after[key].dtype == dtype for key in before)
 
 
 def test_update_leaves_base_frozen_without_grads_and_matches_a_plain_backward(tiny_bundle):
