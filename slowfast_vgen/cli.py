@@ -10,8 +10,8 @@ Subcommands:
 * ``sfvgen plan``       — long-horizon planning: subgoals -> video plan -> inverse dynamics -> the world.
 
 Bad input (no actions, an empty action, an unreadable image, an unknown config key, a broken
-model directory, pickle weights, a chunk larger than the window) prints one ``error:`` line
-and exits with code 2.
+model directory, pickle weights, a chunk larger than the window, a ``--session`` directory holding
+other files or the video) prints one ``error:`` line and exits with code 2.
 """
 
 from __future__ import annotations
@@ -289,7 +289,7 @@ def _resolve_out(path: str, gif: bool = False) -> Path:
     out = Path(path)
     if out.suffix.lower() != ".mp4":
         raise UserInputError(f"--out must end in .mp4, got {out}")
-    for file in [out, out.with_suffix(".json"), out.with_suffix(".yaml")] + ([out.with_suffix(".gif")] if gif else []):
+    for file in _output_files(out, gif):
         if file.is_dir():
             raise UserInputError(f"--out: {file} is a directory; give the path of a video file")
     folder = out.parent
@@ -306,18 +306,24 @@ def _resolve_out(path: str, gif: bool = False) -> Path:
     return out
 
 
+def _output_files(out: Path, gif: bool = False) -> list[Path]:
+    """The files written for ``--out``: the video and its sidecars (json, yaml; gif with ``--gif``)."""
+    return [out, out.with_suffix(".json"), out.with_suffix(".yaml")] + ([out.with_suffix(".gif")] if gif else [])
+
+
 # ---------------------------------------------------------------------------- generate
 def generate_main(args: argparse.Namespace) -> int:
-    from .session import GenerationSession
+    from .session import GenerationSession, check_session_dir
     from .video_io import video_stream
 
     _check_generation_flags(args)
     actions = _parse_actions(args)
     out = _resolve_out(args.out, args.gif)
+    # every chunk saves the session by replacing its directory: refuse one holding other files now
+    session_dir = check_session_dir(args.session, _output_files(out, args.gif), "--session") if args.session else None
     _quiet_libraries()
     bundle, model_path = _load_bundle(args)
     config = _generation_config(args, bundle)
-    session_dir = Path(args.session) if args.session else None
     if session_dir is not None and (session_dir / "session.json").is_file():
         session = GenerationSession.load(session_dir, bundle)
         done = session.actions
@@ -391,9 +397,12 @@ def _play_reset(play: _Play, argument: str) -> None:
 
 
 def _play_save(play: _Play, argument: str) -> None:
+    from .session import check_session_dir
+
     if not argument:
         raise UserInputError(":save needs a directory")
-    play.session.save(argument)
+    # the save replaces the directory: never a folder of other files, nor the one the video is written in
+    play.session.save(check_session_dir(argument, _output_files(play.out, play.args.gif), ":save"))
     play.say(f"saved to {argument}")
 
 
@@ -659,7 +668,8 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--actions-file", help="text file with one action per line ('#' comments allowed)")
     generate.add_argument("--out", required=True, help="output video (.mp4); video.json and video.yaml are written beside it")
     generate.add_argument("--gif", action="store_true", help="also write a .gif beside the mp4")
-    generate.add_argument("--session", help="session directory: saved after every chunk, resumed if it exists")
+    generate.add_argument("--session", help="session directory (new, empty or a saved session): saved after every "
+                          "chunk, resumed if it exists")
     _add_generation_options(generate)
     generate.config_class = "session:GenerationConfig"
     generate.set_defaults(handler=generate_main)

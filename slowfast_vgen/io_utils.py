@@ -69,6 +69,8 @@ def atomic_output_dir(path: str | os.PathLike) -> Iterator[Path]:
     at every instant either the old or the new complete directory exists.
     """
     path = Path(path)
+    if path.name in ("", ".", ".."):  # refused before the work is done, not when it is to be renamed
+        raise ValueError(f"cannot replace {str(path)!r} as a whole: give a directory with a name of its own")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:

@@ -18,12 +18,14 @@ session is garbage-collected.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 import os
 import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -199,42 +201,45 @@ class GenerationSession:
         with use_adapter(bundle.unet, self.adapter_name):
             for action in tqdm(actions, desc="chunks", disable=not progress):  # one chunk per action (Algorithm 1a)
                 reset_peak_memory(self.device)
-                with Stopwatch(self.device) as generation_time:
-                    # 1. encode the action C_i (cross-attention conditioning)
-                    text = bundle.encode_text([action])
-                    # 2. context X_i: the previous chunk's clean latents (the first frame for chunk 0)
-                    context = self.last_latents(config.context_frames)  # (1, C, f_p, h, w)
-                    num_context = context.shape[2]
-                    # 3. Y_i = (Phi + Theta_i)(X_i, C_i): denoise the new frames from noise (inner loop)
-                    scheduler = make_scheduler(config.sampler.scheduler, bundle.noise_scheduler.config,
-                                               config.sampler.timestep_spacing)
-                    with merged_adapter(bundle.unet, self.adapter_name):  # Theta_i folded into Phi while sampling
-                        new = sample_chunk(
-                            bundle.unet, scheduler, context, text, self.unconditional,
-                            num_frames=config.frames_per_chunk,
-                            num_inference_steps=config.sampler.num_inference_steps,
-                            guidance_scale=config.sampler.guidance_scale,
-                            eta=config.sampler.eta,
-                            generator=self.sample_generator,
-                            progress=progress,
-                        )  # (1, C, f_g, h, w)
-                    # 4. append Y_i to the video: latents stay latents, frames are decoded once
-                    self.latent_chunks.append(new)
-                    new_frames = tensor_to_frames(bundle.decode_latents(new))  # (f_g, H, W, 3)
-                # 5. memory update, Eq. 3: Theta_{i+1} = Theta_i - alpha * grad on (X_i ⊕ Y_i)
-                loss = None
-                with Stopwatch(self.device) as memory_time:
-                    if self.fast_learner is not None:
-                        learned = (context, new) if self.memory_source is None else \
-                            self.memory_source(len(self.records), context, new)
-                        loss = self.fast_learner.update(
-                            *learned, self.memory_generator, self.unconditional,
-                            text_embeddings=text, history=self.latents if config.fast.needs_history else None,
-                        )
-                        if (len(self.records) + 1) % RELEASE_EVERY == 0:  # keeps the peak flat over long videos
-                            release_freed_memory(self.device)
-                # 6. bookkeeping: frame range, cost
+                # a chunk that fails (e.g. out of memory) leaves the session as it was before it
+                with self._undone_on_failure():
+                    with Stopwatch(self.device) as generation_time:
+                        # 1. encode the action C_i (cross-attention conditioning)
+                        text = bundle.encode_text([action])
+                        # 2. context X_i: the previous chunk's clean latents (the first frame for chunk 0)
+                        context = self.last_latents(config.context_frames)  # (1, C, f_p, h, w)
+                        num_context = context.shape[2]
+                        # 3. Y_i = (Phi + Theta_i)(X_i, C_i): denoise the new frames from noise (inner loop)
+                        scheduler = make_scheduler(config.sampler.scheduler, bundle.noise_scheduler.config,
+                                                   config.sampler.timestep_spacing)
+                        with merged_adapter(bundle.unet, self.adapter_name):  # Theta_i folded into Phi while sampling
+                            new = sample_chunk(
+                                bundle.unet, scheduler, context, text, self.unconditional,
+                                num_frames=config.frames_per_chunk,
+                                num_inference_steps=config.sampler.num_inference_steps,
+                                guidance_scale=config.sampler.guidance_scale,
+                                eta=config.sampler.eta,
+                                generator=self.sample_generator,
+                                progress=progress,
+                            )  # (1, C, f_g, h, w)
+                        # 4. decode Y_i once for output (latents stay latents for the next context)
+                        new_frames = tensor_to_frames(bundle.decode_latents(new))  # (f_g, H, W, 3)
+                    # 5. memory update, Eq. 3: Theta_{i+1} = Theta_i - alpha * grad on (X_i ⊕ Y_i)
+                    loss = None
+                    with Stopwatch(self.device) as memory_time:
+                        if self.fast_learner is not None:
+                            learned = (context, new) if self.memory_source is None else \
+                                self.memory_source(len(self.records), context, new)
+                            history = torch.cat([*self.latent_chunks, new], dim=2) if config.fast.needs_history else None
+                            loss = self.fast_learner.update(
+                                *learned, self.memory_generator, self.unconditional,
+                                text_embeddings=text, history=history,
+                            )
+                            if (len(self.records) + 1) % RELEASE_EVERY == 0:  # keeps the peak flat over long videos
+                                release_freed_memory(self.device)
+                # 6. the chunk succeeded: append Y_i to the video (latents, frames and record together)
                 start = len(self.frames)
+                self.latent_chunks.append(new)
                 self.frames.extend(new_frames)
                 record = ChunkRecord(
                     index=len(self.records), action=action, start_frame=start, end_frame=len(self.frames),
@@ -247,6 +252,32 @@ class GenerationSession:
                 if callback is not None:
                     callback(record, new_frames)
         return np.concatenate(produced) if produced else np.zeros((0, *self.frames[0].shape), np.uint8)
+
+    @contextlib.contextmanager
+    def _undone_on_failure(self) -> Iterator[None]:
+        """Inside, a failure (an exception, e.g. CUDA out of memory) restores both random generators,
+        the LoRA weights and the optimizer state to their values on entry, then propagates.
+
+        Latents, frames and records are only appended after the block, so with this a failed chunk
+        leaves no trace: retrying it gives what an uninterrupted run would have given.
+        """
+        generators = self.sample_generator.get_state(), self.memory_generator.get_state()
+        learner = self.fast_learner
+        if learner is not None:  # the LoRA is small: a copy per chunk costs little next to its update
+            weights = {name: p.detach().clone() for name, p in learner.parameters.items()}
+            optimizer_state = copy.deepcopy(learner.optimizer.state_dict())
+        try:
+            yield
+        except BaseException:
+            self.sample_generator.set_state(generators[0])
+            self.memory_generator.set_state(generators[1])
+            if learner is not None:
+                with torch.no_grad():
+                    for name, parameter in learner.parameters.items():
+                        parameter.copy_(weights[name])
+                learner.optimizer.load_state_dict(optimizer_state)
+                learner.optimizer.zero_grad(set_to_none=True)
+            raise
 
     def step(self, action: str) -> np.ndarray:
         """Generate one chunk for one action (streamed use)."""
@@ -283,7 +314,7 @@ class GenerationSession:
             raise RuntimeError("this session is closed: its memory is gone")
         if not self.latent_chunks:
             raise RuntimeError("nothing to save: the session has not started")
-        directory = Path(directory)
+        directory = check_session_dir(directory)  # never replaces a folder of other files
         with atomic_output_dir(directory) as tmp:
             tensors = {
                 "latents": self.latents.detach().float().cpu().contiguous(),
@@ -336,6 +367,8 @@ class GenerationSession:
             raise UserInputError(f"saved session {directory} has format {meta.get('format')}, expected {SESSION_FORMAT}")
         try:
             saved = meta["config"]
+            if not isinstance(saved, dict):
+                raise TypeError(f"config is {type(saved).__name__}, expected an object")
             if isinstance(saved.get("sampler"), dict) and "timestep_spacing" not in saved["sampler"]:
                 # saved before the spacing was a setting: it was sampled at the schedulers' `leading`
                 saved = {**saved, "sampler": {**saved["sampler"], "timestep_spacing": "leading"}}
@@ -350,6 +383,8 @@ class GenerationSession:
                 f"saved session {directory} has {tuple(frames.shape[1:3])} frames, this model makes "
                 f"{(bundle.height, bundle.width)}"
             )
+        if latents.shape[2] != len(frames):  # every latent frame has its decoded frame, and only those
+            raise corrupt(state_file, ValueError(f"{latents.shape[2]} latent frames but {len(frames)} frames"))
         memory, optimizer_file = None, directory / "optimizer.safetensors"
         if config.fast.mode != "off":
             memory = read_memory(directory / "memory", config.fast.rank)  # UserInputError naming the file
@@ -381,6 +416,43 @@ class GenerationSession:
                         f"saved session {directory}: optimizer.safetensors does not fit this model: {reason}"
                     ) from None
         return session
+
+
+def check_session_dir(directory: str | os.PathLike, outputs: Sequence[str | os.PathLike] = (),
+                      label: str = "cannot save the session") -> Path:
+    """``directory`` as a :class:`Path` when a session may be saved there; a one-line
+    :class:`UserInputError` starting with ``label`` otherwise.
+
+    :meth:`GenerationSession.save` replaces the directory as a whole, so it must be new, empty or
+    a saved session (it has ``session.json``): not a file, not a folder of other files, not a
+    path without a name of its own (``.``), and none of ``outputs`` (files written beside the
+    session, e.g. the video) may lie in it.
+    """
+    directory = Path(directory)
+    if directory.name in ("", ".", ".."):
+        raise UserInputError(f"{label}: {str(directory)!r} names no directory of its own; give one such as session1")
+    resolved = directory.resolve()
+    for output in outputs:
+        if Path(output).resolve().is_relative_to(resolved):
+            raise UserInputError(
+                f"{label}: the session directory {directory} would hold {output}, and every save replaces "
+                "the whole directory; give them separate paths"
+            )
+    if directory.is_file():
+        raise UserInputError(f"{label}: {directory} is a file, not a session directory")
+    if os.path.lexists(directory) and not directory.is_dir():
+        raise UserInputError(f"{label}: {directory} is not a directory")
+    if directory.is_dir() and not (directory / "session.json").is_file():
+        try:
+            other_files = any(directory.iterdir())
+        except OSError as err:
+            raise UserInputError(f"{label}: cannot read {directory}: {err.strerror or err}") from None
+        if other_files:
+            raise UserInputError(
+                f"{label}: {directory} is a folder of other files, not a saved session (no session.json); "
+                "saving would replace it: give a new or empty directory"
+            )
+    return directory
 
 
 def check_optimizer_file(path: str | os.PathLike) -> None:

@@ -399,3 +399,75 @@ def test_streamed_video_equals_the_written_one_and_a_failure_leaves_no_file(tmp_
             append(frames[:9])
             raise KeyboardInterrupt
     assert sorted(p.name for p in tmp_path.iterdir()) == ["streamed.mp4", "whole.mp4"]  # no partial, no temp file
+
+
+@pytest.mark.parametrize("case", ["video inside", "other files", "a file", "dot", "video is the session"])
+def test_generate_refuses_a_session_dir_it_would_destroy_before_generating(case, tiny_model_dir, image, tmp_path,
+                                                                            monkeypatch, capsys):
+    """Every chunk saves the session by replacing its directory: a --session path that holds other
+    files (or the video) is refused at once with one line and exit 2, and nothing in it is lost."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ep").mkdir()
+    (tmp_path / "ep" / "notes.txt").write_text("keep me")
+    (tmp_path / "file").write_text("keep me too")
+    out, session, message = {
+        "video inside": ("new/video.mp4", "new",
+                         "--session: the session directory new would hold new/video.mp4, and every save replaces "
+                         "the whole directory; give them separate paths"),
+        "other files": ("video.mp4", "ep", "--session: ep is a folder of other files, not a saved session "
+                        "(no session.json); saving would replace it: give a new or empty directory"),
+        "a file": ("video.mp4", "file", "--session: file is a file, not a session directory"),
+        "dot": ("video.mp4", ".", "--session: '.' names no directory of its own; give one such as session1"),
+        "video is the session": ("v.mp4", "v.mp4", "--session: the session directory v.mp4 would hold v.mp4, "
+                                 "and every save replaces the whole directory; give them separate paths"),
+    }[case]
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    code = main(["generate", "--model", str(tiny_model_dir), "--image", str(image), "--quiet", *FAST,
+                 "--actions", "move left", "--out", out, "--session", session])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == [f"error: {message}"]
+    after = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    assert set(after) - set(before) <= {"new"}  # --out's folder may be created, nothing is written or removed
+    assert (tmp_path / "ep" / "notes.txt").read_text() == "keep me" and (tmp_path / "file").read_text() == "keep me too"
+
+
+def test_generate_uses_an_empty_session_dir(tiny_model_dir, image, tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert main(["generate", "--model", str(tiny_model_dir), "--image", str(image), "--quiet", *FAST,
+                 "--actions", "move left", "--out", str(tmp_path / "v.mp4"), "--session", str(tmp_path / "empty")]) == 0
+    assert (tmp_path / "empty" / "session.json").is_file() and _read(tmp_path / "v.mp4").shape[0] == 4
+
+
+def test_play_save_refuses_a_dir_it_would_destroy_and_goes_on(tiny_model_dir, image, tmp_path, monkeypatch, capsys):
+    import io
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "notes.txt").write_text("keep me")
+    script = "move left\n:save play.mp4\n:save notes\n:save .\n:save saved\nmove up\n"
+    monkeypatch.setattr(sys, "stdin", io.StringIO(script))
+    assert main(["play", "--model", str(tiny_model_dir), "--image", str(image), *FAST]) == 0
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert "error: :save: the session directory play.mp4 would hold play.mp4, and every save replaces the whole " \
+           "directory; give them separate paths" in lines
+    assert "error: :save: notes is a folder of other files, not a saved session (no session.json); saving would " \
+           "replace it: give a new or empty directory" in lines
+    assert "error: :save: '.' names no directory of its own; give one such as session1" in lines
+    assert "saved to saved" in lines and (tmp_path / "saved" / "session.json").is_file()
+    assert "Traceback" not in captured.out + captured.err
+    assert (tmp_path / "notes" / "notes.txt").read_text() == "keep me"
+    # the session went on: left, (refused saves), up -> 1 + 2 chunks of 3 frames in the video it kept writing
+    assert _read(tmp_path / "play.mp4").shape[0] == 7
+
+
+def test_resume_of_a_session_whose_config_is_not_an_object_exits_2(tiny_model_dir, image, tmp_path, capsys):
+    session, common = _saved_session(tiny_model_dir, image, tmp_path)
+    meta = json.loads((session / "session.json").read_text())
+    (session / "session.json").write_text(json.dumps({**meta, "config": []}))
+    capsys.readouterr()
+    code = main(["generate", *common, "--actions", "move left; move up", "--out", str(tmp_path / "b.mp4"),
+                 "--session", str(session)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err == [f"error: saved session {session} is corrupt: session.json: config is list, expected an object"]

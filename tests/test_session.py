@@ -274,3 +274,89 @@ def test_replay_memory_learns_from_the_whole_generated_history(tiny_bundle, firs
     monkeypatch.setattr(TempLoRA, "update", lambda self, *a, history=None, **k: plain.append(history) or 0.0)
     _session(tiny_bundle, first_frame).generate(["move left"])
     assert plain == [None]  # the paper's local rule needs no history
+
+
+@pytest.mark.parametrize("fails", ["memory update", "decoding"])
+def test_a_failed_chunk_leaves_the_session_as_before(tiny_config, first_frame, tmp_path, monkeypatch, fails):
+    """A chunk that raises (e.g. CUDA out of memory while decoding or learning) commits nothing: latents,
+    frames, records, LoRA, optimizer and generators stay as they were, and a retry equals an uninterrupted run."""
+    from slowfast_vgen.model import ModelBundle
+
+    straight = _session(ModelBundle.from_config(tiny_config), first_frame, "fast.steps_per_chunk=1")
+    straight.generate(["move left", "move right"])
+
+    session = _session(ModelBundle.from_config(tiny_config), first_frame, "fast.steps_per_chunk=1")
+    session.generate(["move left"])
+    learner = session.fast_learner
+    weights = {name: p.detach().clone() for name, p in learner.parameters.items()}
+    moments = {key: value.clone() for key, value in learner.optimizer.state_dict()["state"][0].items()}
+    real_step = learner.optimizer.step
+
+    def out_of_memory(*args, **kwargs):
+        if fails == "memory update":
+            real_step()  # half-way: the LoRA and Adam's moments have moved
+        raise RuntimeError("CUDA out of memory")
+
+    target = (learner.optimizer, "step") if fails == "memory update" else (session.bundle, "decode_latents")
+    monkeypatch.setattr(*target, out_of_memory)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        session.generate(["move right"])
+    monkeypatch.undo()
+    assert session.latents.shape[2] == session.num_frames == 4 and len(session.latent_chunks) == 2
+    assert [r.action for r in session.records] == ["move left"]
+    assert all(torch.equal(p, weights[name]) for name, p in learner.parameters.items())
+    assert all(torch.equal(value, moments[key]) for key, value in learner.optimizer.state_dict()["state"][0].items())
+    session.save(tmp_path / "session")
+    assert GenerationSession.load(tmp_path / "session", ModelBundle.from_config(tiny_config)).num_frames == 4
+
+    session.generate(["move right"])  # the retry: as if the failure never happened
+    assert np.array_equal(session.video(), straight.video())
+    assert torch.equal(session.latents, straight.latents)
+
+
+def test_load_refuses_latents_and_frames_of_different_lengths(tiny_bundle, first_frame, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    session = _session(tiny_bundle, first_frame)
+    session.generate(["move left"])
+    session.save(tmp_path / "session")
+    state_file = tmp_path / "session" / "state.safetensors"
+    state = load_file(str(state_file))
+    state["latents"] = torch.cat([state["latents"], state["latents"][:, :, -3:]], dim=2)  # an orphan chunk
+    save_file(state, str(state_file))
+    with pytest.raises(UserInputError) as caught:
+        GenerationSession.load(tmp_path / "session", tiny_bundle)
+    assert str(caught.value) == (f"saved session {tmp_path / 'session'} is corrupt: state.safetensors: "
+                                 "7 latent frames but 4 frames")
+
+
+@pytest.mark.parametrize("config", [[], "paper", 3, None])
+def test_session_config_that_is_not_an_object_is_corrupt(config, tiny_bundle, first_frame, tmp_path):
+    import json
+
+    session = _session(tiny_bundle, first_frame)
+    session.generate(["move left"])
+    session.save(tmp_path / "session")
+    meta_file = tmp_path / "session" / "session.json"
+    meta_file.write_text(json.dumps({**json.loads(meta_file.read_text()), "config": config}))
+    with pytest.raises(UserInputError) as caught:
+        GenerationSession.load(tmp_path / "session", tiny_bundle)
+    assert str(caught.value) == (f"saved session {tmp_path / 'session'} is corrupt: session.json: "
+                                 f"config is {type(config).__name__}, expected an object")
+
+
+def test_save_never_replaces_a_folder_of_other_files(tiny_bundle, first_frame, tmp_path):
+    session = _session(tiny_bundle, first_frame)
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "notes.txt").write_text("keep me")
+    (tmp_path / "file").write_text("keep me too")
+    with pytest.raises(UserInputError, match="notes is a folder of other files, not a saved session"):
+        session.save(tmp_path / "notes")
+    with pytest.raises(UserInputError, match="file is a file, not a session directory"):
+        session.save(tmp_path / "file")
+    assert (tmp_path / "notes" / "notes.txt").read_text() == "keep me"
+    assert (tmp_path / "file").read_text() == "keep me too"
+    (tmp_path / "empty").mkdir()
+    for directory in (tmp_path / "empty", tmp_path / "empty"):  # an empty folder, then the saved session in it
+        session.save(directory)
+        assert (directory / "session.json").is_file()
