@@ -107,8 +107,11 @@ def save_checkpoint(
     total_limit: int | None = None,
     extra_modules: dict[str, torch.nn.Module] | None = None,
     extra_emas: dict[str, Any] | None = None,
+    extra_tensors: dict[str, tuple[dict[str, torch.Tensor], dict[str, str]]] | None = None,
 ) -> Path:
-    """Write ``checkpoint-<step>`` atomically, then prune the oldest beyond ``total_limit``."""
+    """Write ``checkpoint-<step>`` atomically, then prune the oldest beyond ``total_limit``.
+
+    ``extra_tensors`` maps a name to (tensors, string metadata), written as ``<name>.safetensors``."""
     path = Path(output_dir) / f"checkpoint-{step}"
     with atomic_output_dir(path) as tmp:
         unet.save_pretrained(tmp / "unet", safe_serialization=True)
@@ -118,6 +121,9 @@ def save_checkpoint(
             module.save_pretrained(tmp / name, safe_serialization=True)
         for name, extra_ema in (extra_emas or {}).items():
             save_ema_state(extra_ema, tmp / f"{name}.safetensors")
+        for name, (tensors, metadata) in (extra_tensors or {}).items():
+            save_file({key: value.detach().contiguous().cpu() for key, value in tensors.items()},
+                      str(tmp / f"{name}.safetensors"), metadata=metadata)
         save_optimizer_state(optimizer, tmp / "optimizer.safetensors")
         atomic_write_json(tmp / STATE_FILE, {"step": step, **state})
     if total_limit:
@@ -146,9 +152,12 @@ def read_checkpoint_state(path: Path) -> dict[str, Any]:
         if not needed.exists():
             raise UserInputError(f"checkpoint {path} is incomplete or corrupt: {needed.name} is missing")
     try:
-        return json.loads(state_file.read_text())
-    except json.JSONDecodeError as err:
+        state = json.loads(state_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UserInputError(f"checkpoint {path} is corrupt: {state_file.name}: {err}") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise UserInputError(f"checkpoint {path} is corrupt: {state_file.name} holds no step")
+    return state
 
 
 def load_unet_weights(unet: torch.nn.Module, path: Path) -> None:
@@ -167,6 +176,11 @@ def load_unet_weights(unet: torch.nn.Module, path: Path) -> None:
     # a UNet carrying a Temp-LoRA names its wrapped weights '...base_layer.weight'
     own = {name.replace(".base_layer.", "."): name for name in unet.state_dict() if "lora_" not in name}
     state = {own.get(key, key): value for key, value in state.items()}
+    shapes = {name: tuple(value.shape) for name, value in unet.state_dict().items()}
+    for name, value in state.items():
+        if name in shapes and tuple(value.shape) != shapes[name]:
+            raise UserInputError(f"checkpoint {path} does not fit this model: weight {name} has shape "
+                                 f"{tuple(value.shape)} in the checkpoint, {shapes[name]} in the model")
     missing, unexpected = unet.load_state_dict(state, strict=False)
     missing = [name for name in missing if "lora_" not in name]
     if missing or unexpected:

@@ -47,7 +47,7 @@ from .text_features import TextFeatureCache
 from .config import help_field, save_config
 from .data.dataset import ChunkBatch, ChunkDataset, ChunkDatasetConfig, collate_chunks
 from .data.live_worlds import LiveWorldChunks, LiveWorldsConfig, live_chunk_loader
-from .errors import UserInputError
+from .errors import UserInputError, first_line
 from .fast_learner import FastLearnerConfig, TempLoRA, plain_unet, use_adapter
 from .model import ModelBundle, ModelConfig, load_model, unet_text_kwargs
 
@@ -509,9 +509,14 @@ class SlowTrainer:
     def checkpoint_state(self) -> dict[str, Any]:
         return {"lr_scheduler": _json_safe(self.lr_scheduler.state_dict())}
 
+    def checkpoint_tensors(self) -> dict[str, tuple[dict[str, torch.Tensor], dict[str, str]]]:
+        """Further state a subclass needs for an exact resume, as named safetensors files (called on every process)."""
+        return {}
+
     def save_checkpoint(self) -> None:
         accelerator = self.accelerator
         accelerator.wait_for_everyone()
+        tensors = self.checkpoint_tensors()
         if accelerator.is_main_process:
             optimizer = getattr(self.optimizer, "optimizer", self.optimizer)  # unwrap accelerate's wrapper
             extra = {"action_encoder": accelerator.unwrap_model(self.action_encoder)} if self.action_encoder is not None else {}
@@ -519,6 +524,7 @@ class SlowTrainer:
                 self.output_dir, self.step, plain_unet(accelerator.unwrap_model(self.unet)), optimizer,
                 self.checkpoint_state(), ema=self.ema, total_limit=self.config.checkpoints_total_limit or None,
                 extra_modules=extra, extra_emas={"ema_action_encoder": self.encoder_ema} if self.encoder_ema else None,
+                extra_tensors=tensors,
             )
         accelerator.wait_for_everyone()
 
@@ -531,14 +537,23 @@ class SlowTrainer:
             load_optimizer_state(self.optimizer, path / "optimizer.safetensors")
         except Exception as err:  # wrong shapes, damaged file
             raise UserInputError(f"checkpoint {path} is corrupt or does not fit: optimizer state: {str(err).splitlines()[0]}") from None
-        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        try:
+            self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise UserInputError(f"checkpoint {path} is corrupt: trainer_state.json: no usable lr_scheduler ({err!r})") from None
+        device = self.accelerator.device
         if self.ema is not None and (path / "ema").is_dir():
             from diffusers.training_utils import EMAModel
 
-            loaded = EMAModel.from_pretrained(str(path / "ema"), model_cls=type(self.bundle.unet))
-            self.ema.load_state_dict(loaded.state_dict())
+            try:
+                loaded = EMAModel.from_pretrained(str(path / "ema"), model_cls=type(self.bundle.unet))
+                self.ema.load_state_dict(loaded.state_dict())
+            except Exception as err:  # damaged or foreign ema/ folder
+                raise UserInputError(f"checkpoint {path} is corrupt or does not fit: ema: {first_line(err)}") from None
+            self.ema.to(device)  # loaded on the CPU: the next EMA step would mix devices
         if self.encoder_ema is not None and (path / "ema_action_encoder.safetensors").is_file():
             load_ema_state(self.encoder_ema, path / "ema_action_encoder.safetensors")
+            self.encoder_ema.to(device)
         self.step = int(state["step"])
         self.accelerator.print(f"resumed from {path} at step {self.step}")
 
@@ -689,6 +704,8 @@ class SlowFastLoopTrainer(SlowTrainer):
         self.fast_learner = TempLoRA(unet, self.bundle.noise_scheduler, self.config.fast)
         self.lora_names = set(self.fast_learner.parameters)
         self._set_trainable(slow=True)
+        self.records: tuple[int, list[dict]] | None = None  # (iteration, its records D_s) being trained on
+        self.resumed_records: tuple[int, list[dict]] | None = None  # read from a checkpoint inside an iteration
 
     def _set_trainable(self, slow: bool) -> None:
         """Slow phase: Phi trainable, Theta frozen; fast phase: the reverse."""
@@ -703,12 +720,41 @@ class SlowFastLoopTrainer(SlowTrainer):
         if config.batch_size != 1:
             raise UserInputError("the slow-fast loop trains one record (one Theta_i) per micro-batch: set batch_size=1")
         episodes = EpisodeDataset(config.data, config.loop.chunks_per_episode)
-        per_iteration = config.loop.episodes_per_iteration * (config.loop.chunks_per_episode - 1)
-        iteration, offset = divmod(start, per_iteration)
+        iteration, offset = divmod(start, self.records_per_iteration)
         while True:
-            records = self.collect(episodes, iteration)
+            saved, self.resumed_records = self.resumed_records, None
+            # resumed inside an iteration: its saved records (collected with Phi as it was when the iteration began)
+            records = saved[1] if saved is not None and saved[0] == iteration else self.collect(episodes, iteration)
+            self.records = (iteration, records)
             yield from records[offset:]
             iteration, offset = iteration + 1, 0
+
+    @property
+    def records_per_iteration(self) -> int:
+        return self.config.loop.episodes_per_iteration * (self.config.loop.chunks_per_episode - 1)
+
+    def checkpoint_tensors(self) -> dict[str, tuple[dict[str, torch.Tensor], dict[str, str]]]:
+        """Inside an iteration, its records (every process's) as ``loop_records.safetensors``: a resume
+        recomputing them would collect them with Phi as it is now, not as it was when they were collected."""
+        iteration, offset = divmod(self.step * self.config.gradient_accumulation_steps, self.records_per_iteration)
+        if offset == 0 or self.records is None or self.records[0] != iteration:
+            return {}
+        records = [_record_to_cpu(record) for record in self.records[1]]
+        if self.world > 1:
+            from accelerate.utils import gather_object
+
+            per_process = gather_object([records])
+        else:
+            per_process = [records]
+        return {LOOP_RECORDS: _records_to_tensors(iteration, per_process)}
+
+    def load_checkpoint(self, path: Path) -> None:
+        super().load_checkpoint(path)
+        file = path / f"{LOOP_RECORDS}.safetensors"
+        if file.is_file():
+            iteration, records = _records_from_file(file, self.rank)
+            device = self.accelerator.device
+            self.resumed_records = (iteration, [_record_to(record, device) for record in records])
 
     def collect(self, episodes, iteration: int) -> list[dict]:
         """The inner loop: fast learning over each episode's chunks with Phi fixed -> D_s."""
@@ -764,6 +810,53 @@ class SlowFastLoopTrainer(SlowTrainer):
 
 
 # ---------------------------------------------------------------------------- helpers
+LOOP_RECORDS = "loop_records"
+
+
+def _record_to(record: dict, device) -> dict:
+    theta = None if record["theta"] is None else {k: v.to(device) for k, v in record["theta"].items()}
+    return {**record, "context": record["context"].to(device), "target": record["target"].to(device), "theta": theta}
+
+
+def _record_to_cpu(record: dict) -> dict:
+    return _record_to(record, "cpu")
+
+
+def _records_to_tensors(iteration: int, per_process: list[list[dict]]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The slow-fast loop's records (X_i, X_{i+1}, action, Theta_i or None) of every process as flat
+    safetensors entries ``<process>.<record>.<part>`` and JSON metadata (actions, which carry a memory)."""
+    tensors, entries = {}, []
+    for process, records in enumerate(per_process):
+        entries.append([])
+        for index, record in enumerate(records):
+            prefix = f"{process}.{index}."
+            tensors[prefix + "context"], tensors[prefix + "target"] = record["context"], record["target"]
+            for name, value in (record["theta"] or {}).items():
+                tensors[prefix + "theta." + name] = value
+            entries[-1].append({"action": record["action"], "memory": record["theta"] is not None})
+    return tensors, {"iteration": str(iteration), "records": json.dumps(entries)}
+
+
+def _records_from_file(path: Path, rank: int) -> tuple[int, list[dict]]:
+    """Inverse of :func:`_records_to_tensors` for one process; a damaged file is a one-line error."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            entries = json.loads(metadata["records"])[rank]
+            records = []
+            for index, entry in enumerate(entries):
+                prefix = f"{rank}.{index}."
+                theta = {key[len(prefix) + 6:]: handle.get_tensor(key) for key in handle.keys()
+                         if key.startswith(prefix + "theta.")} if entry["memory"] else None
+                records.append({"context": handle.get_tensor(prefix + "context"), "target": handle.get_tensor(prefix + "target"),
+                                "action": entry["action"], "theta": theta})
+            return int(metadata["iteration"]), records
+    except Exception as err:
+        raise UserInputError(f"checkpoint file {path} is corrupt or does not fit: {first_line(err)}") from None
+
+
 def _mix(*numbers: int) -> int:
     """A 63-bit seed from integers (stable across runs and processes)."""
     value = 1469598103934665603
@@ -780,8 +873,30 @@ def _epoch_loader(dataset: ChunkDataset, epoch: int, offset: int, per_epoch: int
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(_mix(config.seed, epoch))).tolist()
     size = config.batch_size
     batches = [order[(i * world + rank) * size:(i * world + rank + 1) * size] for i in range(offset, per_epoch)]
-    return DataLoader(dataset, batch_sampler=batches, collate_fn=collate_chunks, num_workers=config.num_workers,
-                      worker_init_fn=_ignore_sigterm if config.num_workers else None)
+    loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate_chunks, num_workers=config.num_workers,
+                        worker_init_fn=_ignore_sigterm if config.num_workers else None)
+    iterator = iter(loader)
+    try:
+        yield from iterator
+    except UserInputError as err:  # raised in a worker (too many unreadable videos): torch wraps it in the worker's traceback
+        raise UserInputError(_worker_error_message(str(err))) from None
+    finally:  # the workers ignore SIGTERM: left alive after an error, the interpreter's exit would wait on them forever
+        shutdown = getattr(iterator, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+
+
+def _worker_error_message(text: str) -> str:
+    """The original one-line message of a :class:`UserInputError` re-raised by a DataLoader worker
+    (torch's text is 'Caught UserInputError in DataLoader worker ...', the traceback, then
+    '...UserInputError: <message>'); a message raised in the main process comes back unchanged."""
+    lines = text.strip().splitlines()
+    if len(lines) > 1 and lines[0].startswith("Caught "):
+        for line in reversed(lines):
+            kind, _, message = line.partition(": ")
+            if kind.endswith("UserInputError") and message:
+                return message
+    return lines[0] if lines else text
 
 
 def _ignore_sigterm(worker_id: int) -> None:

@@ -109,6 +109,21 @@ def test_corrupt_or_missing_checkpoint_is_a_clear_error(world_root, tmp_path):
         SlowTrainer(_slow(world_root, out, f"resume={tmp_path / 'nope'}"))
 
 
+def test_checkpoint_of_another_model_or_with_a_damaged_state_is_a_one_line_error(world_root, tmp_path):
+    out = tmp_path / "run"
+    train(_slow(world_root, out, "max_steps=1"))
+    with pytest.raises(UserInputError, match=r"checkpoint .*checkpoint-1 does not fit this model: weight down_blocks\.1\."
+                                             r"\S+ has shape \(64,\) in the checkpoint, \(96,\) in the model$"):
+        SlowTrainer(_slow(world_root, tmp_path / "wider", "max_steps=2", "model.block_out_channels=[32,96]",
+                          f"resume={out / 'checkpoint-1'}"))
+    state = out / "checkpoint-1" / "trainer_state.json"
+    for damaged, message in (("[]", "trainer_state.json holds no step"), ('{"step": 1}', "no usable lr_scheduler"),
+                             (b"\xff\xfe", "is corrupt: trainer_state.json")):
+        state.write_bytes(damaged if isinstance(damaged, bytes) else damaged.encode())
+        with pytest.raises(UserInputError, match=message):
+            SlowTrainer(_slow(world_root, out, "max_steps=2"))
+
+
 def test_nonfinite_loss_is_skipped_and_logged_then_aborts(world_root, tmp_path, monkeypatch):
     original = SlowTrainer.loss
     calls = {"n": 0}
@@ -163,6 +178,25 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(world_root, tmp_path):
     assert sorted(resumed.losses) == [step + 1] and (out / "model").is_dir()
 
 
+def test_unreadable_videos_in_a_dataloader_worker_end_with_one_line_and_exit_2(world_root, tmp_path):
+    """The worker's error once came back wrapped in its traceback, and the process then hung at exit
+    on the worker it had not shut down (the workers ignore SIGTERM)."""
+    import shutil
+
+    root = tmp_path / "world"
+    shutil.copytree(world_root, root)
+    videos = sorted((root / "videos").glob("*.mp4"))
+    for video in videos[1:]:
+        video.write_bytes(os.urandom(3000))
+    process = _run_script(f"{sys.executable} train/train_slow.py",
+                          _overrides(root, tmp_path / "run", "max_steps=50", "num_workers=1"))
+    output, _ = process.communicate(timeout=240)
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert process.returncode == 2, output
+    assert len(errors) == 1 and "Traceback" not in output, output
+    assert "unreadable, more than max_bad_fraction=0.1" in errors[0] and "run data_tools/validate.py" in errors[0]
+
+
 def test_two_cpu_processes_stay_in_sync_and_only_rank_0_writes(world_root, tmp_path):
     out = tmp_path / "ddp"
     process = _run_script(f"{sys.executable} -m torch.distributed.run --nproc_per_node 2 --master_port 29517 train/train_slow.py",
@@ -205,6 +239,29 @@ def test_slow_fast_loop_updates_phi_with_each_theta_frozen(world_root, tmp_path)
     assert any(not torch.equal(phi_before[k], phi_after[k]) for k in phi_before)
     exported = load_model(tmp_path / "loop" / "model")
     assert not any("lora_" in k or "base_layer" in k for k in exported.unet.state_dict())
+
+
+def test_loop_resumes_exactly_from_a_checkpoint_inside_an_iteration(world_root, tmp_path):
+    """A resume inside an iteration once re-collected its Temp-LoRAs with the updated Phi; the checkpoint
+    now carries the iteration's records (here 2 episodes x 2 records, one episode without memory)."""
+    def config(out, *extra):
+        return load_config(LoopTrainConfig, overrides=_overrides(
+            world_root, out, "batch_size=1", "fast.rank=4", "fast.learning_rate=1e-2", "loop.episodes_per_iteration=2",
+            "loop.chunks_per_episode=3", "loop.memoryless_share=0.5", "seed=1", "lr_warmup_steps=0", *extra))
+
+    straight = train(config(tmp_path / "a", "max_steps=3"))
+    first = train(config(tmp_path / "b", "max_steps=1"))
+    saved = tmp_path / "b" / "checkpoint-1" / "loop_records.safetensors"
+    from safetensors import safe_open
+
+    with safe_open(str(saved), framework="pt") as handle:
+        kinds = [entry["memory"] for entry in json.loads(handle.metadata()["records"])[0]]
+    assert sorted(kinds) == [False, False, True, True]  # both kinds among the records resumed from
+    resumed = train(config(tmp_path / "b", "max_steps=3", "resume=latest"))
+    assert sorted(resumed.losses) == [2, 3]
+    assert {**first.losses, **resumed.losses} == straight.losses
+    a, b = _unet_state(tmp_path / "a"), _unet_state(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_loop_memoryless_share_trains_phi_with_the_lora_switched_off(world_root, tmp_path):
