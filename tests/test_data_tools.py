@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -268,6 +269,77 @@ def test_ingest_jsonl_and_errors(tmp_path):
         "15",
     )
     assert result.returncode == 2 and result.stderr.strip().startswith("error: height and width must be even")
+
+
+def test_ingest_keeps_finished_segments_when_a_later_one_fails_to_decode(tmp_path, monkeypatch):
+    """A decode error in one segment skips that segment only: earlier clips stay in the manifest, none orphaned."""
+    import slowfast_vgen.data.ingest as ingest
+    from slowfast_vgen.data.readers import VideoReadError
+
+    videos = tmp_path / "src"
+    source_video(videos / "A.mp4")
+    source_video(videos / "B.mp4")
+    real_open = ingest.open_video
+
+    def open_corrupt_after_2s(path, backend="auto"):
+        reader = real_open(path, backend)
+        if Path(path).stem == "A":
+            get_frames = reader.get_frames
+
+            def failing(indices):
+                if max(indices) >= 48:  # source frames from 2.0 s on (24 fps) do not decode
+                    raise VideoReadError(path, "corrupt packet at frame 48")
+                return get_frames(indices)
+
+            reader.get_frames = failing
+        return reader
+
+    monkeypatch.setattr(ingest, "open_video", open_corrupt_after_2s)
+    segments = [("A", 0.5, 1.0, "a1"), ("A", 2.25, 2.75, "a2"), ("A", 1.0, 1.5, "a3"), ("B", 0.5, 1.0, "b1")]
+    ann = tmp_path / "ann.jsonl"
+    keys = ("video", "start_sec", "end_sec", "action")
+    ann.write_text("".join(json.dumps(dict(zip(keys, s))) + "\n" for s in segments))
+    out = tmp_path / "out"
+    lines: list[str] = []
+    summary = ingest_videos(IngestConfig(videos=str(videos), annotations=str(ann), out=str(out)), report=lines.append)
+    assert lines == [
+        "skipped A (annotation line 2): decoding failed in A.mp4 at 2.25-2.75s: corrupt packet at frame 48"
+    ]
+    assert (summary.segments, summary.videos, len(summary.skipped)) == (3, 2, 1)
+    rows = read_manifest(out)
+    assert [(r.action, r.video) for r in rows] == [
+        ("a1", "videos/A/000001.mp4"),
+        ("a3", "videos/A/000003.mp4"),
+        ("b1", "videos/B/000004.mp4"),
+    ]
+    on_disk = sorted(p.relative_to(out).as_posix() for p in (out / "videos").rglob("*.mp4"))
+    assert on_disk == sorted(r.video for r in rows)  # no clip outside the manifest
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])
+def test_ingest_rejects_non_finite_jsonl_times_with_one_line(tmp_path, value):
+    videos = tmp_path / "src"
+    source_video(videos / "clip.mp4", seconds=1.0, fps=8, height=32, width=32)
+    ann = tmp_path / "ann.jsonl"
+    ann.write_text(
+        json.dumps({"video": "clip", "start_sec": 0.0, "end_sec": 1.0, "action": "ok"}) + "\n"
+        f'{{"video": "clip", "start_sec": 0.0, "end_sec": {value}, "action": "bad"}}\n'
+    )
+    expected = "ann.jsonl:2: need a JSON object with video, start_sec, end_sec, action (end_sec must be a finite number"
+    with pytest.raises(UserInputError, match=re.escape(expected)):
+        ingest_videos(IngestConfig(videos=str(videos), annotations=str(ann), out=str(tmp_path / "o1")))
+    if value != "NaN":
+        return  # one CLI run is enough for the exit code and the message
+    out = tmp_path / "o2"
+    result = run_tool(
+        "ingest_videos.py", "--videos", str(videos), "--annotations", str(ann), "--out", str(out), "--no-progress"
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip() == (
+        f"error: {ann}:2: need a JSON object with video, start_sec, end_sec, action "
+        "(end_sec must be a finite number of seconds, got nan)"
+    )
+    assert not (out / "manifest.jsonl").exists()
 
 
 def test_merge_datasets_joins_subdirectories(tmp_path):

@@ -11,7 +11,8 @@ so the chunk dataset has real preceding frames as context: in the manifest the s
 ``[start_frame, end_frame)`` of its clip, ``start_frame`` being the number of lead-in frames.
 The ``episode`` of a row is the source video's id, so all segments of one recording form one
 episode. Missing and undecodable videos are reported by name and skipped; so are segments
-that are empty, or start after the end of their video.
+that are empty, start after the end of their video, or fail to decode (the video's other
+segments are still ingested).
 """
 
 from __future__ import annotations
@@ -141,8 +142,8 @@ def read_segments_jsonl(path: str | os.PathLike) -> list[SourceSegment]:
                 out.append(
                     SourceSegment(
                         str(row["video"]),
-                        float(row["start_sec"]),
-                        float(row["end_sec"]),
+                        _seconds(row, "start_sec"),
+                        _seconds(row, "end_sec"),
                         str(row["action"]).strip(),
                         line,
                     )
@@ -152,6 +153,14 @@ def read_segments_jsonl(path: str | os.PathLike) -> list[SourceSegment]:
                     f"{path}:{line}: need a JSON object with video, start_sec, end_sec, action ({err})"
                 ) from None
     return out
+
+
+def _seconds(row: dict, key: str) -> float:
+    """``row[key]`` as finite seconds; ``ValueError`` for NaN and infinities (``json.loads`` accepts them)."""
+    value = float(row[key])
+    if not math.isfinite(value):
+        raise ValueError(f"{key} must be a finite number of seconds, got {row[key]!r}")
+    return value
 
 
 def read_annotations(path: str | os.PathLike) -> list[SourceSegment]:
@@ -237,11 +246,7 @@ def ingest_videos(
             skip(video_id, f"cannot decode {source.name}: {err.reason} ({len(segments)} segment(s) skipped)")
             continue
         episode = _safe_name(Path(video_id).stem)
-        try:
-            new_rows = _ingest_one_video(reader, src_fps, segments, episode, config, out, write_video, skip)
-        except VideoReadError as err:
-            skip(video_id, f"decoding failed in {source.name}: {err.reason} (remaining segments skipped)")
-            continue
+        new_rows = _ingest_one_video(reader, src_fps, segments, episode, config, out, write_video, skip)
         rows += new_rows
         written_videos += 1 if new_rows else 0
     if not rows:
@@ -267,7 +272,10 @@ def _ingest_one_video(
     write_video: Callable[..., Any],
     skip: Callable[[str, str], None],
 ) -> list[Segment]:
-    """Write one clip per segment of one source video; returns the manifest rows."""
+    """Write one clip per segment of one source video; returns the manifest rows.
+
+    A segment whose frames fail to decode is reported and skipped; no clip is written for it.
+    """
     rows = []
     duration = reader.num_frames / src_fps
     for seg in segments:
@@ -286,7 +294,12 @@ def _ingest_one_video(
             skip(name, f"segment shorter than one frame at {config.fps} fps")
             continue
         source_idx = np.minimum(np.round(times * src_fps).astype(np.int64), reader.num_frames - 1)
-        frames = resize_center_crop(reader.get_frames(source_idx.tolist()), config.height, config.width)
+        try:
+            frames = resize_center_crop(reader.get_frames(source_idx.tolist()), config.height, config.width)
+        except VideoReadError as err:
+            where = f"{Path(err.path).name} at {seg.start_sec:.2f}-{seg.end_sec:.2f}s"
+            skip(name, f"decoding failed in {where}: {err.reason}")
+            continue
         video = f"videos/{episode}/{seg.line:06d}.mp4"
         write_video(out / video, frames, fps=config.fps)
         rows.append(Segment(video, lead_in, len(times), config.fps, seg.action, episode, config.split))
