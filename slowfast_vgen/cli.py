@@ -587,6 +587,12 @@ def eval_main(args: argparse.Namespace) -> int:
     from .config import load_config
     from .evaluation import EvalConfig, evaluate, markdown_table, save_results
 
+    out = Path(args.out)  # checked before the model is loaded and anything generated
+    if out.exists() and not out.is_dir():
+        raise UserInputError(f"--out: {out} is a file; give a directory")
+    blocking = next((folder for folder in out.parents if folder.exists() and not folder.is_dir()), None)
+    if blocking is not None:
+        raise UserInputError(f"--out: {blocking} is a file, so {out} cannot be a directory")
     _quiet_libraries()
     bundle, model_path = _load_bundle(args)
     flags = {"suite": args.suite, "seeds": _int_list(args.seeds), "routes": args.routes,
@@ -597,7 +603,7 @@ def eval_main(args: argparse.Namespace) -> int:
     config = load_config(EvalConfig, args.config, overrides, defaults=defaults)
     result = evaluate(bundle, config, progress=None if args.quiet else (lambda line: print(line, flush=True)))
     result["model"] = model_path
-    written = save_results(result, args.out)
+    written = save_results(result, out)
     print(markdown_table(result))
     print("wrote " + ", ".join(written.values()))
     return 0

@@ -16,9 +16,11 @@
 Every suite runs each fast-learning variant (``off``, ``paper``, ``text``, ``full-sequence``,
 the paper's Table 4 ablations) on the same routes and for several generation seeds; results
 are per run (variant, seed, route) and summarised per variant as mean and 95 % confidence
-interval across runs. Routes come from held-out worlds (``world_seed_base`` + route index):
+interval across runs, and for every variant against ``off`` (when run) as the paired difference
+over the runs with the same seed and route (``paired_vs_off``). Routes come from held-out worlds (``world_seed_base`` + route index):
 ``make_world.py`` seeds worlds ``seed * 1_000_000 + w``, so a base of 900_000_000 is never
-used by a training set made with a dataset seed below 900.
+used by a training set made with a dataset seed below 900 (which make_world and the live
+worlds enforce); ``world_seed_base`` below 900_000_000 is refused.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import torch
 
 from . import metrics
 from .config import config_from_dict, help_field
+from .data.live_worlds import HELDOUT_WORLD_SEED_BASE
 from .errors import UserInputError
 from .model import ModelBundle
 from .session import GenerationConfig, GenerationSession
@@ -58,7 +61,9 @@ class EvalConfig:
     long_frames: int = help_field(200, "frames of a long-suite route (the paper's long videos: ~1,000)")
     rollout_chunks: int = help_field(32, "chunks of a rollout-suite route, each from the model's own output (>= 2)")
     phrasing: str = help_field("heldout", "action phrasings: train | heldout (never seen in training) | all")
-    world_seed_base: int = help_field(900_000_000, "held-out world seeds: base + route index")
+    world_seed_base: int = help_field(
+        HELDOUT_WORLD_SEED_BASE, f"held-out world seeds: base + route index (>= {HELDOUT_WORLD_SEED_BASE}: never trained on)"
+    )
     memory_source: str = help_field(
         "generated", "what the Temp-LoRA learns after each chunk: generated (the method) | truth (diagnostic upper "
         "bound: the route's ground-truth chunk and its context, which no user has; the video is still generated)"
@@ -84,6 +89,9 @@ class EvalConfig:
             raise ValueError(f"memory_source must be generated or truth, got {self.memory_source!r}")
         if self.phrasing not in ("train", "heldout", "all"):
             raise ValueError(f"phrasing must be train, heldout or all, got {self.phrasing!r}")
+        if self.world_seed_base < HELDOUT_WORLD_SEED_BASE:  # also refuses negative seeds (numpy cannot use them)
+            raise ValueError(f"world_seed_base must be >= {HELDOUT_WORLD_SEED_BASE} (the held-out worlds; training "
+                             f"datasets use the seeds below), got {self.world_seed_base}")
 
 
 @dataclass
@@ -98,6 +106,9 @@ class Route:
     revisit_pairs: list[tuple[int, int]]
     camera_positions: np.ndarray  # (1 + M*K, 2) int: [x, y] of the rendered view's top-left on the wrapping map
     footprint: np.ndarray | None = None  # rollout suite: (1 + M*K, H, W) bool, pixels showing a place frame 0 shows
+    # per revisit pair, the frame the place was last seen at before the revisit (the pair's own
+    # first frame when it was seen once before): the memory curve's gap is measured from it
+    revisit_last: list[int] | None = None
 
 
 def build_routes(config: EvalConfig, height: int, width: int, frames_per_chunk: int) -> list[Route]:
@@ -128,7 +139,8 @@ def build_routes(config: EvalConfig, height: int, width: int, frames_per_chunk: 
         if config.suite == "rollout":
             footprint = _frame_footprint(positions, view, world.map_size, height, width)
         routes.append(Route(index, world_seed, list(route.primitives), actions, frames,
-                            route.revisit_frames(frames_per_chunk), positions, footprint))
+                            route.revisit_frames(frames_per_chunk), positions, footprint,
+                            route.last_visit_frames(frames_per_chunk)))
     return routes
 
 
@@ -148,6 +160,7 @@ def _frame_footprint(positions: np.ndarray, view: int, map_size: int, height: in
 
 def evaluate(bundle: ModelBundle, config: EvalConfig, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run the suite for every variant x seed x route; returns runs, per-variant summaries, curves."""
+    check_frame_size(config, bundle.height, bundle.width)
     generation = config.generation
     routes = build_routes(config, bundle.height, bundle.width, generation.frames_per_chunk)
     networks = metrics.PretrainedMetrics(config.metrics)
@@ -169,10 +182,20 @@ def evaluate(bundle: ModelBundle, config: EvalConfig, progress: Callable[[str], 
         "availability": {name: {"available": reason is None, "reason": reason}
                          for name, reason in networks.availability().items()},
         "summary": summarise(runs, config.variants),
+        **({"paired_vs_off": paired_vs_off(runs, config.variants)} if "off" in config.variants else {}),
         **({"curves": per_chunk_curves(runs, config.variants)} if config.suite == "rollout" else {}),
         **({"memory_curve": memory_curve(runs, config.variants)} if config.suite == "revisit" else {}),
         "runs": runs,
     }
+
+
+def check_frame_size(config: EvalConfig, height: int, width: int) -> None:
+    """Settings that depend on the model's frame size, checked before anything is generated."""
+    shift = config.metrics.motion_max_shift
+    limit = (min(height, width) - 1) // 2  # metrics.motion: the search needs 2 * max_shift < min(H, W)
+    if shift is not None and shift > limit:
+        raise UserInputError(f"metrics.motion_max_shift must be <= {limit} for this model's {height}x{width} "
+                             f"frames, got {shift}")
 
 
 def _run_route(bundle, config: EvalConfig, route: Route, variant: str, seed: int, networks) -> dict[str, Any]:
@@ -232,9 +255,12 @@ def _run_route(bundle, config: EvalConfig, route: Route, variant: str, seed: int
         # headroom of a memory of first visits: first visit minus revisit, both against the truth
         scores["first_visit_headroom"] = _finite_mean([r.first_psnr_vs_truth - r.psnr_vs_truth
                                                        for r in generated_first])
-        curves = {"revisit_by_gap": [{"gap_chunks": round((r.later - r.first) / K), "psnr_vs_truth": r.psnr_vs_truth,
+        # the gap is the revisit's recency: chunks since the place was LAST seen (the comparison
+        # frame of psnr_vs_first stays the first visit)
+        last_seen = route.revisit_last if route.revisit_last is not None else [r.first for r in revisits]
+        curves = {"revisit_by_gap": [{"gap_chunks": round((r.later - last) / K), "psnr_vs_truth": r.psnr_vs_truth,
                                       "psnr_vs_first": r.psnr_vs_first, "first_vs_truth": r.first_psnr_vs_truth}
-                                     for r in revisits]}
+                                     for r, last in zip(revisits, last_seen, strict=True)]}
         src = networks.src(video, route.revisit_pairs)
         scores["src"] = src.value if src.available else None
     if config.suite == "rollout":
@@ -298,6 +324,41 @@ def summarise(runs: list[dict], variants: list[str]) -> dict[str, dict[str, dict
     return summary
 
 
+def paired_vs_off(runs: list[dict], variants: list[str]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per variant other than ``off`` and score: the PAIRED difference ``variant - off``, its mean,
+    95 % CI bounds and n over the runs matched by generation seed and route (world), where both
+    scores are finite. Every variant runs the same routes and seeds, so pairing removes the
+    spread between routes that the per-variant intervals of :func:`summarise` include.
+    """
+    def key(run: dict) -> tuple:
+        return run["seed"], run.get("world_seed"), run["route"]
+
+    def finite(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    baseline: dict[tuple, dict] = {}
+    for run in runs:
+        if run["variant"] == "off":
+            baseline.setdefault(key(run), run["scores"])  # a repeated variant: its first run of each route
+    paired: dict[str, dict[str, dict[str, float]]] = {}
+    for variant in dict.fromkeys(v for v in variants if v != "off"):
+        rows: dict[tuple, dict] = {}
+        for run in runs:
+            if run["variant"] == variant:
+                rows.setdefault(key(run), run["scores"])
+        names = dict.fromkeys(name for row in rows.values() for name in row)
+        paired[variant] = {}
+        for name in names:
+            diffs = [row[name] - baseline[k][name] for k, row in rows.items()
+                     if k in baseline and finite(row.get(name)) and finite(baseline[k].get(name))]
+            if not diffs:
+                paired[variant][name] = {"mean": None, "low": None, "high": None, "n": 0}
+                continue
+            mean, low, high = metrics.mean_ci(diffs)
+            paired[variant][name] = {"mean": mean, "low": low, "high": high, "n": len(diffs)}
+    return paired
+
+
 def per_chunk_curves(runs: list[dict], variants: list[str]) -> dict[str, dict[str, list[dict]]]:
     """Rollout curves: per variant, curve (:data:`ROLLOUT_CURVES`) and chunk index, the mean,
     95 % CI bounds and n across runs (missing and non-finite values are skipped, so a chunk index
@@ -320,8 +381,8 @@ def per_chunk_curves(runs: list[dict], variants: list[str]) -> dict[str, dict[st
 
 def memory_curve(runs: list[dict], variants: list[str]) -> dict[str, list[dict]]:
     """Revisit quality against how long ago the place was seen: per variant and gap (chunks between
-    the first visit and the revisit; on an out-and-back route also the number of other places
-    passed in between), the mean, 95 % CI bounds and n of the revisited frame's PSNR against the
+    the most recent earlier visit of the place and the revisit; on an out-and-back route also the
+    number of other places passed in between), the mean, 95 % CI bounds and n of the revisited frame's PSNR against the
     ground truth and against the first visit, over every revisit pair of every run. A memory that
     works lifts the long gaps, where the place has left the context window, above ``off``.
     ``first_vs_truth`` is the first visit's PSNR against the truth: a memory that reproduced the
@@ -357,8 +418,8 @@ def _format_entry(entry: dict | None) -> str:
 
 
 def markdown_table(result: dict) -> str:
-    """The per-variant summary as a markdown table: ``mean ± half-width of the 95 % CI``; for a
-    rollout also the per-chunk-index curves (with n, the runs that had a value at that chunk)."""
+    """The per-variant summary as a markdown table: ``mean ± half-width of the 95 % CI``; the
+    paired differences against ``off`` when it was run (:func:`paired_vs_off`); for a rollout also the per-chunk-index curves (with n, the runs that had a value at that chunk)."""
     summary = result["summary"]
     variants = list(summary)
     names = list(dict.fromkeys(name for variant in variants for name in summary[variant]))
@@ -366,6 +427,20 @@ def markdown_table(result: dict) -> str:
     for name in names:
         cells = [_format_entry(summary[variant].get(name)) for variant in variants]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    paired = result.get("paired_vs_off")
+    if paired:
+        others = list(paired)
+        names = list(dict.fromkeys(name for variant in others for name in paired[variant]))
+        lines += ["", "Paired difference vs off (variant − off over runs with the same seed and route; "
+                      "mean ± 95 % CI half-width, n pairs):", "",
+                  "| score | " + " | ".join(f"{variant} − off" for variant in others) + " |",
+                  "|---|" + "---|" * len(others)]
+        for name in names:
+            cells = []
+            for variant in others:
+                entry = paired[variant].get(name)
+                cells.append(f"{_format_entry(entry)} (n {entry['n'] if entry else 0})")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     curves = result.get("curves")
     if curves:
         header = [f"{variant} {name}" for variant in curves for name in ROLLOUT_CURVES]
@@ -384,7 +459,7 @@ def markdown_table(result: dict) -> str:
     if memory:
         gaps = sorted({point["gap_chunks"] for points in memory.values() for point in points})
         header = [f"{variant} {label}" for label in MEMORY_CURVE_SERIES.values() for variant in memory]
-        lines += ["", "Memory curve: revisit PSNR (dB) by chunks since the first visit (mean ± 95 % CI half-width):", "",
+        lines += ["", "Memory curve: revisit PSNR (dB) by chunks since the place was last seen (mean ± 95 % CI half-width):", "",
                   "| gap (chunks) | " + " | ".join(header) + " |", "|---|" + "---|" * len(header)]
         for gap in gaps:
             found = {variant: next((p for p in points if p["gap_chunks"] == gap), None) for variant, points in memory.items()}
@@ -441,7 +516,7 @@ def save_results(result: dict, out_dir) -> dict[str, str]:
                       for variant, by_name in result["curves"].items()}
             panels.append(Panel(series, f"{result['suite']}: {title}", "chunk index", ylabel, y_range))
         written["rollout_plot"] = str(line_plots(panels, out / "rollout_curves.png"))
-    # memory curve: revisit PSNR against the gap since the first visit, one line per variant; the
+    # memory curve: revisit PSNR against the chunks since the place was last seen, one line per variant; the
     # vs-truth panel also draws each variant's first visit vs truth (what a perfect memory would score)
     if result.get("memory_curve"):
         panels = []
@@ -450,7 +525,7 @@ def save_results(result: dict, out_dir) -> dict[str, str]:
             series = {f"{variant}{suffix}": ([p["gap_chunks"] for p in points],
                                              [math.nan if p[name]["mean"] is None else p[name]["mean"] for p in points])
                       for name, suffix in names.items() for variant, points in result["memory_curve"].items()}
-            panels.append(Panel(series, f"memory curve: {title}", "chunks since the first visit", "PSNR (dB)", None))
+            panels.append(Panel(series, f"memory curve: {title}", "chunks since last seen", "PSNR (dB)", None))
         written["memory_plot"] = str(line_plots(panels, out / "memory_curve.png"))
     # contact sheet: first visit vs revisit vs ground truth, first run of every variant
     sheet = {}

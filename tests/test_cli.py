@@ -471,3 +471,45 @@ def test_resume_of_a_session_whose_config_is_not_an_object_exits_2(tiny_model_di
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert err == [f"error: saved session {session} is corrupt: session.json: config is list, expected an object"]
+
+
+EVAL_TINY = ["routes=1", "seeds=[0]", "actions_per_route=4", "generation.frames_per_chunk=4",
+             "generation.context_frames=4", "generation.window=8", "generation.sampler.num_inference_steps=1"]
+
+
+@pytest.mark.parametrize("case, message", [
+    ("out-is-file", "is a file; give a directory"),
+    ("out-under-file", "is a file, so"),
+    ("negative-world-seed-base", "bad config: world_seed_base must be >= 900000000"),
+    ("training-world-seed-base", "bad config: world_seed_base must be >= 900000000"),
+    ("motion-max-shift", "metrics.motion_max_shift must be <= 7 for this model's 16x16 frames, got 8"),
+])
+def test_bad_eval_input_exits_2_with_one_line_before_generating(case, message, tiny_model_dir, tmp_path, monkeypatch,
+                                                                  capsys):
+    from slowfast_vgen.session import GenerationSession
+
+    def never(*args, **kwargs):
+        raise AssertionError("generated before the input was checked")
+
+    monkeypatch.setattr(GenerationSession, "generate", never)
+    out, extra = tmp_path / "eval", []
+    if case == "out-is-file":
+        out.write_text("keep me")
+    elif case == "out-under-file":
+        (tmp_path / "file").write_text("keep me")
+        out = tmp_path / "file" / "eval"
+    elif case == "negative-world-seed-base":
+        extra = ["world_seed_base=-1"]
+    elif case == "training-world-seed-base":
+        extra = ["world_seed_base=1000000"]  # world 0 of a `make_world --seed 1` dataset
+    elif case == "motion-max-shift":
+        extra = ["metrics.motion_max_shift=8"]
+    code = main(["eval", "--model", str(tiny_model_dir), "--variants", "off", "--out", str(out), "--quiet",
+                 *EVAL_TINY, *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    if case == "out-is-file":
+        assert out.read_text() == "keep me"
+    elif case != "out-under-file":
+        assert not out.exists()

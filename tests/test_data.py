@@ -540,3 +540,17 @@ def test_dataloader_with_two_workers(world_root):
         assert batch.frames.shape[:2] == (len(batch), 3) and batch.frames.shape[3:] == (32, 32)
         assert batch.context_mask.shape == (len(batch), f)
         assert (~batch.context_mask).sum(dim=1).tolist() == [4] * len(batch)
+
+
+def test_make_world_refuses_seeds_whose_worlds_reach_the_heldout_worlds():
+    """Dataset worlds are seed * 1_000_000 + w; the evaluation worlds start at 900_000_000."""
+    from slowfast_vgen.data import world_dataset
+    from slowfast_vgen.data.live_worlds import HELDOUT_WORLD_SEED_BASE
+
+    assert world_dataset.HELDOUT_WORLD_SEED_BASE == HELDOUT_WORLD_SEED_BASE
+    for seed in (0, 1, 2, 899):  # README: --seed 1, --seed 2; the last allowed seed
+        config = MakeWorldConfig(out="x", episodes=1000, seed=seed)
+        assert world_seed(seed, config.num_worlds - 1) < HELDOUT_WORLD_SEED_BASE
+    for seed in (900, 901, -1):
+        with pytest.raises(ValueError, match=r"seed must be in \[0, 900\) so that the dataset's worlds never include"):
+            MakeWorldConfig(out="x", episodes=3, seed=seed)

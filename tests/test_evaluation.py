@@ -208,3 +208,109 @@ def test_truth_memory_source_trains_the_memory_on_the_ground_truth_pair(tiny_bun
     assert from_truth["memory_loss"] != generated["memory_loss"]  # it learned other data
     with pytest.raises(UserInputError, match="memory_source must be generated or truth"):
         load_config(EvalConfig, overrides=["memory_source=oracle"])
+
+
+def test_memory_curve_gap_counts_chunks_since_the_place_was_last_seen(tiny_bundle, monkeypatch):
+    """A route that passes its start three times (chunks 0, 2, 4): the third pass is 2 chunks
+    after the second, not 4 after the first; 'vs first' still compares with the first visit."""
+    from slowfast_vgen.metrics import psnr
+    from slowfast_vgen.worlds.navigation import NavigationWorld, Route as NavRoute, find_revisits
+
+    primitives = ["move right", "move left", "move up", "move down"]
+    monkeypatch.setattr(NavigationWorld, "make_route",
+                        lambda self, rng, num_actions, kind: NavRoute(kind, primitives, find_revisits(primitives)))
+    config = load_config(EvalConfig, overrides=[*TINY, "seeds=[0]", "variants=[off]"])
+    (route,) = build_routes(config, 16, 16, frames_per_chunk=4)
+    assert route.revisit_pairs == [(0, 8), (0, 16)] and route.revisit_last == [0, 8]
+    result = evaluate(tiny_bundle, config)
+    (run,) = result["runs"]
+    assert [pair["gap_chunks"] for pair in run["revisit_by_gap"]] == [2, 2]
+    third = run["revisit_by_gap"][1]
+    assert third["psnr_vs_first"] == pytest.approx(psnr(run["video"][16:17], run["video"][0:1]))
+    assert third["psnr_vs_truth"] == pytest.approx(psnr(run["video"][16:17], route.frames[16:17]))
+    (point,) = result["memory_curve"]["off"]
+    assert point["gap_chunks"] == 2 and point["n"] == 2
+
+
+def _strict_json(text: str):
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_json_files_are_strict_json_without_nan_or_infinity(tmp_path):
+    from slowfast_vgen.io_utils import atomic_write_json
+
+    atomic_write_json(tmp_path / "a.json", {"a": float("nan"), "b": [float("inf"), 1.0], "c": (np.float64("-inf"),)})
+    assert _strict_json((tmp_path / "a.json").read_text()) == {"a": None, "b": [None, 1.0], "c": [None]}
+
+
+def test_results_json_of_a_one_run_summary_is_strict_json(tmp_path):
+    """One run: the CI bounds are nan; an exactly reproduced start frame scores inf."""
+    from slowfast_vgen.evaluation import save_results
+
+    runs = [{"variant": "off", "seed": 0, "route": 0, "scores": {"psnr": 20.0},
+             "revisit_by_gap": [{"gap_chunks": 4, "psnr_vs_truth": 18.0, "psnr_vs_first": 19.0,
+                                 "first_vs_truth": float("inf")}]}]
+    result = {"suite": "revisit", "config": {}, "availability": {}, "summary": summarise(runs, ["off"]),
+              "memory_curve": memory_curve(runs, ["off"]), "runs": runs}
+    save_results(result, tmp_path)
+    saved = _strict_json((tmp_path / "results.json").read_text())
+    assert saved["summary"]["off"]["psnr"] == {"mean": 20.0, "low": None, "high": None, "n": 1}
+    assert saved["runs"][0]["revisit_by_gap"][0]["first_vs_truth"] is None
+    assert "| psnr | 20.000 |" in (tmp_path / "results.md").read_text()
+
+
+def test_eval_config_refuses_world_seeds_that_training_sets_may_use():
+    from slowfast_vgen.data.live_worlds import HELDOUT_WORLD_SEED_BASE
+
+    assert load_config(EvalConfig).world_seed_base == HELDOUT_WORLD_SEED_BASE
+    for base in (910_000_000, 920_000_000):  # the README's fresh worlds
+        assert load_config(EvalConfig, overrides=[f"world_seed_base={base}"]).world_seed_base == base
+    for base in (-1, 0, 5_000_000, HELDOUT_WORLD_SEED_BASE - 1):
+        with pytest.raises(UserInputError, match=f"world_seed_base must be >= {HELDOUT_WORLD_SEED_BASE}.*got {base}"):
+            load_config(EvalConfig, overrides=[f"world_seed_base={base}"])
+
+
+def test_too_large_motion_search_is_refused_before_generating(tiny_bundle, monkeypatch):
+    from slowfast_vgen.session import GenerationSession
+
+    def never(*args, **kwargs):
+        raise AssertionError("generated before the settings were checked")
+
+    monkeypatch.setattr(GenerationSession, "generate", never)
+    for suite in ("revisit", "chunk"):
+        config = load_config(EvalConfig, overrides=[*TINY, f"suite={suite}", "metrics.motion_max_shift=8"])
+        with pytest.raises(UserInputError, match=r"metrics.motion_max_shift must be <= 7 for this model's 16x16 "
+                                                 r"frames, got 8"):
+            evaluate(tiny_bundle, config)
+
+
+def test_paired_difference_against_off_matches_runs_by_seed_and_route():
+    """Routes differ a lot, paper is always ~1 dB better on the same route: the per-variant
+    intervals overlap widely, the paired difference is clearly above 0."""
+    from slowfast_vgen.evaluation import paired_vs_off
+    from slowfast_vgen.metrics import mean_ci
+
+    off = {(0, 0): 10.0, (0, 1): 20.0, (1, 0): 30.0, (1, 1): 16.0}
+    gain = {(0, 0): 1.0, (0, 1): 1.2, (1, 0): 0.9, (1, 1): 1.1}
+    runs = [{"variant": "off", "seed": s, "route": r, "world_seed": 900_000_000 + r, "scores": {"psnr": v, "src": None}}
+            for (s, r), v in off.items()]
+    runs += [{"variant": "paper", "seed": s, "route": r, "world_seed": 900_000_000 + r,
+              "scores": {"psnr": off[s, r] + gain[s, r], "src": None}} for (s, r) in reversed(list(off))]
+    runs.append({"variant": "paper", "seed": 7, "route": 0, "world_seed": 900_000_000,
+                 "scores": {"psnr": 99.0, "src": None}})  # no off run with seed 7: not paired
+    summary = summarise(runs, ["off", "paper"])
+    assert summary["paper"]["psnr"]["low"] < summary["off"]["psnr"]["mean"] < summary["paper"]["psnr"]["mean"]
+    assert summary["off"]["psnr"]["high"] > summary["paper"]["psnr"]["low"]  # unpaired: no visible difference
+    paired = paired_vs_off(runs, ["off", "paper"])
+    assert set(paired) == {"paper"}
+    psnr = paired["paper"]["psnr"]
+    mean, low, high = mean_ci(list(gain.values()))
+    assert psnr["n"] == 4 and psnr["mean"] == pytest.approx(1.05)
+    assert (psnr["low"], psnr["high"]) == pytest.approx((low, high)) and psnr["low"] > 0  # paired: clearly better
+    assert paired["paper"]["src"] == {"mean": None, "low": None, "high": None, "n": 0}
+    table = markdown_table({"summary": summary, "paired_vs_off": paired})
+    assert "| score | paper − off |" in table and f"| psnr | 1.050 ± {high - 1.05:.3f} (n 4) |" in table
+    assert "Paired difference" not in markdown_table({"summary": summary})

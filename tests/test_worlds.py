@@ -269,3 +269,22 @@ def test_registry_builds_worlds_by_name():
         build_world("navigation", seed=0, overrides=["speed=0"])
     with pytest.raises(UserInputError, match="bogus"):
         build_world("blocks", seed=0, overrides=["bogus=1"])
+
+
+def test_revisit_gap_counts_actions_since_the_most_recent_pass():
+    """A route that passes its start three times: the third pass was last seen at the second
+    (2 actions ago), not at the first (4 actions ago); the pairs still name the first visit."""
+    from slowfast_vgen.worlds.navigation import Route, last_visits
+
+    primitives = ["move right", "move left", "move up", "move down"]  # start, away, start, away, start
+    pairs = find_revisits(primitives)
+    assert pairs == [(0, 2), (0, 4)]  # unchanged: every pass is paired with the first visit
+    assert last_visits(primitives, pairs) == [0, 2]
+    route = Route("return_to_start", primitives, pairs)
+    assert [later - last for (_, later), last in zip(pairs, route.last_visits())] == [2, 2]
+    assert route.last_visit_frames(4) == [0, 8] and route.revisit_frames(4) == [(0, 8), (0, 16)]
+    # standing still at the place right before the revisit: it was seen one action ago
+    primitives = ["move up", "stay", "move down", "move down", "move up"]
+    assert last_visits(primitives, find_revisits(primitives)) == [0, 3]
+    with pytest.raises(ValueError, match="not a revisit pair"):
+        last_visits(primitives, [(0, 1)])

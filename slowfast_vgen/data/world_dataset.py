@@ -43,6 +43,9 @@ from ..worlds.base import action_frame_range
 from .manifest import Segment, episode_meta_path, write_episode_meta, write_manifest
 
 WORLD_SEED_STRIDE = 1_000_000
+# First seed of the held-out evaluation worlds (= data.live_worlds.HELDOUT_WORLD_SEED_BASE and the default
+# evaluation.EvalConfig.world_seed_base; kept here too so this module stays free of torch).
+HELDOUT_WORLD_SEED_BASE = 900_000_000
 FORMAT_VERSION = 1
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
@@ -53,7 +56,7 @@ class MakeWorldConfig:
 
     out: str = help_field(help="output dataset directory")
     episodes: int = help_field(help="number of episodes to render")
-    seed: int = help_field(0, help="dataset seed; world seeds are seed * 1_000_000 + world index")
+    seed: int = help_field(0, help="dataset seed in [0, 900); world seeds are seed * 1_000_000 + world index")
     world: str = help_field("navigation", help="world name: navigation or blocks")
     size: int = help_field(32, help="view height and width in pixels")
     frames_per_action: int = help_field(8, help="frames rendered per action (K)")
@@ -87,6 +90,11 @@ class MakeWorldConfig:
                 raise ValueError(message)
         if self.num_worlds > WORLD_SEED_STRIDE:
             raise ValueError(f"at most {WORLD_SEED_STRIDE} worlds per dataset, got {self.num_worlds}")
+        if not (0 <= self.seed and self.seed * WORLD_SEED_STRIDE + self.num_worlds <= HELDOUT_WORLD_SEED_BASE):
+            raise ValueError(
+                f"seed must be in [0, {HELDOUT_WORLD_SEED_BASE // WORLD_SEED_STRIDE}) so that the dataset's worlds never "
+                f"include the evaluation worlds (seeds from {HELDOUT_WORLD_SEED_BASE}), got {self.seed}"
+            )
         if not self.out:
             raise ValueError("out must name a directory")
         world_spec(self.world)  # UserInputError for unknown names

@@ -115,7 +115,8 @@ class Route:
 
     ``revisits`` holds ``(first, later)`` action-boundary indices (``j`` = the position after
     ``j`` actions, which is frame ``j * K`` of the rollout) where the camera is back exactly at
-    a place it had left.
+    a place it had left; ``first`` is the place's first visit (see :func:`find_revisits`), the
+    most recent earlier visit is :meth:`last_visits`.
     """
 
     kind: str
@@ -125,6 +126,14 @@ class Route:
     def revisit_frames(self, frames_per_action: int) -> list[tuple[int, int]]:
         """``revisits`` as ``(first_frame, later_frame)`` indices of a rollout with K frames per action."""
         return [(i * frames_per_action, j * frames_per_action) for i, j in self.revisits]
+
+    def last_visits(self) -> list[int]:
+        """Per ``revisits`` pair, the boundary of the most recent earlier visit (:func:`last_visits`)."""
+        return last_visits(self.primitives, self.revisits)
+
+    def last_visit_frames(self, frames_per_action: int) -> list[int]:
+        """:meth:`last_visits` as frame indices of a rollout with K frames per action."""
+        return [i * frames_per_action for i in self.last_visits()]
 
 
 def step_displacements(primitives: Sequence[str]) -> np.ndarray:
@@ -141,10 +150,13 @@ def find_revisits(primitives: Sequence[str]) -> list[tuple[int, int]]:
     """``(first, later)`` boundary pairs where the camera returns to a place it had left.
 
     Positions are compared on the unwrapped plane (a lap around the torus is not a revisit).
-    For each later boundary the earliest matching earlier boundary is reported, and only if the
-    camera was somewhere else in between (standing still is not a revisit).
+    For each later boundary the place's FIRST visit (the earliest matching earlier boundary) is
+    reported, the reference a revisit is compared with, and only if the camera was somewhere
+    else in between (standing still is not a revisit). When a route passes a place three or
+    more times, every later pass is paired with the first one; how long ago the place was last
+    seen (the recency of the revisit) is measured from :func:`last_visits`, not from ``first``.
     """
-    boundaries = np.concatenate([np.zeros((1, 2), np.int64), np.cumsum(step_displacements(primitives), axis=0)])
+    boundaries = _boundaries(primitives)
     pairs: list[tuple[int, int]] = []
     for later in range(1, len(boundaries)):
         for first in range(later):
@@ -154,6 +166,30 @@ def find_revisits(primitives: Sequence[str]) -> list[tuple[int, int]]:
                     pairs.append((first, later))
                 break
     return pairs
+
+
+def _boundaries(primitives: Sequence[str]) -> np.ndarray:
+    """``(M + 1, 2)`` unwrapped position (in steps) at every action boundary, starting at 0."""
+    return np.concatenate([np.zeros((1, 2), np.int64), np.cumsum(step_displacements(primitives), axis=0)])
+
+
+def last_visits(primitives: Sequence[str], pairs: Sequence[Sequence[int]]) -> list[int]:
+    """Per ``(first, later)`` revisit pair, the most recent earlier boundary at the same place.
+
+    This is the boundary the place was last seen at before ``later`` (``first`` itself when the
+    place was seen only once before), so ``later - last`` is the revisit's recency in actions:
+    on a route that doubles back past a place three times, the third pass is measured from the
+    second, not from the first. A camera that stood still at the place right before ``later``
+    saw it one action ago.
+    """
+    boundaries = _boundaries(primitives)
+    out = []
+    for first, later in pairs:
+        first, later = int(first), int(later)
+        if not 0 <= first < later < len(boundaries) or not np.array_equal(boundaries[first], boundaries[later]):
+            raise ValueError(f"({first}, {later}) is not a revisit pair of a route of {len(primitives)} actions")
+        out.append(max(k for k in range(first, later) if np.array_equal(boundaries[k], boundaries[later])))
+    return out
 
 
 def _walk(rng: np.random.Generator, num_actions: int, stay_prob: float, persistence: float) -> list[str]:
