@@ -570,6 +570,10 @@ def make_model_main(args: argparse.Namespace) -> int:
     _quiet_libraries()
     config = load_config(ModelConfig, args.config, args.overrides)
     out = Path(args.out)
+    if out.name in ("", ".", ".."):
+        raise UserInputError(f"--out: {str(out)!r} names no directory of its own (the model replaces it as a whole)")
+    if out.exists() and not out.is_dir():
+        raise UserInputError(f"--out: {out} is a file; give a directory")
     if out.exists() and any(out.iterdir()) and not args.force:
         raise UserInputError(f"{out} exists and is not empty (use --force to replace it)")
     bundle = ModelBundle.from_config(config)

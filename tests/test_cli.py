@@ -99,6 +99,18 @@ def test_make_model_writes_a_loadable_model(tmp_path):
                  "--image", str(Path(__file__)), *FAST]) == 2  # a .py file is no image
 
 
+def test_make_model_refuses_a_file_or_a_nameless_out_before_building(tmp_path, capsys, monkeypatch):
+    afile = tmp_path / "afile"
+    afile.write_text("keep")
+    assert main(["make-model", "--out", str(afile)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: --out: {afile} is a file; give a directory"
+    assert afile.read_text() == "keep"
+    monkeypatch.chdir(tmp_path)
+    assert main(["make-model", "--out", ".", "--force"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --out: '.' names no directory of its own (the model replaces it as a whole)"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
 def _bad_model(tiny_model_dir, tmp_path, kind):
     model = tmp_path / kind
     shutil.copytree(tiny_model_dir, model)
