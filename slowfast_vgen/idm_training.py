@@ -90,6 +90,39 @@ class IDMTrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        self._check_sampler_and_model()
+
+    def _check_sampler_and_model(self) -> None:
+        """The conditions :class:`PairSampler` and :class:`InverseDynamicsModel` (``inverse_dynamics.py``) and the
+        world config enforce, named by config key: checked here, a bad value is a one-line config error before
+        anything is written, not a traceback after ``output_dir`` was created (or, for the held-out pool, after
+        training). ``tests/test_planning.py`` checks that they reject the same values."""
+        from .data.live_worlds import HELDOUT_WORLD_SEED_BASE
+        from .data.world_dataset import WORLD_SEED_STRIDE
+        from .worlds import world_config
+
+        # PairSampler(world, size, frames_per_action, seed, num_worlds) of the training and the held-out pool
+        if self.frames_per_action < 1:
+            raise ValueError(f"frames_per_action must be >= 1, got {self.frames_per_action}")
+        for key, seed, worlds in (("num_worlds", self.seed, self.num_worlds), ("val_worlds", self.val_seed, self.val_worlds)):
+            if worlds < 1 or worlds > WORLD_SEED_STRIDE:
+                raise ValueError(f"need 1 <= {key} <= {WORLD_SEED_STRIDE}, got {worlds}")
+            if not 0 <= seed * WORLD_SEED_STRIDE + worlds <= HELDOUT_WORLD_SEED_BASE:
+                raise ValueError(f"seed {seed} with {worlds} worlds reaches the evaluation worlds (seeds from "
+                                 f"{HELDOUT_WORLD_SEED_BASE}); use a seed below {HELDOUT_WORLD_SEED_BASE // WORLD_SEED_STRIDE}")
+        # InverseDynamicsModel(image_size=size, channels=channels): a stem, then one stride-2 stage per further width
+        channels = list(self.channels)
+        if not channels or min(channels) < 1:
+            raise ValueError(f"channels must be one or more widths >= 1, got {channels}")
+        if self.size < 8 or self.size % 2 ** (len(channels) - 1):
+            raise ValueError(f"size {self.size} must be >= 8 and divisible by {2 ** (len(channels) - 1)} "
+                             f"(2 ** (len(channels) - 1): the IDM halves it {len(channels) - 1} times)")
+        # the world PairSampler renders: view_size = size, then world_overrides
+        try:
+            world_config(self.world, [f"view_size={self.size}", *self.world_overrides])
+        except UserInputError as err:
+            raise ValueError(f"world {self.world} with size={self.size} and world_overrides {list(self.world_overrides)}: "
+                             f"{str(err).removeprefix('bad config: ')}") from None
 
 
 @dataclasses.dataclass

@@ -23,8 +23,8 @@ weights is refused with a message, never unpickled.
 
 from __future__ import annotations
 
-import json
 import os
+import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,13 +35,17 @@ from diffusers import AutoencoderKL, DDPMScheduler, SchedulerMixin, UNet3DCondit
 
 from .action_encoder import ActionEncoder, masked_mean, unit_rms
 from .config import help_field
-from .errors import UserInputError
+from .errors import UserInputError, first_line, read_json_object
 from .io_utils import atomic_output_dir, atomic_write_json
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 TINY_TEXT_ENCODER = "tiny-clip"
 PACKAGE_PREFIX = "package:"
 METADATA_FILE = "slowfast_vgen.json"
+SOURCE_KEY = "_source_directory"
+"""In-memory metadata of a model loaded without its text encoder (``text_features``): the directory it was
+loaded from, whose ``text_encoder/`` and ``tokenizer/`` :meth:`ModelBundle.save_pretrained` copies. It lives
+in the metadata so that bundles rebuilt from this one (the trainer's export) keep it; it is never saved."""
 
 # A small English vocabulary for the tiny word-level tokenizer used by test and demo models.
 # Real models bring their own tokenizer (CLIP for ModelScope, WordPiece for MiniLM).
@@ -377,13 +381,20 @@ class ModelBundle:
             if self.vae is not None:
                 self.vae.save_pretrained(tmp / "vae", safe_serialization=True)
             packaged = "text_encoder_package" in self.metadata
-            if not packaged:  # else the pip package provides them
+            text_classes = [None, None], [None, None]  # model_index.json entries of text_encoder, tokenizer
+            if packaged:
+                pass  # the pip package provides them
+            elif self.text_encoder is not None:
                 self.text_encoder.save_pretrained(tmp / "text_encoder", safe_serialization=True)
                 self.tokenizer.save_pretrained(tmp / "tokenizer")
+                text_classes = (["transformers", type(self.text_encoder).__name__],
+                                ["transformers", type(self.tokenizer).__name__])
+            else:  # loaded with text_features only: the files of the directory it was loaded from
+                text_classes = _copy_text_encoder(self.metadata.get(SOURCE_KEY), tmp)
             self.noise_scheduler.save_pretrained(tmp / "scheduler")
             if self.action_encoder is not None:
                 self.action_encoder.save_pretrained(tmp / "action_encoder", safe_serialization=True)
-            metadata = dict(self.metadata)
+            metadata = {key: value for key, value in self.metadata.items() if key != SOURCE_KEY}
             if self.action_encoder is not None:  # lets a machine without the encoder check its feature cache
                 metadata["text_encoder_fingerprint"] = self.text_encoder_fingerprint
             import diffusers
@@ -393,8 +404,8 @@ class ModelBundle:
                 "_diffusers_version": diffusers.__version__,
                 "unet": ["diffusers", type(self.unet).__name__],
                 "vae": ["diffusers", type(self.vae).__name__] if self.vae is not None else [None, None],
-                "text_encoder": [None, None] if packaged else ["transformers", type(self.text_encoder).__name__],
-                "tokenizer": [None, None] if packaged else ["transformers", type(self.tokenizer).__name__],
+                "text_encoder": text_classes[0],
+                "tokenizer": text_classes[1],
                 "scheduler": ["diffusers", type(self.noise_scheduler).__name__],
             }
             if self.action_encoder is not None:
@@ -420,26 +431,32 @@ class ModelBundle:
             raise UserInputError(f"model directory not found: {directory}")
         metadata = None
         if (directory / METADATA_FILE).is_file():
-            metadata = json.loads((directory / METADATA_FILE).read_text())
+            with _reading(METADATA_FILE):
+                metadata = read_json_object(directory / METADATA_FILE)
+            metadata.pop(SOURCE_KEY, None)
         package = (metadata or {}).get("text_encoder_package")
         cache_only = text_features is not None  # the text encoder is not loaded: texts come from the cache
         required = ("unet", "scheduler") if package or cache_only else ("unet", "text_encoder", "tokenizer", "scheduler")
         for component in required:
             if not (directory / component).is_dir():
                 raise UserInputError(f"model directory {directory} has no {component}/ component")
-        unet = UNet3DConditionModel.from_pretrained(
-            directory / "unet", torch_dtype=torch_dtype, **_safetensors_kwargs(directory / "unet")
-        )
+        with _reading("unet/"):
+            unet = UNet3DConditionModel.from_pretrained(
+                directory / "unet", torch_dtype=torch_dtype, **_safetensors_kwargs(directory / "unet")
+            )
         vae = None
         if (directory / "vae").is_dir():
-            vae = AutoencoderKL.from_pretrained(
-                directory / "vae", torch_dtype=torch_dtype, **_safetensors_kwargs(directory / "vae")
-            )
+            with _reading("vae/"):
+                vae = AutoencoderKL.from_pretrained(
+                    directory / "vae", torch_dtype=torch_dtype, **_safetensors_kwargs(directory / "vae")
+                )
         action_encoder = None
         if (directory / "action_encoder").is_dir():
-            action_encoder = ActionEncoder.from_pretrained(
-                directory / "action_encoder", torch_dtype=torch_dtype, **_safetensors_kwargs(directory / "action_encoder")
-            )
+            with _reading("action_encoder/"):
+                action_encoder = ActionEncoder.from_pretrained(
+                    directory / "action_encoder", torch_dtype=torch_dtype,
+                    **_safetensors_kwargs(directory / "action_encoder"),
+                )
         text_encoder = tokenizer = None
         if cache_only:
             expected = (metadata or {}).get("text_encoder_fingerprint", "")
@@ -449,16 +466,20 @@ class ModelBundle:
         else:
             text_dir = _package_model_path(package) if package else directory / "text_encoder"
             tokenizer_dir = text_dir if package else directory / "tokenizer"
-            text_encoder = AutoModel.from_pretrained(
-                text_dir, local_files_only=True, dtype=torch_dtype, **_safetensors_kwargs(text_dir)
-            )
-            tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
-        scheduler_config = DDPMScheduler.load_config(directory / "scheduler")
-        noise_scheduler = DDPMScheduler.from_config(scheduler_config)
+            with _reading(f"text encoder {text_dir}" if package else "text_encoder/"):
+                text_encoder = AutoModel.from_pretrained(
+                    text_dir, local_files_only=True, dtype=torch_dtype, **_safetensors_kwargs(text_dir)
+                )
+            with _reading(f"tokenizer {tokenizer_dir}" if package else "tokenizer/"):
+                tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+        with _reading("scheduler/"):
+            scheduler_config = DDPMScheduler.load_config(directory / "scheduler")
+            noise_scheduler = DDPMScheduler.from_config(scheduler_config)
         for module in (unet, vae, text_encoder, action_encoder):
             _align_tensors(module)
-        if cache_only and not (metadata or {}).get("text_encoder_fingerprint"):
-            metadata = {**(metadata or {}), "text_encoder_fingerprint": text_features.fingerprint}
+        if cache_only:
+            metadata = {**(metadata or {}), SOURCE_KEY: str(directory.resolve())}  # save_pretrained copies its text encoder
+            metadata.setdefault("text_encoder_fingerprint", text_features.fingerprint)
         return cls(unet, vae, text_encoder, tokenizer, noise_scheduler, metadata, action_encoder=action_encoder,
                    text_features=text_features)
 
@@ -504,12 +525,58 @@ def load_model(path: str | os.PathLike, device: str = "cpu", dtype: torch.dtype 
     """Load a model directory with user-facing errors for anything that cannot be read."""
     try:
         bundle = ModelBundle.from_pretrained(path, torch_dtype=dtype, text_features=text_features)
-    except UserInputError:
+    except (UserInputError, MemoryError):
         raise
-    except (OSError, ValueError, json.JSONDecodeError, KeyError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserInputError(f"cannot load model from {path}: {first}") from None
+    except Exception as err:  # a damaged or partial directory: truncated weights, configs that do not match them, ...
+        raise UserInputError(f"cannot load model from {path}: {first_line(err)}") from None
     return bundle.to(device)
+
+
+class ComponentLoadError(RuntimeError):
+    """A model component (or ``slowfast_vgen.json``) that exists but cannot be read; the message names it."""
+
+
+@contextmanager
+def _reading(component: str) -> Iterator[None]:
+    """Name ``component`` in any error raised while reading it (other than a :class:`UserInputError`)."""
+    try:
+        yield
+    except (UserInputError, MemoryError):
+        raise
+    except Exception as err:
+        reason = first_line(err)
+        if reason.startswith("You set `ignore_mismatched_sizes`"):  # transformers: the details went to the log
+            reason = "its weights do not match its config.json (tensor shapes differ)"
+        raise ComponentLoadError(f"{component}: {reason}") from err
+
+
+def _copy_text_encoder(source: str | None, destination: Path) -> tuple[list, list]:
+    """Copy ``text_encoder/`` and ``tokenizer/`` of the model directory ``source`` into ``destination`` (the
+    save of a model loaded without its text encoder); their ``model_index.json`` entries."""
+    folders = ("text_encoder", "tokenizer")
+    if source is None or not all((Path(source) / name).is_dir() for name in folders):
+        where = f"{source} has no text_encoder/ and tokenizer/ to copy" if source else "there is no model directory to copy them from"
+        raise UserInputError(f"cannot save this model: it was loaded without its text encoder (text_features) and {where}; "
+                             "load it without text_features to save it")
+    for name in folders:
+        shutil.copytree(Path(source) / name, destination / name)
+    entries = {name: ["transformers", None] for name in folders}
+    try:  # the classes the source directory recorded
+        index = read_json_object(Path(source) / "model_index.json")
+        entries.update({name: list(index[name]) for name in folders if isinstance(index.get(name), list)})
+    except (OSError, ValueError):
+        pass
+    if entries["text_encoder"][1] is None:
+        try:
+            entries["text_encoder"][1] = read_json_object(Path(source) / "text_encoder" / "config.json")["architectures"][0]
+        except (OSError, ValueError, KeyError, IndexError, TypeError):
+            pass
+    if entries["tokenizer"][1] is None:
+        try:
+            entries["tokenizer"][1] = read_json_object(Path(source) / "tokenizer" / "tokenizer_config.json")["tokenizer_class"]
+        except (OSError, ValueError, KeyError):
+            pass
+    return entries["text_encoder"], entries["tokenizer"]
 
 
 def _align_tensors(module: torch.nn.Module | None, alignment: int = 64) -> None:

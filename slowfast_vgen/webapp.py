@@ -40,7 +40,7 @@ import threading
 import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
@@ -105,6 +105,8 @@ class WebApp:
         self._tab_numbers_lock = threading.Lock()
         self._owners: dict[str, Tab] = {}  # browser session (gradio's session hash) -> its tab
         self._owners_lock = threading.Lock()
+        self._session_locks: dict[str, threading.Lock] = {}  # browser session -> lock of "its tab, or a new one"
+        self._session_locks_lock = threading.Lock()
 
     def close(self) -> None:
         """Remove the temporary work folder (the tabs' videos and saved files)."""
@@ -256,6 +258,27 @@ class WebApp:
         return out, out.with_suffix(".json")
 
     # ------------------------------------------------------------------ 4. tabs that go away
+    def tab_for(self, owner: str | None, start: Callable[[], Tab]) -> tuple[Tab, bool]:
+        """The tab of the browser session ``owner``, else ``start()``'s, attached to it; True when started.
+
+        Under a per-session lock: two quick first presses in one browser tab start one episode, the second
+        press uses it (without it, each saw no tab and started its own, one orphaned with its adapter and
+        folder). Without an ``owner`` (no gradio request) it just starts one.
+        """
+        if not owner:
+            return start(), True
+        with self._session_lock(owner):
+            tab = self.tab_of(owner)
+            if tab is not None and not tab.closed:
+                return tab, False
+            tab = start()
+            self.attach(owner, tab)
+            return tab, True
+
+    def _session_lock(self, owner: str) -> threading.Lock:
+        with self._session_locks_lock:
+            return self._session_locks.setdefault(owner, threading.Lock())
+
     def attach(self, owner: str, tab: Tab) -> None:
         """Record ``tab`` as the episode of the browser session ``owner``, for :meth:`detach`."""
         with self._owners_lock:
@@ -264,8 +287,11 @@ class WebApp:
     def detach(self, owner: str) -> bool:
         """The browser session ``owner`` went away (its tab was closed or reloaded): :meth:`close_tab` its
         tab now. False when it had none (it never started an episode) or it is closed already."""
-        with self._owners_lock:
-            tab = self._owners.pop(owner, None)
+        with self._session_lock(owner):  # after an episode it is starting (tab_for), which then goes too
+            with self._owners_lock:
+                tab = self._owners.pop(owner, None)
+        with self._session_locks_lock:
+            self._session_locks.pop(owner, None)
         return tab is not None and self.close_tab(tab)
 
     def close_tab(self, tab: Tab) -> bool:
@@ -546,18 +572,21 @@ def build_ui(app: WebApp):
                 raise UserInputError("this tab's episode was closed (the page had disconnected): press New episode")
             yield
 
-    def new_tab(tab: Tab, request: gr.Request | None) -> Tab:
-        if request is not None and request.session_hash:
-            app.attach(request.session_hash, tab)  # closed by on_unload when this browser tab goes away
-        return tab
+    def tab_or_start(tab: Tab | None, request: gr.Request | None, start: Callable[[], Tab]) -> tuple[Tab, bool]:
+        """The event's tab: the state's, else this browser tab's (a quick second press finds the first's),
+        else a new one from ``start()``, attached (closed by on_unload when this browser tab goes away);
+        True when started."""
+        tab = live(tab)
+        if tab is not None:
+            return tab, False
+        return app.tab_for(request.session_hash if request is not None else None, start)
 
     # handlers: each runs one WebApp method; a failure is a message, and the tab keeps its episode
     def on_new(tab, world_name, world_number, seed_number, fast_mode, upload, request: gr.Request):
-        tab = live(tab)
         try:
-            if tab is None:
-                tab = new_tab(app.start(world_name, world_number, seed_number, fast_mode, upload), request)
-            else:
+            tab, started = tab_or_start(
+                tab, request, lambda: app.start(world_name, world_number, seed_number, fast_mode, upload))
+            if not started:
                 with using(tab):
                     app.start(world_name, world_number, seed_number, fast_mode, upload, tab=tab)
         except Exception as err:
@@ -571,9 +600,9 @@ def build_ui(app: WebApp):
             check_action(text)
             if app.model_lock.locked():
                 progress(0, desc="waiting for the model (another tab is generating)")
-            if tab is None:  # the first action starts an episode from the current choices
-                tab = new_tab(app.start(world_name, world_number, seed_number, fast_mode, upload), request)
-                started = True
+            # the first action starts an episode from the current choices
+            tab, started = tab_or_start(
+                tab, request, lambda: app.start(world_name, world_number, seed_number, fast_mode, upload))
             with using(tab):
                 record = app.step(tab, text, progress=True)
         except Exception as err:
@@ -631,11 +660,9 @@ def build_ui(app: WebApp):
     def on_load_session(tab, upload, request: gr.Request):
         if upload is None:
             return no_change()
-        tab = live(tab)
         try:
-            if tab is None:
-                tab = new_tab(app.load_session(None, upload), request)
-            else:
+            tab, started = tab_or_start(tab, request, lambda: app.load_session(None, upload))
+            if not started:
                 with using(tab):
                     app.load_session(tab, upload)
         except Exception as err:

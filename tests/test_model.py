@@ -1,6 +1,7 @@
 """Model bundles: build, save/load round trip, safetensors only, clear errors."""
 
 import json
+import re
 import shutil
 
 import pytest
@@ -143,3 +144,85 @@ def test_pooled_text_conditioning_adds_a_sentence_token_and_a_timestep_signal(tm
     assert torch.equal(loaded.encode_text(texts), bundle.encode_text(texts))
     with torch.no_grad():
         assert torch.equal(loaded.unet(sample, 100, **unet_text_kwargs(loaded.unet, pooled[:1])).sample, after)
+
+
+# ---------------------------------------------------------------------------- loaded with a text feature cache
+def _text_encoder_state(bundle) -> dict[str, torch.Tensor]:
+    return bundle.text_encoder.state_dict()
+
+
+def test_a_model_loaded_with_text_features_saves_the_text_encoder_of_its_directory(tiny_model_dir, tmp_path):
+    from slowfast_vgen.pipeline import SlowFastVGenPipeline
+    from slowfast_vgen.text_features import build_text_features
+
+    full = load_model(tiny_model_dir)
+    cache = build_text_features(full, ["", "move left"])
+    cached = load_model(tiny_model_dir, text_features=cache)
+    assert cached.text_encoder is None and cached.tokenizer is None
+    SlowFastVGenPipeline.from_bundle(cached).save_pretrained(tmp_path / "saved")  # AttributeError on None before
+    index = json.loads((tmp_path / "saved" / "model_index.json").read_text())
+    assert index["text_encoder"] == ["transformers", type(full.text_encoder).__name__]
+    # the trainer's export: a new bundle over the cached one's parts (and metadata), saved again from the copy
+    again = load_model(tmp_path / "saved", text_features=cache)
+    export = ModelBundle(again.unet, None, None, None, again.noise_scheduler, again.metadata, text_features=cache)
+    export.save_pretrained(tmp_path / "exported")
+    for saved in ("saved", "exported"):
+        reloaded = load_model(tmp_path / saved)
+        assert reloaded.text_encoder_fingerprint == full.text_encoder_fingerprint
+        state, expected = _text_encoder_state(reloaded), _text_encoder_state(full)
+        assert state.keys() == expected.keys() and all(torch.equal(state[k], expected[k]) for k in state)
+        assert reloaded.tokenizer.get_vocab() == full.tokenizer.get_vocab()
+        assert torch.equal(_forward(reloaded), _forward(full))
+        assert torch.equal(load_model(tmp_path / saved, text_features=cache).unet.conv_in.weight, full.unet.conv_in.weight)
+    from slowfast_vgen.model import SOURCE_KEY  # the directory it was loaded from: kept in memory, never saved
+
+    assert SOURCE_KEY in cached.metadata and SOURCE_KEY not in json.loads((tmp_path / "saved" / "slowfast_vgen.json").read_text())
+    orphan = ModelBundle(cached.unet, None, None, None, cached.noise_scheduler,
+                         {k: v for k, v in cached.metadata.items() if k != SOURCE_KEY}, text_features=cache)
+    with pytest.raises(UserInputError, match="loaded without its text encoder .*no model directory to copy"):
+        orphan.save_pretrained(tmp_path / "orphan")
+    assert not (tmp_path / "orphan").exists()
+
+
+# ---------------------------------------------------------------------------- damaged or partial model directories
+def _truncate_text_weights(model):
+    weights = model / "text_encoder" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+
+
+def _text_config_mismatch(model):
+    config = json.loads((model / "text_encoder" / "config.json").read_text())
+    config["intermediate_size"] *= 2
+    (model / "text_encoder" / "config.json").write_text(json.dumps(config))
+
+
+def _metadata_list(model):
+    (model / "slowfast_vgen.json").write_text("[1, 2]")
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (_truncate_text_weights, "text_encoder/: Error while deserializing header"),
+    (_text_config_mismatch, "text_encoder/: its weights do not match its config.json"),
+    (_metadata_list, "slowfast_vgen.json: expected a JSON object, got list"),
+])
+def test_a_damaged_model_directory_is_a_user_error(damage, reason, tiny_model_dir, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    damage(model)
+    with pytest.raises(UserInputError, match=f"^{re.escape(f'cannot load model from {model}: {reason}')}"):
+        load_model(model)
+
+
+def test_a_damaged_model_directory_exits_2_with_one_line(tiny_model_dir, tmp_path, capfd):
+    from slowfast_vgen.cli import main
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    _truncate_text_weights(model)
+    code = main(["generate", "--model", str(model), "--actions", "move left", "--out", str(tmp_path / "o.mp4"),
+                 "--steps", "1", "--fast", "off", "--quiet"])
+    out, err = capfd.readouterr()
+    assert code == 2 and "Traceback" not in out + err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines == [f"error: cannot load model from {model}: text_encoder/: Error while deserializing header: "
+                     "invalid header length"], err

@@ -187,3 +187,46 @@ def test_task_file_runs_its_own_subgoals(tmp_path):
     episode = result["episodes"][0]
     assert [s["executed"] for s in episode["steps"]] == ["move right", "move up", "move up", "move down", "move down", "move left"]
     assert episode["scores"]["success"] and len(episode["scores"]["waypoint_distances_px"]) == 3
+
+
+@pytest.mark.parametrize("bad", ["size=12", "size=4", "frames_per_action=0", "num_worlds=2000000", "val_worlds=2000000",
+                                 "channels=[]", "channels=[0,8]", "world_overrides=[bogus=1]"])
+def test_train_idm_refuses_bad_sizes_and_counts_before_writing(bad, tmp_path, capsys):
+    from slowfast_vgen.idm_training import idm_main
+
+    out = tmp_path / "idm"
+    assert idm_main([f"output_dir={out}", "max_steps=1", bad]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: bad config: ") and len(err.strip().splitlines()) == 1, err
+    assert bad.split("=")[0] in err and not out.exists()
+
+
+def test_idm_config_rejects_what_the_sampler_and_model_reject(tmp_path):
+    """The config's checks repeat PairSampler's and InverseDynamicsModel's (idm_training.py cannot call them
+    before anything is built): they must reject the same values."""
+    from slowfast_vgen.config import load_config
+    from slowfast_vgen.worlds import world_config
+
+    def config_rejects(*overrides) -> bool:
+        try:
+            load_config(IDMTrainConfig, None, [f"output_dir={tmp_path}", *overrides])
+        except UserInputError:
+            return True
+        return False
+
+    def rejects(build) -> bool:
+        try:
+            build()
+        except (ValueError, UserInputError):
+            return True
+        return False
+
+    for size in (0, 4, 8, 9, 12, 16, 24, 32):
+        for channels in ([], [0], [4], [4, 0], [4, 8], [4, 8, 8], [4, 8, 8, 8]):
+            model = rejects(lambda: InverseDynamicsModel(image_size=size, channels=channels, hidden_dim=4))
+            world = rejects(lambda: world_config("navigation", [f"view_size={size}"]))
+            assert config_rejects(f"size={size}", f"channels={channels}") == (model or world), (size, channels)
+    for frames, worlds in ((0, 8), (1, 0), (1, 1), (1, 1_000_000), (1, 1_000_001), (3, 8)):
+        sampler = rejects(lambda: PairSampler("navigation", 16, frames, 700, worlds))
+        assert config_rejects("size=16", f"frames_per_action={frames}", f"num_worlds={worlds}") == sampler
+        assert config_rejects("size=16", f"frames_per_action={frames}", f"val_worlds={worlds}") == sampler

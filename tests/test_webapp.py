@@ -528,3 +528,34 @@ def _screenshot(browser, tmp_path: Path) -> None:
     for path in [tmp_path / "webapp.png", os.environ.get("SFVGEN_SCREENSHOT")]:
         if path:
             image.save(path, optimize=True)
+
+
+def test_two_quick_first_presses_in_one_browser_tab_start_one_episode(app):
+    pytest.importorskip("gradio")
+    import threading
+    import types
+
+    from slowfast_vgen.webapp import Tab, build_ui
+
+    page = build_ui(app)
+    handlers = {fn.fn.__name__: fn.fn for fn in page.fns.values() if fn.fn}
+    request = types.SimpleNamespace(session_hash="browser-1")  # both presses come from one browser tab
+    results, go = {}, threading.Barrier(2)
+
+    def press(name):
+        go.wait()
+        results[name] = handlers[name](None, "navigation", 0, 0, "paper", None, request, lambda *a, **k: None)
+
+    threads = [threading.Thread(target=press, args=(name,)) for name in ("on_left", "on_right")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    tabs = {name: [value for value in result.values() if isinstance(value, Tab)] for name, result in results.items()}
+    assert sorted(tabs) == ["on_left", "on_right"] and all(len(found) == 1 for found in tabs.values()), results
+    (left,), (right,) = tabs["on_left"], tabs["on_right"]
+    assert left is right is app.tab_of("browser-1") and app.open_tabs == 1
+    assert left.session.num_chunks_done == 2  # both presses stepped the one episode
+    assert _adapters(app) == {left.session.adapter_name}
+    assert sorted(p.name for p in app.workdir.iterdir()) == [left.folder.name]
+    assert app.detach("browser-1") and not _adapters(app) and not left.folder.exists()
