@@ -6,6 +6,8 @@ A checkpoint is a directory ``checkpoint-<step>/`` holding
 * ``ema/`` (optional) — the EMA copy of the UNet,
 * ``action_encoder/`` and ``ema_action_encoder.safetensors`` (models with an action encoder),
 * ``optimizer.safetensors`` — optimizer moments as tensors, the rest as JSON metadata,
+* ``loop_records.safetensors`` (the slow-fast loop, inside an iteration) — the iteration's records,
+  so a resume trains on the Temp-LoRAs collected with Phi as it was, not re-collects them,
 * ``trainer_state.json`` — step, LR-schedule state, counters; written last.
 
 It is written to a temporary directory and renamed when complete, so a crash mid-save leaves

@@ -1,4 +1,4 @@
-"""benchmarks/modelscope_gpu.py: a CPU smoke run of the tiny preset, and the real config on the meta device."""
+"""benchmarks/: CPU smoke runs (modelscope_gpu.py tiny preset and the real config on the meta device; train_step.py)."""
 
 from __future__ import annotations
 
@@ -83,3 +83,21 @@ def test_bad_arguments_are_user_errors(bench, tmp_path):
     for argv in (["--modes", "fastest"], ["--chunks", "1", "--warmup", "1"], ["--guidance-scale", "1"]):
         with pytest.raises(bench.UserInputError):
             bench.main(["--size", "tiny", "--device", "cpu", "--out", str(tmp_path), *argv])
+
+
+def test_train_step_benchmark_times_the_slow_learner_step_and_breaks_it_down(tmp_path):
+    name = "benchmark_train_step"
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / "train_step.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    args = ["--batch", "1", "--frames", "3", "--context", "1", "--warmup", "1", "--steps", "2", "--top", "5",
+            "--out", str(tmp_path), "--name", "smoke"]
+    assert module.main(args) == 0
+    result = json.loads((tmp_path / "smoke.json").read_text())
+    assert len(result["eager_seconds"]) == 2 and all(s > 0 for s in result["eager_seconds"])
+    assert result["eager_seconds_per_step"] == pytest.approx(sum(result["eager_seconds"]) / 2)  # the median of two
+    shares = [row["share"] for row in result["breakdown_eager"]]
+    assert len(shares) == 5 and shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1
+    assert "compiled_seconds_per_step" not in result  # only with --compile
+    with pytest.raises(SystemExit):
+        module.main(["--context", "3", "--frames", "3", "--out", str(tmp_path)])
