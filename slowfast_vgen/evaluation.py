@@ -316,12 +316,16 @@ def summarise(runs: list[dict], variants: list[str]) -> dict[str, dict[str, dict
         summary[variant] = {}
         for name in names:
             values = [row[name] for row in rows if row.get(name) is not None and math.isfinite(row[name])]
-            if not values:
-                summary[variant][name] = {"mean": None, "low": None, "high": None, "n": 0}
-                continue
-            mean, low, high = metrics.mean_ci(values)
-            summary[variant][name] = {"mean": mean, "low": low, "high": high, "n": len(values)}
+            summary[variant][name] = _interval(values)
     return summary
+
+
+def _interval(values: list[float]) -> dict[str, float | None]:
+    """Mean, 95 % CI bounds and n of ``values`` (all None and n 0 when there are none)."""
+    if not values:
+        return {"mean": None, "low": None, "high": None, "n": 0}
+    mean, low, high = metrics.mean_ci(values)
+    return {"mean": mean, "low": low, "high": high, "n": len(values)}
 
 
 def paired_vs_off(runs: list[dict], variants: list[str]) -> dict[str, dict[str, dict[str, float]]]:
@@ -351,11 +355,7 @@ def paired_vs_off(runs: list[dict], variants: list[str]) -> dict[str, dict[str, 
         for name in names:
             diffs = [row[name] - baseline[k][name] for k, row in rows.items()
                      if k in baseline and finite(row.get(name)) and finite(baseline[k].get(name))]
-            if not diffs:
-                paired[variant][name] = {"mean": None, "low": None, "high": None, "n": 0}
-                continue
-            mean, low, high = metrics.mean_ci(diffs)
-            paired[variant][name] = {"mean": mean, "low": low, "high": high, "n": len(diffs)}
+            paired[variant][name] = _interval(diffs)
     return paired
 
 
