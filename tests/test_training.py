@@ -332,7 +332,8 @@ def test_loop_anchor_pulls_the_memoryless_prediction_toward_the_frozen_starting_
     # the anchor is the starting model, frozen: a training step moves Phi, not the anchor
     reference = {k: v.clone() for k, v in anchored.anchor.unet.state_dict().items()}
     assert not any(p.requires_grad for p in anchored.anchor.unet.parameters())
-    assert all(torch.equal(v, load_model(start).unet.state_dict()[k]) for k, v in reference.items())
+    saved = load_model(start).unet.state_dict()
+    assert all(torch.equal(v, saved[k]) for k, v in reference.items())
     anchored.train()
     assert all(torch.equal(v, anchored.anchor.unet.state_dict()[k]) for k, v in reference.items())
     with pytest.raises(UserInputError, match=r"loop.anchor_weight must be >= 0, got -1.0"):
