@@ -176,9 +176,10 @@ def load_unet_weights(unet: torch.nn.Module, path: Path) -> None:
     except Exception as err:  # safetensors raises SafetensorError on a damaged file
         raise UserInputError(f"checkpoint {path} is corrupt: {file.name}: {str(err).splitlines()[0]}") from None
     # a UNet carrying a Temp-LoRA names its wrapped weights '...base_layer.weight'
-    own = {name.replace(".base_layer.", "."): name for name in unet.state_dict() if "lora_" not in name}
+    current = unet.state_dict()
+    own = {name.replace(".base_layer.", "."): name for name in current if "lora_" not in name}
     state = {own.get(key, key): value for key, value in state.items()}
-    shapes = {name: tuple(value.shape) for name, value in unet.state_dict().items()}
+    shapes = {name: tuple(value.shape) for name, value in current.items()}
     for name, value in state.items():
         if name in shapes and tuple(value.shape) != shapes[name]:
             raise UserInputError(f"checkpoint {path} does not fit this model: weight {name} has shape "

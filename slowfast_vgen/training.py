@@ -739,7 +739,7 @@ class SlowFastLoopTrainer(SlowTrainer):
         iteration, offset = divmod(self.step * self.config.gradient_accumulation_steps, self.records_per_iteration)
         if offset == 0 or self.records is None or self.records[0] != iteration:
             return {}
-        records = [_record_to_cpu(record) for record in self.records[1]]
+        records = [_record_to(record, "cpu") for record in self.records[1]]
         if self.world > 1:
             from accelerate.utils import gather_object
 
@@ -816,10 +816,6 @@ LOOP_RECORDS = "loop_records"
 def _record_to(record: dict, device) -> dict:
     theta = None if record["theta"] is None else {k: v.to(device) for k, v in record["theta"].items()}
     return {**record, "context": record["context"].to(device), "target": record["target"].to(device), "theta": theta}
-
-
-def _record_to_cpu(record: dict) -> dict:
-    return _record_to(record, "cpu")
 
 
 def _records_to_tensors(iteration: int, per_process: list[list[dict]]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

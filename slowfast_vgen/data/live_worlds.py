@@ -60,9 +60,8 @@ from ..worlds import BlocksWorld, World, available_worlds, build_world, world_co
 from ..worlds.actions import phrase
 from ..worlds.base import Episode, action_frame_range, episode_num_frames
 from .dataset import ChunkSample, collate_chunks
-from .world_dataset import WORLD_SEED_STRIDE, phrase_split_for, world_seed
+from .world_dataset import HELDOUT_WORLD_SEED_BASE, WORLD_SEED_STRIDE, phrase_split_for, world_seed  # noqa: F401 (re-exported)
 
-HELDOUT_WORLD_SEED_BASE = 900_000_000  # evaluation.EvalConfig.world_seed_base: never trained on
 WORLD_CACHE_SIZE = 4  # worlds kept per worker (a group's samples arrive close together)
 
 # numpy seed streams of one sample: (seed, k, stream)

@@ -43,8 +43,8 @@ from ..worlds.base import action_frame_range
 from .manifest import Segment, episode_meta_path, write_episode_meta, write_manifest
 
 WORLD_SEED_STRIDE = 1_000_000
-# First seed of the held-out evaluation worlds (= data.live_worlds.HELDOUT_WORLD_SEED_BASE and the default
-# evaluation.EvalConfig.world_seed_base; kept here too so this module stays free of torch).
+# First seed of the held-out evaluation worlds (evaluation.EvalConfig.world_seed_base): never trained on.
+# Defined here, in a module free of torch; data.live_worlds re-exports it.
 HELDOUT_WORLD_SEED_BASE = 900_000_000
 FORMAT_VERSION = 1
 SPLITS: tuple[str, ...] = ("train", "val", "test")
