@@ -37,9 +37,6 @@ from .errors import UserInputError
 from .inverse_dynamics import IDM_WORLDS, InverseDynamicsModel, PairBatch, PairSampler, evaluate_reader, load_idm
 from .io_utils import atomic_output_dir, atomic_write_json
 
-_IDM_SEED_LIMIT = 900  # dataset seeds below this never reach the evaluation worlds (900_000_000 + i)
-
-
 @dataclasses.dataclass
 class IDMTrainConfig:
     """One inverse dynamics model trained on one world (see the module docstring)."""
@@ -74,8 +71,7 @@ class IDMTrainConfig:
         checks = [
             (bool(self.output_dir), "output_dir is required"),
             (self.world in IDM_WORLDS, f"world must be one of {IDM_WORLDS}, got {self.world!r}"),
-            (0 <= self.seed < _IDM_SEED_LIMIT and 0 <= self.val_seed < _IDM_SEED_LIMIT and self.seed != self.val_seed,
-             f"seed and val_seed must differ and lie in [0, {_IDM_SEED_LIMIT}), got {self.seed}, {self.val_seed}"),
+            (self.seed != self.val_seed, f"seed and val_seed must differ, got {self.seed} for both"),
             (min(self.num_worlds, self.val_worlds, self.val_chunks, self.batch_size) >= 1,
              "num_worlds, val_worlds, val_chunks and batch_size must be >= 1"),
             (self.max_steps >= 1 and self.max_minutes >= 0 and self.stop_after >= 0,
@@ -97,19 +93,17 @@ class IDMTrainConfig:
         world config enforce, named by config key: checked here, a bad value is a one-line config error before
         anything is written, not a traceback after ``output_dir`` was created (or, for the held-out pool, after
         training). ``tests/test_planning.py`` checks that they reject the same values."""
-        from .data.live_worlds import HELDOUT_WORLD_SEED_BASE
-        from .data.world_dataset import WORLD_SEED_STRIDE
+        from .data.world_dataset import WORLD_SEED_STRIDE, check_training_world_seed
         from .worlds import world_config
 
         # PairSampler(world, size, frames_per_action, seed, num_worlds) of the training and the held-out pool
         if self.frames_per_action < 1:
             raise ValueError(f"frames_per_action must be >= 1, got {self.frames_per_action}")
-        for key, seed, worlds in (("num_worlds", self.seed, self.num_worlds), ("val_worlds", self.val_seed, self.val_worlds)):
+        pools = (("seed", self.seed, "num_worlds", self.num_worlds), ("val_seed", self.val_seed, "val_worlds", self.val_worlds))
+        for seed_key, seed, worlds_key, worlds in pools:
             if worlds < 1 or worlds > WORLD_SEED_STRIDE:
-                raise ValueError(f"need 1 <= {key} <= {WORLD_SEED_STRIDE}, got {worlds}")
-            if not 0 <= seed * WORLD_SEED_STRIDE + worlds <= HELDOUT_WORLD_SEED_BASE:
-                raise ValueError(f"seed {seed} with {worlds} worlds reaches the evaluation worlds (seeds from "
-                                 f"{HELDOUT_WORLD_SEED_BASE}); use a seed below {HELDOUT_WORLD_SEED_BASE // WORLD_SEED_STRIDE}")
+                raise ValueError(f"need 1 <= {worlds_key} <= {WORLD_SEED_STRIDE}, got {worlds}")
+            check_training_world_seed(seed, worlds, what=seed_key)
         # InverseDynamicsModel(image_size=size, channels=channels): a stem, then one stride-2 stage per further width
         channels = list(self.channels)
         if not channels or min(channels) < 1:

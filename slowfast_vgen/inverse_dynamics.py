@@ -297,17 +297,14 @@ class PairSampler:
 
     def __init__(self, world: str, size: int, frames_per_action: int, seed: int, num_worlds: int,
                  world_overrides: Sequence[str] = ()) -> None:
-        from .data.live_worlds import HELDOUT_WORLD_SEED_BASE
-        from .data.world_dataset import WORLD_SEED_STRIDE
+        from .data.world_dataset import WORLD_SEED_STRIDE, check_training_world_seed
 
         if world not in IDM_WORLDS:
             raise UserInputError(f"unknown world {world!r} for an inverse dynamics model; choose {', '.join(IDM_WORLDS)}")
         if frames_per_action < 1 or num_worlds < 1 or num_worlds > WORLD_SEED_STRIDE:
             raise ValueError(f"need frames_per_action >= 1 and 1 <= num_worlds <= {WORLD_SEED_STRIDE}, "
                              f"got {frames_per_action}, {num_worlds}")
-        if not 0 <= seed * WORLD_SEED_STRIDE + num_worlds <= HELDOUT_WORLD_SEED_BASE:
-            raise ValueError(f"seed {seed} with {num_worlds} worlds reaches the evaluation worlds "
-                             f"(seeds from {HELDOUT_WORLD_SEED_BASE}); use a seed below {HELDOUT_WORLD_SEED_BASE // WORLD_SEED_STRIDE}")
+        check_training_world_seed(seed, num_worlds)
         self.world_name, self.size, self.frames_per_action = world, size, frames_per_action
         self.seed, self.num_worlds = seed, num_worlds
         self.world_overrides = [f"view_size={size}", *world_overrides]

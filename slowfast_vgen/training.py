@@ -45,7 +45,7 @@ from .checkpointing import (
 )
 from .text_features import TextFeatureCache
 from .config import help_field, save_config
-from .data.dataset import ChunkBatch, ChunkDataset, ChunkDatasetConfig, collate_chunks
+from .data.dataset import ChunkBatch, ChunkDataset, ChunkDatasetConfig, collate_chunks, ignore_sigterm, shut_down_when_done
 from .data.live_worlds import LiveWorldChunks, LiveWorldsConfig, live_chunk_loader
 from .errors import UserInputError, first_line
 from .fast_learner import FastLearnerConfig, TempLoRA, plain_unet, use_adapter
@@ -870,16 +870,11 @@ def _epoch_loader(dataset: ChunkDataset, epoch: int, offset: int, per_epoch: int
     size = config.batch_size
     batches = [order[(i * world + rank) * size:(i * world + rank + 1) * size] for i in range(offset, per_epoch)]
     loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate_chunks, num_workers=config.num_workers,
-                        worker_init_fn=_ignore_sigterm if config.num_workers else None)
-    iterator = iter(loader)
+                        worker_init_fn=ignore_sigterm if config.num_workers else None)
     try:
-        yield from iterator
+        yield from shut_down_when_done(iter(loader))
     except UserInputError as err:  # raised in a worker (too many unreadable videos): torch wraps it in the worker's traceback
         raise UserInputError(_worker_error_message(str(err))) from None
-    finally:  # the workers ignore SIGTERM: left alive after an error, the interpreter's exit would wait on them forever
-        shutdown = getattr(iterator, "_shutdown_workers", None)
-        if shutdown is not None:
-            shutdown()
 
 
 def _worker_error_message(text: str) -> str:
@@ -893,12 +888,6 @@ def _worker_error_message(text: str) -> str:
             if kind.endswith("UserInputError") and message:
                 return message
     return lines[0] if lines else text
-
-
-def _ignore_sigterm(worker_id: int) -> None:
-    """DataLoader workers leave SIGTERM to the main process, which checkpoints and exits cleanly
-    (schedulers and ``kill -- -PGID`` signal the whole process group)."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _all_finite(loss: torch.Tensor, accelerator) -> bool:

@@ -552,5 +552,20 @@ def test_make_world_refuses_seeds_whose_worlds_reach_the_heldout_worlds():
         config = MakeWorldConfig(out="x", episodes=1000, seed=seed)
         assert world_seed(seed, config.num_worlds - 1) < HELDOUT_WORLD_SEED_BASE
     for seed in (900, 901, -1):
-        with pytest.raises(ValueError, match=r"seed must be in \[0, 900\) so that the dataset's worlds never include"):
+        with pytest.raises(ValueError, match=rf"^seed must be in \[0, 900\) so that its worlds .* got {seed}$"):
             MakeWorldConfig(out="x", episodes=3, seed=seed)
+
+
+def test_training_world_seed_check_allows_exactly_the_seeds_below_the_heldout_worlds():
+    """One check for every generator of training worlds (make_world, live worlds, the IDM's pair sampler)."""
+    from slowfast_vgen.data.world_dataset import WORLD_SEED_STRIDE, check_training_world_seed
+
+    for seed, worlds in ((0, 1), (899, 1), (899, WORLD_SEED_STRIDE)):  # the last world seed is 899_999_999
+        check_training_world_seed(seed, worlds)
+    for seed, worlds in ((-1, 1), (-1, WORLD_SEED_STRIDE), (900, 1), (10**6, 1)):
+        with pytest.raises(ValueError) as failure:
+            check_training_world_seed(seed, worlds, what="val_seed")
+        assert str(failure.value) == (
+            "val_seed must be in [0, 900) so that its worlds (val_seed * 1000000 + w) never include the held-out "
+            f"evaluation worlds (seeds from 900000000), got {seed}"
+        )

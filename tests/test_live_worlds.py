@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import multiprocessing
 import signal
 
 import numpy as np
@@ -223,6 +224,13 @@ def test_bad_config_values_name_the_field(field, value):
         LiveWorldsConfig(**{field: value})
 
 
+def test_seeds_whose_worlds_reach_the_heldout_worlds_are_refused():
+    for seed in (-1, 900):
+        with pytest.raises(ValueError, match=rf"^seed must be in \[0, 900\) so that its worlds .* got {seed}$"):
+            LiveWorldsConfig(seed=seed)
+    assert LiveWorldsConfig(seed=899, num_worlds=1_000_000).seed == 899
+
+
 def test_bad_stream_arguments_raise():
     config = LiveWorldsConfig()
     cases = [({"start": -1}, "start"), ({"rank": 2, "world_size": 2}, "rank"), ({"block_size": 0}, "block_size")]
@@ -242,3 +250,34 @@ def test_workers_ignore_sigterm():
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert live_chunk_loader(LiveWorldsConfig(), batch_size=2).worker_init_fn is None
+
+
+def _new_children(before: set) -> list:
+    """Child processes started since ``before`` (a set of ``multiprocessing.active_children()``), still alive."""
+    return [p for p in multiprocessing.active_children() if p not in before and p.is_alive()]
+
+
+def test_loader_stops_its_workers_when_closed():
+    """The workers ignore SIGTERM: left alive, they would block the interpreter's exit (see live_chunk_loader)."""
+    before = set(multiprocessing.active_children())
+    batches = iter(live_chunk_loader(LiveWorldsConfig(**NAVIGATION, size=16, actions_per_episode=2), 2, num_workers=1))
+    next(batches)
+    assert _new_children(before)
+    batches.close()
+    assert not _new_children(before)
+
+
+@pytest.mark.skipif(multiprocessing.get_start_method() != "fork", reason="the patch reaches forked workers only")
+def test_loader_stops_its_workers_when_a_worker_fails(monkeypatch):
+    def fail(self, index):
+        raise RuntimeError(f"cannot render sample {index}")
+
+    monkeypatch.setattr(LiveWorldChunks, "sample", fail)  # the worker is forked after the patch
+    before = set(multiprocessing.active_children())
+
+    def micro_batches():  # how training.py reads the loader
+        yield from live_chunk_loader(LiveWorldsConfig(**NAVIGATION, size=16), batch_size=2, num_workers=1)
+
+    with pytest.raises(RuntimeError, match="cannot render sample 0") as failure:
+        next(micro_batches())
+    assert not _new_children(before), failure  # the error's traceback still holds the DataLoader's iterator

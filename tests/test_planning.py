@@ -190,7 +190,8 @@ def test_task_file_runs_its_own_subgoals(tmp_path):
 
 
 @pytest.mark.parametrize("bad", ["size=12", "size=4", "frames_per_action=0", "num_worlds=2000000", "val_worlds=2000000",
-                                 "channels=[]", "channels=[0,8]", "world_overrides=[bogus=1]"])
+                                 "channels=[]", "channels=[0,8]", "world_overrides=[bogus=1]", "seed=900",
+                                 "val_seed=-1"])
 def test_train_idm_refuses_bad_sizes_and_counts_before_writing(bad, tmp_path, capsys):
     from slowfast_vgen.idm_training import idm_main
 
@@ -230,3 +231,13 @@ def test_idm_config_rejects_what_the_sampler_and_model_reject(tmp_path):
         sampler = rejects(lambda: PairSampler("navigation", 16, frames, 700, worlds))
         assert config_rejects("size=16", f"frames_per_action={frames}", f"num_worlds={worlds}") == sampler
         assert config_rejects("size=16", f"frames_per_action={frames}", f"val_worlds={worlds}") == sampler
+    for seed, worlds in ((-1, 1_000_000), (899, 1_000_000), (900, 1)):
+        sampler = rejects(lambda: PairSampler("navigation", 16, 3, seed, worlds))
+        assert config_rejects("size=16", f"seed={seed}", f"num_worlds={worlds}") == sampler
+        assert config_rejects("size=16", "seed=0", f"val_seed={seed}", f"val_worlds={worlds}") == sampler
+
+
+def test_pair_sampler_refuses_seeds_whose_worlds_reach_the_heldout_worlds():
+    for seed, worlds in ((-1, 1_000_000), (900, 1)):  # (-1, 1_000_000): world seeds -1_000_000 .. -1
+        with pytest.raises(ValueError, match=rf"^seed must be in \[0, 900\) so that its worlds .* got {seed}$"):
+            PairSampler("navigation", 16, 3, seed=seed, num_worlds=worlds)

@@ -89,7 +89,8 @@ def test_bad_action_encoder_options_are_one_line_errors(tmp_path, bad, message):
 def test_bad_recipe_values_are_refused(tmp_path):
     from slowfast_vgen.train_cli import slow_main
 
-    for bad in ("max_minutes=-1", "action_loss_weight=nan", "data_source=cloud", "live.world_weights=[1,1,1]"):
+    for bad in ("max_minutes=-1", "action_loss_weight=nan", "data_source=cloud", "live.world_weights=[1,1,1]",
+                "live.seed=900"):
         assert slow_main([f"output_dir={tmp_path}", *TINY_LIVE, bad]) == 2
     assert slow_main([f"output_dir={tmp_path}"]) == 2  # disk data without data.root
 

@@ -31,9 +31,10 @@ import collections
 import dataclasses
 import math
 import os
+import signal
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -307,3 +308,22 @@ def _coprime_stride(n: int) -> int:
     while math.gcd(stride, n) != 1:
         stride += 1
     return stride
+
+
+def ignore_sigterm(worker_id: int) -> None:
+    """``worker_init_fn`` of the training DataLoaders: workers leave SIGTERM to the main process, which
+    checkpoints and exits cleanly (schedulers and ``kill -- -PGID`` signal the whole process group)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def shut_down_when_done(iterator: Iterator) -> Iterator:
+    """Yield from a DataLoader ``iterator``, then stop its worker processes (if any) when the generator
+    finishes, fails (an error raised in a worker included) or is closed: the workers ignore SIGTERM
+    (:func:`ignore_sigterm`), and workers left alive (e.g. held by an error's traceback) would make the
+    interpreter's exit wait on them forever."""
+    try:
+        yield from iterator
+    finally:
+        shutdown = getattr(iterator, "_shutdown_workers", None)  # only the multi-process iterator has workers
+        if shutdown is not None:
+            shutdown()

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import signal
 from typing import Iterator
 
 import numpy as np
@@ -59,8 +58,14 @@ from ..config import help_field
 from ..worlds import BlocksWorld, World, available_worlds, build_world, world_config
 from ..worlds.actions import phrase
 from ..worlds.base import Episode, action_frame_range, episode_num_frames
-from .dataset import ChunkSample, collate_chunks
-from .world_dataset import HELDOUT_WORLD_SEED_BASE, WORLD_SEED_STRIDE, phrase_split_for, world_seed  # noqa: F401 (re-exported)
+from .dataset import ChunkBatch, ChunkSample, collate_chunks, ignore_sigterm, shut_down_when_done
+from .world_dataset import (  # noqa: F401 (HELDOUT_WORLD_SEED_BASE, WORLD_SEED_STRIDE: re-exported)
+    HELDOUT_WORLD_SEED_BASE,
+    WORLD_SEED_STRIDE,
+    check_training_world_seed,
+    phrase_split_for,
+    world_seed,
+)
 
 WORLD_CACHE_SIZE = 4  # worlds kept per worker (a group's samples arrive close together)
 
@@ -104,11 +109,6 @@ class LiveWorldsConfig:
                 f"world_weights must be >= 0 with a positive sum, got {self.world_weights}",
             ),
             (
-                0 <= self.seed and self.seed * WORLD_SEED_STRIDE + self.num_worlds <= HELDOUT_WORLD_SEED_BASE,
-                f"seed must be in [0, {HELDOUT_WORLD_SEED_BASE // WORLD_SEED_STRIDE}) so that training worlds never "
-                f"include the evaluation worlds (seeds from {HELDOUT_WORLD_SEED_BASE}), got {self.seed}",
-            ),
-            (
                 1 <= self.num_worlds <= WORLD_SEED_STRIDE,
                 f"num_worlds must be in [1, {WORLD_SEED_STRIDE}], got {self.num_worlds}",
             ),
@@ -130,6 +130,7 @@ class LiveWorldsConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        check_training_world_seed(self.seed, self.num_worlds)  # after the num_worlds range check
 
 
 def global_index(start: int, local: int, rank: int = 0, world_size: int = 1, block_size: int = 1) -> int:
@@ -255,9 +256,11 @@ def live_chunk_loader(config: LiveWorldsConfig, batch_size: int, start_batch: in
     sharded by ``rank``: do not pass it through ``accelerator.prepare``. A ``batch_size`` that is a
     multiple of ``config.chunks_per_world`` lets one worker render each world group (full saving).
 
-    The stream never ends: leave the ``for`` loop (or ``del`` the iterator) before the interpreter
-    exits. The workers ignore SIGTERM, so a worker still running at exit would block
-    ``multiprocessing``'s exit handler, which stops daemon workers with SIGTERM and waits for them.
+    The stream never ends. The workers ignore SIGTERM, so a worker still running at exit would block
+    ``multiprocessing``'s exit handler, which stops daemon workers with SIGTERM and waits for them:
+    ``iter(loader)`` is therefore a generator (:func:`shut_down_when_done`) that stops its workers
+    when it is closed, garbage-collected or left by an error (e.g. one raised in a worker), as
+    ``training.py``'s disk loader does.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -266,19 +269,21 @@ def live_chunk_loader(config: LiveWorldsConfig, batch_size: int, start_batch: in
     dataset = LiveWorldChunks(
         config, start=start_batch * batch_size * world_size, rank=rank, world_size=world_size, block_size=batch_size
     )
-    return DataLoader(
+    return _LiveChunkLoader(
         dataset,
         batch_size=batch_size,
         collate_fn=collate_chunks,
         num_workers=num_workers,
         pin_memory=pin_memory,
-        worker_init_fn=_ignore_sigterm if num_workers else None,
+        worker_init_fn=ignore_sigterm if num_workers else None,
     )
 
 
-def _ignore_sigterm(worker_id: int) -> None:
-    """Workers leave SIGTERM to the main process, which checkpoints and exits (as ``training.py``'s)."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+class _LiveChunkLoader(DataLoader):
+    """A DataLoader whose iterators stop their workers when closed or left by an error."""
+
+    def __iter__(self) -> Iterator[ChunkBatch]:
+        return shut_down_when_done(super().__iter__())
 
 
 __all__ = [

@@ -90,11 +90,7 @@ class MakeWorldConfig:
                 raise ValueError(message)
         if self.num_worlds > WORLD_SEED_STRIDE:
             raise ValueError(f"at most {WORLD_SEED_STRIDE} worlds per dataset, got {self.num_worlds}")
-        if not (0 <= self.seed and self.seed * WORLD_SEED_STRIDE + self.num_worlds <= HELDOUT_WORLD_SEED_BASE):
-            raise ValueError(
-                f"seed must be in [0, {HELDOUT_WORLD_SEED_BASE // WORLD_SEED_STRIDE}) so that the dataset's worlds never "
-                f"include the evaluation worlds (seeds from {HELDOUT_WORLD_SEED_BASE}), got {self.seed}"
-            )
+        check_training_world_seed(self.seed, self.num_worlds)
         if not self.out:
             raise ValueError("out must name a directory")
         world_spec(self.world)  # UserInputError for unknown names
@@ -116,6 +112,22 @@ class MakeWorldConfig:
             "episodes_per_world": self.episodes_per_world,
             "world_overrides": list(self.world_overrides),
         }
+
+
+def check_training_world_seed(seed: int, num_worlds: int, what: str = "seed") -> None:
+    """Refuse a dataset seed whose worlds reach the held-out evaluation worlds, which are never trained on.
+
+    The worlds of ``seed`` are ``world_seed(seed, w)`` for ``w < num_worlds``; they must all lie below
+    ``HELDOUT_WORLD_SEED_BASE``. Callers check ``1 <= num_worlds <= WORLD_SEED_STRIDE`` first, so the
+    allowed seeds are ``[0, HELDOUT_WORLD_SEED_BASE // WORLD_SEED_STRIDE)``. ``what`` names the setting
+    in the one-line ``ValueError`` (a config error: exit 2 through ``load_config`` and ``run_cli``).
+    """
+    if not (0 <= seed and seed * WORLD_SEED_STRIDE + num_worlds <= HELDOUT_WORLD_SEED_BASE):
+        raise ValueError(
+            f"{what} must be in [0, {HELDOUT_WORLD_SEED_BASE // WORLD_SEED_STRIDE}) so that its worlds "
+            f"({what} * {WORLD_SEED_STRIDE} + w) never include the held-out evaluation worlds "
+            f"(seeds from {HELDOUT_WORLD_SEED_BASE}), got {seed}"
+        )
 
 
 def world_seed(dataset_seed: int, world_index: int) -> int:
