@@ -75,6 +75,15 @@ class FastLearnerConfig:
         TEMPORAL_ATTENTION_REGEX, "regex over UNet module names that get a LoRA (default: temporal attention)"
     )
     max_grad_norm: float = help_field(1.0, "gradient clipping of the LoRA update (0 = off)")
+    min_timestep: int = help_field(
+        0, "the memory trains on noise levels t >= min_timestep only (0 = all, the paper): high t is where a "
+        "chunk's layout is decided, low t its texture"
+    )
+    read_scale: float = help_field(
+        1.0, "how strongly the memory is read when sampling: each LoRA layer's W + read_scale * (alpha / r) B A "
+        "(1 = the paper; above 1 amplifies what the memory learned, 0 samples without it); the memory update "
+        "always trains the LoRA at scale 1"
+    )
     checkpointing: bool = help_field(
         False, "recompute each UNet layer's activations in the backward pass of the memory step "
         "(same update; embedded model on the CPU: peak 759 -> 649 MB, update 0.55 -> 0.93 s)"
@@ -103,6 +112,10 @@ class FastLearnerConfig:
             raise ValueError(f"fast.replay rehearses history windows under the paper rule, not mode {self.mode!r}")
         if self.learning_rate < 0:
             raise ValueError(f"learning_rate must be >= 0, got {self.learning_rate}")
+        if self.min_timestep < 0:
+            raise ValueError(f"fast.min_timestep must be >= 0, got {self.min_timestep}")
+        if not 0 <= self.read_scale < float("inf"):  # also refuses NaN
+            raise ValueError(f"fast.read_scale must be a finite number >= 0, got {self.read_scale}")
         if not -(2**63) <= self.seed <= 2**64 - 1:
             raise ValueError(f"fast.seed must be an integer in [-2**63, 2**64 - 1], got {self.seed}")
 
@@ -121,6 +134,10 @@ class TempLoRA:
                  adapter_name: str = ADAPTER_NAME) -> None:
         if config.mode == "off":
             raise ValueError("TempLoRA with mode 'off' is meaningless: build no fast learner instead")
+        steps = noise_scheduler.config.num_train_timesteps
+        if config.min_timestep >= steps:
+            raise UserInputError(f"fast.min_timestep must be below the model's {steps} training timesteps, "
+                                 f"got {config.min_timestep}")
         self.unet = unet
         self.noise_scheduler = noise_scheduler
         self.config = config
@@ -218,7 +235,8 @@ class TempLoRA:
                 clean = torch.cat([clean, *(w.expand(repeat, *w.shape[1:]) for w in windows)])  # (R (1 + replay), C, F, h, w)
                 repeat = clean.shape[0]
         noise = torch.randn(clean.shape, generator=generator, dtype=torch.float32).to(clean)
-        timesteps = diffusion.sample_timesteps(self.noise_scheduler, repeat, generator, clean.device)
+        timesteps = diffusion.sample_timesteps(self.noise_scheduler, repeat, generator, clean.device,
+                                               self.config.min_timestep)
         target = diffusion.diffusion_target(self.noise_scheduler, clean, noise, timesteps)
         if mode == "text":
             # original Temp-LoRA: the input -> output pair with its action text (Eq. 1-2)
@@ -360,9 +378,10 @@ def activation_checkpointing(unet: torch.nn.Module, enabled: bool = True) -> Ite
 
 
 @contextmanager
-def merged_adapter(unet: torch.nn.Module, adapter_name: str | None) -> Iterator[None]:
-    """Sample with the memory folded into the base weights: ``W' = W + (alpha / r) B A`` in every
+def merged_adapter(unet: torch.nn.Module, adapter_name: str | None, scale: float = 1.0) -> Iterator[None]:
+    """Sample with the memory folded into the base weights: ``W' = W + scale (alpha / r) B A`` in every
     layer of adapter ``adapter_name``, no adapter active inside, the exact ``W`` copied back on exit.
+    ``scale`` is :attr:`FastLearnerConfig.read_scale` (1: the LoRA as trained).
 
     The same function as running the LoRA beside the layer (up to float rounding), without
     peft's per-layer LoRA branch at every denoising step: with the embedded model on the CPU,
@@ -380,7 +399,7 @@ def merged_adapter(unet: torch.nn.Module, adapter_name: str | None) -> Iterator[
             for layer in layers:
                 weight = layer.get_base_layer().weight
                 originals.append((weight, weight.detach().clone()))
-                weight.add_(layer.get_delta_weight(adapter_name).to(weight.dtype))
+                weight.add_((scale * layer.get_delta_weight(adapter_name)).to(weight.dtype))
         with use_adapter(unet, None):
             yield
     finally:

@@ -212,7 +212,8 @@ class GenerationSession:
                         # 3. Y_i = (Phi + Theta_i)(X_i, C_i): denoise the new frames from noise (inner loop)
                         scheduler = make_scheduler(config.sampler.scheduler, bundle.noise_scheduler.config,
                                                    config.sampler.timestep_spacing)
-                        with merged_adapter(bundle.unet, self.adapter_name):  # Theta_i folded into Phi while sampling
+                        # Theta_i folded into Phi while sampling
+                        with merged_adapter(bundle.unet, self.adapter_name, config.fast.read_scale):
                             new = sample_chunk(
                                 bundle.unet, scheduler, context, text, self.unconditional,
                                 num_frames=config.frames_per_chunk,

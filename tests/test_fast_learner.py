@@ -4,6 +4,7 @@ import pytest
 import torch
 from peft import PeftModel
 
+from slowfast_vgen.errors import UserInputError
 from slowfast_vgen.fast_learner import (
     FastLearnerConfig, TempLoRA, activation_checkpointing, merged_adapter, remove_adapter, use_adapter,
 )
@@ -150,6 +151,74 @@ def test_merged_memory_samples_like_the_lora_branch_and_restores_base_exactly(ti
     after = _base_state(tiny_bundle.unet)
     for key in before:
         assert before[key].numpy().tobytes() == after[key].numpy().tobytes(), key
+
+
+def test_read_scale_reads_the_memory_weaker_or_stronger_and_restores_base_exactly(tiny_bundle):
+    learner = _learner(tiny_bundle, learning_rate=1e-2)
+    previous, new = _chunk_pair()
+    uncond = tiny_bundle.encode_text([""])
+    for _ in range(3):
+        learner.update(previous, new, torch.Generator().manual_seed(2), uncond)
+    before = _base_state(tiny_bundle.unet)
+    text = tiny_bundle.encode_text(["move left"])
+    with use_adapter(tiny_bundle.unet, None):
+        base = _output(tiny_bundle.unet, text)
+    with merged_adapter(tiny_bundle.unet, learner.adapter_name, scale=0.0):
+        torch.testing.assert_close(_output(tiny_bundle.unet, text), base, rtol=1e-4, atol=1e-5)
+    # scale 2 = peft's LoRA branch with twice the scaling alpha / r in every layer
+    layers = [m for m in tiny_bundle.unet.modules() if learner.adapter_name in getattr(m, "scaling", {})]
+    assert layers
+    for layer in layers:
+        layer.scaling[learner.adapter_name] *= 2
+    with use_adapter(tiny_bundle.unet, learner.adapter_name):
+        doubled_branch = _output(tiny_bundle.unet, text)
+    for layer in layers:
+        layer.scaling[learner.adapter_name] /= 2
+    with merged_adapter(tiny_bundle.unet, learner.adapter_name, scale=2.0):
+        doubled = _output(tiny_bundle.unet, text)
+    with merged_adapter(tiny_bundle.unet, learner.adapter_name):
+        single = _output(tiny_bundle.unet, text)
+    assert (doubled - single).abs().max() > 1e-3
+    torch.testing.assert_close(doubled, doubled_branch, rtol=1e-4, atol=1e-5)
+    after = _base_state(tiny_bundle.unet)
+    for key in before:
+        assert before[key].numpy().tobytes() == after[key].numpy().tobytes(), key
+
+
+@pytest.mark.parametrize("mode", ["paper", "text"])
+def test_min_timestep_trains_the_memory_on_high_noise_levels_only(tiny_bundle, monkeypatch, mode):
+    from slowfast_vgen import diffusion
+
+    drawn = []
+    real = diffusion.sample_timesteps
+
+    def spy(*args, **kwargs):
+        timesteps = real(*args, **kwargs)
+        drawn.append(timesteps)
+        return timesteps
+
+    monkeypatch.setattr(diffusion, "sample_timesteps", spy)
+    learner = _learner(tiny_bundle, mode=mode, min_timestep=900, batch_size=8)
+    previous, new = _chunk_pair()
+    text = tiny_bundle.encode_text(["move left"])
+    learner.update(previous, new, torch.Generator().manual_seed(0), tiny_bundle.encode_text([""]), text_embeddings=text)
+    timesteps = torch.cat(drawn)
+    assert timesteps.numel() == 8 and int(timesteps.min()) >= 900
+
+
+def test_min_timestep_beyond_the_model_s_timesteps_is_a_user_error(tiny_bundle):
+    steps = tiny_bundle.noise_scheduler.config.num_train_timesteps
+    with pytest.raises(UserInputError, match=f"fast.min_timestep must be below the model's {steps} training "
+                                             f"timesteps, got {steps}"):
+        _learner(tiny_bundle, min_timestep=steps)
+    with pytest.raises(ValueError, match="fast.min_timestep must be >= 0, got -1"):
+        FastLearnerConfig(min_timestep=-1)
+
+
+@pytest.mark.parametrize("value", [-0.5, float("nan"), float("inf")])
+def test_read_scale_must_be_finite_and_not_negative(value):
+    with pytest.raises(ValueError, match=f"fast.read_scale must be a finite number >= 0, got {value}"):
+        FastLearnerConfig(read_scale=value)
 
 
 def test_fresh_memory_changes_nothing_and_reset_restores_initial_output(tiny_bundle):

@@ -213,6 +213,19 @@ def test_the_memory_shapes_the_next_chunk(tiny_config, first_frame):
     assert not torch.allclose(paper.latent_chunks[2], off.latent_chunks[2], atol=1e-5, rtol=0)
 
 
+def test_a_memory_read_at_scale_0_samples_like_no_memory(tiny_bundle, first_frame):
+    """``fast.read_scale`` reaches the sampler: at 0 the trained memory is not read (the frames equal
+    ``off``'s with the same seed), at the default 1 it is."""
+    actions = ["move left", "move up"]
+    frames = {}
+    for label, extra in {"off": ["fast.mode=off"], "unread": ["fast.read_scale=0"], "read": []}.items():
+        session = _session(tiny_bundle, first_frame, "seed=1", *extra)
+        frames[label] = session.generate(actions)
+        session.close()
+    assert np.array_equal(frames["unread"], frames["off"])
+    assert not np.array_equal(frames["read"], frames["off"])
+
+
 def test_off_session_ignores_an_active_adapter_and_leaves_it_active(tiny_bundle, tiny_config, first_frame):
     from slowfast_vgen.fast_learner import FastLearnerConfig, TempLoRA
 
