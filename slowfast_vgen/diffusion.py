@@ -28,16 +28,20 @@ def _frame_mask(mask: torch.Tensor) -> torch.Tensor:
 
 
 def sample_timesteps(scheduler: SchedulerMixin, batch: int, generator: torch.Generator | None = None,
-                     device: torch.device | str = "cpu", min_timestep: int = 0) -> torch.Tensor:
-    """One training timestep per sample, uniform over ``[min_timestep, num_train_timesteps)``.
+                     device: torch.device | str = "cpu", min_timestep: int = 0,
+                     max_timestep: int | None = None) -> torch.Tensor:
+    """One training timestep per sample, uniform over ``[min_timestep, max_timestep)``
+    (``max_timestep`` None: the scheduler's ``num_train_timesteps``).
 
     ``min_timestep > 0`` spends the training on the high-noise steps, where the context and the
-    action text decide the chunk's layout and motion (at low noise the noisy frames show it).
+    action text decide the chunk's layout and motion (at low noise the noisy frames show it);
+    ``max_timestep`` below the number of steps keeps it on the low-noise steps (detail and texture).
     """
     steps = scheduler.config.num_train_timesteps
-    if not 0 <= min_timestep < steps:
-        raise ValueError(f"min_timestep must be in [0, {steps}), got {min_timestep}")
-    return torch.randint(min_timestep, steps, (batch,), generator=generator, device="cpu").to(device)
+    end = steps if max_timestep is None else max_timestep
+    if not 0 <= min_timestep < end <= steps:
+        raise ValueError(f"need 0 <= min_timestep < max_timestep <= {steps}, got {min_timestep}, {end}")
+    return torch.randint(min_timestep, end, (batch,), generator=generator, device="cpu").to(device)
 
 
 def noise_targets(

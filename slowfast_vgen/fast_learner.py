@@ -32,7 +32,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 import torch
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
@@ -79,6 +79,9 @@ class FastLearnerConfig:
         0, "the memory trains on noise levels t >= min_timestep only (0 = all, the paper): high t is where a "
         "chunk's layout is decided, low t its texture"
     )
+    max_timestep: Optional[int] = help_field(
+        None, "the memory trains on noise levels t < max_timestep only (null = up to the model's last step)"
+    )
     read_scale: float = help_field(
         1.0, "how strongly the memory is read when sampling: each LoRA layer's W + read_scale * (alpha / r) B A "
         "(1 = the paper; above 1 amplifies what the memory learned, 0 samples without it); the memory update "
@@ -114,6 +117,9 @@ class FastLearnerConfig:
             raise ValueError(f"learning_rate must be >= 0, got {self.learning_rate}")
         if self.min_timestep < 0:
             raise ValueError(f"fast.min_timestep must be >= 0, got {self.min_timestep}")
+        if self.max_timestep is not None and self.max_timestep <= self.min_timestep:
+            raise ValueError(f"fast.max_timestep must be above fast.min_timestep, got {self.max_timestep} <= "
+                             f"{self.min_timestep}")
         if not 0 <= self.read_scale < float("inf"):  # also refuses NaN
             raise ValueError(f"fast.read_scale must be a finite number >= 0, got {self.read_scale}")
         if not -(2**63) <= self.seed <= 2**64 - 1:
@@ -138,6 +144,9 @@ class TempLoRA:
         if config.min_timestep >= steps:
             raise UserInputError(f"fast.min_timestep must be below the model's {steps} training timesteps, "
                                  f"got {config.min_timestep}")
+        if config.max_timestep is not None and config.max_timestep > steps:
+            raise UserInputError(f"fast.max_timestep must be at most the model's {steps} training timesteps, "
+                                 f"got {config.max_timestep}")
         self.unet = unet
         self.noise_scheduler = noise_scheduler
         self.config = config
@@ -236,7 +245,7 @@ class TempLoRA:
                 repeat = clean.shape[0]
         noise = torch.randn(clean.shape, generator=generator, dtype=torch.float32).to(clean)
         timesteps = diffusion.sample_timesteps(self.noise_scheduler, repeat, generator, clean.device,
-                                               self.config.min_timestep)
+                                               self.config.min_timestep, self.config.max_timestep)
         target = diffusion.diffusion_target(self.noise_scheduler, clean, noise, timesteps)
         if mode == "text":
             # original Temp-LoRA: the input -> output pair with its action text (Eq. 1-2)
@@ -391,6 +400,10 @@ def merged_adapter(unet: torch.nn.Module, adapter_name: str | None, scale: float
     """
     if adapter_name is None:
         yield
+        return
+    if scale == 0:  # the memory unread: the base weights as they are (a diverged memory cannot leak in as 0 * inf)
+        with use_adapter(unet, None):
+            yield
         return
     layers = [layer for layer in _adapter_layers(unet) if adapter_name in getattr(layer, "lora_A", {})]
     originals = []

@@ -37,6 +37,7 @@ from .errors import UserInputError
 from .inverse_dynamics import IDM_WORLDS, InverseDynamicsModel, PairBatch, PairSampler, evaluate_reader, load_idm
 from .io_utils import atomic_output_dir, atomic_write_json
 
+
 @dataclasses.dataclass
 class IDMTrainConfig:
     """One inverse dynamics model trained on one world (see the module docstring)."""

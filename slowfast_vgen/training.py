@@ -191,6 +191,9 @@ class LoopTrainConfig(TrainConfig):
             raise ValueError("validate_every is for slow learning (train_slow.py); the loop's UNet carries a Temp-LoRA")
         if self.loop.anchor_weight and not self.init_from:
             raise ValueError("loop.anchor_weight pulls toward the starting model: set init_from")
+        if self.fast.read_scale != 1:
+            raise ValueError("fast.read_scale is how generation samples with a memory; the loop trains Phi through "
+                             f"the memory as learned (scale 1), got {self.fast.read_scale}")
 
 
 @dataclass

@@ -69,13 +69,18 @@ def test_diffusion_target_follows_prediction_type(scheduler):
     assert torch.allclose(diffusion.diffusion_target(v_scheduler, clean, noise, t), v_scheduler.get_velocity(clean, noise, t))
 
 
-def test_sample_timesteps_respects_min_timestep(scheduler):
+def test_sample_timesteps_respects_min_and_max_timestep(scheduler):
     everywhere = diffusion.sample_timesteps(scheduler, 4000, torch.Generator().manual_seed(0))
     assert everywhere.min() < 100 and everywhere.max() == 999
     high = diffusion.sample_timesteps(scheduler, 4000, torch.Generator().manual_seed(0), min_timestep=600)
     assert high.min() == 600 and high.max() == 999
-    with pytest.raises(ValueError, match="min_timestep must be in"):
-        diffusion.sample_timesteps(scheduler, 1, min_timestep=1000)
+    low = diffusion.sample_timesteps(scheduler, 4000, torch.Generator().manual_seed(0), max_timestep=400)
+    assert low.min() == 0 and low.max() == 399
+    band = diffusion.sample_timesteps(scheduler, 4000, torch.Generator().manual_seed(0), min_timestep=200, max_timestep=300)
+    assert band.min() == 200 and band.max() == 299
+    for low_end, high_end in ((1000, None), (500, 500), (0, 1001), (-1, None)):
+        with pytest.raises(ValueError, match=r"need 0 <= min_timestep < max_timestep <= 1000"):
+            diffusion.sample_timesteps(scheduler, 1, min_timestep=low_end, max_timestep=high_end)
 
 
 def test_mix_whole_window_turns_picked_rows_into_eq3_samples(scheduler):

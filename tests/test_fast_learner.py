@@ -185,8 +185,11 @@ def test_read_scale_reads_the_memory_weaker_or_stronger_and_restores_base_exactl
         assert before[key].numpy().tobytes() == after[key].numpy().tobytes(), key
 
 
-@pytest.mark.parametrize("mode", ["paper", "text"])
-def test_min_timestep_trains_the_memory_on_high_noise_levels_only(tiny_bundle, monkeypatch, mode):
+@pytest.mark.parametrize("mode, band, low, high", [("paper", {"min_timestep": 900}, 900, 999),
+                                                   ("text", {"min_timestep": 900}, 900, 999),
+                                                   ("paper", {"max_timestep": 100}, 0, 99),
+                                                   ("paper", {"min_timestep": 40, "max_timestep": 60}, 40, 59)])
+def test_the_memory_trains_on_its_band_of_noise_levels_only(tiny_bundle, monkeypatch, mode, band, low, high):
     from slowfast_vgen import diffusion
 
     drawn = []
@@ -198,21 +201,26 @@ def test_min_timestep_trains_the_memory_on_high_noise_levels_only(tiny_bundle, m
         return timesteps
 
     monkeypatch.setattr(diffusion, "sample_timesteps", spy)
-    learner = _learner(tiny_bundle, mode=mode, min_timestep=900, batch_size=8)
+    learner = _learner(tiny_bundle, mode=mode, batch_size=8, **band)
     previous, new = _chunk_pair()
     text = tiny_bundle.encode_text(["move left"])
     learner.update(previous, new, torch.Generator().manual_seed(0), tiny_bundle.encode_text([""]), text_embeddings=text)
     timesteps = torch.cat(drawn)
-    assert timesteps.numel() == 8 and int(timesteps.min()) >= 900
+    assert timesteps.numel() == 8 and low <= int(timesteps.min()) and int(timesteps.max()) <= high
 
 
-def test_min_timestep_beyond_the_model_s_timesteps_is_a_user_error(tiny_bundle):
+def test_a_band_of_noise_levels_outside_the_model_s_timesteps_is_a_user_error(tiny_bundle):
     steps = tiny_bundle.noise_scheduler.config.num_train_timesteps
     with pytest.raises(UserInputError, match=f"fast.min_timestep must be below the model's {steps} training "
                                              f"timesteps, got {steps}"):
         _learner(tiny_bundle, min_timestep=steps)
     with pytest.raises(ValueError, match="fast.min_timestep must be >= 0, got -1"):
         FastLearnerConfig(min_timestep=-1)
+    with pytest.raises(UserInputError, match=f"fast.max_timestep must be at most the model's {steps} training "
+                                             f"timesteps, got {steps + 1}"):
+        _learner(tiny_bundle, max_timestep=steps + 1)
+    with pytest.raises(ValueError, match="fast.max_timestep must be above fast.min_timestep, got 500 <= 500"):
+        FastLearnerConfig(min_timestep=500, max_timestep=500)
 
 
 @pytest.mark.parametrize("value", [-0.5, float("nan"), float("inf")])

@@ -6,6 +6,7 @@ import dataclasses
 import itertools
 import multiprocessing
 import signal
+import time
 
 import numpy as np
 import pytest
@@ -257,6 +258,15 @@ def _new_children(before: set) -> list:
     return [p for p in multiprocessing.active_children() if p not in before and p.is_alive()]
 
 
+def _children_left(before: set, seconds: float = 20.0) -> list:
+    """:func:`_new_children` once they are gone, or after ``seconds`` (a worker finishes the batch it is
+    rendering before it exits, which can outlast torch's 5 s join on a loaded machine)."""
+    deadline = time.monotonic() + seconds
+    while _new_children(before) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return _new_children(before)
+
+
 def test_loader_stops_its_workers_when_closed():
     """The workers ignore SIGTERM: left alive, they would block the interpreter's exit (see live_chunk_loader)."""
     before = set(multiprocessing.active_children())
@@ -264,7 +274,7 @@ def test_loader_stops_its_workers_when_closed():
     next(batches)
     assert _new_children(before)
     batches.close()
-    assert not _new_children(before)
+    assert not _children_left(before)
 
 
 @pytest.mark.skipif(multiprocessing.get_start_method() != "fork", reason="the patch reaches forked workers only")
@@ -280,4 +290,4 @@ def test_loader_stops_its_workers_when_a_worker_fails(monkeypatch):
 
     with pytest.raises(RuntimeError, match="cannot render sample 0") as failure:
         next(micro_batches())
-    assert not _new_children(before), failure  # the error's traceback still holds the DataLoader's iterator
+    assert not _children_left(before), failure  # the error's traceback still holds the DataLoader's iterator

@@ -345,6 +345,14 @@ def test_loop_anchor_pulls_the_memoryless_prediction_toward_the_frozen_starting_
                                                           "loop.anchor_weight=1"))
 
 
+@pytest.mark.parametrize("value", ["0", "0.5", "2"])
+def test_the_loop_refuses_a_memory_read_scale_it_would_ignore(tmp_path, value):
+    """The loop trains Phi through Theta_i as learned; ``fast.read_scale`` only changes sampling."""
+    with pytest.raises(UserInputError, match=f"fast.read_scale is how generation samples with a memory.*got {float(value)}"):
+        load_config(LoopTrainConfig, overrides=_overrides(tmp_path, tmp_path / "out", f"fast.read_scale={value}"))
+    assert load_config(LoopTrainConfig, overrides=_overrides(tmp_path, tmp_path / "out", "fast.read_scale=1")).fast.read_scale == 1
+
+
 def test_training_help_lists_every_config_key_with_its_help(capsys):
     from dataclasses import fields
 

@@ -283,7 +283,7 @@ class _LiveChunkLoader(DataLoader):
     """A DataLoader whose iterators stop their workers when closed or left by an error."""
 
     def __iter__(self) -> Iterator[ChunkBatch]:
-        return shut_down_when_done(super().__iter__())
+        yield from shut_down_when_done(super().__iter__())  # the workers start at the first batch
 
 
 __all__ = [
