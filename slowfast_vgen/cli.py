@@ -565,12 +565,13 @@ def _sigterm_as_ctrl_c():
 # ---------------------------------------------------------------------------- make-model
 def make_model_main(args: argparse.Namespace) -> int:
     from .config import load_config, save_config
+    from .io_utils import has_own_name
     from .model import ModelBundle, ModelConfig, model_summary
 
     _quiet_libraries()
     config = load_config(ModelConfig, args.config, args.overrides)
     out = Path(args.out)
-    if out.name in ("", ".", ".."):
+    if not has_own_name(out):
         raise UserInputError(f"--out: {str(out)!r} names no directory of its own (the model replaces it as a whole)")
     if out.exists() and not out.is_dir():
         raise UserInputError(f"--out: {out} is a file; give a directory")

@@ -36,7 +36,7 @@ import torch
 
 from . import metrics
 from .config import config_from_dict, help_field
-from .data.live_worlds import HELDOUT_WORLD_SEED_BASE
+from .data.world_dataset import HELDOUT_WORLD_SEED_BASE
 from .errors import UserInputError
 from .model import ModelBundle
 from .session import GenerationConfig, GenerationSession

@@ -49,6 +49,12 @@ def json_safe(obj: Any) -> Any:
     return obj
 
 
+def has_own_name(path: str | os.PathLike) -> bool:
+    """Whether ``path`` ends in a name of its own, so that it can be replaced as a whole: not ``""``,
+    ``.`` or ``..`` (which name the current or the parent directory)."""
+    return Path(path).name not in ("", ".", "..")
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as strict JSON: NaN and infinities (which ``json.dumps`` would write as the
     non-standard ``NaN``/``Infinity``) are written as ``null``."""
@@ -84,7 +90,7 @@ def atomic_output_dir(path: str | os.PathLike) -> Iterator[Path]:
     at every instant either the old or the new complete directory exists.
     """
     path = Path(path)
-    if path.name in ("", ".", ".."):  # refused before the work is done, not when it is to be renamed
+    if not has_own_name(path):  # refused before the work is done, not when it is to be renamed
         raise ValueError(f"cannot replace {str(path)!r} as a whole: give a directory with a name of its own")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))

@@ -39,7 +39,7 @@ from .fast_learner import (
     ADAPTER_NAME, FastLearnerConfig, TempLoRA, merged_adapter, read_memory, remove_adapter, restored_adapters,
     use_adapter,
 )
-from .io_utils import atomic_output_dir, atomic_write_json
+from .io_utils import atomic_output_dir, atomic_write_json, has_own_name
 from .model import ModelBundle
 from .profiling import Stopwatch, peak_memory_mb, release_freed_memory, reset_peak_memory
 from .sampler import SamplerConfig, make_scheduler, sample_chunk
@@ -430,7 +430,7 @@ def check_session_dir(directory: str | os.PathLike, outputs: Sequence[str | os.P
     session, e.g. the video) may lie in it.
     """
     directory = Path(directory)
-    if directory.name in ("", ".", ".."):
+    if not has_own_name(directory):
         raise UserInputError(f"{label}: {str(directory)!r} names no directory of its own; give one such as session1")
     resolved = directory.resolve()
     for output in outputs:

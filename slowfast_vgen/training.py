@@ -846,9 +846,9 @@ def _records_from_file(path: Path, rank: int) -> tuple[int, list[dict]]:
             entries = json.loads(metadata["records"])[rank]
             records = []
             for index, entry in enumerate(entries):
-                prefix = f"{rank}.{index}."
-                theta = {key[len(prefix) + 6:]: handle.get_tensor(key) for key in handle.keys()
-                         if key.startswith(prefix + "theta.")} if entry["memory"] else None
+                prefix, theta_prefix = f"{rank}.{index}.", f"{rank}.{index}.theta."
+                theta = {key[len(theta_prefix):]: handle.get_tensor(key) for key in handle.keys()
+                         if key.startswith(theta_prefix)} if entry["memory"] else None
                 records.append({"context": handle.get_tensor(prefix + "context"), "target": handle.get_tensor(prefix + "target"),
                                 "action": entry["action"], "theta": theta})
             return int(metadata["iteration"]), records
