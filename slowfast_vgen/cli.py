@@ -562,6 +562,17 @@ def _sigterm_as_ctrl_c():
         signal.signal(signal.SIGTERM, previous)
 
 
+def _check_output_directory(out: Path) -> Path:
+    """``out`` (an ``--out`` directory), refused with one line before any work if it, or a folder
+    above it, is a file: the results would otherwise be lost when they are written."""
+    if out.exists() and not out.is_dir():
+        raise UserInputError(f"--out: {out} is a file; give a directory")
+    blocking = next((folder for folder in out.parents if folder.exists() and not folder.is_dir()), None)
+    if blocking is not None:
+        raise UserInputError(f"--out: {blocking} is a file, so {out} cannot be a directory")
+    return out
+
+
 # ---------------------------------------------------------------------------- make-model
 def make_model_main(args: argparse.Namespace) -> int:
     from .config import load_config, save_config
@@ -573,8 +584,7 @@ def make_model_main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if not has_own_name(out):
         raise UserInputError(f"--out: {str(out)!r} names no directory of its own (the model replaces it as a whole)")
-    if out.exists() and not out.is_dir():
-        raise UserInputError(f"--out: {out} is a file; give a directory")
+    _check_output_directory(out)
     if out.exists() and any(out.iterdir()) and not args.force:
         raise UserInputError(f"{out} exists and is not empty (use --force to replace it)")
     bundle = ModelBundle.from_config(config)
@@ -592,12 +602,7 @@ def eval_main(args: argparse.Namespace) -> int:
     from .config import load_config
     from .evaluation import EvalConfig, evaluate, markdown_table, save_results
 
-    out = Path(args.out)  # checked before the model is loaded and anything generated
-    if out.exists() and not out.is_dir():
-        raise UserInputError(f"--out: {out} is a file; give a directory")
-    blocking = next((folder for folder in out.parents if folder.exists() and not folder.is_dir()), None)
-    if blocking is not None:
-        raise UserInputError(f"--out: {blocking} is a file, so {out} cannot be a directory")
+    out = _check_output_directory(Path(args.out))  # before the model is loaded and anything generated
     _quiet_libraries()
     bundle, model_path = _load_bundle(args)
     flags = {"suite": args.suite, "seeds": _int_list(args.seeds), "routes": args.routes,
@@ -652,9 +657,7 @@ def plan_main(args: argparse.Namespace) -> int:
 
     config = plan_config()
     resolve_task(config.task, config.num_blocks)  # a bad task fails here, before any model is loaded
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UserInputError(f"--out: {out} is a file; give a directory")
+    out = _check_output_directory(Path(args.out))
     _quiet_libraries()
     bundle = model_path = None
     if config.uses_video_model:

@@ -177,6 +177,21 @@ def test_cli_plan_bad_inputs_exit_2(tiny_model_dir, tmp_path, capsys):
     assert "was trained for 32x32 frames (plan: 16x16), 8 frames per action (plan: 3)" in capsys.readouterr().err
 
 
+def test_cli_plan_refuses_an_out_under_a_file_before_planning(tmp_path, capsys, monkeypatch):
+    import slowfast_vgen.planning as planning
+
+    def never(*args, **kwargs):
+        raise AssertionError("planned before --out was checked")
+
+    monkeypatch.setattr(planning, "run_plan", never)
+    (tmp_path / "file").write_text("keep me")
+    out = tmp_path / "file" / "plan"
+    assert main(["plan", "--task", "navigate-return", "--oracle", "--episodes", "1", "--quiet", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: --out: {tmp_path / 'file'} is a file, so {out} cannot be a directory"]
+    assert (tmp_path / "file").read_text() == "keep me"
+
+
 def test_task_file_runs_its_own_subgoals(tmp_path):
     task = tmp_path / "route.yaml"
     task.write_text("world: navigation\noutward: [move right, head north, head north]\nreturn: [go south, go south, move left]\n")
