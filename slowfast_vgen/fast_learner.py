@@ -126,6 +126,20 @@ class FastLearnerConfig:
             raise ValueError(f"fast.seed must be an integer in [-2**63, 2**64 - 1], got {self.seed}")
 
 
+def check_timestep_band(config: FastLearnerConfig, noise_scheduler) -> None:
+    """A one-line :class:`UserInputError` when ``fast.min_timestep`` / ``fast.max_timestep`` do not fit the
+    model's noise schedule (``noise_scheduler.config.num_train_timesteps`` steps); the limits that need
+    no model are checked by :class:`FastLearnerConfig` itself. A generation session checks this when it
+    is made, whatever ``fast.mode`` (with ``off`` the band is used once the rule is switched on)."""
+    steps = noise_scheduler.config.num_train_timesteps
+    if config.min_timestep >= steps:
+        raise UserInputError(f"fast.min_timestep must be below the model's {steps} training timesteps, "
+                             f"got {config.min_timestep}")
+    if config.max_timestep is not None and config.max_timestep > steps:
+        raise UserInputError(f"fast.max_timestep must be at most the model's {steps} training timesteps, "
+                             f"got {config.max_timestep}")
+
+
 class TempLoRA:
     """A LoRA injected into a UNet in place, with its own optimizer and the memory-update rule.
 
@@ -140,13 +154,7 @@ class TempLoRA:
                  adapter_name: str = ADAPTER_NAME) -> None:
         if config.mode == "off":
             raise ValueError("TempLoRA with mode 'off' is meaningless: build no fast learner instead")
-        steps = noise_scheduler.config.num_train_timesteps
-        if config.min_timestep >= steps:
-            raise UserInputError(f"fast.min_timestep must be below the model's {steps} training timesteps, "
-                                 f"got {config.min_timestep}")
-        if config.max_timestep is not None and config.max_timestep > steps:
-            raise UserInputError(f"fast.max_timestep must be at most the model's {steps} training timesteps, "
-                                 f"got {config.max_timestep}")
+        check_timestep_band(config, noise_scheduler)
         self.unet = unet
         self.noise_scheduler = noise_scheduler
         self.config = config

@@ -36,8 +36,8 @@ from tqdm.auto import tqdm
 from .config import help_field
 from .errors import UserInputError, first_line, read_json_object
 from .fast_learner import (
-    ADAPTER_NAME, FastLearnerConfig, TempLoRA, merged_adapter, read_memory, remove_adapter, restored_adapters,
-    use_adapter,
+    ADAPTER_NAME, FastLearnerConfig, TempLoRA, check_timestep_band, merged_adapter, read_memory, remove_adapter,
+    restored_adapters, use_adapter,
 )
 from .io_utils import atomic_output_dir, atomic_write_json, has_own_name
 from .model import ModelBundle
@@ -115,6 +115,8 @@ class GenerationSession:
     """
 
     def __init__(self, bundle: ModelBundle, config: GenerationConfig) -> None:
+        # whatever the mode: a session made with fast.mode=off may switch a learning rule on later (web app)
+        check_timestep_band(config.fast, bundle.noise_scheduler)
         self.bundle = bundle
         self.config = config
         self.device = bundle.device

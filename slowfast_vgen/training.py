@@ -45,7 +45,7 @@ from .checkpointing import (
 )
 from .text_features import TextFeatureCache
 from .config import help_field, save_config
-from .data.dataset import ChunkBatch, ChunkDataset, ChunkDatasetConfig, collate_chunks, ignore_sigterm, shut_down_when_done
+from .data.dataset import ChunkBatch, ChunkDataset, ChunkDatasetConfig, collate_chunks, ignore_sigterm, shut_down_when_done, worker_error_message
 from .data.live_worlds import LiveWorldChunks, LiveWorldsConfig, live_chunk_loader
 from .errors import UserInputError, first_line
 from .fast_learner import FastLearnerConfig, TempLoRA, plain_unet, use_adapter
@@ -877,20 +877,7 @@ def _epoch_loader(dataset: ChunkDataset, epoch: int, offset: int, per_epoch: int
     try:
         yield from shut_down_when_done(iter(loader))
     except UserInputError as err:  # raised in a worker (too many unreadable videos): torch wraps it in the worker's traceback
-        raise UserInputError(_worker_error_message(str(err))) from None
-
-
-def _worker_error_message(text: str) -> str:
-    """The original one-line message of a :class:`UserInputError` re-raised by a DataLoader worker
-    (torch's text is 'Caught UserInputError in DataLoader worker ...', the traceback, then
-    '...UserInputError: <message>'); a message raised in the main process comes back unchanged."""
-    lines = text.strip().splitlines()
-    if len(lines) > 1 and lines[0].startswith("Caught "):
-        for line in reversed(lines):
-            kind, _, message = line.partition(": ")
-            if kind.endswith("UserInputError") and message:
-                return message
-    return lines[0] if lines else text
+        raise UserInputError(worker_error_message(str(err))) from None
 
 
 def _all_finite(loss: torch.Tensor, accelerator) -> bool:

@@ -291,3 +291,37 @@ def test_loader_stops_its_workers_when_a_worker_fails(monkeypatch):
     with pytest.raises(RuntimeError, match="cannot render sample 0") as failure:
         next(micro_batches())
     assert not _children_left(before), failure  # the error's traceback still holds the DataLoader's iterator
+
+
+@pytest.mark.skipif(multiprocessing.get_start_method() != "fork", reason="the patch reaches forked workers only")
+def test_a_user_input_error_in_a_worker_comes_back_as_one_line(monkeypatch, capsys):
+    """torch re-raises a worker's error wrapped in the worker's traceback; the loader gives back the one-line
+    message (as training.py's disk loader does), so the entry point prints one ``error:`` line and exits 2.
+    No live worker raises a UserInputError today (world names and configs are checked in the main process):
+    the world builder is patched to raise one."""
+    from slowfast_vgen.data import live_worlds
+    from slowfast_vgen.errors import EXIT_USER_ERROR, UserInputError, run_cli
+
+    message = "world 'navigation' cannot be built for seed 100000007: bad world"
+
+    def fail(name, seed, config=None, overrides=()):
+        raise UserInputError(message)
+
+    monkeypatch.setattr(live_worlds, "build_world", fail)  # the worker is forked after the patch
+    before = set(multiprocessing.active_children())
+
+    def micro_batches():  # how training.py reads the loader
+        yield from live_chunk_loader(LiveWorldsConfig(**NAVIGATION, size=16), batch_size=2, num_workers=1)
+
+    with pytest.raises(UserInputError) as failure:
+        next(micro_batches())
+    assert str(failure.value) == message  # not "Caught UserInputError in DataLoader worker process 0 ..."
+    assert failure.value.__cause__ is None and failure.value.__suppress_context__
+    assert not _children_left(before)
+
+    def main(argv):
+        next(micro_batches())
+
+    assert run_cli(main, []) == EXIT_USER_ERROR
+    assert capsys.readouterr().err == f"error: {message}\n"
+    assert not _children_left(before)

@@ -373,3 +373,45 @@ def test_save_never_replaces_a_folder_of_other_files(tiny_bundle, first_frame, t
     for directory in (tmp_path / "empty", tmp_path / "empty"):  # an empty folder, then the saved session in it
         session.save(directory)
         assert (directory / "session.json").is_file()
+
+
+@pytest.mark.parametrize("mode", ["off", "paper"])
+def test_a_band_of_noise_levels_outside_the_model_is_refused_when_the_session_is_made(tiny_bundle, mode):
+    """With ``fast.mode=off`` the band was only checked when a Temp-LoRA was built, so a bad value
+    surfaced later (e.g. when the web app switched the rule on); now the session refuses it at once."""
+    steps = tiny_bundle.noise_scheduler.config.num_train_timesteps
+    adapters_before = dict(getattr(tiny_bundle.unet, "peft_config", None) or {})
+    with pytest.raises(UserInputError, match=f"^fast.min_timestep must be below the model's {steps} training "
+                                             f"timesteps, got {steps}$"):
+        GenerationSession(tiny_bundle, _config(f"fast.mode={mode}", f"fast.min_timestep={steps}"))
+    with pytest.raises(UserInputError, match=f"^fast.max_timestep must be at most the model's {steps} training "
+                                             f"timesteps, got {steps + 1}$"):
+        GenerationSession(tiny_bundle, _config(f"fast.mode={mode}", f"fast.max_timestep={steps + 1}"))
+    assert dict(getattr(tiny_bundle.unet, "peft_config", None) or {}) == adapters_before  # the model is untouched
+    # the band's limits themselves are accepted
+    session = GenerationSession(tiny_bundle, _config(f"fast.mode={mode}", f"fast.min_timestep={steps - 1}",
+                                                     f"fast.max_timestep={steps}"))
+    assert (session.config.fast.min_timestep, session.config.fast.max_timestep) == (steps - 1, steps)
+    session.close()
+
+
+@pytest.mark.parametrize("mode", ["paper", "off"])
+def test_save_and_resume_keep_the_memory_s_read_scale_and_noise_band(tiny_config, first_frame, tmp_path, mode):
+    """``fast.read_scale``, ``fast.min_timestep`` and ``fast.max_timestep`` are saved in session.json and
+    apply after resuming: the resumed run equals an uninterrupted one with the same settings."""
+    from slowfast_vgen.model import ModelBundle
+
+    settings = [f"fast.mode={mode}", "fast.read_scale=0.5", "fast.min_timestep=300", "fast.max_timestep=700"]
+    actions = ["move left", "move right", "move up"]
+    straight = _session(ModelBundle.from_config(tiny_config), first_frame, *settings)
+    straight.generate(actions)
+
+    interrupted = _session(ModelBundle.from_config(tiny_config), first_frame, *settings)
+    interrupted.generate(actions[:2])
+    interrupted.save(tmp_path / "session")
+    resumed = GenerationSession.load(tmp_path / "session", ModelBundle.from_config(tiny_config))
+    fast = resumed.config.fast
+    assert (fast.mode, fast.read_scale, fast.min_timestep, fast.max_timestep) == (mode, 0.5, 300, 700)
+    assert resumed.config == straight.config
+    resumed.generate(actions[2:])
+    assert np.array_equal(resumed.video(), straight.video())

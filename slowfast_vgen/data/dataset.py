@@ -327,3 +327,16 @@ def shut_down_when_done(iterator: Iterator) -> Iterator:
         shutdown = getattr(iterator, "_shutdown_workers", None)  # only the multi-process iterator has workers
         if shutdown is not None:
             shutdown()
+
+
+def worker_error_message(text: str) -> str:
+    """The original one-line message of a :class:`UserInputError` re-raised by a DataLoader worker
+    (torch's text is 'Caught UserInputError in DataLoader worker ...', the traceback, then
+    '...UserInputError: <message>'); a message raised in the main process comes back unchanged."""
+    lines = text.strip().splitlines()
+    if len(lines) > 1 and lines[0].startswith("Caught "):
+        for line in reversed(lines):
+            kind, _, message = line.partition(": ")
+            if kind.endswith("UserInputError") and message:
+                return message
+    return lines[0] if lines else text

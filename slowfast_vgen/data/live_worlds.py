@@ -55,10 +55,11 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..config import help_field
+from ..errors import UserInputError
 from ..worlds import BlocksWorld, World, available_worlds, build_world, world_config
 from ..worlds.actions import phrase
 from ..worlds.base import Episode, action_frame_range, episode_num_frames
-from .dataset import ChunkBatch, ChunkSample, collate_chunks, ignore_sigterm, shut_down_when_done
+from .dataset import ChunkBatch, ChunkSample, collate_chunks, ignore_sigterm, shut_down_when_done, worker_error_message
 from .world_dataset import (  # noqa: F401 (HELDOUT_WORLD_SEED_BASE, WORLD_SEED_STRIDE: re-exported)
     HELDOUT_WORLD_SEED_BASE,
     WORLD_SEED_STRIDE,
@@ -260,7 +261,8 @@ def live_chunk_loader(config: LiveWorldsConfig, batch_size: int, start_batch: in
     ``multiprocessing``'s exit handler, which stops daemon workers with SIGTERM and waits for them:
     ``iter(loader)`` is therefore a generator (:func:`shut_down_when_done`) that stops its workers
     when it is closed, garbage-collected or left by an error (e.g. one raised in a worker), as
-    ``training.py``'s disk loader does.
+    ``training.py``'s disk loader does; a worker's :class:`UserInputError` comes back as its
+    one-line message, not wrapped in the worker's traceback.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -280,10 +282,14 @@ def live_chunk_loader(config: LiveWorldsConfig, batch_size: int, start_batch: in
 
 
 class _LiveChunkLoader(DataLoader):
-    """A DataLoader whose iterators stop their workers when closed or left by an error."""
+    """A DataLoader whose iterators stop their workers when closed or left by an error, and give back a
+    worker's :class:`UserInputError` as its one-line message (torch wraps it in the worker's traceback)."""
 
     def __iter__(self) -> Iterator[ChunkBatch]:
-        yield from shut_down_when_done(super().__iter__())  # the workers start at the first batch
+        try:
+            yield from shut_down_when_done(super().__iter__())  # the workers start at the first batch
+        except UserInputError as err:
+            raise UserInputError(worker_error_message(str(err))) from None
 
 
 __all__ = [
