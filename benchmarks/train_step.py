@@ -2,12 +2,24 @@
 
     python benchmarks/train_step.py --model slowfast_vgen/assets/default_model --compile   # the CPU recipe's step
     python benchmarks/train_step.py --steps 3                                              # tiny random model
+    python benchmarks/train_step.py --config configs/train/embedded_default.yaml text_dropout=0.2
 
-One run measures the step of ``configs/train/cpu_recipe.yaml`` on synthetic inputs: the masked
-conditional loss (Eq. 1-2) of a batch of ``--batch`` chunks of ``--frames`` frames (``--context``
-clean), its backward pass and an AdamW step over the UNet and the action encoder. The eager UNet
-runs first (``--warmup`` steps, then ``--steps`` timed), then, with ``--compile``, the same steps
-through ``torch.compile`` (compile time reported separately). The summary gives the ratio
+One run times the step that ``train/train_slow.py`` takes with ``configs/train/cpu_recipe.yaml``
+(``--config`` and ``key=value`` overrides pick another slow-learning config, merged as the trainers
+merge them), on synthetic inputs: a :class:`~slowfast_vgen.training.SlowTrainer` built from that
+config computes its own loss (``SlowTrainer.loss``: Eq. 1-2 masked loss with the config's
+``text_dropout``, ``whole_window_share``, ``min_timestep`` and auxiliary ``action_loss_weight``) on
+``--batch`` chunks of ``--frames`` random frames (``--context`` clean), then backward, gradient
+clipping (``max_grad_norm``) and the trainer's AdamW step over the UNet and the action encoder.
+
+Whatever the config says, the benchmark sets: the model (``--model`` replaces ``init_from``; without
+it, a fresh model from the config's ``model`` section: the tiny random model for the CPU recipe), a
+temporary ``output_dir``, no resume, validation, samples, tracker or ``text_features`` file (the
+frozen encoder's states of each text are computed in the first step and cached, as the file would
+serve them). Not timed: data loading, the LR schedule and the EMA update.
+
+The eager UNet runs first (``--warmup`` steps, then ``--steps`` timed), then, with ``--compile``, the
+same steps through ``torch.compile`` (compile time reported separately). The summary gives the ratio
 compiled / eager and the operators that take the most time in one eager step (torch profiler).
 Results go to ``benchmarks/results/<name>.json``.
 """
@@ -15,38 +27,59 @@ Results go to ``benchmarks/results/<name>.json``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import platform
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 from slowfast_vgen import diffusion
+from slowfast_vgen.config import load_config
+from slowfast_vgen.data.dataset import ChunkBatch
 from slowfast_vgen.errors import run_cli
 from slowfast_vgen.io_utils import atomic_write_json
-from slowfast_vgen.model import ModelBundle, ModelConfig, load_model, model_summary, unet_text_kwargs
+from slowfast_vgen.model import model_summary
+from slowfast_vgen.training import SlowTrainer, TrainConfig
 
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = REPO / "configs" / "train" / "cpu_recipe.yaml"
 TEXTS = ["move left", "move right", "go up", "head east", "move down", "turn back west", "stay", "move up"]
 
 
-def training_step(bundle: ModelBundle, unet, optimizer, latents, mask, texts, generator) -> float:
-    """One step of the slow learner's loss (Eq. 1-2 on the targets) with backward and optimizer step."""
-    scheduler = bundle.noise_scheduler
-    noise = torch.randn(latents.shape, generator=generator)
-    timesteps = diffusion.sample_timesteps(scheduler, latents.shape[0], generator, latents.device, 300)
-    if bundle.action_encoder is not None:
-        states, token_mask = bundle.encode_text_states(texts)
-        conditioning = bundle.action_encoder(states, token_mask).conditioning
-    else:
-        conditioning = bundle.encode_text(texts)
-    noisy = diffusion.noise_targets(scheduler, latents, noise, timesteps, mask)
-    prediction = unet(noisy, timesteps, **unet_text_kwargs(bundle.unet, conditioning)).sample
-    target = diffusion.diffusion_target(scheduler, latents, noise, timesteps)
-    loss = diffusion.masked_diffusion_loss(prediction, target, mask)
-    loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+def benchmark_config(config_path: str, overrides: list[str], model: str | None, output_dir: str) -> TrainConfig:
+    """The training config of ``config_path`` + ``overrides`` (``load_config``, as the trainers), with
+    what the benchmark needs: ``model`` as ``init_from``, ``output_dir``, and nothing read from disk
+    or written besides the model (no resume, validation, samples, tracker or text-feature file)."""
+    placeholder_data = {"data": {"root": output_dir}}  # the data are synthetic; a config without data.root still loads
+    config = load_config(TrainConfig, config_path, overrides, defaults=placeholder_data)
+    return dataclasses.replace(config, init_from=model or "", output_dir=output_dir, resume="", validate_every=0,
+                               sample_every=0, report_to="none", text_features="")
+
+
+def synthetic_batch(trainer: SlowTrainer, batch: int, frames: int, context: int) -> ChunkBatch:
+    """``batch`` chunks of ``frames`` random frames at the model's size, the first ``context`` clean."""
+    bundle = trainer.bundle
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.rand(batch, 3, frames, bundle.height, bundle.width, generator=generator) * 2 - 1
+    mask = diffusion.context_mask(batch, context, frames - context)
+    return ChunkBatch(pixels, mask, [TEXTS[i % len(TEXTS)] for i in range(batch)])
+
+
+def training_step(trainer: SlowTrainer, batch: ChunkBatch, generator: torch.Generator) -> float:
+    """One optimizer step of ``trainer`` as ``SlowTrainer.train`` takes it (one micro-batch): the
+    trainer's loss, backward, gradient clipping, optimizer step."""
+    accelerator = trainer.accelerator
+    loss = trainer.loss(batch, generator)
+    accelerator.backward(loss)
+    if trainer.config.max_grad_norm > 0:
+        accelerator.clip_grad_norm_(trainer.trainable_parameters(), trainer.config.max_grad_norm)
+    trainer.optimizer.step()
+    trainer.optimizer.zero_grad(set_to_none=True)
+    if accelerator.device.type == "cuda":
+        torch.cuda.synchronize(accelerator.device)  # the step's kernels are done when its time is taken
     return float(loss.detach())
 
 
@@ -76,9 +109,42 @@ def operator_breakdown(run_step, top: int) -> list[dict]:
     return [{"operator": e.key, "share": round(e.self_cpu_time_total / total, 4), "calls": e.count} for e in events[:top]]
 
 
-def main(argv=None) -> int:
+def measure(trainer: SlowTrainer, args: argparse.Namespace) -> dict:
+    """Eager steps and their operator breakdown, then (``--compile``) the same steps with a compiled UNet."""
+    batch = synthetic_batch(trainer, args.batch, args.frames, args.context)
+    generator = torch.Generator().manual_seed(0)
+    trainer.unet.train()  # as SlowTrainer.train
+    # the LR schedule is not stepped: under the recipe's warmup the LR stays 0, so eager and compiled steps see
+    # the same weights (AdamW's arithmetic, hence its time, does not depend on the LR)
+
+    def run_step() -> float:
+        return training_step(trainer, batch, generator)
+
+    eager, _ = timed_steps(run_step, args.warmup, args.steps)
+    result = {
+        "eager_seconds_per_step": statistics.median(eager),
+        "eager_seconds": eager,
+        "breakdown_eager": operator_breakdown(run_step, args.top),
+    }
+    if args.compile:
+        trainer.unet = torch.compile(trainer.unet)  # the trainer's loss runs whatever module trainer.unet is
+        compiled, compile_seconds = timed_steps(run_step, args.warmup, args.steps)
+        result.update({
+            "compiled_seconds_per_step": statistics.median(compiled),
+            "compiled_seconds": compiled,
+            "first_compiled_step_seconds": compile_seconds,
+            "compiled_over_eager": statistics.median(compiled) / statistics.median(eager),
+        })
+    return result
+
+
+def parse_args(argv) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", help="model directory (default: a tiny random model)")
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG),
+                        help="slow-learning config whose step is timed (default: configs/train/cpu_recipe.yaml)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. text_dropout=0.2")
+    parser.add_argument("--model", help="model directory, replaces the config's init_from "
+                                        "(default: a fresh model from the config's `model` section, tiny for the recipe)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--frames", type=int, default=12, help="frames per chunk, context included")
     parser.add_argument("--context", type=int, default=4, help="clean context frames")
@@ -93,41 +159,22 @@ def main(argv=None) -> int:
         parser.error(f"--context must be in [1, --frames), got {args.context}")
     if args.batch < 1 or args.steps < 1 or args.warmup < 1:
         parser.error("--batch, --steps and --warmup must be >= 1")
+    return args
 
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     torch.manual_seed(0)
-    bundle = load_model(args.model) if args.model else ModelBundle.from_config(ModelConfig(seed=0))
-    unet = bundle.unet.train().requires_grad_(True)
-    parameters = list(unet.parameters())
-    if bundle.action_encoder is not None:
-        parameters += list(bundle.action_encoder.train().requires_grad_(True).parameters())
-    optimizer = torch.optim.AdamW(parameters, lr=1e-6)  # tiny: the weights barely move between the two phases
-    generator = torch.Generator().manual_seed(0)
-    frames = torch.rand(args.batch, 3, args.frames, bundle.height, bundle.width, generator=generator) * 2 - 1
-    with torch.no_grad():
-        latents = bundle.encode_frames(frames)
-    mask = diffusion.context_mask(args.batch, args.context, args.frames - args.context, latents.device)
-    texts = [TEXTS[i % len(TEXTS)] for i in range(args.batch)]
-
-    def step_with(module):
-        return lambda: training_step(bundle, module, optimizer, latents, mask, texts, generator)
-
-    eager, _ = timed_steps(step_with(unet), args.warmup, args.steps)
-    result = {
-        "config": {**vars(args), "threads": torch.get_num_threads(), "torch": torch.__version__,
-                   "machine": platform.processor() or platform.machine()},
-        "model": model_summary(bundle),
-        "eager_seconds_per_step": statistics.median(eager),
-        "eager_seconds": eager,
-        "breakdown_eager": operator_breakdown(step_with(unet), args.top),
-    }
-    if args.compile:
-        compiled, compile_seconds = timed_steps(step_with(torch.compile(unet)), args.warmup, args.steps)
-        result.update({
-            "compiled_seconds_per_step": statistics.median(compiled),
-            "compiled_seconds": compiled,
-            "first_compiled_step_seconds": compile_seconds,
-            "compiled_over_eager": statistics.median(compiled) / statistics.median(eager),
-        })
+    with tempfile.TemporaryDirectory(prefix="train_step_") as output_dir:
+        config = benchmark_config(args.config, args.overrides, args.model, output_dir)
+        trainer = SlowTrainer(config)
+        result = {
+            "config": {**vars(args), "threads": torch.get_num_threads(), "torch": torch.__version__,
+                       "machine": platform.processor() or platform.machine()},
+            "train_config": dataclasses.asdict(config),
+            "model": model_summary(trainer.bundle),
+            **measure(trainer, args),
+        }
     path = Path(args.out) / f"{args.name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, result)
@@ -135,7 +182,7 @@ def main(argv=None) -> int:
     if args.compile:
         summary += (f", compiled {result['compiled_seconds_per_step']:.3f} s/step (x{result['compiled_over_eager']:.2f}; "
                     f"first step {result['first_compiled_step_seconds']:.0f} s)")
-    print(f"{summary}; top operator {result['breakdown_eager'][0]['operator']} "
+    print(f"{Path(args.config).name}: {summary}; top operator {result['breakdown_eager'][0]['operator']} "
           f"({100 * result['breakdown_eager'][0]['share']:.0f} %); wrote {path}")
     return 0
 

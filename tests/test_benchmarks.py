@@ -12,6 +12,8 @@ import torch
 from diffusers import UNet3DConditionModel
 from torch.utils.flop_counter import FlopCounterMode
 
+from slowfast_vgen.errors import UserInputError
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -85,19 +87,54 @@ def test_bad_arguments_are_user_errors(bench, tmp_path):
             bench.main(["--size", "tiny", "--device", "cpu", "--out", str(tmp_path), *argv])
 
 
-def test_train_step_benchmark_times_the_slow_learner_step_and_breaks_it_down(tmp_path):
-    name = "benchmark_train_step"
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / "train_step.py")
+@pytest.fixture(scope="module")
+def train_step():
+    """benchmarks/train_step.py as a module (benchmarks/ is no package)."""
+    spec = importlib.util.spec_from_file_location("benchmark_train_step", BENCHMARKS / "train_step.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    args = ["--batch", "1", "--frames", "3", "--context", "1", "--warmup", "1", "--steps", "2", "--top", "5",
-            "--out", str(tmp_path), "--name", "smoke"]
-    assert module.main(args) == 0
+    return module
+
+
+SMALL_STEP = ["--batch", "2", "--frames", "3", "--context", "1", "--warmup", "1", "--steps", "2", "--top", "5"]
+
+
+def test_train_step_benchmark_times_the_slow_learner_step_and_breaks_it_down(train_step, tmp_path):
+    assert train_step.main([*SMALL_STEP, "--out", str(tmp_path), "--name", "smoke"]) == 0
     result = json.loads((tmp_path / "smoke.json").read_text())
     assert len(result["eager_seconds"]) == 2 and all(s > 0 for s in result["eager_seconds"])
     assert result["eager_seconds_per_step"] == pytest.approx(sum(result["eager_seconds"]) / 2)  # the median of two
     shares = [row["share"] for row in result["breakdown_eager"]]
     assert len(shares) == 5 and shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1
     assert "compiled_seconds_per_step" not in result  # only with --compile
+    # by default the CPU recipe's settings, on the tiny random model (given the recipe's action encoder)
+    recipe = result["train_config"]
+    assert Path(result["config"]["config"]).name == "cpu_recipe.yaml" and recipe["init_from"] == ""
+    assert recipe["action_loss_weight"] == 0.1 and recipe["text_dropout"] == 0.1 and recipe["min_timestep"] == 300
+    assert result["model"]["action_encoder_parameters"] > 0
     with pytest.raises(SystemExit):
-        module.main(["--context", "3", "--frames", "3", "--out", str(tmp_path)])
+        train_step.main(["--context", "3", "--frames", "3", "--out", str(tmp_path)])
+    with pytest.raises(UserInputError, match="no_such_key"):
+        train_step.main([*SMALL_STEP, "--out", str(tmp_path), "no_such_key=1"])
+
+
+def test_train_step_benchmark_runs_the_trainers_loss_with_the_configs_settings(train_step, tmp_path, monkeypatch):
+    """The timed step is SlowTrainer's own: its loss drops the texts with the config's text_dropout."""
+    from slowfast_vgen.training import SlowTrainer
+
+    seen, conditioning = [], SlowTrainer.conditioning
+
+    def spy(self, texts, encoder=None):
+        seen.append(list(texts))
+        return conditioning(self, texts, encoder)
+
+    monkeypatch.setattr(SlowTrainer, "conditioning", spy)
+    config = tmp_path / "dropout.yaml"
+    config.write_text("text_dropout: 0.99\nbatch_size: 2\n")
+    args = [*SMALL_STEP, "--config", str(config), "whole_window_share=0.5", "--out", str(tmp_path), "--name", "dropout"]
+    assert train_step.main(args) == 0
+    result = json.loads((tmp_path / "dropout.json").read_text())
+    assert result["train_config"]["text_dropout"] == 0.99 and result["train_config"]["whole_window_share"] == 0.5
+    assert result["model"]["action_encoder_parameters"] == 0  # this config's model, not the recipe's
+    assert len(seen) == 1 + 2 + 1  # warmup, timed steps, profiled step: one loss each
+    assert seen == [["", ""]] * 4  # every text dropped: the benchmark's own step always used the action text
