@@ -17,7 +17,7 @@ import typing
 from pathlib import Path
 from typing import Any, Mapping, Sequence, TypeVar
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .errors import UserInputError, first_line
@@ -161,9 +161,12 @@ def load_config(
         if not path.is_file():
             raise UserInputError(f"config file not found: {path}")
         try:
-            layers.append(OmegaConf.load(path))
+            loaded = OmegaConf.load(path)
         except Exception as err:  # yaml.YAMLError and friends
             raise UserInputError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+        if not isinstance(loaded, DictConfig):  # a top-level list: OmegaConf.merge raises a TypeError
+            raise UserInputError(f"bad config: {path} must hold a mapping of keys, got a list")
+        layers.append(loaded)
     bad = [item for item in overrides if "=" not in item]
     if bad:
         raise UserInputError(f"override {bad[0]!r} is not of the form key=value")

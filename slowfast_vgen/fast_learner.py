@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,6 +41,11 @@ from peft.functional import delete_adapter, set_adapter
 from peft.tuners.tuners_utils import BaseTunerLayer, cast_adapter_dtype
 from safetensors.torch import load_file, save_file
 from torch.utils.checkpoint import checkpoint
+
+try:
+    from peft.utils.error import NoMatchingPeftModuleError
+except ImportError:  # older peft raised a plain ValueError when target_modules matched nothing
+    NoMatchingPeftModuleError = ValueError
 
 from . import diffusion
 from .model import frozen_weights_on_fast_path, unet_text_kwargs
@@ -113,8 +119,16 @@ class FastLearnerConfig:
             raise ValueError(f"fast.replay must be >= 0, got {self.replay}")
         if self.replay and self.mode not in ("paper", "off"):
             raise ValueError(f"fast.replay rehearses history windows under the paper rule, not mode {self.mode!r}")
-        if self.learning_rate < 0:
-            raise ValueError(f"learning_rate must be >= 0, got {self.learning_rate}")
+        if not 0 <= self.learning_rate < float("inf"):  # also refuses NaN
+            raise ValueError(f"fast.learning_rate must be a finite number >= 0, got {self.learning_rate}")
+        if not 0 < self.alpha < float("inf"):
+            raise ValueError(f"fast.alpha must be a finite number > 0, got {self.alpha}")
+        if not 0 <= self.max_grad_norm < float("inf"):
+            raise ValueError(f"fast.max_grad_norm must be a finite number >= 0 (0 = off), got {self.max_grad_norm}")
+        try:
+            re.compile(self.target_modules)
+        except (re.error, TypeError) as err:
+            raise ValueError(f"fast.target_modules is not a valid regular expression: {self.target_modules!r} ({err})") from None
         if self.min_timestep < 0:
             raise ValueError(f"fast.min_timestep must be >= 0, got {self.min_timestep}")
         if self.max_timestep is not None and self.max_timestep <= self.min_timestep:
@@ -170,7 +184,12 @@ class TempLoRA:
         with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Already found a `peft_config`")  # several adapters: intended
             torch.manual_seed(config.seed)
-            inject_adapter_in_model(self.lora_config, unet, adapter_name=adapter_name)
+            try:
+                inject_adapter_in_model(self.lora_config, unet, adapter_name=adapter_name)
+            except NoMatchingPeftModuleError:
+                remove_adapter(unet, adapter_name)  # the model as it was
+                raise UserInputError(f"Temp-LoRA target regex matched no module of the UNet: "
+                                     f"{config.target_modules!r}") from None
         # the LoRA and Adam in float32 on a float16 / bfloat16 UNet (as peft's get_peft_model does): in
         # float16, Adam's eps (1e-8) rounds to 0 and the first step on A (zero gradient while B = 0) is 0 / 0
         cast_adapter_dtype(unet, adapter_name)

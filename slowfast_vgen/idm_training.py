@@ -35,7 +35,7 @@ from torch.nn import functional as F
 from .config import help_field
 from .errors import UserInputError
 from .inverse_dynamics import IDM_WORLDS, InverseDynamicsModel, PairBatch, PairSampler, evaluate_reader, load_idm
-from .io_utils import atomic_output_dir, atomic_write_json
+from .io_utils import atomic_output_dir, atomic_write_json, check_output_directory
 
 
 @dataclasses.dataclass
@@ -77,8 +77,12 @@ class IDMTrainConfig:
              "num_worlds, val_worlds, val_chunks and batch_size must be >= 1"),
             (self.max_steps >= 1 and self.max_minutes >= 0 and self.stop_after >= 0,
              f"need max_steps >= 1, max_minutes >= 0, stop_after >= 0, got {self.max_steps}, {self.max_minutes}, {self.stop_after}"),
-            (self.lr > 0 and self.noise_std >= 0 and 0 <= self.blur_prob <= 1,
-             f"need lr > 0, noise_std >= 0, blur_prob in [0, 1], got {self.lr}, {self.noise_std}, {self.blur_prob}"),
+            (0 < self.lr < math.inf and 0 <= self.noise_std < math.inf and 0 <= self.blur_prob <= 1,  # also refuse nan
+             f"need a finite lr > 0, a finite noise_std >= 0, blur_prob in [0, 1], got {self.lr}, {self.noise_std}, "
+             f"{self.blur_prob}"),
+            (0 <= self.weight_decay < math.inf and 0 <= self.displacement_weight < math.inf,
+             f"weight_decay and displacement_weight must be finite numbers >= 0, got {self.weight_decay}, "
+             f"{self.displacement_weight}"),
             (self.checkpoint_every >= 1 and self.log_every >= 1 and self.num_threads >= 1,
              "checkpoint_every, log_every and num_threads must be >= 1"),
             (not any(o.split("=")[0].strip() == "view_size" for o in self.world_overrides),
@@ -185,6 +189,7 @@ def train_idm(config: IDMTrainConfig, progress=print) -> IDMTrainResult:
 def _train_idm(config: IDMTrainConfig, progress) -> IDMTrainResult:
     from .checkpointing import load_optimizer_state
 
+    check_output_directory(config.output_dir, "output_dir")
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()

@@ -55,6 +55,22 @@ def has_own_name(path: str | os.PathLike) -> bool:
     return Path(path).name not in ("", ".", "..")
 
 
+def check_output_directory(path: str | os.PathLike, what: str = "--out") -> Path:
+    """``path`` as a :class:`Path`, refused with a one-line :class:`~slowfast_vgen.errors.UserInputError`
+    (naming the option ``what``) unless it is an existing directory or can be made one: not an existing
+    file (or a dangling link), not under a file. Checked up front, before a model is built or anything
+    is generated, instead of a ``FileExistsError`` / ``NotADirectoryError`` when the results are written."""
+    from .errors import UserInputError
+
+    path = Path(path)
+    if os.path.lexists(path) and not path.is_dir():
+        raise UserInputError(f"{what}: {path} is a file; give a directory")
+    blocking = next((folder for folder in path.parents if os.path.lexists(folder) and not folder.is_dir()), None)
+    if blocking is not None:
+        raise UserInputError(f"{what}: {blocking} is a file, so {path} cannot be a directory")
+    return path
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as strict JSON: NaN and infinities (which ``json.dumps`` would write as the
     non-standard ``NaN``/``Infinity``) are written as ``null``."""

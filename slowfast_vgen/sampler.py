@@ -19,6 +19,7 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteS
 from tqdm.auto import tqdm
 
 from .config import help_field
+from .errors import UserInputError
 from .model import frozen_weights_on_fast_path, unet_text_kwargs
 
 SCHEDULERS = {
@@ -78,6 +79,16 @@ class SamplerConfig:
         check_timestep_spacing(self.timestep_spacing)
         if self.eta and self.scheduler != "ddim":
             raise ValueError(f"eta applies to the ddim scheduler only, got scheduler {self.scheduler!r}")
+
+
+def check_inference_steps(config: SamplerConfig, noise_scheduler) -> None:
+    """A one-line :class:`UserInputError` when ``sampler.num_inference_steps`` exceeds the model's training
+    timesteps (``noise_scheduler.config.num_train_timesteps``), which diffusers' schedulers refuse only when
+    the first chunk is sampled; the limits that need no model are checked by :class:`SamplerConfig` itself."""
+    steps = noise_scheduler.config.num_train_timesteps
+    if config.num_inference_steps > steps:
+        raise UserInputError(f"sampler.num_inference_steps must be at most the model's {steps} training timesteps, "
+                             f"got {config.num_inference_steps}")
 
 
 def make_scheduler(name: str, noise_scheduler_config, timestep_spacing: str = DEFAULT_TIMESTEP_SPACING) -> SchedulerMixin:

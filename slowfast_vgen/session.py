@@ -42,7 +42,7 @@ from .fast_learner import (
 from .io_utils import atomic_output_dir, atomic_write_json, has_own_name
 from .model import ModelBundle
 from .profiling import Stopwatch, peak_memory_mb, release_freed_memory, reset_peak_memory
-from .sampler import SamplerConfig, make_scheduler, sample_chunk
+from .sampler import SamplerConfig, check_inference_steps, make_scheduler, sample_chunk
 from .video_io import frames_to_tensor, tensor_to_frames
 
 SESSION_FORMAT = 1
@@ -117,6 +117,7 @@ class GenerationSession:
     def __init__(self, bundle: ModelBundle, config: GenerationConfig) -> None:
         # whatever the mode: a session made with fast.mode=off may switch a learning rule on later (web app)
         check_timestep_band(config.fast, bundle.noise_scheduler)
+        check_inference_steps(config.sampler, bundle.noise_scheduler)
         self.bundle = bundle
         self.config = config
         self.device = bundle.device

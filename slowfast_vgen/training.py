@@ -49,6 +49,7 @@ from .data.dataset import ChunkBatch, ChunkDataset, ChunkDatasetConfig, collate_
 from .data.live_worlds import LiveWorldChunks, LiveWorldsConfig, live_chunk_loader
 from .errors import UserInputError, first_line
 from .fast_learner import FastLearnerConfig, TempLoRA, plain_unet, use_adapter
+from .io_utils import check_output_directory
 from .model import ModelBundle, ModelConfig, load_model, unet_text_kwargs
 
 EXIT_PREEMPTED = 143  # 128 + SIGTERM: a checkpoint was saved, run again with resume=latest
@@ -147,9 +148,13 @@ class TrainConfig:
             raise ValueError(f"whole_window_share must be in [0, 1), got {self.whole_window_share}")
         if self.validate_every < 0 or self.min_timestep < 0:
             raise ValueError(f"validate_every and min_timestep must be >= 0, got {self.validate_every}, {self.min_timestep}")
-        if not (self.action_loss_weight >= 0 and self.action_encoder_lr >= 0 and self.max_minutes >= 0):  # also refuses nan
-            raise ValueError(f"action_loss_weight, action_encoder_lr and max_minutes must be >= 0, got "
-                             f"{self.action_loss_weight}, {self.action_encoder_lr}, {self.max_minutes}")
+        if not 0 < self.learning_rate < float("inf"):  # also refuses nan
+            raise ValueError(f"learning_rate must be a finite number > 0, got {self.learning_rate}")
+        for name in ("weight_decay", "max_grad_norm", "action_loss_weight", "action_encoder_lr", "max_minutes"):
+            if not 0 <= getattr(self, name) < float("inf"):  # also refuses nan
+                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
+        if not 0 <= self.ema_decay <= 1:
+            raise ValueError(f"ema_decay must be in [0, 1], got {self.ema_decay}")
 
 
 @dataclass
@@ -172,8 +177,8 @@ class LoopConfig:
                              f"{self.episodes_per_iteration} and {self.chunks_per_episode}")
         if not 0.0 <= self.memoryless_share <= 1.0:
             raise ValueError(f"loop.memoryless_share must be in [0, 1], got {self.memoryless_share}")
-        if self.anchor_weight < 0:
-            raise ValueError(f"loop.anchor_weight must be >= 0, got {self.anchor_weight}")
+        if not 0 <= self.anchor_weight < float("inf"):  # also refuses nan
+            raise ValueError(f"loop.anchor_weight must be a finite number >= 0, got {self.anchor_weight}")
         if self.anchor_weight and not self.memoryless_share:
             raise ValueError("loop.anchor_weight acts on the memoryless records: set loop.memoryless_share > 0")
 
@@ -224,6 +229,7 @@ class SlowTrainer:
         from diffusers.optimization import get_scheduler
 
         self.config = config
+        check_output_directory(config.output_dir, "output_dir")  # before the model is built, not at the first save
         self.output_dir = Path(config.output_dir)
         use_cpu = config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available())
         log_with = _tracker(config.report_to)

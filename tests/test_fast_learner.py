@@ -365,3 +365,33 @@ def test_bad_replay_is_refused():
     with pytest.raises(ValueError, match="fast.replay rehearses history windows under the paper rule, not mode 'text'"):
         FastLearnerConfig(mode="text", replay=1)
     assert FastLearnerConfig(mode="off", replay=1).replay == 1  # `sfvgen eval --variants off,paper fast.replay=1`
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("learning_rate", float("nan"), "fast.learning_rate must be a finite number >= 0"),
+    ("learning_rate", float("inf"), "fast.learning_rate must be a finite number >= 0"),
+    ("learning_rate", -1e-3, "fast.learning_rate must be a finite number >= 0"),
+    ("alpha", float("nan"), "fast.alpha must be a finite number > 0"),
+    ("alpha", float("inf"), "fast.alpha must be a finite number > 0"),
+    ("alpha", 0.0, "fast.alpha must be a finite number > 0"),
+    ("max_grad_norm", -1.0, "fast.max_grad_norm must be a finite number >= 0"),
+    ("max_grad_norm", float("nan"), "fast.max_grad_norm must be a finite number >= 0"),
+    ("max_grad_norm", float("inf"), "fast.max_grad_norm must be a finite number >= 0"),
+])
+def test_fast_float_settings_must_be_finite_and_in_range(field, value, message):
+    """NaN crashed Adam (``Invalid learning rate: nan``); an infinite learning rate or a NaN alpha was
+    accepted and broke the memory; a negative max_grad_norm was accepted."""
+    with pytest.raises(ValueError, match=f"^{message}.*, got {value}$"):
+        FastLearnerConfig(**{field: value})
+    assert FastLearnerConfig(learning_rate=0.0, max_grad_norm=0.0).max_grad_norm == 0.0  # 0 = frozen memory, no clipping
+
+
+def test_bad_target_modules_regex_is_a_config_error_and_one_matching_nothing_a_user_error(tiny_bundle):
+    with pytest.raises(ValueError, match=r"^fast.target_modules is not a valid regular expression: '\('"):
+        FastLearnerConfig(target_modules="(")
+    before = {name: p.detach().clone() for name, p in tiny_bundle.unet.named_parameters()}
+    with pytest.raises(UserInputError, match="^Temp-LoRA target regex matched no module of the UNet: 'no_such_module'$"):
+        _learner(tiny_bundle, target_modules="no_such_module")
+    # the UNet is left as it was: no adapter, no config, same parameters
+    assert getattr(tiny_bundle.unet, "peft_config", None) in (None, {})
+    assert {name: p.detach() for name, p in tiny_bundle.unet.named_parameters()}.keys() == before.keys()

@@ -415,3 +415,19 @@ def test_save_and_resume_keep_the_memory_s_read_scale_and_noise_band(tiny_config
     assert resumed.config == straight.config
     resumed.generate(actions[2:])
     assert np.array_equal(resumed.video(), straight.video())
+
+
+@pytest.mark.parametrize("mode", ["off", "paper"])
+def test_more_denoising_steps_than_the_model_s_timesteps_are_refused_when_the_session_is_made(tiny_bundle, mode):
+    """``sfvgen generate --steps 1000000000`` crashed in the first chunk with diffusers' ValueError."""
+    steps = tiny_bundle.noise_scheduler.config.num_train_timesteps
+    adapters_before = dict(getattr(tiny_bundle.unet, "peft_config", None) or {})
+    with pytest.raises(UserInputError, match=f"^sampler.num_inference_steps must be at most the model's {steps} "
+                                             f"training timesteps, got 1000000000$"):
+        GenerationSession(tiny_bundle, _config(f"fast.mode={mode}", "sampler.num_inference_steps=1000000000"))
+    with pytest.raises(UserInputError, match=f"got {steps + 1}$"):
+        GenerationSession(tiny_bundle, _config(f"fast.mode={mode}", f"sampler.num_inference_steps={steps + 1}"))
+    assert dict(getattr(tiny_bundle.unet, "peft_config", None) or {}) == adapters_before  # the model is untouched
+    session = GenerationSession(tiny_bundle, _config(f"fast.mode={mode}", f"sampler.num_inference_steps={steps}"))
+    assert session.config.sampler.num_inference_steps == steps  # the limit itself is accepted
+    session.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -336,7 +337,7 @@ def test_loop_anchor_pulls_the_memoryless_prediction_toward_the_frozen_starting_
     assert all(torch.equal(v, saved[k]) for k, v in reference.items())
     anchored.train()
     assert all(torch.equal(v, anchored.anchor.unet.state_dict()[k]) for k, v in reference.items())
-    with pytest.raises(UserInputError, match=r"loop.anchor_weight must be >= 0, got -1.0"):
+    with pytest.raises(UserInputError, match=r"loop.anchor_weight must be a finite number >= 0, got -1.0"):
         loop("-1", "bad")
     with pytest.raises(UserInputError, match="loop.anchor_weight acts on the memoryless records: set loop.memoryless_share > 0"):
         loop("1.0", "bad", "loop.memoryless_share=0")
@@ -437,3 +438,77 @@ def test_whole_window_share_trains_eq3_samples_without_text(world_root, tmp_path
         assert torch.equal(seen["conditioning"][row], empty)  # Eq. 3 has no action text
     with pytest.raises(UserInputError, match=r"whole_window_share must be in \[0, 1\)"):
         _slow(world_root, tmp_path / "bad", "whole_window_share=1.0")
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("learning_rate", "nan", "learning_rate must be a finite number > 0, got nan"),
+    ("learning_rate", "inf", "learning_rate must be a finite number > 0, got inf"),
+    ("learning_rate", "0", "learning_rate must be a finite number > 0, got 0.0"),
+    ("weight_decay", "nan", "weight_decay must be a finite number >= 0, got nan"),
+    ("max_grad_norm", "-1", "max_grad_norm must be a finite number >= 0, got -1.0"),
+    ("action_encoder_lr", "inf", "action_encoder_lr must be a finite number >= 0, got inf"),
+    ("action_loss_weight", "nan", "action_loss_weight must be a finite number >= 0, got nan"),
+    ("ema_decay", "nan", "ema_decay must be in \\[0, 1\\], got nan"),
+    ("loop.anchor_weight", "nan", "loop.anchor_weight must be a finite number >= 0, got nan"),
+])
+def test_nonfinite_or_out_of_range_optimizer_settings_are_config_errors(tmp_path, key, value, message):
+    """``learning_rate=nan`` crashed in torch's AdamW after the model was built; the others were accepted."""
+    with pytest.raises(UserInputError, match=f"^bad config: {message}$"):
+        load_config(LoopTrainConfig, overrides=_overrides(tmp_path, tmp_path / "out", f"{key}={value}"))
+
+
+@pytest.mark.parametrize("where", ["file", "under_file"])
+def test_an_output_dir_that_is_or_is_under_a_file_is_refused_before_the_model_is_built(tmp_path, monkeypatch, capsys,
+                                                                                       where):
+    """It crashed with FileExistsError / NotADirectoryError at the first save (slow trainer) or at once (IDM)."""
+    from slowfast_vgen import training
+    from slowfast_vgen.idm_training import idm_main
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was built before output_dir was checked")
+
+    monkeypatch.setattr(training.ModelBundle, "from_config", no_model)
+    monkeypatch.setattr(training, "load_model", no_model)
+    (tmp_path / "afile").write_text("keep me")
+    out = tmp_path / "afile" if where == "file" else tmp_path / "afile" / "run"
+    expected = (f"output_dir: {out} is a file; give a directory" if where == "file" else
+                f"output_dir: {tmp_path / 'afile'} is a file, so {out} cannot be a directory")
+    with pytest.raises(UserInputError, match=f"^{re.escape(expected)}$"):
+        SlowTrainer(_slow(tmp_path, out))
+    with pytest.raises(UserInputError, match=f"^{re.escape(expected)}$"):
+        SlowFastLoopTrainer(load_config(LoopTrainConfig, overrides=_overrides(tmp_path, out, "batch_size=1")))
+    capsys.readouterr()
+    assert idm_main([f"output_dir={out}", "max_steps=1"]) == 2
+    assert capsys.readouterr().err == f"error: {expected}\n"
+    assert (tmp_path / "afile").read_text() == "keep me"
+
+
+def test_check_output_directory_accepts_existing_and_new_directories(tmp_path):
+    from slowfast_vgen.io_utils import check_output_directory
+
+    assert check_output_directory(tmp_path, "output_dir") == tmp_path
+    assert check_output_directory(str(tmp_path / "new" / "nested"), "output_dir") == tmp_path / "new" / "nested"
+    assert not (tmp_path / "new").exists()  # it only checks
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(UserInputError, match="^output_dir: .*dangling is a file; give a directory$"):
+        check_output_directory(tmp_path / "dangling", "output_dir")
+
+
+@pytest.mark.parametrize("text", ["- a\n- b\n", "[]\n"])
+def test_a_config_file_holding_a_list_is_a_one_line_error(tmp_path, capsys, text):
+    """``OmegaConf.merge`` raised ``TypeError: Cannot merge incompatible container types`` in every config loader."""
+    from slowfast_vgen.idm_training import IDMTrainConfig, idm_main
+    from slowfast_vgen.session import GenerationConfig
+    from slowfast_vgen.train_cli import slow_main
+
+    path = tmp_path / "list.yaml"
+    path.write_text(text)
+    expected = f"bad config: {path} must hold a mapping of keys, got a list"
+    for config_class in (TrainConfig, GenerationConfig, IDMTrainConfig):
+        with pytest.raises(UserInputError, match=f"^{re.escape(expected)}$"):
+            load_config(config_class, path, [f"output_dir={tmp_path / 'out'}"] if config_class is not GenerationConfig else [])
+    capsys.readouterr()
+    for main in (slow_main, idm_main):
+        assert main(["--config", str(path), f"output_dir={tmp_path / 'out'}"]) == 2
+        assert capsys.readouterr().err == f"error: {expected}\n"
+    assert not (tmp_path / "out").exists()
