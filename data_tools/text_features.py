@@ -18,7 +18,7 @@ from slowfast_vgen.errors import run_cli
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from slowfast_vgen.data.manifest import read_manifest
+    from slowfast_vgen.data.manifest import check_output_file, manifest_path, read_manifest
     from slowfast_vgen.model import load_model
     from slowfast_vgen.text_features import build_text_features, world_phrasings
 
@@ -29,6 +29,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="also cache every action of this dataset root (repeatable)")
     parser.add_argument("--no-worlds", action="store_true", help="leave out the procedural worlds' phrasings")
     args = parser.parse_args(argv)
+    # before the model loads and every text is encoded: a file path, not the model's own files
+    protected = [("--model directory", args.model)] + [("--manifest", manifest_path(root)) for root in args.manifest]
+    check_output_file(args.out, "--out", protected)
     texts = [] if args.no_worlds else world_phrasings()
     for root in args.manifest:
         texts += [segment.action for segment in read_manifest(root)]

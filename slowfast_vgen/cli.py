@@ -27,6 +27,7 @@ import numpy as np
 
 from .config import ConfigKeysParser
 from .errors import UserInputError, first_line, run_cli
+from .io_utils import check_output_directory
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "default_model"
 
@@ -280,9 +281,54 @@ def resolve_upscale(upscale: int | None, width: int) -> int:
     return upscale
 
 
-def _resolve_out(path: str, gif: bool = False) -> Path:
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name one file: equal resolved paths, or (both existing) the same inode."""
+    import os
+
+    try:
+        if a.resolve() == b.resolve():
+            return True
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except (OSError, RuntimeError):
+        return False
+
+
+OUTPUT_ROLES = {".mp4": "the video", ".json": "the JSON sidecar written beside the video",
+                ".yaml": "the config written beside the video", ".gif": "the gif written beside the video"}
+"""What each file written for ``--out`` is (named when it would replace an input)."""
+
+
+def _input_files(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    """The files the command reads, as (flag, path): an output must never replace one of them."""
+    inputs = []
+    for flag in ("--config", "--actions-file", "--image", "--text-features"):
+        value = getattr(args, flag[2:].replace("-", "_"), None)
+        if value:
+            inputs.append((flag, Path(value)))
+    return inputs
+
+
+def _check_outputs_spare_inputs(outputs: Sequence[Path], args: argparse.Namespace) -> None:
+    """Refuse (one line, before any model loads) an output that is an input file, or a file of the
+    ``--model`` directory: writing it would destroy it."""
+    inputs = _input_files(args)
+    model = getattr(args, "model", None)
+    for output in outputs:
+        role = OUTPUT_ROLES.get(output.suffix.lower(), "an output")
+        for flag, path in inputs:
+            if _same_file(output, path):
+                raise UserInputError(f"--out: {output} ({role}) is the {flag} file; choose another --out")
+        if model:
+            model_dir = Path(model).resolve()
+            if output.resolve().is_relative_to(model_dir) and output.exists():
+                raise UserInputError(f"--out: {output} ({role}) is a file of the --model directory {model}; "
+                                     "choose another --out")
+
+
+def _resolve_out(path: str, gif: bool = False, args: argparse.Namespace | None = None) -> Path:
     """Check the output location before anything is generated: ``--out`` and its sidecars must be
-    writable files in a folder that exists (created here) and accepts new files."""
+    writable files in a folder that exists (created here) and accepts new files, and none of them
+    may be one of the command's input files (``args``: ``--config``, ``--actions-file``, ``--image``...)."""
     import os
     import tempfile
 
@@ -292,6 +338,8 @@ def _resolve_out(path: str, gif: bool = False) -> Path:
     for file in _output_files(out, gif):
         if file.is_dir():
             raise UserInputError(f"--out: {file} is a directory; give the path of a video file")
+    if args is not None:
+        _check_outputs_spare_inputs(_output_files(out, gif), args)
     folder = out.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -318,7 +366,7 @@ def generate_main(args: argparse.Namespace) -> int:
 
     _check_generation_flags(args)
     actions = _parse_actions(args)
-    out = _resolve_out(args.out, args.gif)
+    out = _resolve_out(args.out, args.gif, args)
     # every chunk saves the session by replacing its directory: refuse one holding other files now
     session_dir = check_session_dir(args.session, _output_files(out, args.gif), "--session") if args.session else None
     _quiet_libraries()
@@ -457,7 +505,7 @@ def play_main(args: argparse.Namespace) -> int:
     from .session import GenerationSession
 
     _check_generation_flags(args)
-    out = _resolve_out(args.out, args.gif)
+    out = _resolve_out(args.out, args.gif, args)
     _quiet_libraries()
     bundle, model_path = _load_bundle(args)
     config = _generation_config(args, bundle)
@@ -562,17 +610,6 @@ def _sigterm_as_ctrl_c():
         signal.signal(signal.SIGTERM, previous)
 
 
-def _check_output_directory(out: Path) -> Path:
-    """``out`` (an ``--out`` directory), refused with one line before any work if it, or a folder
-    above it, is a file: the results would otherwise be lost when they are written."""
-    if out.exists() and not out.is_dir():
-        raise UserInputError(f"--out: {out} is a file; give a directory")
-    blocking = next((folder for folder in out.parents if folder.exists() and not folder.is_dir()), None)
-    if blocking is not None:
-        raise UserInputError(f"--out: {blocking} is a file, so {out} cannot be a directory")
-    return out
-
-
 # ---------------------------------------------------------------------------- make-model
 def make_model_main(args: argparse.Namespace) -> int:
     from .config import load_config, save_config
@@ -584,7 +621,7 @@ def make_model_main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if not has_own_name(out):
         raise UserInputError(f"--out: {str(out)!r} names no directory of its own (the model replaces it as a whole)")
-    _check_output_directory(out)
+    check_output_directory(out)
     if out.exists() and any(out.iterdir()) and not args.force:
         raise UserInputError(f"{out} exists and is not empty (use --force to replace it)")
     bundle = ModelBundle.from_config(config)
@@ -602,12 +639,15 @@ def eval_main(args: argparse.Namespace) -> int:
     from .config import load_config
     from .evaluation import EvalConfig, evaluate, markdown_table, save_results
 
-    out = _check_output_directory(Path(args.out))  # before the model is loaded and anything generated
+    if args.variants is not None and not args.variants.strip(" \t\n,"):
+        raise UserInputError(f"--variants is empty ({args.variants!r}); give comma-separated fast modes, "
+                             "e.g. --variants off,paper, or leave it out for the default set")
+    out = check_output_directory(Path(args.out))  # before the model is loaded and anything generated
     _quiet_libraries()
     bundle, model_path = _load_bundle(args)
     flags = {"suite": args.suite, "seeds": _int_list(args.seeds), "routes": args.routes,
              "generation.sampler.num_inference_steps": args.steps,
-             "variants": f"[{args.variants}]" if args.variants else None}
+             "variants": f"[{args.variants}]" if args.variants is not None else None}
     overrides = [f"{key}={value}" for key, value in flags.items() if value is not None] + list(args.overrides)
     defaults = {"generation": bundle.metadata.get("generation", {})}
     config = load_config(EvalConfig, args.config, overrides, defaults=defaults)
@@ -657,7 +697,7 @@ def plan_main(args: argparse.Namespace) -> int:
 
     config = plan_config()
     resolve_task(config.task, config.num_blocks)  # a bad task fails here, before any model is loaded
-    out = _check_output_directory(Path(args.out))
+    out = check_output_directory(Path(args.out))
     _quiet_libraries()
     bundle = model_path = None
     if config.uses_video_model:

@@ -525,3 +525,69 @@ def test_bad_eval_input_exits_2_with_one_line_before_generating(case, message, t
         assert out.read_text() == "keep me"
     elif case != "out-under-file":
         assert not out.exists()
+
+
+@pytest.mark.parametrize("case", ["config", "actions-file", "image", "gif-image", "hard link", "play config",
+                                  "model file"])
+def test_out_that_would_replace_an_input_file_exits_2_before_loading(case, image, tmp_path, monkeypatch, capsys):
+    """`--out g1/v.mp4 --config g1/v.yaml` used to exit 0 having replaced the user's config with the
+    resolved-config sidecar (the same for the actions file and the JSON sidecar, the image and the
+    video): an output that is an input is refused with one line, before any model loads."""
+    import slowfast_vgen.cli as cli
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded before the outputs were checked")
+
+    monkeypatch.setattr(cli, "_load_bundle", never)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "g1").mkdir()
+    (tmp_path / "g1" / "v.yaml").write_text("seed: 3\n")
+    (tmp_path / "g1" / "same.json").write_text("move left\n")
+    shutil.copy(image, tmp_path / "g1" / "v.gif")
+    (tmp_path / "model" / "unet").mkdir(parents=True)
+    (tmp_path / "model" / "model_config.yaml").write_text("weights: keep\n")
+    command, args, message = {
+        "config": ("generate", ["--config", "g1/v.yaml", "--out", "g1/v.mp4"],
+                   "--out: g1/v.yaml (the config written beside the video) is the --config file; choose another --out"),
+        "actions-file": ("generate", ["--actions-file", "g1/same.json", "--out", "g1/same.mp4"],
+                         "--out: g1/same.json (the JSON sidecar written beside the video) is the --actions-file file; "
+                         "choose another --out"),
+        "image": ("generate", ["--image", "g1/v.gif", "--out", str(tmp_path / "g1" / "v.mp4"), "--gif"],
+                  f"--out: {tmp_path / 'g1' / 'v.gif'} (the gif written beside the video) is the --image file; "
+                  "choose another --out"),
+        "gif-image": ("generate", ["--image", "g1/../g1/v.gif", "--out", "./g1/v.mp4", "--gif"],
+                      "--out: g1/v.gif (the gif written beside the video) is the --image file; choose another --out"),
+        "hard link": ("generate", ["--config", "g1/link.yaml", "--out", "g1/v.mp4"],
+                      "--out: g1/v.yaml (the config written beside the video) is the --config file; "
+                      "choose another --out"),
+        "play config": ("play", ["--config", "g1/v.yaml", "--out", "g1/v.mp4"],
+                        "--out: g1/v.yaml (the config written beside the video) is the --config file; "
+                        "choose another --out"),
+        "model file": ("generate", ["--out", "model/model_config.mp4"],
+                       "--out: model/model_config.yaml (the config written beside the video) is a file of the "
+                       "--model directory model; choose another --out"),
+    }[case]
+    if case == "hard link":
+        os.link(tmp_path / "g1" / "v.yaml", tmp_path / "g1" / "link.yaml")
+    if "--actions-file" not in args and command == "generate":
+        args = ["--actions", "move left", *args]
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    code = main([command, "--model", "model", *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == [f"error: {message}"], err
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before  # nothing written or replaced
+
+
+@pytest.mark.parametrize("variants", ["", "  ", ","])
+def test_empty_eval_variants_exits_2_before_loading(variants, tmp_path, monkeypatch, capsys):
+    """`--variants ""` used to count as not given, so the whole default evaluation ran."""
+    import slowfast_vgen.cli as cli
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded before --variants was checked")
+
+    monkeypatch.setattr(cli, "_load_bundle", never)
+    code = main(["eval", "--variants", variants, "--out", str(tmp_path / "eval")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: --variants is empty"), err
+    assert not (tmp_path / "eval").exists()

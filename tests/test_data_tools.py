@@ -504,3 +504,143 @@ def test_mpeg1_reads_exactly_through_auto_and_validate_reports_decord(tmp_path):
                                         "return different frames at "), result.stdout
     else:
         assert result.returncode == 0, result.stdout
+
+
+# ---- outputs that would destroy finished work or inputs: refused with one line, before any work ----------
+
+
+def _tool_exit(name: str, argv: list[str], capsys) -> tuple[int, list[str]]:
+    from slowfast_vgen.errors import run_cli
+
+    code = run_cli(load_tool(name).main, argv)
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+def _never(*args, **kwargs):
+    raise AssertionError("expensive work started before --out was checked")
+
+
+@pytest.mark.parametrize("case, message", [
+    ("directory", "--out: {d} is a directory; give a file path"),
+    ("under a file", "--out: {t}/afile is a file, so {t}/afile/f.safetensors cannot be written"),
+    ("model weights", "--out: {t}/model/unet/diffusion_pytorch_model.safetensors lies inside the --model directory "
+                      "{t}/model, an input that must not be overwritten; choose another path"),
+    ("manifest", "--out: {t}/data/manifest.jsonl is the --manifest {t}/data/manifest.jsonl, an input that must not "
+                 "be overwritten; choose another path"),
+])
+def test_text_features_out_is_checked_before_the_model_loads(case, message, tmp_path, monkeypatch, capsys):
+    """--out used to fail (directory, under a file) only after the model loaded and every text was
+    encoded, and --out MODEL/unet/diffusion_pytorch_model.safetensors replaced the model's UNet."""
+    import slowfast_vgen.model
+
+    monkeypatch.setattr(slowfast_vgen.model, "load_model", _never)
+    (tmp_path / "model" / "unet").mkdir(parents=True)
+    weights = tmp_path / "model" / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(b"weights")
+    (tmp_path / "afile").write_text("keep")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "manifest.jsonl").write_text("")
+    (tmp_path / "d").mkdir()
+    out = {"directory": tmp_path / "d", "under a file": tmp_path / "afile" / "f.safetensors",
+           "model weights": weights, "manifest": tmp_path / "data" / "manifest.jsonl"}[case]
+    code, err = _tool_exit("text_features.py", ["--model", str(tmp_path / "model"), "--out", str(out),
+                                                "--manifest", str(tmp_path / "data")], capsys)
+    assert code == 2 and err == ["error: " + message.format(t=tmp_path, d=tmp_path / "d")], err
+    assert weights.read_bytes() == b"weights" and (tmp_path / "afile").read_text() == "keep"
+
+
+def _foreign_dataset(root: Path, generator: dict | None) -> None:
+    from slowfast_vgen.data.manifest import Segment, write_manifest
+
+    (root / "videos").mkdir(parents=True)
+    (root / "videos" / "blocks-000000.mp4").write_bytes(b"video")
+    write_manifest(root, [Segment("videos/blocks-000000.mp4", 1, 3, 8.0, "go left", "blocks-000000", "train")])
+    if generator is not None:
+        (root / "dataset.json").write_text(json.dumps({"generator": generator}))
+
+
+@pytest.mark.parametrize("case, message", [
+    ("a file", "--out: {out} is a file; give a directory"),
+    ("under a file", "--out: {t}/afile is a file, so {out} cannot be a directory"),
+    ("other settings", "--out: {out} holds a dataset made with different settings (dataset.json: "),
+    ("unknown dataset", "--out: {out} holds a dataset not made by make_world (manifest.jsonl without dataset.json "
+                        "or meta/); its manifest would be replaced: use a new --out directory, or delete the old "
+                        "dataset first"),
+    ("other files", "--out: {out} is not empty and not a make_world dataset (it holds notes.txt); use a new --out "
+                    "directory, or delete the old dataset first"),
+])
+def test_make_world_refuses_an_out_it_would_destroy_before_rendering(case, message, tmp_path, monkeypatch, capsys):
+    """`--out afile` used to raise FileExistsError (`afile/nav`: NotADirectoryError), and an --out holding a
+    finished dataset of another kind had its manifest silently replaced, orphaning its videos."""
+    import slowfast_vgen.data.world_dataset as world_dataset
+
+    monkeypatch.setattr(world_dataset, "run_episode_job", _never)
+    (tmp_path / "afile").write_text("keep")
+    out = {"a file": tmp_path / "afile", "under a file": tmp_path / "afile" / "nav"}.get(case, tmp_path / "ds")
+    if case == "other settings":
+        _foreign_dataset(out, MakeWorldConfig(out="x", episodes=1, world="blocks").generator())
+    elif case == "unknown dataset":
+        _foreign_dataset(out, None)
+    elif case == "other files":
+        out.mkdir()
+        (out / "notes.txt").write_text("keep")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    code, err = _tool_exit("make_world.py", ["--out", str(out), "--episodes", "2", "--no-progress", "--workers", "1"],
+                           capsys)
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: " + message.format(t=tmp_path, out=out)), err
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize("case, message", [
+    ("annotations file", "--out: {t}/ann.jsonl is a file; give a directory"),
+    ("under a file", "--out: {t}/ann.jsonl is a file, so {t}/ann.jsonl/x cannot be a directory"),
+    ("finished dataset", "--out: {t}/ds already holds a dataset ({t}/ds/manifest.jsonl); ingesting would replace its "
+                         "manifest: give a new or empty directory, or delete that dataset first"),
+    ("videos folder", "--out: {t}/src overlaps the --videos folder {t}/src; the clips would be written among the "
+                      "source videos: give a directory outside it"),
+])
+def test_ingest_refuses_an_out_it_would_destroy_before_decoding(case, message, tmp_path, monkeypatch, capsys):
+    """`--out ann.jsonl` (the annotations) failed with NotADirectoryError only after decoding, and an --out
+    holding a dataset had its manifest replaced."""
+    import slowfast_vgen.data.ingest as ingest
+
+    monkeypatch.setattr(ingest, "open_video", _never)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "clip.mp4").write_bytes(b"not decoded")
+    ann = tmp_path / "ann.jsonl"
+    ann.write_text(json.dumps({"video": "clip.mp4", "start_sec": 0.0, "end_sec": 1.0, "action": "stir"}) + "\n")
+    if case == "finished dataset":
+        _foreign_dataset(tmp_path / "ds", None)
+    out = {"annotations file": ann, "under a file": ann / "x", "finished dataset": tmp_path / "ds",
+           "videos folder": tmp_path / "src"}[case]
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    code, err = _tool_exit("ingest_videos.py", ["--videos", str(tmp_path / "src"), "--annotations", str(ann),
+                                                "--out", str(out), "--no-progress"], capsys)
+    assert code == 2 and err == ["error: " + message.format(t=tmp_path)], err
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_merge_datasets_refuses_to_rewrite_an_input_dataset(tmp_path, capsys):
+    """`merge_datasets.py ds2/nav .` rewrote ds2/nav's own manifest in place, and `merge_datasets.py ds2/nav
+    inner` (ds2/nav a finished dataset) replaced its manifest with inner's rows only. A merged manifest
+    may still be merged again."""
+    from slowfast_vgen.data.manifest import Segment, write_manifest
+
+    nav = tmp_path / "ds2" / "nav"
+    _foreign_dataset(nav, None)
+    _foreign_dataset(nav / "inner", None)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    code, err = _tool_exit("merge_datasets.py", [str(nav), "."], capsys)
+    assert code == 2 and err == [f"error: dataset '.' is the root {nav} itself, where the merged manifest is written; "
+                                 "give the datasets' sub-directories of the root"], err
+    code, err = _tool_exit("merge_datasets.py", [str(nav), "inner"], capsys)
+    assert code == 2 and err == [f"error: root {nav} already holds a dataset of its own ({nav}/manifest.jsonl); "
+                                 "merging would replace its manifest: give a new directory above the datasets "
+                                 "(move them into it), not a dataset"], err
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    # a merged root is merged again (e.g. after adding a dataset)
+    (tmp_path / "ds2" / "blocks").mkdir()
+    write_manifest(tmp_path / "ds2" / "blocks", [Segment("videos/b.mp4", 1, 3, 8.0, "go", "b", "train")])
+    assert _tool_exit("merge_datasets.py", [str(tmp_path / "ds2"), "nav"], capsys)[0] == 0
+    assert _tool_exit("merge_datasets.py", [str(tmp_path / "ds2"), "nav", "blocks"], capsys)[0] == 0
+    assert [s.episode for s in read_manifest(tmp_path / "ds2")] == ["nav-blocks-000000", "blocks-b"]

@@ -30,6 +30,7 @@ import numpy as np
 
 from ..config import help_field
 from ..errors import UserInputError
+from ..io_utils import check_output_directory
 from .manifest import MANIFEST_NAME, Segment, write_manifest
 from .readers import VideoReadError, VideoReaderBackend, open_video, resize_center_crop
 
@@ -216,6 +217,7 @@ def ingest_videos(
     """
     from ..video_io import write_video
 
+    check_ingest_out(config)  # before the annotations are read and any video decoded
     annotations = read_annotations(config.annotations)
     if not annotations:
         raise UserInputError(f"{config.annotations}: no segments")
@@ -253,6 +255,22 @@ def ingest_videos(
         raise UserInputError(f"no segments ingested: {len(skipped)} skipped (first: {skipped[0][0]}: {skipped[0][1]})")
     write_manifest(out / MANIFEST_NAME, rows)
     return IngestSummary(len(rows), written_videos, skipped)
+
+
+def check_ingest_out(config: IngestConfig) -> Path:
+    """``config.out`` when the clips and the manifest may be written there; a one-line
+    :class:`UserInputError` otherwise: a file (the annotations file, say) or a path under a file,
+    the source videos' folder or a folder inside it (the clips would be written among the
+    sources), or a directory already holding a dataset (its manifest would be replaced)."""
+    out = check_output_directory(config.out)
+    real_out, real_videos = Path(os.path.realpath(out)), Path(os.path.realpath(config.videos))
+    if real_out == real_videos or real_out.is_relative_to(real_videos) or real_videos.is_relative_to(real_out / "videos"):
+        raise UserInputError(f"--out: {out} overlaps the --videos folder {config.videos}; the clips would be written "
+                             "among the source videos: give a directory outside it")
+    if (out / MANIFEST_NAME).exists():
+        raise UserInputError(f"--out: {out} already holds a dataset ({out / MANIFEST_NAME}); ingesting would "
+                             "replace its manifest: give a new or empty directory, or delete that dataset first")
+    return out
 
 
 def _source_fps(reader: VideoReaderBackend) -> float:

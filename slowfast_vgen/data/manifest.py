@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Iterable, Iterator
 
 from ..errors import UserInputError
-from ..io_utils import atomic_write_json, atomic_write_text
+from ..io_utils import atomic_write_json, atomic_write_text, check_output_directory
 
 MANIFEST_NAME = "manifest.jsonl"
 META_DIR = "meta"
@@ -223,6 +223,28 @@ def write_manifest(path: str | os.PathLike, segments: Iterable[Segment]) -> Path
     return path
 
 
+def check_output_file(out: str | os.PathLike, label: str = "--out",
+                      protected: Iterable[tuple[str, str | os.PathLike]] = ()) -> Path:
+    """``out`` (a file to write) as a :class:`Path`, refused with one line before any work when it
+    is a directory, lies under a file, or is (or lies inside) one of ``protected``: ``(flag, path)``
+    pairs naming input files or directories that writing ``out`` must not touch."""
+    out = Path(out)
+    if out.is_dir():
+        raise UserInputError(f"{label}: {out} is a directory; give a file path")
+    blocking = next((folder for folder in out.parents if folder.exists() and not folder.is_dir()), None)
+    if blocking is not None:
+        raise UserInputError(f"{label}: {blocking} is a file, so {out} cannot be written")
+    real = Path(os.path.realpath(out))
+    for flag, path in protected:
+        inside = Path(os.path.realpath(path))
+        if real == inside or real.is_relative_to(inside) or (out.exists() and Path(path).exists()
+                                                               and os.path.samefile(out, path)):
+            what = "is" if real == inside else "lies inside"
+            raise UserInputError(f"{label}: {out} {what} the {flag} {path}, an input that must not be "
+                                 "overwritten; choose another path")
+    return out
+
+
 def episode_meta_path(root: str | os.PathLike, episode: str) -> Path:
     """``root/meta/<episode>.json``; the episode name must be a plain file name."""
     if not episode or "/" in episode or "\\" in episode or episode in (".", ".."):
@@ -254,14 +276,49 @@ def merge_manifests(root: str | os.PathLike, subdirs: Iterable[str]) -> Path:
     Video paths get the ``<subdir>/`` prefix and episodes the ``<subdir>-`` prefix, so rows stay
     unique and paths stay relative to (and inside) ``root``.
     """
-    root = Path(root)
-    merged = []
+    root = check_output_directory(root, "root")
+    subdirs = list(subdirs)
+    real_root = os.path.realpath(root)
     for subdir in subdirs:
         if problem := check_relative_path(subdir):
             raise UserInputError(f"dataset {subdir!r}: {problem}")
+        if os.path.realpath(resolve_in_root(root, subdir)) == real_root:
+            raise UserInputError(f"dataset {subdir!r} is the root {root} itself, where the merged manifest is "
+                                 "written; give the datasets' sub-directories of the root")
+    if (root / MANIFEST_NAME).exists() and not _written_by_merge(root):
+        raise UserInputError(
+            f"root {root} already holds a dataset of its own ({root / MANIFEST_NAME}); merging would replace its "
+            "manifest: give a new directory above the datasets (move them into it), not a dataset"
+        )
+    merged = []
+    for subdir in subdirs:
         for segment in read_manifest(resolve_in_root(root, subdir)):
             merged.append(dataclasses.replace(segment, video=f"{subdir.rstrip('/')}/{segment.video}",
                                               episode=f"{subdir.strip('/').replace('/', '-')}-{segment.episode}"))
     if not merged:
         raise UserInputError(f"no segments to merge under {root}")
     return write_manifest(root, merged)
+
+
+def _written_by_merge(root: Path) -> bool:
+    """Whether ``root/manifest.jsonl`` is a merged manifest (:func:`merge_manifests`), which a new
+    merge may replace: every row's video lies in a sub-directory holding its own manifest, and its
+    episode carries that sub-directory's prefix. Anything else is a dataset of its own."""
+    try:
+        segments = read_manifest(root)
+    except UserInputError:
+        return False
+    datasets: dict[str, bool] = {}
+    for segment in segments:
+        parts = PurePosixPath(segment.video).parts
+        found = False
+        for k in range(1, len(parts)):
+            prefix = "/".join(parts[:k])
+            if prefix not in datasets:
+                datasets[prefix] = (root / prefix / MANIFEST_NAME).is_file()
+            if datasets[prefix] and segment.episode.startswith(prefix.replace("/", "-") + "-"):
+                found = True
+                break
+        if not found:
+            return False
+    return bool(segments)

@@ -36,11 +36,13 @@ import numpy as np
 
 from ..config import help_field
 from ..errors import UserInputError
-from ..io_utils import atomic_write_json
+from ..io_utils import atomic_write_json, check_output_directory
 from ..worlds import build_world, world_config, world_spec
 from ..worlds.actions import PhraseSplit, phrase
 from ..worlds.base import action_frame_range
-from .manifest import Segment, episode_meta_path, write_episode_meta, write_manifest
+from .manifest import (
+    MANIFEST_NAME, META_DIR, Segment, episode_meta_path, write_episode_meta, write_manifest,
+)
 
 WORLD_SEED_STRIDE = 1_000_000
 # First seed of the held-out evaluation worlds (evaluation.EvalConfig.world_seed_base): never trained on.
@@ -269,6 +271,61 @@ def _finished_meta(meta_path: Path, video_path: Path, config: MakeWorldConfig) -
     return meta
 
 
+OWN_ENTRIES = frozenset({"videos", META_DIR, MANIFEST_NAME, "dataset.json"})
+"""What a (finished or interrupted) ``make_world`` run leaves in its output directory."""
+
+
+def check_world_out(config: MakeWorldConfig) -> Path:
+    """``config.out`` when rendering there resumes or redoes this very dataset; a one-line
+    :class:`UserInputError` before any rendering otherwise.
+
+    Refused: a file or a path under a file; a directory holding anything but what ``make_world``
+    writes (``videos/``, ``meta/``, ``manifest.jsonl``, ``dataset.json``; hidden files aside); and
+    a dataset or partial run made with other generator settings (``dataset.json`` and the
+    ``meta/*.json`` side files record them) or of unknown origin (a ``manifest.jsonl`` with
+    neither), whose manifest would be replaced and videos orphaned.
+    """
+    root = check_output_directory(config.out)
+    if not root.is_dir():
+        return root
+    how = "use a new --out directory, or delete the old dataset first"
+    try:
+        names = {entry.name for entry in root.iterdir() if not entry.name.startswith(".")}
+    except OSError as err:
+        raise UserInputError(f"--out: cannot read {root}: {err.strerror or err}") from None
+    if names - OWN_ENTRIES:
+        shown = ", ".join(sorted(names - OWN_ENTRIES)[:3])
+        raise UserInputError(f"--out: {root} is not empty and not a make_world dataset (it holds {shown}); {how}")
+    recorded: list[tuple[Path, Any]] = []
+    info = root / "dataset.json"
+    if info.exists():
+        try:
+            recorded.append((info, json.loads(info.read_text(encoding="utf-8")).get("generator")))
+        except (OSError, ValueError, AttributeError):
+            recorded.append((info, None))
+    meta_dir = root / META_DIR
+    if meta_dir.is_dir():
+        for path in sorted(meta_dir.glob("*.json")):
+            try:
+                recorded.append((path, json.loads(path.read_text(encoding="utf-8")).get("generator")))
+            except (OSError, ValueError, AttributeError):
+                continue  # a damaged side file: that episode is rendered again
+    wanted = config.generator()
+    for path, generator in recorded:
+        if generator != wanted:
+            raise UserInputError(
+                f"--out: {root} holds a dataset made with different settings ({path.relative_to(root)}: "
+                f"{generator if generator is not None else 'no generator settings'}); re-running replaces only "
+                f"a dataset of the same settings ({wanted}): {how}"
+            )
+    if (root / MANIFEST_NAME).exists() and not recorded:
+        raise UserInputError(
+            f"--out: {root} holds a dataset not made by make_world ({MANIFEST_NAME} without dataset.json or "
+            f"meta/); its manifest would be replaced: {how}"
+        )
+    return root
+
+
 def plan_jobs(config: MakeWorldConfig) -> list[EpisodeJob]:
     """One job per episode, with its split and world seed fixed by the rule in the module docstring."""
     sizes = split_sizes(config.num_worlds, config.val_fraction, config.test_fraction)
@@ -287,7 +344,7 @@ def make_world_dataset(
     ``progress`` wraps the iterator of finished episodes (e.g. ``functools.partial(tqdm, total=n)``).
     """
     world_config(config.world, _world_overrides(config))  # fail fast on bad overrides, in this process
-    root = Path(config.out)
+    root = check_world_out(config)
     root.mkdir(parents=True, exist_ok=True)
     jobs = plan_jobs(config)
     results: dict[int, list[Segment]] = {}
