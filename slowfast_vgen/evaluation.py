@@ -85,6 +85,12 @@ class EvalConfig:
             raise ValueError("need at least one seed, one route and two actions per route")
         if self.rollout_chunks < 2:
             raise ValueError(f"rollout_chunks must be >= 2, got {self.rollout_chunks}")
+        if self.long_frames < 1:
+            raise ValueError(f"long_frames must be >= 1, got {self.long_frames}")
+        if self.suite == "long" and self.long_frames < 2 * self.generation.frames_per_chunk:
+            raise ValueError(f"long_frames must be >= 2 * generation.frames_per_chunk = "
+                             f"{2 * self.generation.frames_per_chunk} (a long route has at least two chunks), "
+                             f"got {self.long_frames}")
         if self.memory_source not in ("generated", "truth"):
             raise ValueError(f"memory_source must be generated or truth, got {self.memory_source!r}")
         if self.phrasing not in ("train", "heldout", "all"):
@@ -92,6 +98,9 @@ class EvalConfig:
         if self.world_seed_base < HELDOUT_WORLD_SEED_BASE:  # also refuses negative seeds (numpy cannot use them)
             raise ValueError(f"world_seed_base must be >= {HELDOUT_WORLD_SEED_BASE} (the held-out worlds; training "
                              f"datasets use the seeds below), got {self.world_seed_base}")
+        # a weights file that is named must exist (checked before anything is generated); an unset one makes its
+        # metric unavailable, as documented
+        metrics.check_weights_files(self.metrics, prefix="metrics.")
 
 
 @dataclass

@@ -159,7 +159,7 @@ class InverseDynamicsModel(ModelMixin, ConfigMixin):
 
 def load_idm(path: str | Path, device: str | torch.device = "cpu") -> InverseDynamicsModel:
     """Load a saved :class:`InverseDynamicsModel` directory (safetensors only) with user-facing errors."""
-    from .model import _align_tensors, _safetensors_kwargs
+    from .model import _align_tensors, _check_weights_loaded, _safetensors_kwargs
 
     path = Path(path)
     if not path.is_dir() or not (path / "config.json").is_file():
@@ -170,6 +170,7 @@ def load_idm(path: str | Path, device: str | torch.device = "cpu") -> InverseDyn
     except (OSError, ValueError, KeyError, json.JSONDecodeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserInputError(f"cannot load inverse dynamics model from {path}: {first}") from None
+    _check_weights_loaded(model, f"cannot load inverse dynamics model from {path}")  # e.g. another network's
     _align_tensors(model)  # exact round trip (see model._align_tensors)
     return model.to(device).eval()
 

@@ -434,6 +434,7 @@ class ModelBundle:
             with _reading(METADATA_FILE):
                 metadata = read_json_object(directory / METADATA_FILE)
             metadata.pop(SOURCE_KEY, None)
+            _check_metadata(metadata, f"cannot load model from {directory}: {METADATA_FILE}")
         package = (metadata or {}).get("text_encoder_package")
         cache_only = text_features is not None  # the text encoder is not loaded: texts come from the cache
         required = ("unet", "scheduler") if package or cache_only else ("unet", "text_encoder", "tokenizer", "scheduler")
@@ -472,6 +473,9 @@ class ModelBundle:
                 )
             with _reading(f"tokenizer {tokenizer_dir}" if package else "tokenizer/"):
                 tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+        for component, module in (("unet", unet), ("vae", vae), ("action_encoder", action_encoder),
+                                  ("text_encoder", text_encoder)):
+            _check_weights_loaded(module, f"cannot load model from {directory}: {component}/")
         with _reading("scheduler/"):
             scheduler_config = DDPMScheduler.load_config(directory / "scheduler")
             noise_scheduler = DDPMScheduler.from_config(scheduler_config)
@@ -577,6 +581,52 @@ def _copy_text_encoder(source: str | None, destination: Path) -> tuple[list, lis
         except (OSError, ValueError, KeyError):
             pass
     return entries["text_encoder"], entries["tokenizer"]
+
+
+def _check_weights_loaded(module: torch.nn.Module | None, what: str) -> None:
+    """Refuse a module whose weights file lacked some of its tensors.
+
+    diffusers only warns about them ("newly initialized") and leaves them on the ``meta`` device, where the
+    first ``.to(device)`` or forward fails with "Cannot copy out of meta tensor"; ``what`` starts the message.
+    """
+    if module is None:
+        return
+    missing = [name for name, tensor in [*module.named_parameters(), *module.named_buffers()] if tensor.is_meta]
+    if missing:
+        raise UserInputError(f"{what}: {len(missing)} weight{'s' if len(missing) != 1 else ''} missing "
+                             f"(e.g. {missing[0]})")
+
+
+_POSITIVE_INT_FIELDS = ("height", "width", "patch_size")
+
+
+def _check_metadata(metadata: dict[str, Any], where: str) -> None:
+    """Refuse a ``slowfast_vgen.json`` whose fields cannot be used, naming the field (``where`` starts the message)."""
+    import math
+
+    for key in _POSITIVE_INT_FIELDS:
+        value = metadata.get(key)
+        if key in metadata and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise UserInputError(f"{where}: field {key!r} must be a positive integer, got {value!r}")
+    if "fps" in metadata:
+        fps = metadata["fps"]
+        if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0:
+            raise UserInputError(f"{where}: field 'fps' must be a positive number, got {fps!r}")
+    for key in ("text_encoder_package", "text_encoder_fingerprint"):
+        if key in metadata and not isinstance(metadata[key], str):
+            raise UserInputError(f"{where}: field {key!r} must be a string, got {metadata[key]!r}")
+    if "generation" in metadata:
+        generation = metadata["generation"]
+        if not isinstance(generation, dict):
+            raise UserInputError(f"{where}: field 'generation' must be an object of generation settings, "
+                                 f"got {generation!r}")
+        from .config import config_from_dict
+        from .session import GenerationConfig
+
+        try:
+            config_from_dict(GenerationConfig, generation)
+        except UserInputError as err:
+            raise UserInputError(f"{where}: field 'generation': {err}") from None
 
 
 def _align_tensors(module: torch.nn.Module | None, alignment: int = 64) -> None:

@@ -60,8 +60,9 @@ import numpy as np
 from .config import help_field
 from .errors import UserInputError
 from .inverse_dynamics import ANALYTIC, ActionReader, analytic_idm, load_idm
-from .session import GenerationConfig, GenerationSession
+from .session import SEED_RANGE, GenerationConfig, GenerationSession
 from .worlds import BlocksConfig, BlocksWorld, NavigationConfig, NavigationWorld
+from .worlds.blocks import BLOCK_COLOURS
 from .worlds.actions import parse_action, phrase
 from .worlds.navigation import camera_path, return_to_start_route
 
@@ -70,6 +71,12 @@ POLICIES = ("model", "random")
 LOOPS = ("closed", "open")
 VIDEO_PANELS = ("target", "plan", "executed")
 """Left to right in every episode video: the subgoals executed exactly, the plan, the real rollout."""
+
+
+MAX_SIZE = 1024
+"""Largest frame size of the oracle and random policy (a video model's own size is used as is): the navigation
+map alone is ``(8 * size)**2`` pixels, 32 and 64 are the tested sizes."""
+MAX_SEED = SEED_RANGE[1]  # 2**64 - 1: generation seeds (seed + episode); world seeds are kept to the same range
 
 
 @dataclasses.dataclass
@@ -86,8 +93,9 @@ class PlanConfig:
     outward_actions: int = help_field(4, "built-in tasks: subgoals of the outward part (the return part has as many)")
     phrasing: str = help_field("heldout", "built-in tasks: subgoal phrasings: train | heldout (never trained on) | all")
     world_seed_base: int = help_field(900_000_000, "held-out world seeds: base + episode")
-    size: int = help_field(32, "frame size when no video model is loaded (--oracle, --policy random)")
-    num_blocks: int = help_field(3, "blocks world: number of blocks")
+    size: int = help_field(32, f"frame size when no video model is loaded (--oracle, --policy random); even, "
+                                f"8 to {MAX_SIZE}")
+    num_blocks: int = help_field(3, f"blocks world: number of blocks (1 to {len(BLOCK_COLOURS)})")
     success_radius: float = help_field(1.0, "success radius: pixels (navigation) / table units (blocks)")
     generation: GenerationConfig = dataclasses.field(default_factory=GenerationConfig)
 
@@ -99,9 +107,19 @@ class PlanConfig:
             (not (self.oracle and self.policy == "random"), "the oracle is a world model: use it with policy=model"),
             (self.outward_actions >= 1, f"outward_actions must be >= 1, got {self.outward_actions}"),
             (self.phrasing in ("train", "heldout", "all"), f"phrasing must be train, heldout or all, got {self.phrasing!r}"),
-            (self.size >= 8 and self.size % 2 == 0, f"size must be an even number >= 8, got {self.size}"),
+            (8 <= self.size <= MAX_SIZE and self.size % 2 == 0,
+             f"size must be an even number in [8, {MAX_SIZE}], got {self.size}"),
+            (1 <= self.num_blocks <= len(BLOCK_COLOURS),
+             f"num_blocks must be in [1, {len(BLOCK_COLOURS)}], got {self.num_blocks}"),
             (self.success_radius >= 0, f"success_radius must be >= 0, got {self.success_radius}"),
             (self.world_seed_base >= 0 and self.seed >= 0, "world_seed_base and seed must be >= 0"),
+            # episode i uses generation seed seed + i and world seed world_seed_base + i: both must stay seeds
+            (self.seed + self.episodes - 1 <= MAX_SEED,
+             f"seed + episodes - 1 (the last episode's generation seed) must be <= 2**64 - 1, "
+             f"got seed {self.seed}, episodes {self.episodes}"),
+            (self.world_seed_base + self.episodes - 1 <= MAX_SEED,
+             f"world_seed_base + episodes - 1 (the last episode's world seed) must be <= 2**64 - 1, "
+             f"got world_seed_base {self.world_seed_base}, episodes {self.episodes}"),
         ]
         for ok, message in checks:
             if not ok:

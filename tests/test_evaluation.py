@@ -314,3 +314,41 @@ def test_paired_difference_against_off_matches_runs_by_seed_and_route():
     table = markdown_table({"summary": summary, "paired_vs_off": paired})
     assert "| score | paper − off |" in table and f"| psnr | 1.050 ± {high - 1.05:.3f} (n 4) |" in table
     assert "Paired difference" not in markdown_table({"summary": summary})
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["suite=long", "long_frames=-5"], "long_frames must be >= 1, got -5"),
+    (["suite=long", "long_frames=0"], "long_frames must be >= 1, got 0"),
+    (["suite=long", "long_frames=7", "generation.frames_per_chunk=4"],
+     "long_frames must be >= 2 * generation.frames_per_chunk = 8 (a long route has at least two chunks), got 7"),
+    (["metrics.scene_threshold=nan"], "scene_threshold must be a finite number > 0, got nan"),
+    (["metrics.resnet18_weights=nope.safetensors"], "metrics.resnet18_weights='nope.safetensors' does not exist"),
+])
+def test_eval_refuses_bad_lengths_thresholds_and_weights_files_before_generating(overrides, message, tiny_model_dir,
+                                                                                   tmp_path, monkeypatch, capsys):
+    from slowfast_vgen.session import GenerationSession
+
+    def never(*args, **kwargs):
+        raise AssertionError("generated before the input was checked")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(GenerationSession, "generate", never)
+    out = tmp_path / "eval"
+    code = main(["eval", "--model", str(tiny_model_dir), "--variants", "off", "--out", str(out), "--quiet",
+                 "routes=1", "seeds=[0]", *overrides])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith(f"error: bad config: {message}"), err
+    assert not out.exists()
+
+
+def test_named_weights_file_must_be_a_file_and_unset_stays_unavailable(tmp_path):
+    with pytest.raises(UserInputError, match=r"metrics\.lpips_weights='.*dir\.safetensors' is a directory"):
+        (tmp_path / "dir.safetensors").mkdir()
+        load_config(EvalConfig, overrides=[f"metrics.lpips_weights={tmp_path / 'dir.safetensors'}"])
+    with pytest.raises(UserInputError, match=r"metrics\.i3d_weights='.*nowhere\.safetensors' does not exist"):
+        load_config(EvalConfig, overrides=[f"metrics.i3d_weights={tmp_path / 'nowhere.safetensors'}"])
+    (tmp_path / "real.safetensors").write_bytes(b"checked when loaded")
+    config = load_config(EvalConfig, overrides=[f"metrics.src_image_size=32",
+                                                f"metrics.resnet18_weights={tmp_path / 'real.safetensors'}"])
+    assert config.metrics.resnet18_weights == str(tmp_path / "real.safetensors")
+    assert load_config(EvalConfig).metrics.resnet18_weights is None  # unset: reported as unavailable

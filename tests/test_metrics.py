@@ -200,6 +200,25 @@ def test_pickle_weights_are_refused(tmp_path, suffix):
         load_safetensors(path, "I3D", "i3d_weights")
 
 
+@pytest.mark.parametrize("field, value", [("scene_threshold", "nan"), ("scene_threshold", "inf"),
+                                          ("scene_threshold", "0"), ("motion_stay_threshold", "nan"),
+                                          ("motion_stay_threshold", "inf"), ("motion_stay_threshold", "-1")])
+def test_float_settings_refuse_nan_and_infinity(field, value):
+    with pytest.raises(UserInputError, match=rf"^bad config: {field} must be a finite number"):
+        load_config(MetricsConfig, overrides=[f"{field}={value}"])
+
+
+def test_named_weights_files_are_checked_by_check_weights_files(tmp_path):
+    from slowfast_vgen.metrics import check_weights_files
+
+    check_weights_files(MetricsConfig())  # nothing named: every metric just unavailable
+    with pytest.raises(ValueError, match=r"^resnet18_weights='.*nope\.safetensors' does not exist"):
+        check_weights_files(MetricsConfig(resnet18_weights=str(tmp_path / "nope.safetensors")))
+    (tmp_path / "d.safetensors").mkdir()
+    with pytest.raises(ValueError, match=r"^metrics\.lpips_weights='.*d\.safetensors' is a directory"):
+        check_weights_files(MetricsConfig(lpips_weights=str(tmp_path / "d.safetensors")), prefix="metrics.")
+
+
 def test_unreadable_or_mismatched_weights_are_unavailable(tmp_path, videos):
     corrupt = tmp_path / "corrupt.safetensors"
     corrupt.write_bytes(b"not a safetensors file")

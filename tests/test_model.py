@@ -213,16 +213,73 @@ def test_a_damaged_model_directory_is_a_user_error(damage, reason, tiny_model_di
         load_model(model)
 
 
-def test_a_damaged_model_directory_exits_2_with_one_line(tiny_model_dir, tmp_path, capfd):
+def _drop_half_of_the_unet_weights(model):
+    from safetensors.torch import load_file, save_file
+
+    (weights,) = (model / "unet").glob("*.safetensors")
+    tensors = load_file(weights)
+    save_file({key: tensors[key] for key in sorted(tensors)[::2]}, weights)
+
+
+@pytest.mark.parametrize("damage, first_words", [
+    (_truncate_text_weights, "cannot load model from {model}: text_encoder/: Error while deserializing header: "
+                             "invalid header length"),
+    (_drop_half_of_the_unet_weights, "cannot load model from {model}: unet/: "),
+])
+def test_a_damaged_model_directory_exits_2_with_one_line(damage, first_words, tiny_model_dir, tmp_path, capfd):
     from slowfast_vgen.cli import main
 
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)
-    _truncate_text_weights(model)
+    damage(model)
     code = main(["generate", "--model", str(model), "--actions", "move left", "--out", str(tmp_path / "o.mp4"),
                  "--steps", "1", "--fast", "off", "--quiet"])
     out, err = capfd.readouterr()
     assert code == 2 and "Traceback" not in out + err
     lines = [line for line in err.splitlines() if line.strip()]
-    assert lines == [f"error: cannot load model from {model}: text_encoder/: Error while deserializing header: "
-                     "invalid header length"], err
+    assert len(lines) == 1 and lines[0].startswith("error: " + first_words.format(model=model)), err
+
+
+# ---------------------------------------------------------------------------- weights or metadata that do not fit
+def test_a_unet_missing_weights_is_a_user_error(tiny_model_dir, tmp_path):
+    """diffusers leaves missing weights on the meta device ("Cannot copy out of meta tensor" on .to())."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    _drop_half_of_the_unet_weights(model)
+    with pytest.raises(UserInputError, match=rf"^cannot load model from {re.escape(str(model))}: "
+                                             r"unet/: \d+ weights missing \(e\.g\. [\w.]+\)$"):
+        load_model(model)
+
+
+def test_an_action_encoder_missing_weights_is_a_user_error(tiny_bundle, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model = tiny_bundle.with_action_encoder(hidden_dim=16, num_tokens=2).save_pretrained(tmp_path / "model")
+    (weights,) = (model / "action_encoder").glob("*.safetensors")
+    tensors = load_file(weights)
+    save_file({key: value for key, value in tensors.items() if key != sorted(tensors)[0]}, weights)
+    with pytest.raises(UserInputError, match=rf"^cannot load model from .*: action_encoder/: 1 weight missing "
+                                             rf"\(e\.g\. {re.escape(sorted(tensors)[0])}\)$"):
+        load_model(model)
+
+
+def _set_metadata(model, **fields):
+    meta = json.loads((model / "slowfast_vgen.json").read_text())
+    (model / "slowfast_vgen.json").write_text(json.dumps({**meta, **fields}))
+
+
+@pytest.mark.parametrize("fields, reason", [
+    ({"height": "sixteen"}, "field 'height' must be a positive integer, got 'sixteen'"),
+    ({"width": 0}, "field 'width' must be a positive integer, got 0"),
+    ({"fps": "fast"}, "field 'fps' must be a positive number, got 'fast'"),
+    ({"generation": "fast"}, "field 'generation' must be an object of generation settings, got 'fast'"),
+    ({"generation": {"no_such_key": 1}}, "field 'generation': bad config: "),
+])
+def test_bad_metadata_fields_name_the_file_and_field(fields, reason, tiny_model_dir, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    _set_metadata(model, **fields)
+    with pytest.raises(UserInputError, match="^" + re.escape(f"cannot load model from {model}: slowfast_vgen.json: {reason}")):
+        load_model(model)
+
+

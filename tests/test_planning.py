@@ -93,6 +93,19 @@ def test_idm_save_load_round_trip_is_exact(tmp_path):
         load_idm(tmp_path / "pickled")
 
 
+def test_idm_path_holding_another_networks_weights_is_a_user_error(tiny_model_dir, tmp_path, capsys):
+    """A UNet directory given as --idm: diffusers leaves every IDM weight on the meta device."""
+    unet = tiny_model_dir / "unet"
+    with pytest.raises(UserInputError, match=rf"^cannot load inverse dynamics model from {unet}: "
+                                             r"\d+ weights missing \(e\.g\. features\.0\.weight\)$"):
+        load_idm(unet)
+    assert main(["plan", "--oracle", "--episodes", "1", "--task", "navigate-return", "--idm", str(unet), "--quiet",
+                 "--out", str(tmp_path / "plan")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: cannot load inverse dynamics model from {unet}: "), err
+    assert not (tmp_path / "plan").exists()
+
+
 def test_idm_trained_briefly_beats_chance_and_resumes_exactly(tmp_path):
     from slowfast_vgen.config import load_config
 
@@ -175,6 +188,31 @@ def test_cli_plan_bad_inputs_exit_2(tiny_model_dir, tmp_path, capsys):
     assert main(["plan", "--task", "navigate-return", "--oracle", "--idm", str(idm), "--out", str(tmp_path / "x"),
                  "size=16", "generation.frames_per_chunk=3"]) == 2
     assert "was trained for 32x32 frames (plan: 16x16), 8 frames per action (plan: 3)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad, message", [
+    (["num_blocks=0"], "num_blocks must be in [1, 6], got 0"),
+    (["num_blocks=-2"], "num_blocks must be in [1, 6], got -2"),
+    (["num_blocks=1000"], "num_blocks must be in [1, 6], got 1000"),
+    (["size=1000000"], "size must be an even number in [8, 1024], got 1000000"),
+    (["--episodes", str(10**21)], "seed + episodes - 1 (the last episode's generation seed) must be <= 2**64 - 1"),
+    (["world_seed_base=18446744073709551615", "--episodes", "2"],
+     "world_seed_base + episodes - 1 (the last episode's world seed) must be <= 2**64 - 1"),
+])
+def test_cli_plan_refuses_bad_counts_and_sizes_before_planning(bad, message, tmp_path, capsys, monkeypatch):
+    import slowfast_vgen.planning as planning
+
+    def never(*args, **kwargs):
+        raise AssertionError("built a world before the config was checked")
+
+    monkeypatch.setattr(planning, "make_environment", never)
+    out = tmp_path / "plan"
+    task = "blocks-return" if "num_blocks" in bad[0] else "navigate-return"
+    assert main(["plan", "--task", task, "--oracle", "--quiet", "--out", str(out), *bad]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: bad config: {message}"] or (len(err) == 1 and err[0].startswith(
+        f"error: bad config: {message}")), err
+    assert not out.exists()
 
 
 def test_cli_plan_refuses_an_out_under_a_file_before_planning(tmp_path, capsys, monkeypatch):

@@ -17,7 +17,7 @@ Pure maths and feature networks are kept apart (k-diffusion's ``evaluation.py`` 
 Frames are ``(F, H, W, 3) uint8`` (or ``(F, 3, H, W)`` float in ``[0, 1]``) everywhere.
 """
 
-from .config import MetricsConfig
+from .config import MetricsConfig, check_weights_files
 from .footprint import footprint_chunk_psnr, footprint_masks
 from .frames import lpips_distance, masked_psnr, psnr, psnr_per_frame, ssim, ssim_per_frame, to_unit_frames
 from .frechet import frechet_distance, frechet_distance_from_stats, gaussian_fit, sqrtm_psd
@@ -30,7 +30,7 @@ from .stats import mean_ci, t_quantile_975
 
 __all__ = [
     "ChunkScore", "MetricResult", "MetricsConfig", "PretrainedMetrics", "RevisitScore", "WeightsUnavailable",
-    "action_accuracy", "action_chunks", "chunk_displacement", "chunk_scores", "estimate_shift",
+    "action_accuracy", "action_chunks", "check_weights_files", "chunk_displacement", "chunk_scores", "estimate_shift",
     "footprint_chunk_psnr", "footprint_masks", "frechet_distance", "frechet_distance_from_stats", "fvd",
     "gaussian_fit", "lpips", "lpips_distance", "masked_psnr", "mean_ci", "mean_fields", "motion_direction",
     "predict_actions", "psnr", "psnr_per_frame", "revisit_scores", "scene_cut_frames", "scene_cuts",

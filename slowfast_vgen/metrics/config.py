@@ -8,6 +8,7 @@ metric *unavailable with a reason*; a path that is not ``.safetensors`` is refus
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -23,6 +24,20 @@ def check_weights_suffix(path: Optional[str], field: str) -> None:
             f"{field}={path!r} is refused: weights load from {SAFE_WEIGHTS_SUFFIX} files only "
             f"(a {Path(path).suffix or 'suffix-less'} file may be a pickle, which can run code); convert it first"
         )
+
+
+WEIGHTS_FIELDS = ("lpips_weights", "i3d_weights", "resnet18_weights")
+
+
+def check_weights_files(config: "MetricsConfig", prefix: str = "") -> None:
+    """Raise ``ValueError`` for a weights file that is named in ``config`` but is not a file (missing or a
+    directory): a typo must not silently turn a metric into "unavailable". Unset paths are fine."""
+    for name in WEIGHTS_FIELDS:
+        path = getattr(config, name)
+        if path and not Path(path).is_file():
+            problem = "is a directory" if Path(path).is_dir() else "does not exist"
+            raise ValueError(f"{prefix}{name}={path!r} {problem}: give a .safetensors file, or leave it unset "
+                             "(the metric is then reported as unavailable)")
 
 
 @dataclasses.dataclass
@@ -53,16 +68,16 @@ class MetricsConfig:
     device: str = help_field("cpu", "torch device of the feature networks")
 
     def __post_init__(self) -> None:
-        for name in ("lpips_weights", "i3d_weights", "resnet18_weights"):
+        for name in WEIGHTS_FIELDS:
             check_weights_suffix(getattr(self, name), name)
         for name in ("lpips_min_size", "fvd_num_frames", "fvd_image_size", "src_image_size", "scene_upscale", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.scene_min_len < 0:
             raise ValueError(f"scene_min_len must be >= 0, got {self.scene_min_len}")
-        if self.scene_threshold <= 0:
-            raise ValueError(f"scene_threshold must be > 0, got {self.scene_threshold}")
+        if not (math.isfinite(self.scene_threshold) and self.scene_threshold > 0):  # also refuses NaN
+            raise ValueError(f"scene_threshold must be a finite number > 0, got {self.scene_threshold}")
         if self.motion_max_shift is not None and self.motion_max_shift < 1:
             raise ValueError(f"motion_max_shift must be >= 1 or None, got {self.motion_max_shift}")
-        if self.motion_stay_threshold < 0:
-            raise ValueError(f"motion_stay_threshold must be >= 0, got {self.motion_stay_threshold}")
+        if not (math.isfinite(self.motion_stay_threshold) and self.motion_stay_threshold >= 0):  # also refuses NaN
+            raise ValueError(f"motion_stay_threshold must be a finite number >= 0, got {self.motion_stay_threshold}")
