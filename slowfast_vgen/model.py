@@ -131,6 +131,15 @@ class ModelConfig:
             raise ValueError(f"prediction_type must be epsilon, v_prediction or sample, got {self.prediction_type!r}")
         if self.action_tokens < 0 or self.action_hidden_dim < 1:
             raise ValueError(f"action_tokens must be >= 0 and action_hidden_dim >= 1, got {self.action_tokens}, {self.action_hidden_dim}")
+        # the noise schedule and the frame rate: comparisons written so that NaN fails them too
+        if not 0 < self.fps < float("inf"):
+            raise ValueError(f"fps must be a finite number > 0, got {self.fps}")
+        if self.num_train_timesteps < 1:
+            raise ValueError(f"num_train_timesteps must be >= 1, got {self.num_train_timesteps}")
+        if not 0 < self.beta_start <= self.beta_end < 1:
+            raise ValueError(f"the betas must satisfy 0 < beta_start <= beta_end < 1, got {self.beta_start}, {self.beta_end}")
+        if not 0 < self.vae_scaling_factor < float("inf"):
+            raise ValueError(f"vae_scaling_factor must be a finite number > 0, got {self.vae_scaling_factor}")
 
 
 class ModelBundle:

@@ -80,6 +80,22 @@ def test_bad_model_config_names_the_value():
         ModelConfig(height=18, block_out_channels=[32, 64, 64])
 
 
+@pytest.mark.parametrize("override, message", [
+    ("beta_end=nan", "the betas must satisfy 0 < beta_start <= beta_end < 1, got 0.00085, nan"),
+    ("beta_start=0.5", "the betas must satisfy 0 < beta_start <= beta_end < 1, got 0.5, 0.012"),
+    ("num_train_timesteps=0", "num_train_timesteps must be >= 1, got 0"),
+    ("fps=inf", "fps must be a finite number > 0, got inf"),
+    ("vae_scaling_factor=nan", "vae_scaling_factor must be a finite number > 0, got nan"),
+])
+def test_make_model_refuses_a_broken_noise_schedule_or_frame_rate(override, message, tmp_path, capsys):
+    """``beta_end=nan`` wrote a model whose noise schedule was NaN (exit 0)."""
+    from slowfast_vgen.cli import main
+
+    assert main(["make-model", "--out", str(tmp_path / "m"), override]) == 2
+    assert capsys.readouterr().err == f"error: bad config: {message}\n"
+    assert not (tmp_path / "m").exists()
+
+
 def test_tokenizer_round_trip_keeps_vocabulary(tiny_bundle, tmp_path):
     tiny_bundle.tokenizer.save_pretrained(tmp_path / "tok")
     from transformers import AutoTokenizer
