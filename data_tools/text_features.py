@@ -18,7 +18,8 @@ from slowfast_vgen.errors import run_cli
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from slowfast_vgen.data.manifest import check_output_file, manifest_path, read_manifest
+    from slowfast_vgen.data.manifest import manifest_path, read_manifest
+    from slowfast_vgen.io_utils import check_output_file
     from slowfast_vgen.model import load_model
     from slowfast_vgen.text_features import build_text_features, world_phrasings
 

@@ -312,17 +312,15 @@ def _check_outputs_spare_inputs(outputs: Sequence[Path], args: argparse.Namespac
     """Refuse (one line, before any model loads) an output that is an input file, or a file of the
     ``--model`` directory: writing it would destroy it."""
     inputs = _input_files(args)
-    model = getattr(args, "model", None)
+    model = args.model or DEFAULT_MODEL_DIR  # as _load_bundle: no --model is the embedded default model
     for output in outputs:
         role = OUTPUT_ROLES.get(output.suffix.lower(), "an output")
         for flag, path in inputs:
             if _same_file(output, path):
                 raise UserInputError(f"--out: {output} ({role}) is the {flag} file; choose another --out")
-        if model:
-            model_dir = Path(model).resolve()
-            if output.resolve().is_relative_to(model_dir) and output.exists():
-                raise UserInputError(f"--out: {output} ({role}) is a file of the --model directory {model}; "
-                                     "choose another --out")
+        if output.resolve().is_relative_to(Path(model).resolve()) and output.exists():
+            raise UserInputError(f"--out: {output} ({role}) is a file of the model directory {model}; "
+                                 "choose another --out")
 
 
 def _resolve_out(path: str, gif: bool = False, args: argparse.Namespace | None = None) -> Path:

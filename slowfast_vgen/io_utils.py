@@ -9,7 +9,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 
 def _umask() -> int:
@@ -65,10 +65,39 @@ def check_output_directory(path: str | os.PathLike, what: str = "--out") -> Path
     path = Path(path)
     if os.path.lexists(path) and not path.is_dir():
         raise UserInputError(f"{what}: {path} is a file; give a directory")
-    blocking = next((folder for folder in path.parents if os.path.lexists(folder) and not folder.is_dir()), None)
+    blocking = _blocking_parent(path)
     if blocking is not None:
         raise UserInputError(f"{what}: {blocking} is a file, so {path} cannot be a directory")
     return path
+
+
+def check_output_file(out: str | os.PathLike, label: str = "--out",
+                      protected: Iterable[tuple[str, str | os.PathLike]] = ()) -> Path:
+    """``out`` (a file to write) as a :class:`Path`, refused with one line before any work when it
+    is a directory, lies under a file, or is (or lies inside) one of ``protected``: ``(flag, path)``
+    pairs naming input files or directories that writing ``out`` must not touch."""
+    from .errors import UserInputError
+
+    out = Path(out)
+    if out.is_dir():
+        raise UserInputError(f"{label}: {out} is a directory; give a file path")
+    blocking = _blocking_parent(out)
+    if blocking is not None:
+        raise UserInputError(f"{label}: {blocking} is a file, so {out} cannot be written")
+    real = Path(os.path.realpath(out))
+    for flag, path in protected:
+        inside = Path(os.path.realpath(path))
+        if real == inside or real.is_relative_to(inside) or (out.exists() and Path(path).exists()
+                                                               and os.path.samefile(out, path)):
+            what = "is" if real == inside else "lies inside"
+            raise UserInputError(f"{label}: {out} {what} the {flag} {path}, an input that must not be "
+                                 "overwritten; choose another path")
+    return out
+
+
+def _blocking_parent(path: Path) -> Path | None:
+    """The nearest existing folder above ``path`` that is not a directory (a file or a dangling link), if any."""
+    return next((folder for folder in path.parents if os.path.lexists(folder) and not folder.is_dir()), None)
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:

@@ -565,7 +565,7 @@ def test_out_that_would_replace_an_input_file_exits_2_before_loading(case, image
                         "choose another --out"),
         "model file": ("generate", ["--out", "model/model_config.mp4"],
                        "--out: model/model_config.yaml (the config written beside the video) is a file of the "
-                       "--model directory model; choose another --out"),
+                       "model directory model; choose another --out"),
     }[case]
     if case == "hard link":
         os.link(tmp_path / "g1" / "v.yaml", tmp_path / "g1" / "link.yaml")
@@ -576,6 +576,23 @@ def test_out_that_would_replace_an_input_file_exits_2_before_loading(case, image
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err == [f"error: {message}"], err
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before  # nothing written or replaced
+
+
+def test_out_into_the_embedded_default_model_is_refused(monkeypatch, capsys):
+    """Without --model the embedded default model is read: `--out DEFAULT/slowfast_vgen.mp4` would write
+    its JSON sidecar over the model's slowfast_vgen.json."""
+    import slowfast_vgen.cli as cli
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded before the outputs were checked")
+
+    monkeypatch.setattr(cli, "_load_bundle", never)
+    out = cli.DEFAULT_MODEL_DIR / "slowfast_vgen.mp4"
+    assert main(["generate", "--actions", "move left", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: --out: {out.with_suffix('.json')} (the JSON sidecar written beside the video) is a file of the "
+        f"model directory {cli.DEFAULT_MODEL_DIR}; choose another --out")
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("variants", ["", "  ", ","])

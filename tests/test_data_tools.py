@@ -644,3 +644,9 @@ def test_merge_datasets_refuses_to_rewrite_an_input_dataset(tmp_path, capsys):
     assert _tool_exit("merge_datasets.py", [str(tmp_path / "ds2"), "nav"], capsys)[0] == 0
     assert _tool_exit("merge_datasets.py", [str(tmp_path / "ds2"), "nav", "blocks"], capsys)[0] == 0
     assert [s.episode for s in read_manifest(tmp_path / "ds2")] == ["nav-blocks-000000", "blocks-b"]
+    # `./nav` and `blocks/` name the same datasets: the merged rows, and a merge of that merge, are the same
+    assert _tool_exit("merge_datasets.py", [str(tmp_path / "ds2"), "./nav", "blocks/"], capsys)[0] == 0
+    assert _tool_exit("merge_datasets.py", [str(tmp_path / "ds2"), "./nav", "blocks/"], capsys)[0] == 0
+    rows = read_manifest(tmp_path / "ds2")
+    assert [(s.video, s.episode) for s in rows] == [("nav/videos/blocks-000000.mp4", "nav-blocks-000000"),
+                                                    ("blocks/videos/b.mp4", "blocks-b")]

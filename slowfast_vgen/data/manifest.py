@@ -223,28 +223,6 @@ def write_manifest(path: str | os.PathLike, segments: Iterable[Segment]) -> Path
     return path
 
 
-def check_output_file(out: str | os.PathLike, label: str = "--out",
-                      protected: Iterable[tuple[str, str | os.PathLike]] = ()) -> Path:
-    """``out`` (a file to write) as a :class:`Path`, refused with one line before any work when it
-    is a directory, lies under a file, or is (or lies inside) one of ``protected``: ``(flag, path)``
-    pairs naming input files or directories that writing ``out`` must not touch."""
-    out = Path(out)
-    if out.is_dir():
-        raise UserInputError(f"{label}: {out} is a directory; give a file path")
-    blocking = next((folder for folder in out.parents if folder.exists() and not folder.is_dir()), None)
-    if blocking is not None:
-        raise UserInputError(f"{label}: {blocking} is a file, so {out} cannot be written")
-    real = Path(os.path.realpath(out))
-    for flag, path in protected:
-        inside = Path(os.path.realpath(path))
-        if real == inside or real.is_relative_to(inside) or (out.exists() and Path(path).exists()
-                                                               and os.path.samefile(out, path)):
-            what = "is" if real == inside else "lies inside"
-            raise UserInputError(f"{label}: {out} {what} the {flag} {path}, an input that must not be "
-                                 "overwritten; choose another path")
-    return out
-
-
 def episode_meta_path(root: str | os.PathLike, episode: str) -> Path:
     """``root/meta/<episode>.json``; the episode name must be a plain file name."""
     if not episode or "/" in episode or "\\" in episode or episode in (".", ".."):
@@ -292,9 +270,10 @@ def merge_manifests(root: str | os.PathLike, subdirs: Iterable[str]) -> Path:
         )
     merged = []
     for subdir in subdirs:
+        name = PurePosixPath(subdir).as_posix()  # `./nav`, `nav/` -> `nav`: the prefix _written_by_merge reads back
         for segment in read_manifest(resolve_in_root(root, subdir)):
-            merged.append(dataclasses.replace(segment, video=f"{subdir.rstrip('/')}/{segment.video}",
-                                              episode=f"{subdir.strip('/').replace('/', '-')}-{segment.episode}"))
+            merged.append(dataclasses.replace(segment, video=f"{name}/{segment.video}",
+                                              episode=f"{name.replace('/', '-')}-{segment.episode}"))
     if not merged:
         raise UserInputError(f"no segments to merge under {root}")
     return write_manifest(root, merged)

@@ -2,7 +2,9 @@
 
 No metric downloads anything. A network whose weights file is not set (or not found) makes its
 metric *unavailable with a reason*; a path that is not ``.safetensors`` is refused outright
-(``.bin`` / ``.pt`` / ``.pth`` files are pickles, which can run code when loaded).
+(``.bin`` / ``.pt`` / ``.pth`` files are pickles, which can run code when loaded). ``sfvgen eval``
+also refuses a weights file that is set but missing (``check_weights_files``, called by ``EvalConfig``),
+so a typo in a path is not reported as an unavailable metric.
 """
 
 from __future__ import annotations
