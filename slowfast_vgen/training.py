@@ -45,7 +45,7 @@ from .checkpointing import (
 )
 from .text_features import TextFeatureCache
 from .config import help_field, save_config
-from .data.dataset import ChunkBatch, ChunkDataset, ChunkDatasetConfig, collate_chunks, ignore_sigterm, shut_down_when_done, worker_error_message
+from .data.dataset import ChunkBatch, ChunkDataset, ChunkDatasetConfig, collate_chunks, ignore_sigterm, shut_down_when_done
 from .data.live_worlds import LiveWorldChunks, LiveWorldsConfig, live_chunk_loader
 from .errors import UserInputError, first_line
 from .fast_learner import FastLearnerConfig, TempLoRA, plain_unet, use_adapter
@@ -880,10 +880,7 @@ def _epoch_loader(dataset: ChunkDataset, epoch: int, offset: int, per_epoch: int
     batches = [order[(i * world + rank) * size:(i * world + rank + 1) * size] for i in range(offset, per_epoch)]
     loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate_chunks, num_workers=config.num_workers,
                         worker_init_fn=ignore_sigterm if config.num_workers else None)
-    try:
-        yield from shut_down_when_done(iter(loader))
-    except UserInputError as err:  # raised in a worker (too many unreadable videos): torch wraps it in the worker's traceback
-        raise UserInputError(worker_error_message(str(err))) from None
+    yield from shut_down_when_done(iter(loader))  # a worker's UserInputError (too many unreadable videos) as one line
 
 
 def _all_finite(loss: torch.Tensor, accelerator) -> bool:

@@ -320,9 +320,12 @@ def shut_down_when_done(iterator: Iterator) -> Iterator:
     """Yield from a DataLoader ``iterator``, then stop its worker processes (if any) when the generator
     finishes, fails (an error raised in a worker included) or is closed: the workers ignore SIGTERM
     (:func:`ignore_sigterm`), and workers left alive (e.g. held by an error's traceback) would make the
-    interpreter's exit wait on them forever."""
+    interpreter's exit wait on them forever. A worker's :class:`UserInputError` comes back as its
+    one-line message (:func:`worker_error_message`), not wrapped in the worker's traceback."""
     try:
         yield from iterator
+    except UserInputError as err:
+        raise UserInputError(worker_error_message(str(err))) from None
     finally:
         shutdown = getattr(iterator, "_shutdown_workers", None)  # only the multi-process iterator has workers
         if shutdown is not None:

@@ -55,11 +55,10 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..config import help_field
-from ..errors import UserInputError
 from ..worlds import BlocksWorld, World, available_worlds, build_world, world_config
 from ..worlds.actions import phrase
 from ..worlds.base import Episode, action_frame_range, episode_num_frames
-from .dataset import ChunkBatch, ChunkSample, collate_chunks, ignore_sigterm, shut_down_when_done, worker_error_message
+from .dataset import ChunkBatch, ChunkSample, collate_chunks, ignore_sigterm, shut_down_when_done
 from .world_dataset import (  # noqa: F401 (HELDOUT_WORLD_SEED_BASE, WORLD_SEED_STRIDE: re-exported)
     HELDOUT_WORLD_SEED_BASE,
     WORLD_SEED_STRIDE,
@@ -286,10 +285,7 @@ class _LiveChunkLoader(DataLoader):
     worker's :class:`UserInputError` as its one-line message (torch wraps it in the worker's traceback)."""
 
     def __iter__(self) -> Iterator[ChunkBatch]:
-        try:
-            yield from shut_down_when_done(super().__iter__())  # the workers start at the first batch
-        except UserInputError as err:
-            raise UserInputError(worker_error_message(str(err))) from None
+        yield from shut_down_when_done(super().__iter__())  # the workers start at the first batch
 
 
 __all__ = [
