@@ -109,8 +109,6 @@ class PlanConfig:
             (self.phrasing in ("train", "heldout", "all"), f"phrasing must be train, heldout or all, got {self.phrasing!r}"),
             (8 <= self.size <= MAX_SIZE and self.size % 2 == 0,
              f"size must be an even number in [8, {MAX_SIZE}], got {self.size}"),
-            (1 <= self.num_blocks <= len(BLOCK_COLOURS),
-             f"num_blocks must be in [1, {len(BLOCK_COLOURS)}], got {self.num_blocks}"),
             (self.success_radius >= 0, f"success_radius must be >= 0, got {self.success_radius}"),
             (self.world_seed_base >= 0 and self.seed >= 0, "world_seed_base and seed must be >= 0"),
             # episode i uses generation seed seed + i and world seed world_seed_base + i: both must stay seeds
@@ -124,6 +122,7 @@ class PlanConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        BlocksConfig(num_blocks=self.num_blocks)  # the blocks world's own range check (num_blocks in [1, 6])
 
     @property
     def uses_video_model(self) -> bool:
