@@ -14,7 +14,8 @@ import torch
 
 from slowfast_vgen.model import ModelBundle, ModelConfig
 
-torch.set_num_threads(2)
+# the suite runs in pytest-xdist workers, one per core (pyproject addopts): each takes its share of the cores
+torch.set_num_threads(max(1, (os.cpu_count() or 2) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 
 
 def pytest_addoption(parser):

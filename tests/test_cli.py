@@ -214,17 +214,17 @@ def test_seed_limits_are_usable(tiny_model_dir, image, tmp_path):
                      "--actions", "stay", "--out", str(out), *FAST]) == 0
 
 
-def test_bad_output_location_fails_before_generating_without_traceback(tmp_path):
-    """Issue #12: the console script refuses an unusable --out at once (before loading any model)."""
+def test_bad_output_location_fails_before_generating_without_traceback(tmp_path, capsys):
+    """Issue #12: an unusable --out is refused at once, before any model is loaded (--model names nothing).
+
+    The console script's own exit code is test_console_script_exit_code_and_no_traceback's business."""
     (tmp_path / "d.mp4").mkdir()
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     for out, message in [("/proc/nope/x.mp4", "error: --out: cannot create the folder /proc/nope: "),
                          (str(tmp_path / "d.mp4"), f"error: --out: {tmp_path / 'd.mp4'} is a directory")]:
-        result = subprocess.run([sys.executable, "-m", "slowfast_vgen", "generate", "--actions", "move left",
-                                 "--model", str(tmp_path / "nothing"), "--out", out],
-                                capture_output=True, text=True, env=env, timeout=300)
-        assert result.returncode == 2 and "Traceback" not in result.stderr
-        assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith(message), result.stderr
+        code = main(["generate", "--actions", "move left", "--model", str(tmp_path / "nothing"), "--out", out])
+        err = capsys.readouterr().err
+        assert code == 2 and "Traceback" not in err
+        assert len(err.strip().splitlines()) == 1 and err.startswith(message), err
 
 
 def _saved_session(tiny_model_dir, image, tmp_path, *extra) -> tuple[Path, list[str]]:

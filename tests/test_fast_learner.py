@@ -98,7 +98,7 @@ def test_update_leaves_base_frozen_without_grads_and_matches_a_plain_backward(ti
 
 
 def test_memory_loss_falls_over_update_steps(tiny_bundle):
-    learner = _learner(tiny_bundle, learning_rate=3e-3, steps_per_chunk=1, batch_size=2)
+    learner = _learner(tiny_bundle, learning_rate=1e-2, steps_per_chunk=1, batch_size=2)
     previous, new = _chunk_pair()
     uncond = tiny_bundle.encode_text([""])
 
@@ -108,9 +108,9 @@ def test_memory_loss_falls_over_update_steps(tiny_bundle):
 
     start = probe()
     train_generator = torch.Generator().manual_seed(7)
-    for _ in range(30):
+    for _ in range(10):
         learner.update(previous, new, train_generator, uncond)
-    assert probe() < 0.9 * start
+    assert probe() < 0.9 * start  # measured: 0.84 of the start after 10 updates
 
 
 def test_checkpointed_update_equals_the_plain_update_and_unwraps(tiny_bundle):

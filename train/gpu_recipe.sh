@@ -18,7 +18,8 @@ minutes=${1:-6}
 out=${2:-runs/gpu_recipe}
 shift $(( $# < 2 ? $# : 2 ))
 features=${TEXT_FEATURES:-.whl/text_features.safetensors}
-if ! python3 -c "import diffusers, omegaconf" 2>/dev/null; then
+# find_spec looks the packages up without importing them (importing diffusers alone takes seconds)
+if ! python3 -c "import importlib.util as u, sys; sys.exit(not (u.find_spec('diffusers') and u.find_spec('omegaconf')))"; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/sfvgen-site .whl/*.whl
   export PYTHONPATH=/tmp/sfvgen-site${PYTHONPATH:+:$PYTHONPATH}
 fi
