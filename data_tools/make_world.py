@@ -7,7 +7,8 @@ then K frames per action), ``meta/<episode>.json`` (exact ground truth), ``manif
 
 Splits: world ``w`` has seed ``seed * 1_000_000 + w``; worlds are split contiguously into
 train | val | test, so no world seed is in two splits. Train rows use training phrasings only;
-val/test rows use training and held-out phrasings. Re-running with the same settings resumes.
+val/test rows use training and held-out phrasings. Re-running with the same settings resumes
+(a damaged meta file is reported by name and its episode rendered again).
 
     python data_tools/make_world.py --out data/nav --episodes 1000 --seed 0
     python data_tools/make_world.py --out data/blocks --episodes 200 --world blocks --set num_blocks=4
@@ -56,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         progress = functools.partial(tqdm, total=config.episodes, unit="episode", desc="rendering")
     started = time.perf_counter()
-    summary = make_world_dataset(config, progress=progress)
+    summary = make_world_dataset(config, progress=progress, report=lambda line: print(line, file=sys.stderr))
     print(
         f"wrote {summary['episodes']} episodes ({summary['segments']} segments; "
         f"episodes per split {summary['episode_splits']}) to {config.out} in {time.perf_counter() - started:.1f} s"

@@ -7,7 +7,8 @@ videos, truncated/corrupt videos (fewer decodable frames than the container repo
 which decord and imageio return different frames ("decoders disagree", checked on a few sampled
 frames when decord is installed) and segments beyond the decoded length.
 
-Exit code: 0 when the dataset is clean, 1 when any row is bad, 2 when DIR is not a directory.
+Exit code: 0 when the dataset is clean, 1 when any row is bad, 2 when DIR is not a directory or
+holds no manifest.jsonl.
 
     python data_tools/validate.py data/nav
 """

@@ -289,6 +289,45 @@ def test_world_dataset_resumes_and_refuses_other_settings(tmp_path):
         )
 
 
+
+def test_world_dataset_names_damaged_meta_files_and_renders_their_episodes_again(tmp_path):
+    """Meta files were read twice: by check_world_out at start-up and again per episode, which compared the
+    settings a second time and handled damage differently, so a meta file holding `[]` crashed the resumed run
+    with an AttributeError traceback, while an unparsable one was rendered again without a word. Now
+    check_world_out reads each meta file once, refuses other settings before any work, and names damaged ones."""
+    config = MakeWorldConfig(
+        out=str(tmp_path), episodes=3, frames_per_action=2, actions_per_episode=2, workers=1, world="blocks"
+    )
+    make_world_dataset(config)
+    meta_dir = tmp_path / "meta"
+    manifest = (tmp_path / "manifest.jsonl").read_text()
+    metas = {path.name: path.read_text() for path in meta_dir.iterdir()}
+    kept = tmp_path / "videos" / "blocks-000001.mp4"
+    stamp = kept.stat().st_mtime_ns
+    (meta_dir / "blocks-000000.json").write_text("[]")
+    (meta_dir / "blocks-000002.json").write_text("{not json")
+    (meta_dir / "blocks-000007.json").write_bytes(b"\xff")  # not an episode of this run
+    # a clash of settings is refused before any work, in one line: damaged files are not reported then
+    other = json.loads(metas["blocks-000001.json"])
+    (meta_dir / "blocks-000001.json").write_text(json.dumps({**other, "generator": {**other["generator"], "size": 64}}))
+    lines: list[str] = []
+    with pytest.raises(UserInputError, match=r"made with different settings \(meta/blocks-000001\.json: "):
+        make_world_dataset(config, report=lines.append)
+    assert lines == [] and (meta_dir / "blocks-000000.json").read_text() == "[]"
+    (meta_dir / "blocks-000001.json").write_text(metas["blocks-000001.json"])
+    make_world_dataset(config, report=lines.append)
+    assert lines == [
+        f"{meta_dir}/blocks-000000.json: damaged episode meta file (expected a JSON object, got list); "
+        "rendering blocks-000000 again",
+        f"{meta_dir}/blocks-000002.json: damaged episode meta file (Expecting property name enclosed in double "
+        "quotes: line 1 column 2 (char 1)); rendering blocks-000002 again",
+        f"{meta_dir}/blocks-000007.json: damaged episode meta file ('utf-8' codec can't decode byte 0xff in "
+        "position 0: invalid start byte); ignored (not an episode of this run)",
+    ]
+    assert {name: (meta_dir / name).read_text() for name in metas} == metas  # rendered again, identically
+    assert (tmp_path / "manifest.jsonl").read_text() == manifest
+    assert kept.stat().st_mtime_ns == stamp  # the intact episode is reused
+
 # ---- readers ---------------------------------------------------------------------------------------
 
 

@@ -175,6 +175,34 @@ def test_validate_script_reports_bad_rows(tmp_path):
     )
 
 
+
+@pytest.mark.parametrize("case, message", [
+    ("empty directory", "{d} is not a dataset: its manifest.jsonl is missing; give the directory that holds the "
+                        "dataset's manifest.jsonl"),
+    ("videos only", "{d} is not a dataset: its manifest.jsonl is missing; give the directory that holds the "
+                    "dataset's manifest.jsonl"),
+    ("manifest is a directory", "{d} is not a dataset: its manifest.jsonl is not a file; give the directory that "
+                                "holds the dataset's manifest.jsonl"),
+    ("the manifest file", "{d}/manifest.jsonl is a file, not a dataset directory; give the directory that holds "
+                          "manifest.jsonl"),
+])
+def test_validate_refuses_a_directory_without_a_manifest_with_one_line(case, message, tmp_path, capsys):
+    """A directory without manifest.jsonl was reported as one bad row `manifest.jsonl:0: manifest.jsonl missing`
+    with exit code 1, as if it were a dataset with a problem, instead of the wrong directory (exit 2)."""
+    d = tmp_path / "ds"
+    d.mkdir()
+    if case == "videos only":
+        (d / "videos").mkdir()
+        (d / "videos" / "a.mp4").write_bytes(b"video")
+    elif case == "manifest is a directory":
+        (d / "manifest.jsonl").mkdir()
+    elif case == "the manifest file":
+        (d / "manifest.jsonl").write_text("")
+    root = d / "manifest.jsonl" if case == "the manifest file" else d
+    code, err = _tool_exit("validate.py", [str(root), "--no-progress"], capsys)
+    assert code == 2 and err == ["error: " + message.format(d=d)], err
+    assert capsys.readouterr().out == ""
+
 # ---- ingest -----------------------------------------------------------------------------------------
 
 
@@ -183,8 +211,12 @@ def test_parse_timestamp():
     assert parse_timestamp("01:02:03.50") == pytest.approx(3723.5)
     assert parse_timestamp("02:03.5") == pytest.approx(123.5)
     assert parse_timestamp("12.25") == pytest.approx(12.25)
+    assert parse_timestamp("00:00:03.50") == pytest.approx(3.5)
     with pytest.raises(ValueError, match="bad timestamp"):
         parse_timestamp("1:xx")
+    for text in ("-1", "-0.5", "nan", "inf"):
+        with pytest.raises(ValueError, match=re.escape(f"bad timestamp {text!r}; must be a ")):
+            parse_timestamp(text)
 
 
 def test_clip_times():
@@ -340,6 +372,44 @@ def test_ingest_rejects_non_finite_jsonl_times_with_one_line(tmp_path, value):
         "(end_sec must be a finite number of seconds, got nan)"
     )
     assert not (out / "manifest.jsonl").exists()
+
+
+@pytest.mark.parametrize("name, bad, message", [
+    ("ann.jsonl", '{"video": "clip", "start_sec": -1, "end_sec": 1.0, "action": "stir"}',
+     "{ann}:2: need a JSON object with video, start_sec, end_sec, action (start_sec must be a number of seconds "
+     ">= 0, got -1)"),
+    ("ann.jsonl", '{"video": "clip", "start_sec": "3", "end_sec": 4, "action": "stir"}',
+     "{ann}:2: need a JSON object with video, start_sec, end_sec, action (start_sec must be a number of seconds, "
+     "got the string '3')"),
+    ("ann.jsonl", '{"video": "clip", "start_sec": 0, "end_sec": "00:00:03.50", "action": "stir"}',
+     "{ann}:2: need a JSON object with video, start_sec, end_sec, action (end_sec must be a number of seconds, "
+     "got the string '00:00:03.50')"),
+    ("ann.jsonl", '{"video": "clip", "start_sec": true, "end_sec": 4, "action": "stir"}',
+     "{ann}:2: need a JSON object with video, start_sec, end_sec, action (start_sec must be a number of seconds, "
+     "got true)"),
+    ("ann.csv", "clip,-1,00:00:01.00,stir", "{ann}:3: start_timestamp: bad timestamp '-1'; must be a number of "
+                                            "seconds >= 0"),
+    ("ann.csv", "clip,00:00:01.00,-0.5,stir", "{ann}:3: stop_timestamp: bad timestamp '-0.5'; must be a number of "
+                                              "seconds >= 0"),
+    ("ann.csv", "clip,0,inf,stir", "{ann}:3: stop_timestamp: bad timestamp 'inf'; must be a finite number of seconds"),
+])
+def test_ingest_refuses_negative_and_string_times_with_one_line(name, bad, message, tmp_path, monkeypatch, capsys):
+    """`"start_sec": -1` (and a CSV start of -1) was clamped to 0 without a word, and `"start_sec": "3"` was read
+    as a number: JSON times are numbers, while the CSV's HH:MM:SS.ff timestamps (first row) stay valid."""
+    import slowfast_vgen.data.ingest as ingest
+
+    monkeypatch.setattr(ingest, "open_video", _never)
+    (tmp_path / "src").mkdir()
+    ann = tmp_path / name
+    if name.endswith(".csv"):
+        ann.write_text(f"video_id,start_timestamp,stop_timestamp,narration\nclip,00:00:00.50,1.5,ok\n{bad}\n")
+    else:
+        ann.write_text(json.dumps({"video": "clip", "start_sec": 0.5, "end_sec": 1.5, "action": "ok"}) + f"\n{bad}\n")
+    out = tmp_path / "out"
+    code, err = _tool_exit("ingest_videos.py", ["--videos", str(tmp_path / "src"), "--annotations", str(ann),
+                                                "--out", str(out), "--no-progress"], capsys)
+    assert code == 2 and err == ["error: " + message.format(ann=ann)], err
+    assert not out.exists()
 
 
 def test_merge_datasets_joins_subdirectories(tmp_path):

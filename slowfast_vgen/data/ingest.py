@@ -1,8 +1,9 @@
 """Convert real videos with action annotations into our dataset format (``data_tools/ingest_videos.py``).
 
 Annotations come as an EPIC-KITCHENS-style CSV (columns ``video_id, start_timestamp,
-stop_timestamp, narration``; timestamps ``HH:MM:SS.ff``; other columns ignored) or as JSONL
-rows ``{"video", "start_sec", "end_sec", "action"}``.
+stop_timestamp, narration``; timestamps ``HH:MM:SS.ff`` or seconds; other columns ignored) or as
+JSONL rows ``{"video", "start_sec", "end_sec", "action"}`` (times are JSON numbers, not strings).
+A time that is negative, NaN or infinite is refused with the file, line and field.
 
 Every annotated segment becomes its own clip ``videos/<video-stem>/<row>.mp4``, resampled to
 the target fps (nearest source frame at each output time) and resized to cover then
@@ -89,7 +90,8 @@ class IngestSummary:
 
 
 def parse_timestamp(text: str) -> float:
-    """``HH:MM:SS.ff`` (or ``MM:SS.ff``, or plain seconds) -> seconds; ``ValueError`` otherwise."""
+    """``HH:MM:SS.ff`` (or ``MM:SS.ff``, or plain seconds) -> seconds; ``ValueError`` otherwise
+    (also for NaN, infinities and negative times)."""
     text = str(text).strip()
     match = _TIMESTAMP.match(text)
     if match:
@@ -99,9 +101,23 @@ def parse_timestamp(text: str) -> float:
         value = float(text)
     except ValueError:
         raise ValueError(f"bad timestamp {text!r}; expected HH:MM:SS.ff or seconds") from None
-    if not math.isfinite(value):
-        raise ValueError(f"bad timestamp {text!r}")
+    problem = _time_problem(value)
+    if problem:
+        raise ValueError(f"bad timestamp {text!r}; must be {problem}")
     return value
+
+
+def _time_problem(seconds: float) -> str | None:
+    """Why ``seconds`` cannot be a time in a video (what it must be instead), ``None`` when it can.
+
+    The one check of annotation times, for both formats (:func:`parse_timestamp` for the CSV,
+    :func:`_seconds` for JSONL); an empty segment (end <= start) is skipped later, by name.
+    """
+    if not math.isfinite(seconds):
+        return "a finite number of seconds"
+    if seconds < 0:
+        return "a number of seconds >= 0"
+    return None
 
 
 def read_epic_csv(path: str | os.PathLike) -> list[SourceSegment]:
@@ -115,18 +131,14 @@ def read_epic_csv(path: str | os.PathLike) -> list[SourceSegment]:
         out = []
         for row in reader:
             line = reader.line_num
-            try:
-                out.append(
-                    SourceSegment(
-                        row["video_id"].strip(),
-                        parse_timestamp(row["start_timestamp"]),
-                        parse_timestamp(row["stop_timestamp"]),
-                        row["narration"].strip(),
-                        line,
-                    )
-                )
-            except ValueError as err:
-                raise UserInputError(f"{path}:{line}: {err}") from None
+            times = []
+            for column in ("start_timestamp", "stop_timestamp"):
+                try:
+                    times.append(parse_timestamp(row[column]))
+                except ValueError as err:
+                    raise UserInputError(f"{path}:{line}: {column}: {err}") from None
+            # a short row has None for the missing narration: an empty action, skipped by name
+            out.append(SourceSegment(row["video_id"].strip(), *times, (row["narration"] or "").strip(), line))
     return out
 
 
@@ -157,11 +169,24 @@ def read_segments_jsonl(path: str | os.PathLike) -> list[SourceSegment]:
 
 
 def _seconds(row: dict, key: str) -> float:
-    """``row[key]`` as finite seconds; ``ValueError`` for NaN and infinities (``json.loads`` accepts them)."""
-    value = float(row[key])
-    if not math.isfinite(value):
-        raise ValueError(f"{key} must be a finite number of seconds, got {row[key]!r}")
-    return value
+    """``row[key]`` as seconds: a JSON number, finite and >= 0; ``ValueError`` naming ``key`` otherwise.
+
+    A string is refused even when it reads as a number ("3", "00:00:03.50"): JSON times are numbers
+    (timestamps are the CSV's format). So are booleans, which Python counts as numbers, and NaN and
+    infinities, which ``json.loads`` accepts.
+    """
+    value = row[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        shown = f"the string {value!r}" if isinstance(value, str) else json.dumps(value)
+        raise ValueError(f"{key} must be a number of seconds, got {shown}")
+    try:
+        seconds = float(value)
+    except OverflowError:
+        raise ValueError(f"{key} must be a finite number of seconds, got an integer too large for a float") from None
+    problem = _time_problem(seconds)
+    if problem:
+        raise ValueError(f"{key} must be {problem}, got {value!r}")
+    return seconds
 
 
 def read_annotations(path: str | os.PathLike) -> list[SourceSegment]:

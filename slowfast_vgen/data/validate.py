@@ -206,14 +206,21 @@ def validate_dataset(
     frames, truncated (fewer decodable frames than the container reports). Bound checks: a
     segment's ``end_frame`` may not exceed the number of frames that actually decode.
     ``progress(done, total)`` is called after each video. Raises :class:`UserInputError` only
-    when ``root`` is not a directory.
+    when ``root`` is not a dataset at all: not a directory, or no ``manifest.jsonl`` file in it.
     """
     root = Path(root)
+    if root.is_file():  # the manifest itself, say
+        raise UserInputError(
+            f"{root} is a file, not a dataset directory; give the directory that holds {MANIFEST_NAME}"
+        )
     if not root.is_dir():
         raise UserInputError(f"dataset directory not found: {root}")
-    if not (root / MANIFEST_NAME).is_file():
-        return ValidationReport(str(root), 0, 0, [RowProblem(0, None, [f"{MANIFEST_NAME} missing"])], {})
-    rows = list(iter_manifest(root / MANIFEST_NAME))
+    manifest = root / MANIFEST_NAME
+    if not manifest.is_file():
+        what = "is not a file" if manifest.exists() else "is missing"
+        raise UserInputError(f"{root} is not a dataset: its {MANIFEST_NAME} {what}; give the directory that holds "
+                             f"the dataset's {MANIFEST_NAME}")
+    rows = list(iter_manifest(manifest))
     # 1. decode each referenced video once
     videos = sorted({r.segment.video for r in rows if r.segment is not None})
     checks: dict[str, VideoCheck] = {}

@@ -18,8 +18,10 @@ Phrasings: ``train`` rows use training phrasings only; ``val`` and ``test`` rows
 phrasings (training and held-out), so held-out wordings are evaluated there and never trained on.
 
 Resuming: each episode's video and then its meta file are written atomically; an episode whose
-both files exist with the same generator settings is not rendered again, so an interrupted run
-continues where it stopped. The manifest is rebuilt from the meta files at the end.
+both files exist is not rendered again, so an interrupted run continues where it stopped. Before
+any rendering, :func:`check_world_out` reads every meta file once: one made with other generator
+settings refuses the run, a damaged one is reported by name and its episode rendered again. The
+manifest is rebuilt from the meta files at the end.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from ..config import help_field
-from ..errors import UserInputError
+from ..errors import UserInputError, first_line, read_json_object
 from ..io_utils import atomic_write_json, check_output_directory
 from ..worlds import build_world, world_config, world_spec
 from ..worlds.actions import PhraseSplit, phrase
@@ -217,14 +219,17 @@ def _phrase_rng(config: MakeWorldConfig, index: int) -> np.random.Generator:
 
 
 def run_episode_job(job: EpisodeJob) -> list[Segment]:
-    """Render one episode to ``videos/`` and ``meta/`` (or reuse a finished one); return its rows."""
+    """Render one episode to ``videos/`` and ``meta/`` (or reuse a finished one); return its rows.
+
+    ``job.root`` must have passed :func:`check_world_out`, which checked the settings of every meta file.
+    """
     from ..video_io import write_video
 
     config = job.config
     root = Path(job.root)
     meta_path = episode_meta_path(root, job.name)
     video_path = root / job.video
-    meta = _finished_meta(meta_path, video_path, config)
+    meta = _finished_meta(meta_path, video_path)
     if meta is None:
         world = build_world(config.world, job.world_seed, config=world_config(config.world, _world_overrides(config)))
         episode = world.sample_episode(
@@ -255,27 +260,31 @@ def _world_overrides(config: MakeWorldConfig) -> list[str]:
     return [f"view_size={config.size}", *config.world_overrides]
 
 
-def _finished_meta(meta_path: Path, video_path: Path, config: MakeWorldConfig) -> dict[str, Any] | None:
-    """The meta of an already rendered episode, ``None`` if it must be rendered; error on a settings clash."""
+def _finished_meta(meta_path: Path, video_path: Path) -> dict[str, Any] | None:
+    """The meta of an already rendered episode, ``None`` if it must be rendered (a file missing, the meta damaged).
+
+    Its generator settings are not compared here: :func:`check_world_out` compared those of every
+    meta file, before any rendering, and refused the run on a clash (and reported damaged ones).
+    """
     if not (meta_path.is_file() and video_path.is_file()):
         return None
+    return _read_meta(meta_path)[0]
+
+
+def _read_meta(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """``(meta, None)`` for a readable meta side file, ``(None, why)`` for a damaged one (unreadable, not
+    UTF-8, not JSON, not a JSON object): its episode is rendered again. The one reader of meta files here."""
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None  # a damaged side file: render again
-    if meta.get("generator") != config.generator():
-        raise UserInputError(
-            f"{meta_path} was generated with different settings ({meta.get('generator')}); "
-            f"use a new --out directory or delete the old dataset"
-        )
-    return meta
+        return read_json_object(path), None
+    except (OSError, ValueError) as err:
+        return None, first_line(err)
 
 
 OWN_ENTRIES = frozenset({"videos", META_DIR, MANIFEST_NAME, "dataset.json"})
 """What a (finished or interrupted) ``make_world`` run leaves in its output directory."""
 
 
-def check_world_out(config: MakeWorldConfig) -> Path:
+def check_world_out(config: MakeWorldConfig, report: Callable[[str], None] | None = None) -> Path:
     """``config.out`` when rendering there resumes or redoes this very dataset; a one-line
     :class:`UserInputError` before any rendering otherwise.
 
@@ -284,6 +293,10 @@ def check_world_out(config: MakeWorldConfig) -> Path:
     a dataset or partial run made with other generator settings (``dataset.json`` and the
     ``meta/*.json`` side files record them) or of unknown origin (a ``manifest.jsonl`` with
     neither), whose manifest would be replaced and videos orphaned.
+
+    This is the only place the generator settings of existing episodes are checked (each meta file
+    is read once here; a resumed episode is then reused without a second check). A damaged meta
+    file does not count as a record; when the run is not refused, ``report`` gets one line naming it.
     """
     root = check_output_directory(config.out)
     if not root.is_dir():
@@ -304,12 +317,14 @@ def check_world_out(config: MakeWorldConfig) -> Path:
         except (OSError, ValueError, AttributeError):
             recorded.append((info, None))
     meta_dir = root / META_DIR
+    damaged: list[tuple[Path, str]] = []
     if meta_dir.is_dir():
         for path in sorted(meta_dir.glob("*.json")):
-            try:
-                recorded.append((path, json.loads(path.read_text(encoding="utf-8")).get("generator")))
-            except (OSError, ValueError, AttributeError):
-                continue  # a damaged side file: that episode is rendered again
+            meta, problem = _read_meta(path)
+            if meta is None:
+                damaged.append((path, problem or "damaged"))  # that episode is rendered again
+            else:
+                recorded.append((path, meta.get("generator")))
     wanted = config.generator()
     for path, generator in recorded:
         if generator != wanted:
@@ -323,6 +338,11 @@ def check_world_out(config: MakeWorldConfig) -> Path:
             f"--out: {root} holds a dataset not made by make_world ({MANIFEST_NAME} without dataset.json or "
             f"meta/); its manifest would be replaced: {how}"
         )
+    if report is not None and damaged:
+        names = {episode_name(config.world, index) for index in range(config.episodes)}
+        for path, problem in damaged:
+            then = f"rendering {path.stem} again" if path.stem in names else "ignored (not an episode of this run)"
+            report(f"{path}: damaged episode meta file ({problem}); {then}")
     return root
 
 
@@ -337,14 +357,17 @@ def plan_jobs(config: MakeWorldConfig) -> list[EpisodeJob]:
 
 
 def make_world_dataset(
-    config: MakeWorldConfig, progress: Callable[[Iterable], Iterable] | None = None
+    config: MakeWorldConfig,
+    progress: Callable[[Iterable], Iterable] | None = None,
+    report: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Render ``config.episodes`` episodes into ``config.out`` and write the manifest; returns a summary.
 
-    ``progress`` wraps the iterator of finished episodes (e.g. ``functools.partial(tqdm, total=n)``).
+    ``progress`` wraps the iterator of finished episodes (e.g. ``functools.partial(tqdm, total=n)``);
+    ``report`` receives one line per damaged meta file found in an existing output.
     """
     world_config(config.world, _world_overrides(config))  # fail fast on bad overrides, in this process
-    root = check_world_out(config)
+    root = check_world_out(config, report)
     root.mkdir(parents=True, exist_ok=True)
     jobs = plan_jobs(config)
     results: dict[int, list[Segment]] = {}
