@@ -21,13 +21,13 @@ import contextlib
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from .config import ConfigKeysParser
 from .errors import UserInputError, first_line, run_cli
-from .io_utils import check_output_directory
+from .io_utils import check_output_directory, check_output_spares_inputs
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "default_model"
 
@@ -281,18 +281,6 @@ def resolve_upscale(upscale: int | None, width: int) -> int:
     return upscale
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    """Whether ``a`` and ``b`` name one file: equal resolved paths, or (both existing) the same inode."""
-    import os
-
-    try:
-        if a.resolve() == b.resolve():
-            return True
-        return a.exists() and b.exists() and os.path.samefile(a, b)
-    except (OSError, RuntimeError):
-        return False
-
-
 OUTPUT_ROLES = {".mp4": "the video", ".json": "the JSON sidecar written beside the video",
                 ".yaml": "the config written beside the video", ".gif": "the gif written beside the video"}
 """What each file written for ``--out`` is (named when it would replace an input)."""
@@ -309,24 +297,23 @@ def _input_files(args: argparse.Namespace) -> list[tuple[str, Path]]:
 
 
 def _check_outputs_spare_inputs(outputs: Sequence[Path], args: argparse.Namespace) -> None:
-    """Refuse (one line, before any model loads) an output that is an input file, or a file of the
-    ``--model`` directory: writing it would destroy it."""
+    """Refuse (one line, before any model loads) an output that is an input file, or an existing file of
+    the model directory: writing it would destroy it (a new file beside the model's own is fine:
+    ``--model . --out v.mp4``)."""
     inputs = _input_files(args)
-    model = args.model or DEFAULT_MODEL_DIR  # as _load_bundle: no --model is the embedded default model
+    # as _load_bundle: no --model is the embedded default model
+    model = ("--model directory", args.model) if args.model else ("default --model directory", DEFAULT_MODEL_DIR)
     for output in outputs:
-        role = OUTPUT_ROLES.get(output.suffix.lower(), "an output")
-        for flag, path in inputs:
-            if _same_file(output, path):
-                raise UserInputError(f"--out: {output} ({role}) is the {flag} file; choose another --out")
-        if output.resolve().is_relative_to(Path(model).resolve()) and output.exists():
-            raise UserInputError(f"--out: {output} ({role}) is a file of the model directory {model}; "
-                                 "choose another --out")
+        check_output_spares_inputs(output, inputs + ([model] if output.exists() else []), "--out",
+                                   OUTPUT_ROLES.get(output.suffix.lower(), "an output"))
 
 
-def _resolve_out(path: str, gif: bool = False, args: argparse.Namespace | None = None) -> Path:
+@contextlib.contextmanager
+def _resolve_out(path: str, gif: bool = False, args: argparse.Namespace | None = None) -> Iterator[Path]:
     """Check the output location before anything is generated: ``--out`` and its sidecars must be
     writable files in a folder that exists (created here) and accepts new files, and none of them
-    may be one of the command's input files (``args``: ``--config``, ``--actions-file``, ``--image``...)."""
+    may be one of the command's input files (``args``: ``--config``, ``--actions-file``, ``--image``...).
+    Yields ``--out`` for the command's work; the folders made here go again if it fails while they are empty."""
     import os
     import tempfile
 
@@ -338,18 +325,35 @@ def _resolve_out(path: str, gif: bool = False, args: argparse.Namespace | None =
             raise UserInputError(f"--out: {file} is a directory; give the path of a video file")
     if args is not None:
         _check_outputs_spare_inputs(_output_files(out, gif), args)
-    folder = out.parent
+    with _made_folder(out.parent, "--out") as folder:
+        try:  # the outputs are written atomically: a temporary file in this folder, then renamed
+            fd, probe = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=".probe", dir=folder)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as err:
+            raise UserInputError(f"--out: cannot write to the folder {folder}: {err.strerror or err}") from None
+        yield out
+
+
+@contextlib.contextmanager
+def _made_folder(folder: Path, what: str) -> Iterator[Path]:
+    """``folder``, created with its missing parents, for the block; when the block fails (an error, Ctrl-C)
+    the folders created here that are still empty are removed again. A folder that existed before, or
+    that holds anything (finished work), stays."""
+    import os
+
+    created = [path for path in (folder, *folder.parents) if not os.path.lexists(path)]  # deepest first
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserInputError(f"--out: cannot create the folder {folder}: {err.strerror or err}") from None
-    try:  # the outputs are written atomically: a temporary file in this folder, then renamed
-        fd, probe = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=".probe", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as err:
-        raise UserInputError(f"--out: cannot write to the folder {folder}: {err.strerror or err}") from None
-    return out
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UserInputError(f"{what}: cannot create the folder {folder}: {err.strerror or err}") from None
+        yield folder
+    except BaseException:
+        for path in created:
+            with contextlib.suppress(OSError):  # not empty (or never made): it stays
+                path.rmdir()
+        raise
 
 
 def _output_files(out: Path, gif: bool = False) -> list[Path]:
@@ -364,43 +368,45 @@ def generate_main(args: argparse.Namespace) -> int:
 
     _check_generation_flags(args)
     actions = _parse_actions(args)
-    out = _resolve_out(args.out, args.gif, args)
-    # every chunk saves the session by replacing its directory: refuse one holding other files now
-    session_dir = check_session_dir(args.session, _output_files(out, args.gif), "--session") if args.session else None
-    _quiet_libraries()
-    bundle, model_path = _load_bundle(args)
-    config = _generation_config(args, bundle)
-    if session_dir is not None and (session_dir / "session.json").is_file():
-        session = GenerationSession.load(session_dir, bundle)
-        done = session.actions
-        if done != actions[: len(done)]:
-            raise UserInputError(f"saved session {session_dir} was made with other actions; use a new --session dir")
-        conflicts = _settings_conflicts(session.config, config, _explicit_settings(args))
-        if conflicts:
-            raise UserInputError(
-                f"saved session {session_dir} was made with other settings: {', '.join(conflicts)}; "
-                "resume without them (the saved settings apply) or use a new --session dir"
-            )
-        print(f"resuming {session_dir}: {len(done)} of {len(actions)} chunks already done", file=sys.stderr)
-    else:
-        session = GenerationSession(bundle, config)
-        session.start(_first_frame(args, bundle))
+    with _resolve_out(args.out, args.gif, args) as out:  # a failure leaves no empty folder behind
+        # every chunk saves the session by replacing its directory: refuse one holding other files now
+        session_dir = (check_session_dir(args.session, _output_files(out, args.gif), "--session")
+                       if args.session else None)
+        _quiet_libraries()
+        bundle, model_path = _load_bundle(args)
+        config = _generation_config(args, bundle)
+        if session_dir is not None and (session_dir / "session.json").is_file():
+            session = GenerationSession.load(session_dir, bundle)
+            done = session.actions
+            if done != actions[: len(done)]:
+                raise UserInputError(f"saved session {session_dir} was made with other actions; "
+                                     "use a new --session dir")
+            conflicts = _settings_conflicts(session.config, config, _explicit_settings(args))
+            if conflicts:
+                raise UserInputError(
+                    f"saved session {session_dir} was made with other settings: {', '.join(conflicts)}; "
+                    "resume without them (the saved settings apply) or use a new --session dir"
+                )
+            print(f"resuming {session_dir}: {len(done)} of {len(actions)} chunks already done", file=sys.stderr)
+        else:
+            session = GenerationSession(bundle, config)
+            session.start(_first_frame(args, bundle))
 
-    upscale = resolve_upscale(args.upscale, bundle.width)
-    with video_stream(out, session.fps, upscale) as append:  # out appears complete at the end, never partial
-        append(session.video())  # the first frame (or every frame of a resumed session)
+        upscale = resolve_upscale(args.upscale, bundle.width)
+        with video_stream(out, session.fps, upscale) as append:  # out appears complete at the end, never partial
+            append(session.video())  # the first frame (or every frame of a resumed session)
 
-        def after_chunk(record, frames):
-            append(frames)  # encoded now: the video is not held in memory, upscaled, at the end
-            if session_dir is not None:
-                session.save(session_dir)  # a crash now loses at most the chunk in flight
+            def after_chunk(record, frames):
+                append(frames)  # encoded now: the video is not held in memory, upscaled, at the end
+                if session_dir is not None:
+                    session.save(session_dir)  # a crash now loses at most the chunk in flight
 
-        session.generate(actions[session.num_chunks_done:], callback=after_chunk, progress=not args.quiet)
-    sidecar = write_outputs(session, out, model_path, args.gif, upscale, mp4_written=True)
-    per_chunk = [r["seconds"] + r["memory_seconds"] for r in sidecar["chunks"]]
-    print(f"wrote {out} ({sidecar['frames']} frames, {len(per_chunk)} chunks, "
-          f"{sum(per_chunk) / max(1, len(per_chunk)):.2f} s/chunk, fast={sidecar['fast_mode']})")
-    return 0
+            session.generate(actions[session.num_chunks_done:], callback=after_chunk, progress=not args.quiet)
+        sidecar = write_outputs(session, out, model_path, args.gif, upscale, mp4_written=True)
+        per_chunk = [r["seconds"] + r["memory_seconds"] for r in sidecar["chunks"]]
+        print(f"wrote {out} ({sidecar['frames']} frames, {len(per_chunk)} chunks, "
+              f"{sum(per_chunk) / max(1, len(per_chunk)):.2f} s/chunk, fast={sidecar['fast_mode']})")
+        return 0
 
 
 # ---------------------------------------------------------------------------- play
@@ -503,27 +509,28 @@ def play_main(args: argparse.Namespace) -> int:
     from .session import GenerationSession
 
     _check_generation_flags(args)
-    out = _resolve_out(args.out, args.gif, args)
-    _quiet_libraries()
-    bundle, model_path = _load_bundle(args)
-    config = _generation_config(args, bundle)
-    session = GenerationSession(bundle, config)
-    session.start(_first_frame(args, bundle))
-    play = _Play(session, bundle, args, out, model_path)
-    interactive = sys.stdin.isatty()
-    play.say(f"sfvgen play: {bundle.width}x{bundle.height}, fast={config.fast.mode}, writing {out}. :help for commands")
-    for line in _lines(interactive):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith(":"):
-            if _play_command(play, line):
-                break
-            continue
-        _play_action(play, line, progress=interactive and not args.quiet)
-    play.write()
-    play.say(f"wrote {out} ({play.session.num_frames} frames)")
-    return 0
+    with _resolve_out(args.out, args.gif, args) as out:  # a failure leaves no empty folder behind
+        _quiet_libraries()
+        bundle, model_path = _load_bundle(args)
+        config = _generation_config(args, bundle)
+        session = GenerationSession(bundle, config)
+        session.start(_first_frame(args, bundle))
+        play = _Play(session, bundle, args, out, model_path)
+        interactive = sys.stdin.isatty()
+        play.say(f"sfvgen play: {bundle.width}x{bundle.height}, fast={config.fast.mode}, writing {out}. "
+                 ":help for commands")
+        for line in _lines(interactive):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            if line.startswith(":"):
+                if _play_command(play, line):
+                    break
+                continue
+            _play_action(play, line, progress=interactive and not args.quiet)
+        play.write()
+        play.say(f"wrote {out} ({play.session.num_frames} frames)")
+        return 0
 
 
 def _lines(interactive: bool):

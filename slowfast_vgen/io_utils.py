@@ -75,7 +75,8 @@ def check_output_file(out: str | os.PathLike, label: str = "--out",
                       protected: Iterable[tuple[str, str | os.PathLike]] = ()) -> Path:
     """``out`` (a file to write) as a :class:`Path`, refused with one line before any work when it
     is a directory, lies under a file, or is (or lies inside) one of ``protected``: ``(flag, path)``
-    pairs naming input files or directories that writing ``out`` must not touch."""
+    pairs naming input files or directories that writing ``out`` must not touch
+    (:func:`check_output_spares_inputs`)."""
     from .errors import UserInputError
 
     out = Path(out)
@@ -84,15 +85,41 @@ def check_output_file(out: str | os.PathLike, label: str = "--out",
     blocking = _blocking_parent(out)
     if blocking is not None:
         raise UserInputError(f"{label}: {blocking} is a file, so {out} cannot be written")
+    check_output_spares_inputs(out, protected, label)
+    return out
+
+
+def check_output_spares_inputs(out: str | os.PathLike, protected: Iterable[tuple[str, str | os.PathLike]],
+                               label: str = "--out", role: str = "") -> None:
+    """Refuse (one line naming ``label``, ``out`` and the input) an ``out`` that is, or lies inside, one of
+    ``protected``: ``(flag, path)`` pairs naming the command's input files and directories. "Is": the same
+    real path (another spelling, a symbolic link) or the same file (a hard link); "lies inside": under a
+    directory or a path not made yet (under a file nothing can be written at all). ``role`` (e.g. "the
+    video") is named in brackets after ``out``. The one such check: the data tools (through
+    :func:`check_output_file`) and ``sfvgen generate``/``play`` use it, before any model loads."""
+    from .errors import UserInputError
+
+    out = Path(out)
     real = Path(os.path.realpath(out))
     for flag, path in protected:
         inside = Path(os.path.realpath(path))
-        if real == inside or real.is_relative_to(inside) or (out.exists() and Path(path).exists()
-                                                               and os.path.samefile(out, path)):
-            what = "is" if real == inside else "lies inside"
-            raise UserInputError(f"{label}: {out} {what} the {flag} {path}, an input that must not be "
-                                 "overwritten; choose another path")
-    return out
+        if real == inside or _same_inode(out, path):
+            what = "is"
+        elif real.is_relative_to(inside) and not os.path.isfile(inside):
+            what = "lies inside"
+        else:
+            continue
+        shown = f"{out} ({role})" if role else f"{out}"
+        raise UserInputError(f"{label}: {shown} {what} the {flag} {path}, an input that must not be "
+                             "overwritten; choose another path")
+
+
+def _same_inode(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether ``a`` and ``b`` both exist and are one file (a hard link of the other, included)."""
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):  # either is missing or unreadable
+        return False
 
 
 def _blocking_parent(path: Path) -> Path | None:

@@ -227,6 +227,44 @@ def test_bad_output_location_fails_before_generating_without_traceback(tmp_path,
         assert len(err.strip().splitlines()) == 1 and err.startswith(message), err
 
 
+@pytest.mark.parametrize("case", ["no model", "bad window", "ctrl-c", "play", "folder existed", "finished work"])
+def test_failed_generation_removes_the_empty_folders_it_made(case, tiny_model_dir, image, tmp_path, monkeypatch,
+                                                             capsys):
+    """--out's folder is made before any work (a bad location is refused at once): when generation then
+    failed (a bad model, a bad config, Ctrl-C) the made, still empty folders stayed behind. Only those
+    go: never a folder that existed before, nor one holding anything."""
+    from slowfast_vgen.session import GenerationSession
+
+    before = tmp_path / "before"
+    before.mkdir()
+    out = before / ("v.mp4" if case == "folder existed" else "a/b/c/v.mp4")
+    command, model, actions, extra, expected = "generate", str(tiny_model_dir), ["--actions", "move left"], [], 2
+    if case in ("no model", "play", "folder existed"):
+        model = str(tmp_path / "nowhere")
+    if case == "play":
+        command, actions = "play", []
+    if case == "bad window":
+        extra = ["context_frames=4"]
+    if case in ("ctrl-c", "finished work"):
+        def interrupted(self, actions, **kwargs):  # during the first chunk, the video stream open
+            if case == "finished work":
+                (out.parent / "kept.txt").write_text("kept")
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(GenerationSession, "generate", interrupted)
+        expected = 130
+    code = main([command, "--model", model, "--image", str(image), "--quiet", "--out", str(out), *actions, *FAST,
+                 *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == expected and len(err) == 1 and "Traceback" not in err[0], err
+    assert before.is_dir()
+    if case == "finished work":
+        assert sorted(p.relative_to(before).as_posix() for p in before.rglob("*")) == [
+            "a", "a/b", "a/b/c", "a/b/c/kept.txt"]
+    else:
+        assert list(before.iterdir()) == []
+
+
 def _saved_session(tiny_model_dir, image, tmp_path, *extra) -> tuple[Path, list[str]]:
     common = ["--model", str(tiny_model_dir), "--image", str(image), "--quiet", *FAST]
     session = tmp_path / "session"
@@ -527,6 +565,10 @@ def test_bad_eval_input_exits_2_with_one_line_before_generating(case, message, t
         assert not out.exists()
 
 
+SPARE = ", an input that must not be overwritten; choose another path"
+"""The end of the line refusing an output that would replace an input (io_utils.check_output_spares_inputs)."""
+
+
 @pytest.mark.parametrize("case", ["config", "actions-file", "image", "gif-image", "hard link", "play config",
                                   "model file"])
 def test_out_that_would_replace_an_input_file_exits_2_before_loading(case, image, tmp_path, monkeypatch, capsys):
@@ -548,24 +590,22 @@ def test_out_that_would_replace_an_input_file_exits_2_before_loading(case, image
     (tmp_path / "model" / "model_config.yaml").write_text("weights: keep\n")
     command, args, message = {
         "config": ("generate", ["--config", "g1/v.yaml", "--out", "g1/v.mp4"],
-                   "--out: g1/v.yaml (the config written beside the video) is the --config file; choose another --out"),
+                   "--out: g1/v.yaml (the config written beside the video) is the --config g1/v.yaml" + SPARE),
         "actions-file": ("generate", ["--actions-file", "g1/same.json", "--out", "g1/same.mp4"],
-                         "--out: g1/same.json (the JSON sidecar written beside the video) is the --actions-file file; "
-                         "choose another --out"),
+                         "--out: g1/same.json (the JSON sidecar written beside the video) is the --actions-file "
+                         "g1/same.json" + SPARE),
         "image": ("generate", ["--image", "g1/v.gif", "--out", str(tmp_path / "g1" / "v.mp4"), "--gif"],
-                  f"--out: {tmp_path / 'g1' / 'v.gif'} (the gif written beside the video) is the --image file; "
-                  "choose another --out"),
+                  f"--out: {tmp_path / 'g1' / 'v.gif'} (the gif written beside the video) is the --image g1/v.gif"
+                  + SPARE),
         "gif-image": ("generate", ["--image", "g1/../g1/v.gif", "--out", "./g1/v.mp4", "--gif"],
-                      "--out: g1/v.gif (the gif written beside the video) is the --image file; choose another --out"),
+                      "--out: g1/v.gif (the gif written beside the video) is the --image g1/../g1/v.gif" + SPARE),
         "hard link": ("generate", ["--config", "g1/link.yaml", "--out", "g1/v.mp4"],
-                      "--out: g1/v.yaml (the config written beside the video) is the --config file; "
-                      "choose another --out"),
+                      "--out: g1/v.yaml (the config written beside the video) is the --config g1/link.yaml" + SPARE),
         "play config": ("play", ["--config", "g1/v.yaml", "--out", "g1/v.mp4"],
-                        "--out: g1/v.yaml (the config written beside the video) is the --config file; "
-                        "choose another --out"),
+                        "--out: g1/v.yaml (the config written beside the video) is the --config g1/v.yaml" + SPARE),
         "model file": ("generate", ["--out", "model/model_config.mp4"],
-                       "--out: model/model_config.yaml (the config written beside the video) is a file of the "
-                       "model directory model; choose another --out"),
+                       "--out: model/model_config.yaml (the config written beside the video) lies inside the "
+                       "--model directory model" + SPARE),
     }[case]
     if case == "hard link":
         os.link(tmp_path / "g1" / "v.yaml", tmp_path / "g1" / "link.yaml")
@@ -590,9 +630,43 @@ def test_out_into_the_embedded_default_model_is_refused(monkeypatch, capsys):
     out = cli.DEFAULT_MODEL_DIR / "slowfast_vgen.mp4"
     assert main(["generate", "--actions", "move left", "--out", str(out)]) == 2
     assert capsys.readouterr().err.strip() == (
-        f"error: --out: {out.with_suffix('.json')} (the JSON sidecar written beside the video) is a file of the "
-        f"model directory {cli.DEFAULT_MODEL_DIR}; choose another --out")
+        f"error: --out: {out.with_suffix('.json')} (the JSON sidecar written beside the video) lies inside the "
+        f"default --model directory {cli.DEFAULT_MODEL_DIR}" + SPARE)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("link", ["hard", "symbolic"])
+def test_generate_and_the_data_tools_refuse_an_output_over_an_input_alike(link, tmp_path, monkeypatch, capsys):
+    """One check (io_utils.check_output_spares_inputs) for generate/play and the data tools
+    (io_utils.check_output_file): the same rule and the same line, naming the flag, the output and the
+    input. They were twins: the CLI's line named no input path, and the data tools called a hard link of
+    an input "lies inside" it."""
+    import slowfast_vgen.cli as cli
+    from slowfast_vgen.errors import UserInputError
+    from slowfast_vgen.io_utils import check_output_file
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded before the outputs were checked")
+
+    monkeypatch.setattr(cli, "_load_bundle", never)
+    monkeypatch.chdir(tmp_path)
+    Path("cfg.yaml").write_text("seed: 3\n")
+    (os.link if link == "hard" else os.symlink)("cfg.yaml", "v.yaml")
+    assert main(["generate", "--model", "model", "--actions", "move left", "--config", "cfg.yaml",
+                 "--out", "v.mp4"]) == 2
+    message = "--out: v.yaml (the config written beside the video) is the --config cfg.yaml" + SPARE
+    assert capsys.readouterr().err.strip() == f"error: {message}"
+    with pytest.raises(UserInputError) as refused:
+        check_output_file("v.yaml", "--out", [("--config", "cfg.yaml")])
+    assert str(refused.value) == message.replace(" (the config written beside the video)", "")
+    assert Path("cfg.yaml").read_text() == "seed: 3\n"
+    # each caller keeps its rule for the model directory: generate may add a file beside the model's own
+    # (`--model . --out v.mp4`), a data tool writes nothing inside it
+    (tmp_path / "model").mkdir()
+    args = cli.build_parser().parse_args(["generate", "--model", "model", "--actions", "stay", "--out", "model/v.mp4"])
+    cli._check_outputs_spare_inputs(cli._output_files(Path("model/v.mp4")), args)
+    with pytest.raises(UserInputError, match="lies inside the --model directory model, an input"):
+        check_output_file("model/v.safetensors", "--out", [("--model directory", "model")])
 
 
 @pytest.mark.parametrize("variants", ["", "  ", ","])
