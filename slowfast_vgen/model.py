@@ -225,6 +225,8 @@ class ModelBundle:
         for module in (self.unet, self.vae, self.text_encoder, self.action_encoder):
             if module is not None:
                 module.to(device) if dtype is None else module.to(device=device, dtype=dtype)
+        if dtype is not None:  # other bytes: another model_fingerprint
+            self.forget_model_fingerprint()
         return self
 
     # ------------------------------------------------------------------ encoders
@@ -297,6 +299,25 @@ class ModelBundle:
 
             self._fingerprint = module_fingerprint(self.text_encoder, self.tokenizer)
         return self._fingerprint
+
+    @property
+    def model_fingerprint(self) -> str:
+        """Identity of the weights generation depends on (:func:`model_fingerprint`), which a saved
+        session must match to resume on this bundle.
+
+        Computed on first use and cached: it is read when a session is saved or loaded, never while
+        a memory is merged into the UNet (a session merges it only inside ``sample_chunk``). The cache
+        is dropped when :meth:`to` changes the dtype or :meth:`with_action_encoder` adds an encoder;
+        weights changed in place afterwards (training the bundle itself) are not noticed: call
+        :meth:`forget_model_fingerprint` after changing them.
+        """
+        if getattr(self, "_model_fingerprint", None) is None:
+            self._model_fingerprint = model_fingerprint(self.unet, self.action_encoder)
+        return self._model_fingerprint
+
+    def forget_model_fingerprint(self) -> None:
+        """Drop the cached :attr:`model_fingerprint` (the weights have changed); the next read recomputes it."""
+        self._model_fingerprint = None
 
     @torch.no_grad()
     def encode_frames(self, video: torch.Tensor, frames_per_batch: int = 16) -> torch.Tensor:
@@ -521,6 +542,7 @@ class ModelBundle:
                 text_dim, self.unet.config.cross_attention_dim, hidden_dim, num_tokens, classifier
             ).to(self.device)
         self.action_encoder.eval()
+        self.forget_model_fingerprint()
         return self
 
 
@@ -531,6 +553,69 @@ def new_action_encoder(text_dim: int, output_dim: int, hidden_dim: int, num_toke
     primitives = sorted(all_phrasings("all")) if classifier else []
     return ActionEncoder(text_dim=text_dim, output_dim=output_dim, hidden_dim=hidden_dim, num_tokens=num_tokens,
                          primitives=primitives)
+
+
+def model_fingerprint(unet: torch.nn.Module, action_encoder: torch.nn.Module | None = None) -> str:
+    """SHA-256 (16 hex digits) over what generation depends on: the UNet's and, when given, the action
+    encoder's weights (names, dtypes, shapes, bytes: :func:`~slowfast_vgen.text_features.module_fingerprint`)
+    and configs.
+
+    * Only the base weights count (:func:`~slowfast_vgen.fast_learner.base_state_dict`): ``lora_``
+      tensors are left out and peft's ``.base_layer`` renaming is undone, so Temp-LoRA memories
+      injected into the UNet do not change it. A memory *merged* into the weights (``merged_adapter``,
+      while a chunk is sampled) would: never call this inside a chunk.
+    * The weights count as they are, dtype included: the same model loaded at another dtype (rounded
+      or widened weights, other numerics) has another fingerprint.
+    * Configs count without their private ``_`` entries and without entries at the class default,
+      so a fresh model and the same model saved and loaded (or loaded by a newer diffusers that adds a
+      parameter at its default) agree.
+
+    Every byte is hashed: the embedded default model (10 MB) takes 25-60 ms on the project's shared
+    2-core CPU, where hashing runs at 0.4 GB/s, so a 1.7 GB float16 ModelScope UNet would take about
+    4 s (1-2 s on a free CPU with SHA extensions, plus its copy from the GPU). That is paid once per
+    bundle (:attr:`ModelBundle.model_fingerprint`), when a session is first saved or loaded on it;
+    hashing a sample of the weights instead would miss a fine-tune that changed only some of them.
+    """
+    import hashlib
+    import json
+
+    from .fast_learner import base_state_dict
+    from .text_features import module_fingerprint
+
+    class BaseWeights:  # module_fingerprint hashes ``state_dict()``: here without LoRA tensors and peft's renaming
+        def __init__(self, module: torch.nn.Module) -> None:
+            self.module = module
+
+        def state_dict(self) -> dict[str, torch.Tensor]:
+            return base_state_dict(self.module)
+
+    parts = []
+    for label, module in (("unet", unet), ("action_encoder", action_encoder)):
+        if module is not None:
+            config = json.dumps(_config_identity(module), sort_keys=True)
+            parts.append(f"{label} {config} {module_fingerprint(BaseWeights(module), None)}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def _config_identity(module: torch.nn.Module) -> dict[str, Any]:
+    """A diffusers module's config entries that define it: public ones that differ from the class defaults."""
+    import inspect
+    import json
+
+    config = getattr(module, "config", None)
+    if config is None:
+        return {}
+    canonical = lambda value: json.loads(json.dumps(value, default=str))  # noqa: E731 (tuples -> lists)
+    defaults = {name: parameter.default for name, parameter in inspect.signature(type(module).__init__).parameters.items()
+                if parameter.default is not inspect.Parameter.empty}
+    identity = {}
+    for key, value in dict(config).items():
+        if key.startswith("_"):
+            continue
+        value = canonical(value)
+        if key not in defaults or canonical(defaults[key]) != value:
+            identity[key] = value
+    return identity
 
 
 def load_model(path: str | os.PathLike, device: str = "cpu", dtype: torch.dtype | None = None,
@@ -829,4 +914,4 @@ def model_summary(bundle: ModelBundle) -> dict[str, Any]:
     }
 
 
-__all__ = ["ModelBundle", "ModelConfig", "load_model", "new_action_encoder", "build_word_tokenizer", "model_summary"]
+__all__ = ["ModelBundle", "ModelConfig", "load_model", "model_fingerprint", "new_action_encoder", "build_word_tokenizer", "model_summary"]

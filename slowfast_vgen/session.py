@@ -7,7 +7,8 @@ learner (Temp-LoRA) the LoRA is trained after every chunk on (previous ⊕ new),
 keeps an episodic memory of fixed size.
 
 ``save(dir)`` / ``load(dir)`` hold everything needed to continue exactly: latents and frames so
-far, the LoRA memory, its optimizer state and both random generators.
+far, the LoRA memory, its optimizer state and both random generators. A saved session records
+the fingerprint of its model (:attr:`ModelBundle.model_fingerprint`) and resumes on that model only.
 
 A session owns its memory: its Temp-LoRA is a peft adapter of its own name on the shared UNet,
 active only while the session generates (a session with ``fast.mode=off`` runs with no adapter
@@ -313,12 +314,14 @@ class GenerationSession:
 
     # ------------------------------------------------------------------ save / load
     def save(self, directory: str | os.PathLike) -> Path:
-        """Write the session atomically: config, records, latents, frames, RNG, memory, optimizer."""
+        """Write the session atomically: config, records, latents, frames, RNG, memory, optimizer, and
+        the model's fingerprint and dtype (:meth:`load` refuses another model)."""
         if self.closed:
             raise RuntimeError("this session is closed: its memory is gone")
         if not self.latent_chunks:
             raise RuntimeError("nothing to save: the session has not started")
         directory = check_session_dir(directory)  # never replaces a folder of other files
+        fingerprint = self.bundle.model_fingerprint  # cached after the first save; no memory is merged here
         with atomic_output_dir(directory) as tmp:
             tensors = {
                 "latents": self.latents.detach().float().cpu().contiguous(),
@@ -332,6 +335,8 @@ class GenerationSession:
                 self.fast_learner.save_optimizer(tmp / "optimizer.safetensors")
             atomic_write_json(tmp / "session.json", {
                 "format": SESSION_FORMAT,
+                "model_fingerprint": fingerprint,
+                "model_dtype": _dtype_name(self.bundle.dtype),
                 "config": OmegaConf.to_container(OmegaConf.structured(self.config)),
                 "records": [asdict(record) for record in self.records],
             })
@@ -343,6 +348,8 @@ class GenerationSession:
 
         Every file is read and checked before ``bundle`` is touched, so a damaged session is a
         :class:`UserInputError` naming the file and leaves a session running on ``bundle`` intact.
+        So is a session saved with another model (or dtype): its ``model_fingerprint`` differs from
+        ``bundle``'s. A session saved before fingerprints were recorded is not checked.
         """
         from .config import config_from_dict
 
@@ -378,6 +385,9 @@ class GenerationSession:
                 saved = {**saved, "sampler": {**saved["sampler"], "timestep_spacing": "leading"}}
             config = config_from_dict(GenerationConfig, saved)
             records = [ChunkRecord(**record) for record in meta["records"]]
+            for key in ("model_fingerprint", "model_dtype"):  # absent in sessions saved before they were recorded
+                if not isinstance(meta.get(key, ""), str):
+                    raise TypeError(f"{key} is {type(meta[key]).__name__}, expected a string")
         except (KeyError, TypeError, UserInputError) as err:
             raise corrupt(meta_file, err) from None
         if latents.ndim != 5 or latents.shape[1] != bundle.unet.config.in_channels:
@@ -397,6 +407,7 @@ class GenerationSession:
                     check_optimizer_file(optimizer_file)
                 except Exception as err:
                     raise corrupt(optimizer_file, err) from None
+        check_model_fingerprint(directory, meta, bundle)  # last: the bundle's first fingerprint reads all its weights
 
         # 2. build the session on the model and restore its state
         session = cls(bundle, config)
@@ -457,6 +468,28 @@ def check_session_dir(directory: str | os.PathLike, outputs: Sequence[str | os.P
                 "saving would replace it: give a new or empty directory"
             )
     return directory
+
+
+def check_model_fingerprint(directory: Path, meta: dict, bundle: ModelBundle) -> None:
+    """A one-line :class:`UserInputError` when the session ``meta`` (its ``session.json``) was saved with
+    another model than ``bundle``: its ``model_fingerprint`` differs. Nothing to check without one."""
+    saved = meta.get("model_fingerprint")
+    if not saved or saved == bundle.model_fingerprint:
+        return
+    fingerprints = f"model fingerprint {saved} != {bundle.model_fingerprint}"
+    saved_dtype, dtype = meta.get("model_dtype"), _dtype_name(bundle.dtype)
+    if saved_dtype and saved_dtype != dtype:  # perhaps the same model at another dtype: say so
+        raise UserInputError(
+            f"saved session {directory} was made with another model or dtype ({fingerprints}; its weights were "
+            f"{saved_dtype}, this model's are {dtype}); resume it with the model and dtype it was generated with"
+        )
+    raise UserInputError(f"saved session {directory} was made with another model ({fingerprints}); "
+                         "resume it with the model it was generated with")
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    """``float16`` for ``torch.float16``."""
+    return str(dtype).removeprefix("torch.")
 
 
 def check_optimizer_file(path: str | os.PathLike) -> None:

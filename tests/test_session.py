@@ -47,19 +47,37 @@ def test_same_seed_same_frames_other_seed_other_frames(tiny_config, first_frame)
     assert not np.array_equal(videos[0], videos[2])
 
 
+def _saved_midway(bundle, first_frame, directory, *extra, actions=("move left", "move left")):
+    """A session on ``bundle`` that generated ``actions`` and was saved to ``directory``."""
+    session = _session(bundle, first_frame, *extra)
+    session.generate(list(actions))
+    session.save(directory)
+    return session
+
+
+def _session_json(directory):
+    import json
+
+    return json.loads((directory / "session.json").read_text())
+
+
 @pytest.mark.parametrize("mode", ["paper", "off"])
-def test_save_load_continue_equals_uninterrupted_run(tiny_config, first_frame, tmp_path, mode):
+def test_save_load_continue_equals_uninterrupted_run(tiny_config, tiny_model_dir, first_frame, tmp_path, mode):
+    """Resumed on the same model, loaded afresh from its directory: the session records the fingerprint of
+    the model it was made with (built from its config), the loaded model has it too, and the run goes on
+    as if never interrupted."""
     from slowfast_vgen.model import ModelBundle
 
     actions = ["move left", "move left", "move right", "move right"]
     straight = _session(ModelBundle.from_config(tiny_config), first_frame, f"fast.mode={mode}")
     straight.generate(actions)
 
-    interrupted = _session(ModelBundle.from_config(tiny_config), first_frame, f"fast.mode={mode}")
-    interrupted.generate(actions[:2])
-    interrupted.save(tmp_path / "session")
+    interrupted = _saved_midway(ModelBundle.from_config(tiny_config), first_frame, tmp_path / "session",
+                                f"fast.mode={mode}", actions=actions[:2])
     del interrupted
-    resumed = GenerationSession.load(tmp_path / "session", ModelBundle.from_config(tiny_config))
+    bundle = ModelBundle.from_pretrained(tiny_model_dir)  # tiny_config's model, saved
+    assert _session_json(tmp_path / "session")["model_fingerprint"] == bundle.model_fingerprint
+    resumed = GenerationSession.load(tmp_path / "session", bundle)
     assert resumed.actions == actions[:2]
     resumed.generate(actions[2:])
 
@@ -68,6 +86,118 @@ def test_save_load_continue_equals_uninterrupted_run(tiny_config, first_frame, t
     if mode == "paper":
         for name, parameter in straight.fast_learner.parameters.items():
             assert torch.equal(parameter, resumed.fast_learner.parameters[name]), name
+
+
+def test_a_session_saved_with_another_model_is_refused_and_the_running_session_is_intact(
+    tiny_bundle, first_frame, tmp_path
+):
+    """A session resumed on another model of the same frame size continued silently from latents that
+    model never produced: session.json records the model's fingerprint, and load refuses another."""
+    from slowfast_vgen.model import ModelBundle, ModelConfig
+
+    other_config = ModelConfig(height=16, width=16, seed=1)  # same size and architecture, other weights
+    _saved_midway(tiny_bundle, first_frame, tmp_path / "session", "fast.mode=off", actions=["move left"])
+    other = ModelBundle.from_config(other_config)
+    running = _session(other, first_frame, "seed=3")  # a session on the other model, as in `sfvgen play`
+    running.generate(["move up"])
+    parameters = {name: p.detach().clone() for name, p in running.fast_learner.parameters.items()}
+    adapters = set(other.unet.peft_config)
+    with pytest.raises(UserInputError) as caught:
+        GenerationSession.load(tmp_path / "session", other)
+    assert str(caught.value) == (
+        f"saved session {tmp_path / 'session'} was made with another model (model fingerprint "
+        f"{tiny_bundle.model_fingerprint} != {other.model_fingerprint}); resume it with the model it was generated with"
+    )
+    # refused before the model was touched: no adapter came or went, the running memory is as it was
+    assert set(other.unet.peft_config) == adapters
+    assert {name for name, _ in other.unet.named_parameters() if "lora_" in name} == set(running.fast_learner.parameters)
+    assert all(torch.equal(parameters[name], p) for name, p in running.fast_learner.parameters.items())
+    running.generate(["move down"])  # and it goes on exactly as it would have alone
+    alone = _session(ModelBundle.from_config(other_config), first_frame, "seed=3")
+    alone.generate(["move up", "move down"])
+    assert np.array_equal(running.video(), alone.video())
+
+
+def test_a_session_saved_at_another_dtype_names_both_dtypes(tiny_bundle, tiny_config, first_frame, tmp_path):
+    from slowfast_vgen.model import ModelBundle
+
+    _saved_midway(tiny_bundle, first_frame, tmp_path / "session", "fast.mode=off", actions=["move left"])
+    wide = ModelBundle.from_config(tiny_config)
+    assert wide.model_fingerprint == tiny_bundle.model_fingerprint
+    wide.to("cpu", torch.float64)  # the same weights, widened: other bytes, other numerics
+    with pytest.raises(UserInputError) as caught:
+        GenerationSession.load(tmp_path / "session", wide)
+    assert str(caught.value) == (
+        f"saved session {tmp_path / 'session'} was made with another model or dtype (model fingerprint "
+        f"{tiny_bundle.model_fingerprint} != {wide.model_fingerprint}; its weights were float32, this model's are "
+        "float64); resume it with the model and dtype it was generated with"
+    )
+
+
+def test_the_model_fingerprint_ignores_injected_and_merged_memories(tiny_bundle, tiny_config, first_frame, tmp_path):
+    """peft renames a wrapped layer's weight to ``...base_layer.weight`` and adds ``lora_`` tensors; a chunk
+    merges the memory into the weights while it samples. None of it changes the fingerprint."""
+    from slowfast_vgen.fast_learner import merged_adapter
+    from slowfast_vgen.model import ModelBundle, model_fingerprint
+
+    plain = model_fingerprint(tiny_bundle.unet)  # no adapter yet
+    session = _session(tiny_bundle, first_frame)  # injects its memory
+    names = [name for name, _ in tiny_bundle.unet.named_parameters()]
+    assert any("lora_" in name for name in names) and any(".base_layer." in name for name in names)
+    assert model_fingerprint(tiny_bundle.unet) == plain
+    # the CLI saves after every chunk, from the chunk callback: the bundle's first fingerprint is read there
+    session.generate(["move left", "move right"], callback=lambda record, frames: session.save(tmp_path / "s"))
+    assert _session_json(tmp_path / "s")["model_fingerprint"] == plain == tiny_bundle.model_fingerprint
+    assert model_fingerprint(tiny_bundle.unet) == plain  # the merged memory left the weights as they were
+    with merged_adapter(tiny_bundle.unet, session.adapter_name):  # why it is never computed inside a chunk
+        assert model_fingerprint(tiny_bundle.unet) != plain
+    assert ModelBundle.from_config(tiny_config).model_fingerprint == plain
+
+
+def test_the_model_fingerprint_covers_the_action_encoder(tiny_config):
+    from slowfast_vgen.model import ModelBundle
+
+    bundles = [ModelBundle.from_config(tiny_config) for _ in range(3)]
+    without = bundles[0].model_fingerprint
+    for bundle, seed in zip(bundles, (0, 0, 1)):
+        bundle.with_action_encoder(hidden_dim=16, num_tokens=1, classifier=False, seed=seed)
+    fingerprints = [bundle.model_fingerprint for bundle in bundles]
+    assert fingerprints[0] == fingerprints[1] != fingerprints[2] and without not in fingerprints
+
+
+def test_a_session_saved_without_a_model_fingerprint_loads_and_its_next_save_records_one(
+    tiny_bundle, first_frame, tmp_path
+):
+    """Sessions saved before fingerprints were recorded resume on any model of their size (nothing to
+    compare); saved again, they carry the fingerprint of the model that continued them."""
+    import json
+
+    from slowfast_vgen.model import ModelBundle, ModelConfig
+
+    _saved_midway(tiny_bundle, first_frame, tmp_path / "old", "fast.mode=off", actions=["move left"])
+    meta = _session_json(tmp_path / "old")
+    for key in ("model_fingerprint", "model_dtype"):
+        meta.pop(key, None)
+    (tmp_path / "old" / "session.json").write_text(json.dumps(meta))
+    other = ModelBundle.from_config(ModelConfig(height=16, width=16, seed=1))
+    resumed = GenerationSession.load(tmp_path / "old", other)
+    resumed.generate(["move right"])
+    resumed.save(tmp_path / "again")
+    with pytest.raises(UserInputError, match="was made with another model"):
+        GenerationSession.load(tmp_path / "again", tiny_bundle)
+    assert _session_json(tmp_path / "again")["model_fingerprint"] == other.model_fingerprint
+
+
+@pytest.mark.parametrize("key", ["model_fingerprint", "model_dtype"])
+def test_a_model_fingerprint_that_is_not_a_string_is_corrupt(key, tiny_bundle, first_frame, tmp_path):
+    import json
+
+    _saved_midway(tiny_bundle, first_frame, tmp_path / "session", "fast.mode=off", actions=["move left"])
+    (tmp_path / "session" / "session.json").write_text(json.dumps({**_session_json(tmp_path / "session"), key: 5}))
+    with pytest.raises(UserInputError) as caught:
+        GenerationSession.load(tmp_path / "session", tiny_bundle)
+    assert str(caught.value) == (f"saved session {tmp_path / 'session'} is corrupt: session.json: "
+                                 f"{key} is int, expected a string")
 
 
 def test_reset_memory_restores_initial_lora(tiny_bundle, first_frame):
