@@ -296,6 +296,12 @@ def _input_files(args: argparse.Namespace) -> list[tuple[str, Path]]:
     return inputs
 
 
+def _read_paths(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    """The input files and the ``--model`` directory, as (flag, path): a session directory, which every
+    save replaces as a whole, must not hold any of them."""
+    return _input_files(args) + ([("--model", Path(args.model))] if args.model else [])
+
+
 def _check_outputs_spare_inputs(outputs: Sequence[Path], args: argparse.Namespace) -> None:
     """Refuse (one line, before any model loads) an output that is an input file, or an existing file of
     the model directory: writing it would destroy it (a new file beside the model's own is fine:
@@ -370,7 +376,7 @@ def generate_main(args: argparse.Namespace) -> int:
     actions = _parse_actions(args)
     with _resolve_out(args.out, args.gif, args) as out:  # a failure leaves no empty folder behind
         # every chunk saves the session by replacing its directory: refuse one holding other files now
-        session_dir = (check_session_dir(args.session, _output_files(out, args.gif), "--session")
+        session_dir = (check_session_dir(args.session, _output_files(out, args.gif), "--session", _read_paths(args))
                        if args.session else None)
         _quiet_libraries()
         bundle, model_path = _load_bundle(args)
@@ -454,7 +460,8 @@ def _play_save(play: _Play, argument: str) -> None:
     if not argument:
         raise UserInputError(":save needs a directory")
     # the save replaces the directory: never a folder of other files, nor the one the video is written in
-    play.session.save(check_session_dir(argument, _output_files(play.out, play.args.gif), ":save"))
+    play.session.save(check_session_dir(argument, _output_files(play.out, play.args.gif), ":save",
+                                        _read_paths(play.args)))
     play.say(f"saved to {argument}")
 
 

@@ -95,8 +95,11 @@ def check_output_spares_inputs(out: str | os.PathLike, protected: Iterable[tuple
     ``protected``: ``(flag, path)`` pairs naming the command's input files and directories. "Is": the same
     real path (another spelling, a symbolic link) or the same file (a hard link); "lies inside": under a
     directory or a path not made yet (under a file nothing can be written at all). ``role`` (e.g. "the
-    video") is named in brackets after ``out``. The one such check: the data tools (through
-    :func:`check_output_file`) and ``sfvgen generate``/``play`` use it, before any model loads."""
+    video") is named in brackets after ``out``. The one such check for output files: the data tools
+    (through :func:`check_output_file`) and ``sfvgen generate``/``play`` use it, before any model loads.
+    Callers choose what they protect: the data tools a whole ``--model`` directory, generate/play only
+    its existing files (``--model . --out v.mp4`` is fine). An output *directory* that overlaps an
+    input folder is its command's own check (e.g. ``data.ingest.check_ingest_out``)."""
     from .errors import UserInputError
 
     out = Path(out)

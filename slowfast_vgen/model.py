@@ -307,13 +307,18 @@ class ModelBundle:
 
         Computed on first use and cached: it is read when a session is saved or loaded, never while
         a memory is merged into the UNet (a session merges it only inside ``sample_chunk``). The cache
-        is dropped when :meth:`to` changes the dtype or :meth:`with_action_encoder` adds an encoder;
-        weights changed in place afterwards (training the bundle itself) are not noticed: call
-        :meth:`forget_model_fingerprint` after changing them.
+        holds for the same modules at the same dtypes: it is recomputed after any ``.to(dtype)`` (the
+        bundle's, a pipeline's or a module's own) or a swapped module. Weights changed in place
+        (training the bundle itself) are not noticed: call :meth:`forget_model_fingerprint` then.
         """
-        if getattr(self, "_model_fingerprint", None) is None:
-            self._model_fingerprint = model_fingerprint(self.unet, self.action_encoder)
-        return self._model_fingerprint
+        modules = (self.unet, self.vae, self.action_encoder)
+        key = tuple((id(module), _module_dtype(module)) for module in modules)
+        cached = getattr(self, "_model_fingerprint", None)
+        if cached is None or cached[0] != key:
+            value = model_fingerprint(self.unet, self.action_encoder, vae=self.vae, scheduler=self.noise_scheduler,
+                                      text_encoder_fingerprint=self.text_encoder_fingerprint)
+            self._model_fingerprint = (key, value)
+        return self._model_fingerprint[1]
 
     def forget_model_fingerprint(self) -> None:
         """Drop the cached :attr:`model_fingerprint` (the weights have changed); the next read recomputes it."""
@@ -555,10 +560,20 @@ def new_action_encoder(text_dim: int, output_dim: int, hidden_dim: int, num_toke
                          primitives=primitives)
 
 
-def model_fingerprint(unet: torch.nn.Module, action_encoder: torch.nn.Module | None = None) -> str:
+def _module_dtype(module: torch.nn.Module | None) -> torch.dtype | None:
+    """The dtype of ``module``'s first parameter (``None`` without a module or parameters)."""
+    parameter = next(module.parameters(), None) if module is not None else None
+    return None if parameter is None else parameter.dtype
+
+
+def model_fingerprint(unet: torch.nn.Module, action_encoder: torch.nn.Module | None = None, *,
+                      vae: torch.nn.Module | None = None, scheduler: Any | None = None,
+                      text_encoder_fingerprint: str = "") -> str:
     """SHA-256 (16 hex digits) over what generation depends on: the UNet's and, when given, the action
-    encoder's weights (names, dtypes, shapes, bytes: :func:`~slowfast_vgen.text_features.module_fingerprint`)
-    and configs.
+    encoder's and the VAE's weights (names, dtypes, shapes, bytes:
+    :func:`~slowfast_vgen.text_features.module_fingerprint`) and configs, the noise scheduler's config
+    (its prediction type, betas...) and the text encoder's own fingerprint
+    (:attr:`ModelBundle.text_encoder_fingerprint`, the same with the encoder or with its feature cache).
 
     * Only the base weights count (:func:`~slowfast_vgen.fast_learner.base_state_dict`): ``lora_``
       tensors are left out and peft's ``.base_layer`` renaming is undone, so Temp-LoRA memories
@@ -590,10 +605,14 @@ def model_fingerprint(unet: torch.nn.Module, action_encoder: torch.nn.Module | N
             return base_state_dict(self.module)
 
     parts = []
-    for label, module in (("unet", unet), ("action_encoder", action_encoder)):
+    for label, module in (("unet", unet), ("action_encoder", action_encoder), ("vae", vae)):
         if module is not None:
             config = json.dumps(_config_identity(module), sort_keys=True)
             parts.append(f"{label} {config} {module_fingerprint(BaseWeights(module), None)}")
+    if scheduler is not None:
+        parts.append(f"scheduler {json.dumps(_config_identity(scheduler), sort_keys=True)}")
+    if text_encoder_fingerprint:
+        parts.append(f"text_encoder {text_encoder_fingerprint}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 

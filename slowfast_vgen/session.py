@@ -434,14 +434,16 @@ class GenerationSession:
 
 
 def check_session_dir(directory: str | os.PathLike, outputs: Sequence[str | os.PathLike] = (),
-                      label: str = "cannot save the session") -> Path:
+                      label: str = "cannot save the session",
+                      inputs: Sequence[tuple[str, str | os.PathLike]] = ()) -> Path:
     """``directory`` as a :class:`Path` when a session may be saved there; a one-line
     :class:`UserInputError` starting with ``label`` otherwise.
 
     :meth:`GenerationSession.save` replaces the directory as a whole, so it must be new, empty or
     a saved session (it has ``session.json``): not a file, not a folder of other files, not a
     path without a name of its own (``.``), and none of ``outputs`` (files written beside the
-    session, e.g. the video) may lie in it.
+    session, e.g. the video) nor of ``inputs`` (``(flag, path)`` pairs: the files and the model
+    directory the command reads) may lie in it.
     """
     directory = Path(directory)
     if not has_own_name(directory):
@@ -451,6 +453,12 @@ def check_session_dir(directory: str | os.PathLike, outputs: Sequence[str | os.P
         if Path(output).resolve().is_relative_to(resolved):
             raise UserInputError(
                 f"{label}: the session directory {directory} would hold {output}, and every save replaces "
+                "the whole directory; give them separate paths"
+            )
+    for flag, path in inputs:
+        if Path(path).resolve().is_relative_to(resolved):
+            raise UserInputError(
+                f"{label}: the session directory {directory} holds the {flag} {path}, and every save replaces "
                 "the whole directory; give them separate paths"
             )
     if directory.is_file():

@@ -14,8 +14,19 @@ import torch
 
 from slowfast_vgen.model import ModelBundle, ModelConfig
 
-# the suite runs in pytest-xdist workers, one per core (pyproject addopts): each takes its share of the cores
-torch.set_num_threads(max(1, (os.cpu_count() or 2) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+
+def _usable_cores() -> int:
+    """The cores this process may run on (a container's share of a larger host, not the host's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto`` (pyproject addopts): one worker per usable core."""
+    return _usable_cores()
+
+
+# each worker takes its share of the cores
+torch.set_num_threads(max(1, _usable_cores() // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 
 
 def pytest_addoption(parser):

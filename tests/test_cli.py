@@ -481,6 +481,40 @@ def test_generate_refuses_a_session_dir_it_would_destroy_before_generating(case,
     assert (tmp_path / "ep" / "notes.txt").read_text() == "keep me" and (tmp_path / "file").read_text() == "keep me too"
 
 
+def test_a_session_dir_holding_an_input_is_refused_before_a_save_replaces_it(tiny_model_dir, image, tmp_path,
+                                                                             monkeypatch, capsys):
+    """Every save replaces the session directory as a whole: an --actions-file (or --config, --image,
+    --model) inside it would be deleted by the first save, on a resume as on play's :save."""
+    import io
+
+    session, common = _saved_session(tiny_model_dir, image, tmp_path)
+    actions = session / "more.txt"
+    actions.write_text("move left\nmove up\n")
+    capsys.readouterr()
+    code = main(["generate", *common, "--actions-file", str(actions), "--out", str(tmp_path / "b.mp4"),
+                 "--session", str(session)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == [f"error: --session: the session directory {session} holds the --actions-file {actions}, "
+                                 "and every save replaces the whole directory; give them separate paths"]
+    assert actions.read_text() == "move left\nmove up\n" and not (tmp_path / "b.mp4").exists()
+    # the model directory inside a new session directory
+    model = tmp_path / "new" / "model"
+    shutil.copytree(tiny_model_dir, model)
+    code = main(["generate", "--model", str(model), "--image", str(image), "--quiet", *FAST, "--actions", "stay",
+                 "--out", str(tmp_path / "c.mp4"), "--session", str(tmp_path / "new")])
+    assert code == 2 and "holds the --model" in capsys.readouterr().err and (model / "unet").is_dir()
+    # play's :save into the folder that holds its --image: a message, and play goes on
+    folder = tmp_path / "images"
+    folder.mkdir()
+    shutil.copy(image, folder / "first.png")
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"move left\n:save {folder}\nmove up\n:quit\n"))
+    assert main(["play", "--model", str(tiny_model_dir), "--image", str(folder / "first.png"), *FAST,
+                 "--out", str(tmp_path / "p.mp4")]) == 0
+    captured = capsys.readouterr()
+    assert f":save: the session directory {folder} holds the --image {folder / 'first.png'}" in captured.out + captured.err
+    assert (folder / "first.png").is_file() and _read(tmp_path / "p.mp4").shape[0] == 7
+
+
 def test_generate_uses_an_empty_session_dir(tiny_model_dir, image, tmp_path):
     (tmp_path / "empty").mkdir()
     assert main(["generate", "--model", str(tiny_model_dir), "--image", str(image), "--quiet", *FAST,

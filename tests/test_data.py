@@ -293,8 +293,9 @@ def test_world_dataset_resumes_and_refuses_other_settings(tmp_path):
 def test_world_dataset_names_damaged_meta_files_and_renders_their_episodes_again(tmp_path):
     """Meta files were read twice: by check_world_out at start-up and again per episode, which compared the
     settings a second time and handled damage differently, so a meta file holding `[]` crashed the resumed run
-    with an AttributeError traceback, while an unparsable one was rendered again without a word. Now
-    check_world_out reads each meta file once, refuses other settings before any work, and names damaged ones."""
+    with an AttributeError traceback, while an unparsable one was rendered again without a word. Now one
+    reader handles damage alike in both places; check_world_out refuses other settings before any work and
+    names damaged files, and an episode about to be reused is checked again (another run may have written it)."""
     config = MakeWorldConfig(
         out=str(tmp_path), episodes=3, frames_per_action=2, actions_per_episode=2, workers=1, world="blocks"
     )
@@ -327,6 +328,12 @@ def test_world_dataset_names_damaged_meta_files_and_renders_their_episodes_again
     assert {name: (meta_dir / name).read_text() for name in metas} == metas  # rendered again, identically
     assert (tmp_path / "manifest.jsonl").read_text() == manifest
     assert kept.stat().st_mtime_ns == stamp  # the intact episode is reused
+    # a meta file rewritten with other settings after check_world_out (a second run into the same --out)
+    from slowfast_vgen.data.world_dataset import _finished_meta
+
+    (meta_dir / "blocks-000001.json").write_text(json.dumps({**other, "generator": {**other["generator"], "size": 64}}))
+    with pytest.raises(UserInputError, match=r"blocks-000001\.json was generated with other settings .* while this run"):
+        _finished_meta(meta_dir / "blocks-000001.json", kept, config)
 
 # ---- readers ---------------------------------------------------------------------------------------
 

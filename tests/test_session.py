@@ -132,6 +132,11 @@ def test_a_session_saved_at_another_dtype_names_both_dtypes(tiny_bundle, tiny_co
         f"{tiny_bundle.model_fingerprint} != {wide.model_fingerprint}; its weights were float32, this model's are "
         "float64); resume it with the model and dtype it was generated with"
     )
+    # a module's own .to (as a pipeline's .to does) is noticed too: the cached fingerprint is not reused
+    again = ModelBundle.from_config(tiny_config)
+    before = again.model_fingerprint
+    again.unet.to(torch.float64)
+    assert again.model_fingerprint != before
 
 
 def test_the_model_fingerprint_ignores_injected_and_merged_memories(tiny_bundle, tiny_config, first_frame, tmp_path):
@@ -147,11 +152,11 @@ def test_the_model_fingerprint_ignores_injected_and_merged_memories(tiny_bundle,
     assert model_fingerprint(tiny_bundle.unet) == plain
     # the CLI saves after every chunk, from the chunk callback: the bundle's first fingerprint is read there
     session.generate(["move left", "move right"], callback=lambda record, frames: session.save(tmp_path / "s"))
-    assert _session_json(tmp_path / "s")["model_fingerprint"] == plain == tiny_bundle.model_fingerprint
+    fresh = ModelBundle.from_config(tiny_config).model_fingerprint  # no adapter ever
+    assert _session_json(tmp_path / "s")["model_fingerprint"] == tiny_bundle.model_fingerprint == fresh
     assert model_fingerprint(tiny_bundle.unet) == plain  # the merged memory left the weights as they were
     with merged_adapter(tiny_bundle.unet, session.adapter_name):  # why it is never computed inside a chunk
         assert model_fingerprint(tiny_bundle.unet) != plain
-    assert ModelBundle.from_config(tiny_config).model_fingerprint == plain
 
 
 def test_the_model_fingerprint_covers_the_action_encoder(tiny_config):
@@ -163,6 +168,17 @@ def test_the_model_fingerprint_covers_the_action_encoder(tiny_config):
         bundle.with_action_encoder(hidden_dim=16, num_tokens=1, classifier=False, seed=seed)
     fingerprints = [bundle.model_fingerprint for bundle in bundles]
     assert fingerprints[0] == fingerprints[1] != fingerprints[2] and without not in fingerprints
+
+
+def test_the_model_fingerprint_covers_the_noise_schedule(tiny_config):
+    """The same weights trained for another parameterisation (epsilon vs v) are another model."""
+    from diffusers import DDPMScheduler
+
+    from slowfast_vgen.model import ModelBundle
+
+    same, other = ModelBundle.from_config(tiny_config), ModelBundle.from_config(tiny_config)
+    other.noise_scheduler = DDPMScheduler.from_config({**other.noise_scheduler.config, "prediction_type": "v_prediction"})
+    assert same.model_fingerprint == ModelBundle.from_config(tiny_config).model_fingerprint != other.model_fingerprint
 
 
 def test_a_session_saved_without_a_model_fingerprint_loads_and_its_next_save_records_one(

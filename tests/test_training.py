@@ -200,7 +200,7 @@ def test_unreadable_videos_in_a_dataloader_worker_end_with_one_line_and_exit_2(w
 
 def test_two_cpu_processes_stay_in_sync_and_only_rank_0_writes(world_root, tmp_path):
     out = tmp_path / "ddp"
-    process = _run_script(f"{sys.executable} -m torch.distributed.run --nproc_per_node 2 --master_port 29517 train/train_slow.py",
+    process = _run_script(f"{sys.executable} -m torch.distributed.run --standalone --nproc_per_node 2 train/train_slow.py",
                           _overrides(world_root, out, "max_steps=2", "checkpointing_steps=1", "batch_size=1"))
     output, _ = process.communicate(timeout=600)
     assert process.returncode == 0, output

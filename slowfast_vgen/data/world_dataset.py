@@ -229,7 +229,7 @@ def run_episode_job(job: EpisodeJob) -> list[Segment]:
     root = Path(job.root)
     meta_path = episode_meta_path(root, job.name)
     video_path = root / job.video
-    meta = _finished_meta(meta_path, video_path)
+    meta = _finished_meta(meta_path, video_path, config)
     if meta is None:
         world = build_world(config.world, job.world_seed, config=world_config(config.world, _world_overrides(config)))
         episode = world.sample_episode(
@@ -260,15 +260,20 @@ def _world_overrides(config: MakeWorldConfig) -> list[str]:
     return [f"view_size={config.size}", *config.world_overrides]
 
 
-def _finished_meta(meta_path: Path, video_path: Path) -> dict[str, Any] | None:
+def _finished_meta(meta_path: Path, video_path: Path, config: MakeWorldConfig) -> dict[str, Any] | None:
     """The meta of an already rendered episode, ``None`` if it must be rendered (a file missing, the meta damaged).
 
-    Its generator settings are not compared here: :func:`check_world_out` compared those of every
-    meta file, before any rendering, and refused the run on a clash (and reported damaged ones).
+    :func:`check_world_out` compared the settings of every meta file before any rendering (and
+    reported damaged ones); the comparison is repeated here for the one file about to be reused,
+    as another run with other settings may have written it since (two runs into one ``--out``).
     """
     if not (meta_path.is_file() and video_path.is_file()):
         return None
-    return _read_meta(meta_path)[0]
+    meta = _read_meta(meta_path)[0]
+    if meta is not None and meta.get("generator") != config.generator():
+        raise UserInputError(f"--out: {meta_path} was generated with other settings ({meta.get('generator')}) "
+                             "while this run was rendering; run one make_world per --out directory")
+    return meta
 
 
 def _read_meta(path: Path) -> tuple[dict[str, Any] | None, str | None]:
