@@ -328,6 +328,13 @@ def test_world_dataset_names_damaged_meta_files_and_renders_their_episodes_again
     assert {name: (meta_dir / name).read_text() for name in metas} == metas  # rendered again, identically
     assert (tmp_path / "manifest.jsonl").read_text() == manifest
     assert kept.stat().st_mtime_ns == stamp  # the intact episode is reused
+    # the right settings but no primitives (the episode's rows are made from them): rendered again, named
+    (meta_dir / "blocks-000001.json").write_text(json.dumps({k: v for k, v in other.items() if k != "primitives"}))
+    lines.clear()
+    make_world_dataset(config, report=lines.append)
+    assert lines[0] == (f"{meta_dir}/blocks-000001.json: damaged episode meta file (no list of primitives); "
+                        "rendering blocks-000001 again") and len(lines) == 2  # and blocks-000007, as before
+    assert (meta_dir / "blocks-000001.json").read_text() == metas["blocks-000001.json"]
     # a meta file rewritten with other settings after check_world_out (a second run into the same --out)
     from slowfast_vgen.data.world_dataset import _finished_meta
 

@@ -278,11 +278,16 @@ def _finished_meta(meta_path: Path, video_path: Path, config: MakeWorldConfig) -
 
 def _read_meta(path: Path) -> tuple[dict[str, Any] | None, str | None]:
     """``(meta, None)`` for a readable meta side file, ``(None, why)`` for a damaged one (unreadable, not
-    UTF-8, not JSON, not a JSON object): its episode is rendered again. The one reader of meta files here."""
+    UTF-8, not JSON, not a JSON object, no list of ``primitives``, which a resumed episode's rows are
+    made from): its episode is rendered again. The one reader of meta files here."""
     try:
-        return read_json_object(path), None
+        meta = read_json_object(path)
     except (OSError, ValueError) as err:
         return None, first_line(err)
+    primitives = meta.get("primitives")
+    if not isinstance(primitives, list) or not all(isinstance(p, str) for p in primitives):
+        return None, "no list of primitives"
+    return meta, None
 
 
 OWN_ENTRIES = frozenset({"videos", META_DIR, MANIFEST_NAME, "dataset.json"})
