@@ -225,8 +225,6 @@ class ModelBundle:
         for module in (self.unet, self.vae, self.text_encoder, self.action_encoder):
             if module is not None:
                 module.to(device) if dtype is None else module.to(device=device, dtype=dtype)
-        if dtype is not None:  # other bytes: another model_fingerprint
-            self.forget_model_fingerprint()
         return self
 
     # ------------------------------------------------------------------ encoders
@@ -547,7 +545,7 @@ class ModelBundle:
                 text_dim, self.unet.config.cross_attention_dim, hidden_dim, num_tokens, classifier
             ).to(self.device)
         self.action_encoder.eval()
-        self.forget_model_fingerprint()
+        self.forget_model_fingerprint()  # the cache key holds module ids: the replaced encoder's id may be reused
         return self
 
 
@@ -571,7 +569,7 @@ def model_fingerprint(unet: torch.nn.Module, action_encoder: torch.nn.Module | N
                       text_encoder_fingerprint: str = "") -> str:
     """SHA-256 (16 hex digits) over what generation depends on: the UNet's and, when given, the action
     encoder's and the VAE's weights (names, dtypes, shapes, bytes:
-    :func:`~slowfast_vgen.text_features.module_fingerprint`) and configs, the noise scheduler's config
+    :func:`~slowfast_vgen.text_features.hash_tensors`) and configs, the noise scheduler's config
     (its prediction type, betas...) and the text encoder's own fingerprint
     (:attr:`ModelBundle.text_encoder_fingerprint`, the same with the encoder or with its feature cache).
 
@@ -595,25 +593,18 @@ def model_fingerprint(unet: torch.nn.Module, action_encoder: torch.nn.Module | N
     import json
 
     from .fast_learner import base_state_dict
-    from .text_features import module_fingerprint
+    from .text_features import hash_tensors
 
-    class BaseWeights:  # module_fingerprint hashes ``state_dict()``: here without LoRA tensors and peft's renaming
-        def __init__(self, module: torch.nn.Module) -> None:
-            self.module = module
-
-        def state_dict(self) -> dict[str, torch.Tensor]:
-            return base_state_dict(self.module)
-
-    parts = []
+    digest = hashlib.sha256()
     for label, module in (("unet", unet), ("action_encoder", action_encoder), ("vae", vae)):
         if module is not None:
-            config = json.dumps(_config_identity(module), sort_keys=True)
-            parts.append(f"{label} {config} {module_fingerprint(BaseWeights(module), None)}")
+            digest.update(f"{label} {json.dumps(_config_identity(module), sort_keys=True)}\n".encode())
+            hash_tensors(digest, base_state_dict(module))  # without LoRA tensors and peft's renaming
     if scheduler is not None:
-        parts.append(f"scheduler {json.dumps(_config_identity(scheduler), sort_keys=True)}")
+        digest.update(f"scheduler {json.dumps(_config_identity(scheduler), sort_keys=True)}\n".encode())
     if text_encoder_fingerprint:
-        parts.append(f"text_encoder {text_encoder_fingerprint}")
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+        digest.update(f"text_encoder {text_encoder_fingerprint}\n".encode())
+    return digest.hexdigest()[:16]
 
 
 def _config_identity(module: torch.nn.Module) -> dict[str, Any]:

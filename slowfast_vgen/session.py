@@ -449,18 +449,12 @@ def check_session_dir(directory: str | os.PathLike, outputs: Sequence[str | os.P
     if not has_own_name(directory):
         raise UserInputError(f"{label}: {str(directory)!r} names no directory of its own; give one such as session1")
     resolved = directory.resolve()
-    for output in outputs:
-        if Path(output).resolve().is_relative_to(resolved):
-            raise UserInputError(
-                f"{label}: the session directory {directory} would hold {output}, and every save replaces "
-                "the whole directory; give them separate paths"
-            )
-    for flag, path in inputs:
+    kept = [(output, f"would hold {output}") for output in outputs]
+    kept += [(path, f"holds the {flag} {path}") for flag, path in inputs]
+    for path, holding in kept:
         if Path(path).resolve().is_relative_to(resolved):
-            raise UserInputError(
-                f"{label}: the session directory {directory} holds the {flag} {path}, and every save replaces "
-                "the whole directory; give them separate paths"
-            )
+            raise UserInputError(f"{label}: the session directory {directory} {holding}, and every save replaces "
+                                 "the whole directory; give them separate paths")
     if directory.is_file():
         raise UserInputError(f"{label}: {directory} is a file, not a session directory")
     if os.path.lexists(directory) and not directory.is_dir():

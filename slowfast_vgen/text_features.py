@@ -33,13 +33,18 @@ from .io_utils import atomic_output_file
 FORMAT = "slowfast_vgen.text_features/1"
 
 
-def module_fingerprint(text_encoder: torch.nn.Module, tokenizer) -> str:
-    """SHA-256 (32 hex digits) over a text encoder's weights (names, dtypes, bytes) and its tokenizer's vocabulary."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(text_encoder.state_dict().items()):
+def hash_tensors(digest, state_dict: dict[str, torch.Tensor]) -> None:
+    """Feed ``state_dict``'s tensors (names, dtypes, shapes, bytes; sorted by name) into the hashlib ``digest``."""
+    for name, tensor in sorted(state_dict.items()):
         tensor = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
         digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+
+
+def module_fingerprint(text_encoder: torch.nn.Module, tokenizer) -> str:
+    """SHA-256 (32 hex digits) over a text encoder's weights (names, dtypes, bytes) and its tokenizer's vocabulary."""
+    digest = hashlib.sha256()
+    hash_tensors(digest, text_encoder.state_dict())
     vocab = tokenizer.get_vocab() if tokenizer is not None else {}
     digest.update(json.dumps(sorted(vocab.items())).encode())
     return digest.hexdigest()[:32]

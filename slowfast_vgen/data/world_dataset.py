@@ -19,9 +19,10 @@ phrasings (training and held-out), so held-out wordings are evaluated there and 
 
 Resuming: each episode's video and then its meta file are written atomically; an episode whose
 both files exist is not rendered again, so an interrupted run continues where it stopped. Before
-any rendering, :func:`check_world_out` reads every meta file once: one made with other generator
-settings refuses the run, a damaged one is reported by name and its episode rendered again. The
-manifest is rebuilt from the meta files at the end.
+any rendering, :func:`check_world_out` reads every meta file: one made with other generator
+settings refuses the run, a damaged one is reported by name and its episode rendered again (each
+reused episode's settings are compared once more when it is reused). The manifest is rebuilt from
+the meta files at the end.
 """
 
 from __future__ import annotations
@@ -304,9 +305,9 @@ def check_world_out(config: MakeWorldConfig, report: Callable[[str], None] | Non
     ``meta/*.json`` side files record them) or of unknown origin (a ``manifest.jsonl`` with
     neither), whose manifest would be replaced and videos orphaned.
 
-    This is the only place the generator settings of existing episodes are checked (each meta file
-    is read once here; a resumed episode is then reused without a second check). A damaged meta
-    file does not count as a record; when the run is not refused, ``report`` gets one line naming it.
+    Every existing meta file is checked here, before any work (:func:`_finished_meta` compares a
+    reused episode's settings once more, in case another run wrote it since). A damaged meta file
+    does not count as a record; when the run is not refused, ``report`` gets one line naming it.
     """
     root = check_output_directory(config.out)
     if not root.is_dir():
