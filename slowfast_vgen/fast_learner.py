@@ -16,7 +16,8 @@ Variants (the paper's Table 4 ablations):
                       from the whole generated history instead of the latest pair.
 
 The memory saves as a standard peft adapter directory (``adapter_config.json`` +
-``adapter_model.safetensors``) that plain peft can load.
+``adapter_model.safetensors``) that plain peft can load, plus ``fast_learner.json``: the settings
+it was made with (how it learned and how strongly it is read), which peft ignores.
 
 Several memories can share one UNet: each is a peft adapter with its own name, and
 :func:`use_adapter` makes one of them (or none) the active adapter while it runs, restoring the
@@ -31,7 +32,7 @@ import os
 import re
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -52,7 +53,7 @@ from .model import frozen_weights_on_fast_path, unet_text_kwargs
 from .checkpointing import load_optimizer_state, save_optimizer_state
 from .config import help_field
 from .errors import UserInputError, first_line, read_json_object
-from .io_utils import atomic_output_dir
+from .io_utils import atomic_output_dir, atomic_write_json
 
 FAST_MODES = ("off", "paper", "text", "full-sequence")
 TEMPORAL_ATTENTION_REGEX = (
@@ -60,6 +61,7 @@ TEMPORAL_ATTENTION_REGEX = (
 )
 ADAPTER_NAME = "temp_lora"
 PEFT_PREFIX = "base_model.model."  # key prefix of adapters saved by peft's PeftModel
+SETTINGS_FILE = "fast_learner.json"  # beside peft's files in a saved memory: the FastLearnerConfig it was made with
 
 
 @dataclass
@@ -308,11 +310,24 @@ class TempLoRA:
 
     @torch.no_grad()
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        state = {k.removeprefix(PEFT_PREFIX): v for k, v in state.items()}
-        result = set_peft_model_state_dict(self.unet, state, adapter_name=self.adapter_name)
-        unexpected = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
-        if unexpected:
-            raise UserInputError(f"memory does not fit this model: unexpected LoRA weight {unexpected[0]}")
+        """Replace the memory's LoRA weights by ``state`` (keys as :meth:`state_dict` gives them).
+
+        Checked before anything changes: ``state`` must hold exactly this memory's LoRA weights, in
+        their shapes, so a memory made on other layers (``fast.target_modules``) or another model
+        is a :class:`UserInputError` and the memory in place stays as it was.
+        """
+        own = self.state_dict()
+        for key in own.keys() - state.keys():
+            raise UserInputError(f"memory does not fit this Temp-LoRA: it has no weight for {key.removeprefix(PEFT_PREFIX)} "
+                                 "(made on other layers, fast.target_modules?)")
+        for key in state.keys() - own.keys():
+            raise UserInputError(f"memory does not fit this model: unexpected LoRA weight {key.removeprefix(PEFT_PREFIX)}")
+        for key, value in own.items():
+            if state[key].shape != value.shape:
+                raise UserInputError(f"memory does not fit this model: {key.removeprefix(PEFT_PREFIX)} has shape "
+                                     f"{tuple(state[key].shape)}, this model's is {tuple(value.shape)}")
+        set_peft_model_state_dict(self.unet, {k.removeprefix(PEFT_PREFIX): v for k, v in state.items()},
+                                  adapter_name=self.adapter_name)
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write the memory as a peft adapter directory (loadable with ``PeftModel.from_pretrained``)."""
@@ -320,11 +335,16 @@ class TempLoRA:
         with atomic_output_dir(directory) as tmp:
             self.lora_config.save_pretrained(str(tmp))
             save_file(self.state_dict(), str(tmp / "adapter_model.safetensors"))
+            atomic_write_json(tmp / SETTINGS_FILE, asdict(self.config))
         return directory
 
-    def load(self, directory: str | os.PathLike) -> None:
-        """Load a memory saved by :meth:`save` (safetensors only); checks rank and targets match."""
-        self.load_state_dict(read_memory(directory, self.config.rank))
+    def load(self, directory: str | os.PathLike) -> list[str]:
+        """Load a memory saved by :meth:`save` (safetensors only); its rank, alpha and layers must
+        match. Returns how the settings it was made with differ from this memory's in how it learns
+        and is read (e.g. ``read_scale 0.5 -> 1.0``); empty when they agree or were not recorded."""
+        settings = read_memory_settings(directory)  # every file checked before the memory in place changes
+        self.load_state_dict(read_memory(directory, self.config))
+        return settings_differences(settings, self.config)
 
     # optimizer state without pickle: tensors to safetensors, the rest to JSON
     def save_optimizer(self, path: str | os.PathLike) -> None:
@@ -334,11 +354,12 @@ class TempLoRA:
         load_optimizer_state(self.optimizer, path)
 
 
-def read_memory(directory: str | os.PathLike, rank: int) -> dict[str, torch.Tensor]:
+def read_memory(directory: str | os.PathLike, config: FastLearnerConfig) -> dict[str, torch.Tensor]:
     """The LoRA weights of a memory directory written by :meth:`TempLoRA.save`, read completely.
 
-    :class:`UserInputError` naming the file when a file is missing, damaged (truncated JSON or
-    safetensors) or the rank differs from ``rank``.
+    :class:`UserInputError` naming the file when a file is missing or damaged (truncated JSON or
+    safetensors), or when the memory's rank or alpha differs from ``config``'s: read at another
+    ``alpha / r`` the same weights would be another memory.
     """
     directory = Path(directory)
     weights = directory / "adapter_model.safetensors"
@@ -349,13 +370,41 @@ def read_memory(directory: str | os.PathLike, rank: int) -> dict[str, torch.Tens
         saved = read_json_object(config_file)
     except (OSError, ValueError) as err:
         raise UserInputError(f"memory {config_file} is corrupt: {first_line(err)}") from None
-    if saved.get("r") != rank:
-        raise UserInputError(f"memory {directory} has LoRA rank {saved.get('r')}, this model uses {rank}")
+    if saved.get("r") != config.rank:
+        raise UserInputError(f"memory {directory} has LoRA rank {saved.get('r')}, this model uses {config.rank}")
+    if saved.get("lora_alpha") != config.alpha:
+        raise UserInputError(f"memory {directory} has LoRA alpha {saved.get('lora_alpha')}, this episode uses "
+                             f"{config.alpha} (fast.alpha)")
     try:
         return load_file(str(weights))
     except Exception as err:  # safetensors raises its own error types
         raise UserInputError(f"memory {weights} is corrupt: {first_line(err)}") from None
 
+
+def read_memory_settings(directory: str | os.PathLike) -> dict | None:
+    """The settings a memory directory records in ``fast_learner.json``; ``None`` for a memory saved
+    before they were recorded (or by plain peft). :class:`UserInputError` when the file is damaged."""
+    path = Path(directory) / SETTINGS_FILE
+    if not path.is_file():
+        return None
+    try:
+        return read_json_object(path)
+    except (OSError, ValueError) as err:
+        raise UserInputError(f"memory {path} is corrupt: {first_line(err)}") from None
+
+
+_SETTINGS_THAT_SHAPE_THE_MEMORY = ("mode", "learning_rate", "steps_per_chunk", "batch_size", "replay",
+                                   "min_timestep", "max_timestep", "read_scale")
+
+
+def settings_differences(saved: dict | None, config: FastLearnerConfig) -> list[str]:
+    """``"name saved -> current"`` for each setting that decides how a memory learns or is read and
+    differs between ``saved`` (a memory's recorded settings) and ``config``."""
+    if not saved:
+        return []
+    current = asdict(config)
+    return [f"{name} {saved[name]} -> {current[name]}" for name in _SETTINGS_THAT_SHAPE_THE_MEMORY
+            if name in saved and saved[name] != current[name]]
 
 
 def _adapter_layers(unet: torch.nn.Module) -> list[BaseTunerLayer]:

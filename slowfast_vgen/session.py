@@ -401,7 +401,7 @@ class GenerationSession:
             raise corrupt(state_file, ValueError(f"{latents.shape[2]} latent frames but {len(frames)} frames"))
         memory, optimizer_file = None, directory / "optimizer.safetensors"
         if config.fast.mode != "off":
-            memory = read_memory(directory / "memory", config.fast.rank)  # UserInputError naming the file
+            memory = read_memory(directory / "memory", config.fast)  # UserInputError naming the file
             if optimizer_file.is_file():
                 try:
                     check_optimizer_file(optimizer_file)
@@ -419,9 +419,8 @@ class GenerationSession:
         if session.fast_learner is not None:
             try:
                 session.fast_learner.load_state_dict(memory)
-            except RuntimeError as err:  # shapes that do not fit
-                reason = str(err).strip().splitlines()[0]
-                raise UserInputError(f"saved session {directory}: memory does not fit this model: {reason}") from None
+            except UserInputError as err:  # weights of other layers or shapes (checked before any is loaded)
+                raise UserInputError(f"saved session {directory}: {err}") from None
             if optimizer_file.is_file():
                 try:
                     session.fast_learner.load_optimizer(optimizer_file)

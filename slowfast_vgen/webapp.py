@@ -240,13 +240,15 @@ class WebApp:
             tab.session.fast_learner.save(directory)
         return _zip_directory(directory, tab.folder / f"memory-{tab.session.num_chunks_done}-chunks.zip")
 
-    def load_memory(self, tab: Tab, upload: Any) -> None:
-        """Replace the episode's memory by a saved one (a zip of a memory directory); the frames stay."""
+    def load_memory(self, tab: Tab, upload: Any) -> list[str]:
+        """Replace the episode's memory by a saved one (a zip of a memory directory); the frames stay.
+        Returns the settings (``read_scale 0.5 -> 1.0``) in which this episode learns or reads it
+        differently from the episode that made it."""
         if tab.session.fast_learner is None:
             raise UserInputError("this episode has no memory to load into (Temp-LoRA is off): choose a rule first")
         directory = _unzip_upload(upload, tab.folder / "upload", marker="adapter_config.json")
         with self.model_lock:
-            tab.session.fast_learner.load(directory)  # UserInputError: damaged, other rank or other model
+            return tab.session.fast_learner.load(directory)  # UserInputError: damaged, other rank/alpha/layers/model
 
     # ------------------------------------------------------------------ 3. outputs
     def export(self, tab: Tab) -> tuple[Path, Path]:
@@ -675,10 +677,11 @@ def build_ui(app: WebApp):
         try:
             tab = needs_episode(tab)
             with using(tab):
-                app.load_memory(tab, upload)
+                differences = app.load_memory(tab, upload)
         except Exception as err:
             return {**unchanged(failed(err)), load_memory_file: None}
-        return {status: message("memory loaded: the next chunks use it"), load_memory_file: None}
+        made_with = f" (made with other settings: {', '.join(differences)})" if differences else ""
+        return {status: message(f"memory loaded{made_with}: the next chunks use it"), load_memory_file: None}
 
     def on_unload(request: gr.Request):
         """The browser tab went away: its episode (and memory adapter) goes now, not with gradio's state."""

@@ -255,7 +255,8 @@ def test_saved_memory_reloads_into_plain_peft_exactly(tiny_bundle, tiny_config, 
         learner.update(previous, new, torch.Generator().manual_seed(3), text)
     expected = _output(tiny_bundle.unet, text)
     learner.save(tmp_path / "memory")
-    assert sorted(p.name for p in (tmp_path / "memory").iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "memory").iterdir()) == [
+        "adapter_config.json", "adapter_model.safetensors", "fast_learner.json"]
 
     fresh_unet = ModelBundle.from_config(tiny_config).unet  # same base weights (same seed)
     peft_model = PeftModel.from_pretrained(fresh_unet, tmp_path / "memory", adapter_name="temp_lora")
@@ -276,6 +277,67 @@ def test_memory_with_other_rank_is_refused(tiny_bundle, tiny_config, tmp_path):
     other = ModelBundle.from_config(tiny_config)
     with pytest.raises(Exception, match="rank 4"):
         _learner(other, rank=8).load(tmp_path / "memory")
+
+
+def _trained(bundle, seed, **overrides):
+    learner = _learner(bundle, **overrides)
+    previous, new = _chunk_pair(seed)
+    learner.update(previous, new, torch.Generator().manual_seed(seed), bundle.encode_text([""]))
+    return learner
+
+
+ALL_ATTENTION = r".*attn[12]\.(to_q|to_k|to_v|to_out\.0)"  # more layers than the default temporal attention
+
+
+@pytest.mark.parametrize("saved, loading, message", [
+    ({}, {"alpha": 8}, r"has LoRA alpha 4(\.0)?, this episode uses 8(\.0)? \(fast\.alpha\)"),
+    ({}, {"target_modules": ALL_ATTENTION}, r"does not fit this Temp-LoRA: it has no weight for .*\(made on other layers"),
+    ({"target_modules": ALL_ATTENTION}, {}, r"does not fit this model: unexpected LoRA weight"),
+])
+def test_a_memory_made_with_other_alpha_or_layers_is_refused_and_the_memory_in_place_kept(
+        tiny_bundle, tiny_config, tmp_path, saved, loading, message):
+    _trained(tiny_bundle, 1, **saved).save(tmp_path / "memory")
+    other = ModelBundle.from_config(tiny_config)
+    learner = _trained(other, 2, **loading)
+    text = other.encode_text([""])
+    before = _output(other.unet, text)
+    with pytest.raises(UserInputError, match=message):
+        learner.load(tmp_path / "memory")
+    assert torch.equal(_output(other.unet, text), before)
+
+
+def test_weights_of_another_shape_are_refused_before_any_is_loaded(tiny_bundle):
+    learner = _trained(tiny_bundle, 1)
+    state = learner.state_dict()
+    text = tiny_bundle.encode_text([""])
+    before = _output(tiny_bundle.unet, text)
+    key = sorted(state)[-1]
+    wrong = {k: torch.zeros_like(v) for k, v in state.items()} | {key: torch.zeros(3, 3)}
+    with pytest.raises(UserInputError, match=r"has shape \(3, 3\), this model's is"):
+        learner.load_state_dict(wrong)
+    assert torch.equal(_output(tiny_bundle.unet, text), before)
+
+
+def test_a_saved_memory_records_its_settings_and_loading_names_those_that_differ(tiny_bundle, tiny_config, tmp_path):
+    _trained(tiny_bundle, 1, read_scale=0.5, learning_rate=1e-3).save(tmp_path / "memory")
+    other = ModelBundle.from_config(tiny_config)
+    assert _learner(other, read_scale=0.5).load(tmp_path / "memory") == []
+    assert _learner(ModelBundle.from_config(tiny_config), mode="text", learning_rate=2e-3).load(tmp_path / "memory") == [
+        "mode paper -> text", "learning_rate 0.001 -> 0.002", "read_scale 0.5 -> 1.0"]
+    (tmp_path / "memory" / "fast_learner.json").unlink()  # as plain peft or an older version saves it: nothing to compare
+    assert _learner(ModelBundle.from_config(tiny_config)).load(tmp_path / "memory") == []
+
+
+def test_a_damaged_settings_file_is_named_and_the_memory_in_place_kept(tiny_bundle, tiny_config, tmp_path):
+    _trained(tiny_bundle, 1).save(tmp_path / "memory")
+    (tmp_path / "memory" / "fast_learner.json").write_text('{"mode": "pa')
+    other = ModelBundle.from_config(tiny_config)
+    learner = _trained(other, 2)
+    text = other.encode_text([""])
+    before = _output(other.unet, text)
+    with pytest.raises(UserInputError, match=r"memory .*fast_learner\.json is corrupt"):
+        learner.load(tmp_path / "memory")
+    assert torch.equal(_output(other.unet, text), before)
 
 
 @pytest.mark.parametrize("mode", ["text", "full-sequence"])

@@ -184,7 +184,10 @@ def test_memory_reset_save_and_load(app):
     archive = app.save_memory(tab)
     app.reset_memory(tab)
     assert _same_memory(_memory(tab), initial) and tab.session.num_chunks_done == 1
-    app.load_memory(tab, str(archive))
+    assert app.load_memory(tab, str(archive)) == []  # made with this episode's settings
+    assert _same_memory(_memory(tab), learned)
+    app.switch_fast(tab, "text")  # a fresh memory that learns by another rule: loads, and says so
+    assert app.load_memory(tab, str(archive)) == ["mode paper -> text"]
     assert _same_memory(_memory(tab), learned)
     app.switch_fast(tab, "off")
     for method in (app.reset_memory, app.save_memory):
