@@ -34,6 +34,19 @@ def read_json_object(path) -> dict:
     return value
 
 
+def fps_problem(fps) -> str | None:
+    """Why a frame rate read from JSON (a manifest row, a model's metadata) cannot be used (the end of
+    a sentence that starts with its name), or ``None``.
+
+    Same rule and words as :class:`~slowfast_vgen.model.ModelConfig`'s check: a finite number > 0
+    (JSON ``true`` is not a number here)."""
+    import math
+
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0:
+        return f"must be a finite number > 0, got {fps!r}"
+    return None
+
+
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
     """Run ``main(argv)``; map :class:`UserInputError` (and config errors) to one line + exit 2."""
     from omegaconf.errors import OmegaConfBaseException

@@ -35,7 +35,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, SchedulerMixin, UNet3DCondit
 
 from .action_encoder import ActionEncoder, masked_mean, unit_rms
 from .config import help_field
-from .errors import UserInputError, first_line, read_json_object
+from .errors import UserInputError, first_line, fps_problem, read_json_object
 from .io_utils import atomic_output_dir, atomic_write_json
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -706,16 +706,12 @@ _POSITIVE_INT_FIELDS = ("height", "width", "patch_size")
 
 def _check_metadata(metadata: dict[str, Any], where: str) -> None:
     """Refuse a ``slowfast_vgen.json`` whose fields cannot be used, naming the field (``where`` starts the message)."""
-    import math
-
     for key in _POSITIVE_INT_FIELDS:
         value = metadata.get(key)
         if key in metadata and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise UserInputError(f"{where}: field {key!r} must be a positive integer, got {value!r}")
-    if "fps" in metadata:
-        fps = metadata["fps"]
-        if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0:
-            raise UserInputError(f"{where}: field 'fps' must be a positive number, got {fps!r}")
+    if "fps" in metadata and fps_problem(metadata["fps"]):
+        raise UserInputError(f"{where}: field 'fps' {fps_problem(metadata['fps'])}")
     for key in ("text_encoder_package", "text_encoder_fingerprint"):
         if key in metadata and not isinstance(metadata[key], str):
             raise UserInputError(f"{where}: field {key!r} must be a string, got {metadata[key]!r}")

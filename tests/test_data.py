@@ -178,7 +178,7 @@ def test_relative_path_rule(path, ok, tmp_path):
         ({"video": "/abs/a.mp4"}, "is absolute"),
         ({"action": "  "}, "empty action"),
         ({"end_frame": 1}, "empty segment"),
-        ({"fps": 0}, "fps must be a positive number"),
+        ({"fps": 0}, "fps must be a finite number > 0, got 0"),
         ({"start_frame": 1.5}, "start_frame must be an integer"),
     ],
 )

@@ -287,7 +287,7 @@ def _set_metadata(model, **fields):
 @pytest.mark.parametrize("fields, reason", [
     ({"height": "sixteen"}, "field 'height' must be a positive integer, got 'sixteen'"),
     ({"width": 0}, "field 'width' must be a positive integer, got 0"),
-    ({"fps": "fast"}, "field 'fps' must be a positive number, got 'fast'"),
+    ({"fps": "fast"}, "field 'fps' must be a finite number > 0, got 'fast'"),
     ({"generation": "fast"}, "field 'generation' must be an object of generation settings, got 'fast'"),
     ({"generation": {"no_such_key": 1}}, "field 'generation': bad config: "),
 ])

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Iterable, Iterator
 
-from ..errors import UserInputError
+from ..errors import UserInputError, fps_problem
 from ..io_utils import atomic_write_json, atomic_write_text, check_output_directory
 
 MANIFEST_NAME = "manifest.jsonl"
@@ -80,11 +79,8 @@ def segment_problems(row: Any) -> list[str]:
         problems.append(f"start_frame must be >= 0, got {start}")
     if _is_int(start) and _is_int(end) and end <= start:
         problems.append(f"empty segment: end_frame {end} <= start_frame {start} (end is exclusive)")
-    fps = row.get("fps")
-    if "fps" in row and (
-        isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0
-    ):
-        problems.append(f"fps must be a positive number, got {fps!r}")
+    if "fps" in row and fps_problem(row["fps"]):
+        problems.append(f"fps {fps_problem(row['fps'])}")
     for name in ("action", "episode", "split"):
         if name in row and (not isinstance(row[name], str) or not row[name].strip()):
             problems.append(
