@@ -86,6 +86,11 @@ class TrainConfig:
     lr_warmup_steps: int = help_field(100, "linear warmup steps")
     max_grad_norm: float = help_field(1.0, "gradient clipping (0 = off)")
     mixed_precision: str = help_field("no", "no | fp16 | bf16")
+    compile: bool = help_field(
+        False, "run the training steps' UNet through torch.compile (inductor; the first step compiles). Checkpoints, "
+        "validation, samples and the export use the same weights uncompiled; a run continues exactly with the same "
+        "setting (benchmarks/train_step.py measures the gain)"
+    )
     use_ema: bool = help_field(False, "keep an EMA of the UNet weights (exported as the final model)")
     ema_decay: float = help_field(0.999, "EMA decay")
     min_timestep: int = help_field(
@@ -199,6 +204,9 @@ class LoopTrainConfig(TrainConfig):
         if self.fast.read_scale != 1:
             raise ValueError("fast.read_scale is how generation samples with a memory; the loop trains Phi through "
                              f"the memory as learned (scale 1), got {self.fast.read_scale}")
+        if self.compile:
+            raise ValueError("compile is for slow learning (train_slow.py): the loop's UNet changes its Temp-LoRA "
+                             "with every record")
 
 
 @dataclass
@@ -291,6 +299,8 @@ class SlowTrainer:
         else:
             self.unet, self.optimizer = self.accelerator.prepare(self.bundle.unet, self.optimizer)
             self.action_encoder = None
+        # the module the training loss runs: compiled, it shares self.unet's parameters (nothing else changes)
+        self.training_unet = torch.compile(self.unet) if config.compile else self.unet
         self.text_cache: dict[str, torch.Tensor] = {}
         # a missing or too small validation split is an error now, not after hours of training
         self.validation_batch = self.load_validation_batch() if config.validate_every and self.accelerator.is_main_process else None
@@ -359,7 +369,7 @@ class SlowTrainer:
         if anchor is not None:  # the frozen model's conditioning for the same (possibly dropped) texts
             with torch.no_grad():  # (a model without an action encoder: the frozen text conditioning, as for Phi)
                 reference = (anchor, self.conditioning(texts, anchor.action_encoder)[0])
-        loss = self.loss_at(self.unet, latents, mask, conditioning, noise, timesteps, reference)
+        loss = self.loss_at(self.training_unet, latents, mask, conditioning, noise, timesteps, reference)
         if logits is not None:  # the auxiliary objective (0 x logits keeps every parameter in the graph: DDP)
             labels = self.bundle.action_encoder.primitive_labels(texts)
             auxiliary = auxiliary_action_loss(logits, labels)

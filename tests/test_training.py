@@ -81,6 +81,17 @@ def test_resume_gives_the_losses_and_weights_of_an_uninterrupted_run(world_root,
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_compiled_run_resumes_exactly_and_exports_plain_weights(world_root, tmp_path):
+    straight = train(_slow(world_root, tmp_path / "a", "max_steps=4", "compile=true"))
+    first = train(_slow(world_root, tmp_path / "b", "max_steps=2", "compile=true"))
+    resumed = train(_slow(world_root, tmp_path / "b", "max_steps=4", "compile=true"))
+    assert {**first.losses, **resumed.losses} == straight.losses
+    a, b = _unet_state(tmp_path / "a"), _unet_state(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # keys of the plain UNet: no torch.compile prefix in the export
+    with pytest.raises(UserInputError, match="compile is for slow learning"):
+        load_config(LoopTrainConfig, overrides=_overrides(world_root, tmp_path / "loop", "compile=true"))
+
+
 def test_pruning_keeps_the_newest_and_only_after_a_successful_save(world_root, tmp_path):
     out = tmp_path / "run"
     train(_slow(world_root, out, "max_steps=4", "checkpointing_steps=1", "checkpoints_total_limit=2"))
