@@ -115,7 +115,7 @@ def save_checkpoint(
 
     ``extra_tensors`` maps a name to (tensors, string metadata), written as ``<name>.safetensors``."""
     path = Path(output_dir) / f"checkpoint-{step}"
-    with atomic_output_dir(path) as tmp:
+    with atomic_output_dir(path, "trainer_state.json") as tmp:
         unet.save_pretrained(tmp / "unet", safe_serialization=True)
         if ema is not None:
             ema.save_pretrained(str(tmp / "ema"))

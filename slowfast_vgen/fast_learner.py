@@ -332,7 +332,7 @@ class TempLoRA:
     def save(self, directory: str | os.PathLike) -> Path:
         """Write the memory as a peft adapter directory (loadable with ``PeftModel.from_pretrained``)."""
         directory = Path(directory)
-        with atomic_output_dir(directory) as tmp:
+        with atomic_output_dir(directory, "adapter_config.json") as tmp:
             self.lora_config.save_pretrained(str(tmp))
             save_file(self.state_dict(), str(tmp / "adapter_model.safetensors"))
             atomic_write_json(tmp / SETTINGS_FILE, asdict(self.config))

@@ -169,7 +169,7 @@ def _batch_rng(seed: int, step: int) -> tuple[np.random.Generator, torch.Generat
 def _save_checkpoint(path: Path, model: InverseDynamicsModel, optimizer: torch.optim.Optimizer, step: int) -> None:
     from .checkpointing import save_optimizer_state
 
-    with atomic_output_dir(path) as tmp:
+    with atomic_output_dir(path, "trainer_state.json") as tmp:
         model.save_pretrained(tmp / "model", safe_serialization=True)
         save_optimizer_state(optimizer, tmp / "optimizer.safetensors")
         atomic_write_json(tmp / "trainer_state.json", {"step": step})  # written last
@@ -251,7 +251,7 @@ def _train_idm(config: IDMTrainConfig, progress) -> IDMTrainResult:
         log.close()
     # 4. the model and its accuracy on held-out worlds
     model.eval()
-    with atomic_output_dir(out / "model") as tmp:
+    with atomic_output_dir(out / "model", "config.json") as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
     held_out = PairSampler(config.world, config.size, config.frames_per_action, config.val_seed, config.val_worlds,
                            config.world_overrides)

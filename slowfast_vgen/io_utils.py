@@ -157,16 +157,31 @@ def atomic_output_file(path: str | os.PathLike, suffix: str = "") -> Iterator[Pa
         raise
 
 
+def holds_other_files(directory: str | os.PathLike, marker: str) -> bool:
+    """Whether ``directory`` is an existing folder with files in it but without ``marker``: a folder that
+    some writer did not make, which replacing it as a whole would delete. ``OSError`` when unreadable."""
+    directory = Path(directory)
+    return directory.is_dir() and not (directory / marker).exists() and any(directory.iterdir())
+
+
 @contextlib.contextmanager
-def atomic_output_dir(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_output_dir(path: str | os.PathLike, marker: str) -> Iterator[Path]:
     """Yield a temporary directory beside ``path``; on success it replaces ``path`` as a whole.
 
     An existing ``path`` is moved aside first and removed only after the rename succeeded, so
-    at every instant either the old or the new complete directory exists.
+    at every instant either the old or the new complete directory exists. ``marker`` is the file
+    that marks a directory this writer made (``model_index.json``, ``session.json``, ...): an
+    existing non-empty ``path`` without it is refused (:class:`~slowfast_vgen.errors.UserInputError`)
+    before anything is written, instead of being deleted with whatever else it held.
     """
+    from .errors import UserInputError
+
     path = Path(path)
     if not has_own_name(path):  # refused before the work is done, not when it is to be renamed
         raise ValueError(f"cannot replace {str(path)!r} as a whole: give a directory with a name of its own")
+    if holds_other_files(path, marker):
+        raise UserInputError(f"cannot write {path}: it is a folder of other files (no {marker}), and writing replaces "
+                             "the whole folder; give a new or empty directory")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:

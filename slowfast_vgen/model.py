@@ -409,7 +409,7 @@ class ModelBundle:
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write the bundle atomically in diffusers layout (safetensors weights)."""
         directory = Path(directory)
-        with atomic_output_dir(directory) as tmp:
+        with atomic_output_dir(directory, "model_index.json") as tmp:
             self.unet.save_pretrained(tmp / "unet", safe_serialization=True)
             if self.vae is not None:
                 self.vae.save_pretrained(tmp / "vae", safe_serialization=True)

@@ -40,7 +40,7 @@ from .fast_learner import (
     ADAPTER_NAME, FastLearnerConfig, TempLoRA, check_timestep_band, merged_adapter, read_memory, remove_adapter,
     restored_adapters, use_adapter,
 )
-from .io_utils import atomic_output_dir, atomic_write_json, has_own_name
+from .io_utils import atomic_output_dir, atomic_write_json, has_own_name, holds_other_files
 from .model import ModelBundle
 from .profiling import Stopwatch, peak_memory_mb, release_freed_memory, reset_peak_memory
 from .sampler import SamplerConfig, check_inference_steps, make_scheduler, sample_chunk
@@ -322,7 +322,7 @@ class GenerationSession:
             raise RuntimeError("nothing to save: the session has not started")
         directory = check_session_dir(directory)  # never replaces a folder of other files
         fingerprint = self.bundle.model_fingerprint  # cached after the first save; no memory is merged here
-        with atomic_output_dir(directory) as tmp:
+        with atomic_output_dir(directory, "session.json") as tmp:
             tensors = {
                 "latents": self.latents.detach().float().cpu().contiguous(),
                 "frames": torch.from_numpy(self.video()),
@@ -458,16 +458,15 @@ def check_session_dir(directory: str | os.PathLike, outputs: Sequence[str | os.P
         raise UserInputError(f"{label}: {directory} is a file, not a session directory")
     if os.path.lexists(directory) and not directory.is_dir():
         raise UserInputError(f"{label}: {directory} is not a directory")
-    if directory.is_dir() and not (directory / "session.json").is_file():
-        try:
-            other_files = any(directory.iterdir())
-        except OSError as err:
-            raise UserInputError(f"{label}: cannot read {directory}: {err.strerror or err}") from None
-        if other_files:
-            raise UserInputError(
-                f"{label}: {directory} is a folder of other files, not a saved session (no session.json); "
-                "saving would replace it: give a new or empty directory"
-            )
+    try:
+        other_files = holds_other_files(directory, "session.json")
+    except OSError as err:
+        raise UserInputError(f"{label}: cannot read {directory}: {err.strerror or err}") from None
+    if other_files:
+        raise UserInputError(
+            f"{label}: {directory} is a folder of other files, not a saved session (no session.json); "
+            "saving would replace it: give a new or empty directory"
+        )
     return directory
 
 

@@ -328,6 +328,14 @@ def test_a_saved_memory_records_its_settings_and_loading_names_those_that_differ
     assert _learner(ModelBundle.from_config(tiny_config)).load(tmp_path / "memory") == []
 
 
+def test_a_memory_is_not_saved_over_a_folder_of_other_files(tiny_bundle, tmp_path):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("keep me")
+    with pytest.raises(UserInputError, match=r"notes: it is a folder of other files \(no adapter_config\.json\)"):
+        _learner(tiny_bundle).save(tmp_path / "notes")
+    assert (tmp_path / "notes" / "todo.txt").read_text() == "keep me"
+
+
 def test_a_damaged_settings_file_is_named_and_the_memory_in_place_kept(tiny_bundle, tiny_config, tmp_path):
     _trained(tiny_bundle, 1).save(tmp_path / "memory")
     (tmp_path / "memory" / "fast_learner.json").write_text('{"mode": "pa')

@@ -96,6 +96,19 @@ def test_make_model_refuses_a_broken_noise_schedule_or_frame_rate(override, mess
     assert not (tmp_path / "m").exists()
 
 
+def test_saving_into_a_folder_of_other_files_is_refused_and_keeps_them(tiny_bundle, tmp_path):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep me")
+    with pytest.raises(UserInputError, match=r"cannot write .*mine: it is a folder of other files \(no model_index\.json\)"):
+        tiny_bundle.save_pretrained(folder)
+    assert [p.name for p in folder.iterdir()] == ["notes.txt"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+    tiny_bundle.save_pretrained(tmp_path / "model")
+    tiny_bundle.save_pretrained(tmp_path / "model")  # a saved model is replaced as a whole, as before
+    assert (tmp_path / "model" / "model_index.json").is_file()
+
+
 def test_tokenizer_round_trip_keeps_vocabulary(tiny_bundle, tmp_path):
     tiny_bundle.tokenizer.save_pretrained(tmp_path / "tok")
     from transformers import AutoTokenizer
