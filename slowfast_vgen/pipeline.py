@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
 PIPELINE_NAME = "SlowFastVGenPipeline"
 OUTPUT_TYPES = ("np", "pil", "pt", "latent")
-ImageInput = Any  # None | path | PIL image(s) | uint8 / [0, 1] float array(s) | (C, H, W) tensor(s) in [0, 1]
+ImageInput = Any  # None | path | PIL image(s) | (H, W, 3) array(s) or (3, H, W) tensor(s): integers 0-255, floats [0, 1]
 _LOAD_KWARGS_WITHOUT_EFFECT = ("local_files_only", "low_cpu_mem_usage", "use_safetensors")
 """diffusers ``from_pretrained`` arguments that change nothing here: loading is local and safetensors-only."""
 
@@ -202,8 +202,8 @@ class SlowFastVGenPipeline(DiffusionPipeline):
         """Generate one chunk per action after the first frame ``image``; returns the whole video.
 
         Args:
-            image: the first frame, resized to the model's size: a path, a PIL image, an ``(H, W, 3)`` uint8 or
-                ``[0, 1]`` float array, a ``(3, H, W)`` tensor in ``[0, 1]``, or a list of frames (a history whose
+            image: the first frame, resized to the model's size: a path, a PIL image, an ``(H, W, 3)`` array or a
+                ``(3, H, W)`` tensor (integers 0-255, floats in ``[0, 1]``), or a list of frames (a history whose
                 last frames are the first chunk's context). ``None``: a frame of the procedural navigation
                 world (seed 0), as ``sfvgen generate`` without ``--image``.
             actions: one free-text action per chunk (a single string is one chunk).
@@ -251,9 +251,9 @@ class SlowFastVGenPipeline(DiffusionPipeline):
             if not image:
                 raise UserInputError("image is an empty list")
             return np.stack([self._one_frame(frame, size) for frame in image])
-        if isinstance(image, np.ndarray) and image.ndim == 4:
-            return np.stack([self._one_frame(frame, size) for frame in image])
-        if isinstance(image, torch.Tensor) and image.ndim == 4:
+        if isinstance(image, (np.ndarray, torch.Tensor)) and image.ndim == 4:
+            if len(image) == 0:
+                raise UserInputError(f"image holds no frames (shape {tuple(image.shape)})")
             return np.stack([self._one_frame(frame, size) for frame in image])
         return self._one_frame(image, size)
 
@@ -261,14 +261,13 @@ class SlowFastVGenPipeline(DiffusionPipeline):
     def _one_frame(image: Any, size: tuple[int, int]) -> np.ndarray:
         if isinstance(image, torch.Tensor):
             if image.ndim != 3 or image.shape[0] != 3:
-                raise UserInputError(f"an image tensor must be (3, H, W) in [0, 1], got shape {tuple(image.shape)}")
-            image = image.detach().float().permute(1, 2, 0).cpu().numpy()  # (3, H, W) -> (H, W, 3)
+                raise UserInputError(f"an image tensor must be (3, H, W), got shape {tuple(image.shape)}")
+            image = image.detach().cpu().permute(1, 2, 0)  # (3, H, W) -> (H, W, 3)
+            image = (image.float() if image.is_floating_point() else image).numpy()
         if isinstance(image, np.ndarray):
             if image.ndim != 3 or image.shape[-1] != 3:
                 raise UserInputError(f"an image array must be (H, W, 3), got shape {image.shape}")
-            if image.dtype != np.uint8:
-                image = np.clip(np.round(image.astype(np.float64) * 255), 0, 255).astype(np.uint8)  # [0, 1] floats
-            image = PIL.Image.fromarray(image)
+            image = PIL.Image.fromarray(_image_as_uint8(image))
         if not isinstance(image, PIL.Image.Image):
             raise UserInputError(f"unsupported image type {type(image).__name__}: give a path, a PIL image, an "
                                  "(H, W, 3) array or a (3, H, W) tensor")
@@ -288,6 +287,28 @@ class SlowFastVGenPipeline(DiffusionPipeline):
         if output_type == "pt":
             return torch.from_numpy(frames).permute(0, 3, 1, 2)[None]  # (N, H, W, 3) -> (1, N, 3, H, W)
         return frames[None]  # (1, N, H, W, 3)
+
+
+def _image_as_uint8(image: np.ndarray) -> np.ndarray:
+    """An ``(H, W, 3)`` image array as uint8: integers are 0-255 values (as image files and
+    ``torchvision.io.read_image`` give them), floats ``[0, 1]`` values (as diffusers pipelines take them).
+    Anything else (booleans, values outside those ranges, NaN, an empty image) is a :class:`UserInputError`."""
+    if image.size == 0:
+        raise UserInputError(f"the image is empty (shape {image.shape})")
+    if image.dtype == np.uint8:
+        return image
+    if np.issubdtype(image.dtype, np.integer):
+        low, high = int(image.min()), int(image.max())
+        if low < 0 or high > 255:
+            raise UserInputError(f"integer image values must be 0-255, got {low}..{high}")
+        return image.astype(np.uint8)
+    if np.issubdtype(image.dtype, np.floating):
+        low, high = float(np.min(image)), float(np.max(image))
+        if not (0.0 <= low and high <= 1.0):  # NaN fails too
+            raise UserInputError(f"float image values must be in [0, 1], got {low:g}..{high:g} (divide 0-255 values by "
+                                 "255, or give uint8)")
+        return np.round(image.astype(np.float64) * 255).astype(np.uint8)
+    raise UserInputError(f"unsupported image array dtype {image.dtype}: give uint8 (0-255) or floats in [0, 1]")
 
 
 def register_with_diffusers() -> None:

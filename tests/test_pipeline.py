@@ -187,11 +187,27 @@ def test_image_inputs_are_equivalent(pipe, first_frame, image_file):
     pil = PIL.Image.fromarray(first_frame)
     expected = pipe.prepare_image(image_file)
     assert np.array_equal(expected, first_frame)
-    for image in (pil, first_frame, first_frame / 255.0, torch.from_numpy(first_frame).permute(2, 0, 1) / 255.0):
+    chw = torch.from_numpy(first_frame).permute(2, 0, 1)
+    for image in (pil, first_frame, first_frame / 255.0, chw / 255.0, chw, chw.long(), first_frame.astype(np.int64),
+                  first_frame.astype(np.float32) / 255):  # integers are 0-255 (as read_image gives them), floats [0, 1]
         assert np.array_equal(pipe.prepare_image(image), expected)
     assert pipe.prepare_image([pil, first_frame]).shape == (2, 16, 16, 3)
     assert pipe.prepare_image(PIL.Image.fromarray(first_frame).resize((40, 30))).shape == (16, 16, 3)  # resized
     assert pipe.prepare_image(None).shape == (16, 16, 3)  # a procedural world's frame, as the CLI without --image
+
+
+@pytest.mark.parametrize("image, message", [
+    (np.full((16, 16, 3), 200.0), r"float image values must be in \[0, 1\], got 200\.\.200 \(divide 0-255"),
+    (np.full((16, 16, 3), np.nan), r"float image values must be in \[0, 1\], got nan"),
+    (np.full((16, 16, 3), 300), r"integer image values must be 0-255, got 300\.\.300"),
+    (torch.full((3, 16, 16), -1), r"integer image values must be 0-255, got -1\.\.-1"),
+    (np.ones((16, 16, 3), dtype=bool), r"unsupported image array dtype bool"),
+    (np.zeros((0, 0, 3), dtype=np.uint8), r"the image is empty \(shape \(0, 0, 3\)\)"),
+    (np.zeros((0, 16, 16, 3), dtype=np.uint8), r"image holds no frames \(shape \(0, 16, 16, 3\)\)"),
+])
+def test_images_that_are_not_frames_are_refused_in_one_line(pipe, image, message):
+    with pytest.raises(UserInputError, match=message):
+        pipe.prepare_image(image)
 
 
 def test_streaming_session_equals_one_call(pipe, first_frame):
