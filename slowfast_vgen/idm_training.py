@@ -33,7 +33,7 @@ import torch
 from torch.nn import functional as F
 
 from .config import help_field
-from .errors import UserInputError
+from .errors import UserInputError, first_line
 from .inverse_dynamics import IDM_WORLDS, InverseDynamicsModel, PairBatch, PairSampler, evaluate_reader, load_idm
 from .io_utils import atomic_output_dir, atomic_write_json, check_output_directory
 
@@ -175,6 +175,14 @@ def _save_checkpoint(path: Path, model: InverseDynamicsModel, optimizer: torch.o
         atomic_write_json(tmp / "trainer_state.json", {"step": step})  # written last
 
 
+def _checkpoint_part(checkpoint: Path, name: str, read):
+    """``read(checkpoint / name)``, or a :class:`UserInputError` naming the file when it is missing or damaged."""
+    try:
+        return read(checkpoint / name)
+    except Exception as err:  # JSON, safetensors and optimizer-state errors alike
+        raise UserInputError(f"checkpoint {checkpoint} is corrupt: {name}: {first_line(err)}") from None
+
+
 def train_idm(config: IDMTrainConfig, progress=print) -> IDMTrainResult:
     """Train (or resume) one IDM on ``config.num_threads`` CPU threads (restored afterwards); returns
     where it stopped and the held-out evaluation."""
@@ -199,24 +207,27 @@ def _train_idm(config: IDMTrainConfig, progress) -> IDMTrainResult:
     # 2. model and optimizer, resumed from the checkpoint when there is one
     checkpoint = out / "checkpoint"
     step = 0
+    architecture = {  # what the saved model's config.json records: a resumed run must match it
+        "world": config.world, "primitives": list(sampler.primitives), "image_size": config.size,
+        "frames_per_action": config.frames_per_action, "displacement_scale": sampler.displacement_scale,
+        "world_overrides": list(config.world_overrides), "channels": list(config.channels), "hidden_dim": config.hidden_dim,
+    }
     if config.resume and (checkpoint / "trainer_state.json").is_file():
         model = load_idm(checkpoint / "model").train()
-        if (list(model.config.primitives) != list(sampler.primitives) or model.config.image_size != config.size
-                or model.config.frames_per_action != config.frames_per_action):
-            raise UserInputError(f"checkpoint {checkpoint} was trained for another world, size or frames_per_action; "
-                                 "use a new output_dir")
-        step = int(json.loads((checkpoint / "trainer_state.json").read_text())["step"])
+        for key, value in architecture.items():
+            saved = model.config[key]
+            if (list(saved) if isinstance(saved, (list, tuple)) else saved) != value:
+                raise UserInputError(f"checkpoint {checkpoint} was trained with {key} {saved!r}, this run has {value!r}; "
+                                     "use a new output_dir, or the checkpoint's settings to continue it")
+        step = _checkpoint_part(checkpoint, "trainer_state.json",
+                                lambda file: int(json.loads(file.read_text(encoding="utf-8"))["step"]))
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)  # the initial weights are a function of the config
-            model = InverseDynamicsModel(
-                world=config.world, primitives=list(sampler.primitives), image_size=config.size,
-                frames_per_action=config.frames_per_action, displacement_scale=sampler.displacement_scale,
-                world_overrides=list(config.world_overrides), channels=list(config.channels), hidden_dim=config.hidden_dim,
-            )
+            model = InverseDynamicsModel(**architecture)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     if step:
-        load_optimizer_state(optimizer, checkpoint / "optimizer.safetensors")
+        _checkpoint_part(checkpoint, "optimizer.safetensors", lambda file: load_optimizer_state(optimizer, file))
         progress(f"resuming {checkpoint} at step {step}")
     # 3. the loop: render a batch, augment, step; checkpoint atomically
     model.train()

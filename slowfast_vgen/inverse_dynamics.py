@@ -167,7 +167,7 @@ def load_idm(path: str | Path, device: str | torch.device = "cpu") -> InverseDyn
     kwargs = _safetensors_kwargs(path)  # refuses pickle-only weights
     try:
         model = InverseDynamicsModel.from_pretrained(path, **kwargs)
-    except (OSError, ValueError, KeyError, json.JSONDecodeError) as err:
+    except Exception as err:  # a damaged config.json fails anywhere in the constructor (e.g. TypeError)
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserInputError(f"cannot load inverse dynamics model from {path}: {first}") from None
     _check_weights_loaded(model, f"cannot load inverse dynamics model from {path}")  # e.g. another network's

@@ -127,6 +127,33 @@ def test_idm_trained_briefly_beats_chance_and_resumes_exactly(tmp_path):
         assert torch.equal(x, y), name
 
 
+def test_a_resumed_idm_run_refuses_other_settings_and_names_damaged_checkpoint_files(tmp_path, capsys):
+    from slowfast_vgen.config import load_config
+
+    run = [f"output_dir={tmp_path / 'run'}", "max_steps=2", "val_chunks=2", "checkpoint_every=1",
+           *(o for o in TINY_IDM if not o.startswith("val_chunks"))]
+    train_idm(load_config(IDMTrainConfig, None, [*run, "stop_after=1"]), progress=lambda line: None)
+    checkpoint = tmp_path / "run" / "checkpoint"
+    for changed, message in ((["max_steps=3", "hidden_dim=16"], r"was trained with hidden_dim 64, this run has 16"),
+                             (["max_steps=3", "world_overrides=[speed=1]"], r"was trained with world_overrides \[\], this run "
+                                                                            r"has \['speed=1'\]")):
+        with pytest.raises(UserInputError, match=rf"checkpoint {checkpoint} {message}; use a new output_dir"):
+            train_idm(load_config(IDMTrainConfig, None, [*run, *changed]), progress=lambda line: None)
+    state = (checkpoint / "trainer_state.json").read_text()
+    (checkpoint / "trainer_state.json").write_text('{"step": ')
+    with pytest.raises(UserInputError, match=rf"checkpoint {checkpoint} is corrupt: trainer_state\.json: "):
+        train_idm(load_config(IDMTrainConfig, None, run), progress=lambda line: None)
+    (checkpoint / "trainer_state.json").write_text(state)
+    optimizer = checkpoint / "optimizer.safetensors"
+    optimizer.write_bytes(optimizer.read_bytes()[:50])
+    with pytest.raises(UserInputError, match=rf"checkpoint {checkpoint} is corrupt: optimizer\.safetensors: "):
+        train_idm(load_config(IDMTrainConfig, None, run), progress=lambda line: None)
+    config = json.loads((checkpoint / "model" / "config.json").read_text())
+    (checkpoint / "model" / "config.json").write_text(json.dumps({**config, "image_size": "abc"}))
+    with pytest.raises(UserInputError, match=rf"cannot load inverse dynamics model from {checkpoint / 'model'}: "):
+        train_idm(load_config(IDMTrainConfig, None, run), progress=lambda line: None)
+
+
 def test_plan_fidelity_scores_the_whole_plan_and_its_return_leg():
     rng = np.random.default_rng(0)
     observed = rng.integers(0, 256, (1 + 4 * 3, 8, 8, 3), dtype=np.uint8)
