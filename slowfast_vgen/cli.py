@@ -660,7 +660,7 @@ def eval_main(args: argparse.Namespace) -> int:
     flags = {"suite": args.suite, "seeds": _int_list(args.seeds), "routes": args.routes,
              "generation.sampler.num_inference_steps": args.steps,
              "variants": f"[{args.variants}]" if args.variants is not None else None}
-    overrides = [f"{key}={value}" for key, value in flags.items() if value is not None] + list(args.overrides)
+    overrides = list(args.overrides) + [f"{key}={value}" for key, value in flags.items() if value is not None]  # flags win
     defaults = {"generation": bundle.metadata.get("generation", {})}
     config = load_config(EvalConfig, args.config, overrides, defaults=defaults)
     result = evaluate(bundle, config, progress=None if args.quiet else (lambda line: print(line, flush=True)))
@@ -699,7 +699,7 @@ def plan_main(args: argparse.Namespace) -> int:
     flags = {"episodes": args.episodes, "seed": args.seed, "policy": args.policy, "loop": args.loop,
              "oracle": "true" if args.oracle else None, "generation.fast.mode": args.fast,
              "generation.sampler.num_inference_steps": args.steps}
-    overrides = [f"{key}={value}" for key, value in flags.items() if value is not None] + list(args.overrides)
+    overrides = list(args.overrides) + [f"{key}={value}" for key, value in flags.items() if value is not None]  # flags win
 
     def plan_config(defaults=None):
         config = load_config(PlanConfig, args.config, overrides, defaults=defaults)

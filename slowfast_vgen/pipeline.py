@@ -69,6 +69,10 @@ class SlowFastVGenPipelineOutput(BaseOutput):
     records: list[dict[str, Any]]
 
 
+_DTYPE_NAMES = ("float32", "float16", "bfloat16")
+"""``torch_dtype`` strings :meth:`SlowFastVGenPipeline.from_pretrained` takes."""
+
+
 class SlowFastVGenPipeline(DiffusionPipeline):
     """Action-driven long video generation: a masked conditional video diffusion model (slow learner) whose
     Temp-LoRA episodic memory (fast learner) is trained after every chunk.
@@ -113,6 +117,10 @@ class SlowFastVGenPipeline(DiffusionPipeline):
         """
         dtype = kwargs.pop("torch_dtype", None)
         dtype = kwargs.pop("dtype", None) or dtype
+        if isinstance(dtype, str):  # "float16" as transformers takes it
+            dtype = getattr(torch, dtype, None) if dtype in _DTYPE_NAMES else dtype
+        if dtype is not None and not isinstance(dtype, torch.dtype):
+            raise ValueError(f"torch_dtype must be a torch.dtype or one of {', '.join(_DTYPE_NAMES)}, got {dtype!r}")
         text_features = kwargs.pop("text_features", None)
         if kwargs.get("use_safetensors", True) is False:
             raise ValueError("SlowFastVGenPipeline loads safetensors weights only (use_safetensors=False was given)")

@@ -576,6 +576,10 @@ def save_plan_results(result: dict, out_dir: str | Path, fps: float = 8.0) -> di
         frames = side_by_side(panels)
         write_video(out / name, frames, fps=fps, upscale=auto_upscale(frames.shape[2]))
         episode["video"] = name
+    videos = {episode["video"] for episode in result["episodes"]}
+    for stale in (out / "episodes").glob("episode-[0-9][0-9][0-9].mp4"):  # an earlier run's episodes beyond this one's
+        if f"episodes/{stale.name}" not in videos:
+            stale.unlink()
     atomic_write_json(out / "results.json", {k: v for k, v in result.items() if k != "videos"})
     atomic_write_text(out / "results.md", markdown_table(result))
     written.update(json=str(out / "results.json"), markdown=str(out / "results.md"), videos=str(out / "episodes"))

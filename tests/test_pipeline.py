@@ -129,6 +129,13 @@ def test_bad_loading_arguments_are_refused(model_dir, tmp_path):
         SlowFastVGenPipeline.from_pretrained(model_dir, use_safetensors=False)
     with pytest.raises(UserInputError, match="model directory not found"):
         SlowFastVGenPipeline.from_pretrained(tmp_path / "missing")
+    with pytest.raises(ValueError, match=r"torch_dtype must be a torch\.dtype or one of float32, float16, bfloat16, "
+                                         r"got 'half'"):
+        SlowFastVGenPipeline.from_pretrained(model_dir, torch_dtype="half")
+
+
+def test_torch_dtype_may_be_named(model_dir):
+    assert SlowFastVGenPipeline.from_pretrained(model_dir, torch_dtype="bfloat16").bundle.dtype == torch.bfloat16
 
 
 # ---------------------------------------------------------------------------- generation

@@ -182,6 +182,18 @@ def test_cli_plan_with_oracle_writes_results_table_and_video(tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
 
 
+def test_cli_plan_flags_win_over_overrides_and_a_rerun_leaves_no_stale_episode_videos(tmp_path):
+    out = tmp_path / "oracle"
+    flags = ["plan", "--task", "navigate-return", "--oracle", "--quiet", "--out", str(out)]
+    overrides = ["outward_actions=1", "size=16", "generation.frames_per_chunk=3"]
+    assert main([*flags, "--episodes", "2", *overrides]) == 0
+    assert sorted(p.name for p in (out / "episodes").iterdir()) == ["episode-000.mp4", "episode-001.mp4"]
+    assert main([*flags, "--episodes", "1", "--seed", "4", *overrides, "episodes=2", "seed=9"]) == 0  # as generate: flags win
+    result = json.loads((out / "results.json").read_text())
+    assert len(result["episodes"]) == 1 and result["config"]["seed"] == 4
+    assert [p.name for p in (out / "episodes").iterdir()] == ["episode-000.mp4"]
+
+
 def test_cli_plan_with_the_tiny_video_model_and_a_learned_idm(tiny_model_dir, tmp_path):
     idm = tmp_path / "idm"
     InverseDynamicsModel(image_size=16, frames_per_action=3, displacement_scale=3.0, channels=(8, 16),
