@@ -128,10 +128,28 @@ def save_checkpoint(
                       str(tmp / f"{name}.safetensors"), metadata=metadata)
         save_optimizer_state(optimizer, tmp / "optimizer.safetensors")
         atomic_write_json(tmp / STATE_FILE, {"step": step, **state})
-    if total_limit:
-        for old in list_checkpoints(output_dir)[:-total_limit]:
+    if total_limit:  # the oldest go; the checkpoint just written is always kept
+        older = [old for old in list_checkpoints(output_dir) if checkpoint_step(old) < step]
+        for old in older[:max(0, len(older) - (total_limit - 1))]:
             shutil.rmtree(old, ignore_errors=True)
     return path
+
+
+def checkpoint_step(path: str | os.PathLike) -> int:
+    """The step of a ``checkpoint-<step>`` directory."""
+    return int(CHECKPOINT_PATTERN.match(Path(path).name).group(1))
+
+
+def check_no_newer_checkpoints(output_dir: str | os.PathLike, resumed_from: Path | None) -> None:
+    """Refuse a run whose ``output_dir`` holds checkpoints past the point it starts from (a fresh
+    start, or ``resume=`` an older checkpoint): its own checkpoints would mix with that other run's,
+    and ``resume=latest`` would later continue the other one."""
+    start = read_checkpoint_state(resumed_from)["step"] if resumed_from is not None else 0
+    newer = [path for path in list_checkpoints(output_dir) if checkpoint_step(path) > start]
+    if newer:
+        how = f"resumes from step {start}" if resumed_from is not None else "starts fresh (resume='')"
+        raise UserInputError(f"output_dir {output_dir} holds checkpoints of another run up to {newer[-1].name}, and this "
+                             f"run {how}: continue that run (resume=latest) or give a new output_dir")
 
 
 def resolve_resume(output_dir: str | os.PathLike, resume: str) -> Path | None:

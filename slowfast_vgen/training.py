@@ -25,15 +25,16 @@ import copy
 import json
 import signal
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import torch
 
 from . import diffusion
 from .action_encoder import auxiliary_action_loss
 from .checkpointing import (
+    check_no_newer_checkpoints,
     list_checkpoints,
     load_ema_state,
     load_module_weights,
@@ -117,7 +118,9 @@ class TrainConfig:
     )
     checkpointing_steps: int = help_field(500, "save a checkpoint every N optimizer steps (and at the end)")
     checkpoints_total_limit: int = help_field(3, "keep at most N checkpoints (0 = all)")
-    resume: str = help_field("latest", "'' (fresh start), 'latest' (newest checkpoint in output_dir, if any) or a checkpoint path")
+    resume: Optional[str] = help_field(
+        "latest", "'' or empty (fresh start), 'latest' (newest checkpoint in output_dir, if any) or a checkpoint path"
+    )
     max_nonfinite_steps: int = help_field(5, "abort after this many non-finite losses in a row")
     num_workers: int = help_field(2, "DataLoader worker processes")
     log_every: int = help_field(10, "log the loss every N steps")
@@ -160,6 +163,20 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
         if not 0 <= self.ema_decay <= 1:
             raise ValueError(f"ema_decay must be in [0, 1], got {self.ema_decay}")
+        if self.checkpoints_total_limit < 0 or self.num_workers < 0:
+            raise ValueError(f"checkpoints_total_limit (0 = keep all) and num_workers must be >= 0, got "
+                             f"{self.checkpoints_total_limit}, {self.num_workers}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        from accelerate.utils import LoggerType
+        from diffusers.optimization import SchedulerType
+
+        schedulers = [kind.value for kind in SchedulerType]
+        if self.lr_scheduler not in schedulers:
+            raise ValueError(f"lr_scheduler must be one of {', '.join(schedulers)}, got {self.lr_scheduler!r}")
+        trackers = ["none", *(kind.value for kind in LoggerType)]
+        if self.report_to not in ["", *trackers]:
+            raise ValueError(f"report_to must be one of {', '.join(trackers)}, got {self.report_to!r}")
 
 
 @dataclass
@@ -207,6 +224,11 @@ class LoopTrainConfig(TrainConfig):
         if self.compile:
             raise ValueError("compile is for slow learning (train_slow.py): the loop's UNet changes its Temp-LoRA "
                              "with every record")
+        if self.data_source != "disk":
+            raise ValueError(f"the slow-fast loop trains on whole episodes of a dataset on disk (data.root), not "
+                             f"data_source={self.data_source}")
+        if self.fast.mode == "off":
+            raise ValueError("the slow-fast loop trains Phi with each episode's Temp-LoRA: fast.mode must not be off")
 
 
 @dataclass
@@ -239,6 +261,9 @@ class SlowTrainer:
         self.config = config
         check_output_directory(config.output_dir, "output_dir")  # before the model is built, not at the first save
         self.output_dir = Path(config.output_dir)
+        if config.device == "cuda" and not torch.cuda.is_available():
+            raise UserInputError("device=cuda but no CUDA device is available here (device=auto picks one when "
+                                 "there is one, else the CPU)")
         use_cpu = config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available())
         log_with = _tracker(config.report_to)
         self.accelerator = Accelerator(
@@ -292,6 +317,7 @@ class SlowTrainer:
         # 2. resume: weights, optimizer, LR schedule, step (the data position follows from the step)
         self.step = 0
         self.resumed_from = resolve_resume(self.output_dir, config.resume)
+        check_no_newer_checkpoints(self.output_dir, self.resumed_from)  # this run's checkpoints would mix with them
         if self.resumed_from is not None:
             self.load_checkpoint(self.resumed_from)
         if encoder is not None:
@@ -307,6 +333,16 @@ class SlowTrainer:
         self.stop_requested = False
 
     # ------------------------------------------------------------------ hooks for subclasses
+    def exported_generation(self) -> dict[str, Any]:
+        """The exported model's generation defaults (its ``slowfast_vgen.json``): the chunk layout it was trained on."""
+        data = self.config.data
+        return {
+            **self.bundle.metadata.get("generation", {}),  # e.g. the sampler settings of an init_from model
+            "frames_per_chunk": data.target_frames,
+            "context_frames": data.context_frames_max,
+            "window": data.context_frames_max + data.target_frames,
+        }
+
     def setup_model(self) -> None:
         """Make the slow weights trainable (VAE and text encoder are frozen by the bundle)."""
         self.bundle.unet.requires_grad_(True)
@@ -591,13 +627,7 @@ class SlowTrainer:
         if self.encoder_ema is not None:
             self.encoder_ema.store(list(encoder.parameters()))
             self.encoder_ema.copy_to(list(encoder.parameters()))
-        data = self.config.data
-        metadata = {**self.bundle.metadata, "generation": {
-            **self.bundle.metadata.get("generation", {}),  # e.g. the sampler settings of an init_from model
-            "frames_per_chunk": data.target_frames,
-            "context_frames": data.context_frames_max,
-            "window": data.context_frames_max + data.target_frames,
-        }}
+        metadata = {**self.bundle.metadata, "generation": self.exported_generation()}
         export = ModelBundle(plain_unet(unet), self.bundle.vae, self.bundle.text_encoder, self.bundle.tokenizer,
                              self.bundle.noise_scheduler, metadata, action_encoder=encoder,
                              text_features=self.bundle.text_features)
@@ -711,6 +741,10 @@ class SlowFastLoopTrainer(SlowTrainer):
     """
 
     config: LoopTrainConfig
+
+    def exported_generation(self) -> dict[str, Any]:
+        """Plus the Temp-LoRA settings Phi was trained with: generation with the exported model uses them."""
+        return {**super().exported_generation(), "fast": asdict(self.config.fast)}
 
     def setup_model(self) -> None:
         unet = self.bundle.unet

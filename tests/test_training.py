@@ -107,6 +107,28 @@ def test_pruning_keeps_the_newest_and_only_after_a_successful_save(world_root, t
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary leftovers
 
 
+def test_a_run_that_would_mix_its_checkpoints_with_another_runs_newer_ones_is_refused(world_root, tmp_path):
+    out = tmp_path / "run"
+    train(_slow(world_root, out, "max_steps=3", "checkpointing_steps=1", "checkpoints_total_limit=0"))
+    for resume, how in (("resume=", r"starts fresh \(resume=''\)"), (f"resume={out / 'checkpoint-1'}", "resumes from step 1")):
+        with pytest.raises(UserInputError, match=rf"^output_dir {out} holds checkpoints of another run up to checkpoint-3, "
+                                                 rf"and this run {how}: continue that run \(resume=latest\)"):
+            SlowTrainer(_slow(world_root, out, "max_steps=5", resume))
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-1", "checkpoint-2", "checkpoint-3"]
+    assert _slow(world_root, tmp_path / "x", "resume=").resume is None  # `resume=` as a shell passes it: a fresh start
+    assert SlowTrainer(_slow(world_root, tmp_path / "fresh", "resume=")).resumed_from is None
+    # pruning never removes the checkpoint just written, whatever else the folder holds
+    save_checkpoint(out, 2, load_model(out / "model").unet, torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1), {},
+                    total_limit=1)
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2", "checkpoint-3"]
+
+
+def test_device_cuda_without_cuda_is_a_one_line_error(world_root, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserInputError, match="^device=cuda but no CUDA device is available here"):
+        SlowTrainer(_slow(world_root, tmp_path / "run", "device=cuda"))
+
+
 def test_corrupt_or_missing_checkpoint_is_a_clear_error(world_root, tmp_path):
     out = tmp_path / "run"
     train(_slow(world_root, out, "max_steps=2"))
@@ -251,6 +273,8 @@ def test_slow_fast_loop_updates_phi_with_each_theta_frozen(world_root, tmp_path)
     assert any(not torch.equal(phi_before[k], phi_after[k]) for k in phi_before)
     exported = load_model(tmp_path / "loop" / "model")
     assert not any("lora_" in k or "base_layer" in k for k in exported.unet.state_dict())
+    fast = exported.metadata["generation"]["fast"]  # generation with the exported model uses the memory Phi learned with
+    assert (fast["rank"], fast["learning_rate"], fast["mode"]) == (4, 1e-2, "paper")
 
 
 def test_loop_resumes_exactly_from_a_checkpoint_inside_an_iteration(world_root, tmp_path):
@@ -461,6 +485,14 @@ def test_whole_window_share_trains_eq3_samples_without_text(world_root, tmp_path
     ("action_loss_weight", "nan", "action_loss_weight must be a finite number >= 0, got nan"),
     ("ema_decay", "nan", "ema_decay must be in \\[0, 1\\], got nan"),
     ("loop.anchor_weight", "nan", "loop.anchor_weight must be a finite number >= 0, got nan"),
+    ("checkpoints_total_limit", "-1", r"checkpoints_total_limit \(0 = keep all\) and num_workers must be >= 0, got -1, 0"),
+    ("num_workers", "-1", r"checkpoints_total_limit \(0 = keep all\) and num_workers must be >= 0, got 3, -1"),
+    ("device", "cuda:7", "device must be auto, cpu or cuda, got 'cuda:7'"),
+    ("lr_scheduler", "bogus", "lr_scheduler must be one of linear, cosine, .*, got 'bogus'"),
+    ("report_to", "bogus", "report_to must be one of none, .*tensorboard.*, got 'bogus'"),
+    ("data_source", "live", "the slow-fast loop trains on whole episodes of a dataset on disk \\(data.root\\), not "
+                            "data_source=live"),
+    ("fast.mode", "off", "the slow-fast loop trains Phi with each episode's Temp-LoRA: fast.mode must not be off"),
 ])
 def test_nonfinite_or_out_of_range_optimizer_settings_are_config_errors(tmp_path, key, value, message):
     """``learning_rate=nan`` crashed in torch's AdamW after the model was built; the others were accepted."""
