@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -450,6 +451,8 @@ def _play_help(play: _Play, argument: str) -> None:
 
 
 def _play_reset(play: _Play, argument: str) -> None:
+    if play.session.fast_learner is None:
+        raise UserInputError("this session has no memory to reset (Temp-LoRA is off)")
     play.session.reset_memory()
     play.say("memory reset")
 
@@ -459,6 +462,7 @@ def _play_save(play: _Play, argument: str) -> None:
 
     if not argument:
         raise UserInputError(":save needs a directory")
+    argument = os.path.expanduser(argument)  # no shell expands it here
     # the save replaces the directory: never a folder of other files, nor the one the video is written in
     play.session.save(check_session_dir(argument, _output_files(play.out, play.args.gif), ":save",
                                         _read_paths(play.args)))
@@ -470,6 +474,7 @@ def _play_load(play: _Play, argument: str) -> None:
 
     if not argument:
         raise UserInputError(":load needs a directory")
+    argument = os.path.expanduser(argument)
     play.session = GenerationSession.load(argument, play.bundle)
     play.write()
     play.say(f"loaded {argument}: {play.session.num_frames} frames")
@@ -495,6 +500,8 @@ def _play_command(play: _Play, line: str) -> bool:
         play.say(f"error: {err}")
     except OSError as err:  # e.g. :save into a folder that cannot be written
         play.say(f"error: {command} {argument}: {err.strerror or err}")
+    except Exception as err:  # anything else ends this command, not the session
+        play.say(f"error: {command} failed: {type(err).__name__}: {first_line(err)}")
     return False
 
 
@@ -504,6 +511,10 @@ def _play_action(play: _Play, action: str, progress: bool) -> None:
         play.session.generate([action], progress=progress)
     except UserInputError as err:
         play.say(f"error: {err}")
+        return
+    except Exception as err:  # e.g. out of memory: the session rolled the chunk back, so it can be retried or saved
+        play.say(f"error: the chunk failed ({type(err).__name__}: {first_line(err)}); the session is as before it: "
+                 "retry, or :save it")
         return
     record = play.session.records[-1]
     play.write()
@@ -812,7 +823,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may also come after a flag (`play fast.rank=4 --out x seed=1`): argparse takes only
+    # the first run of positionals, the others arrive here, in order
+    stray = [item for item in extra if item.startswith("-") or "=" not in item or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     return args.handler(args)
 
 

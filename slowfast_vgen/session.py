@@ -26,7 +26,7 @@ import os
 import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -102,6 +102,28 @@ class ChunkRecord:
     memory_seconds: float
     temp_lora_loss: float | None
     peak_memory_mb: float | None
+
+
+_RECORD_TYPES = {"index": int, "action": str, "start_frame": int, "end_frame": int, "context_frames": int,
+                 "seconds": (int, float), "memory_seconds": (int, float), "temp_lora_loss": (int, float, type(None)),
+                 "peak_memory_mb": (int, float, type(None))}
+"""The JSON types of a saved :class:`ChunkRecord`'s fields."""
+
+
+def _read_record(raw: Any, num_frames: int) -> ChunkRecord:
+    """A :class:`ChunkRecord` from a saved session's JSON; ``TypeError`` naming the field when one is
+    missing, unknown or of another type, or when the chunk ends past the session's ``num_frames``."""
+    if not isinstance(raw, dict):
+        raise TypeError(f"a record is {type(raw).__name__}, expected an object")
+    record = ChunkRecord(**raw)  # TypeError for missing and unknown fields
+    for name, kinds in _RECORD_TYPES.items():
+        value = getattr(record, name)
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            raise TypeError(f"record {raw.get('index')!r}: {name} is {value!r}")
+    if not 0 <= record.start_frame < record.end_frame <= num_frames:
+        raise TypeError(f"record {record.index}: frames {record.start_frame}-{record.end_frame} do not lie in the "
+                        f"session's {num_frames} frames")
+    return record
 
 
 ChunkCallback = Callable[[ChunkRecord, np.ndarray], None]
@@ -384,7 +406,7 @@ class GenerationSession:
                 # saved before the spacing was a setting: it was sampled at the schedulers' `leading`
                 saved = {**saved, "sampler": {**saved["sampler"], "timestep_spacing": "leading"}}
             config = config_from_dict(GenerationConfig, saved)
-            records = [ChunkRecord(**record) for record in meta["records"]]
+            records = [_read_record(record, len(frames)) for record in meta["records"]]
             for key in ("model_fingerprint", "model_dtype"):  # absent in sessions saved before they were recorded
                 if not isinstance(meta.get(key, ""), str):
                     raise TypeError(f"{key} is {type(meta[key]).__name__}, expected a string")

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 
 from .errors import UserInputError, first_line
-from .fast_learner import FAST_MODES
+from .fast_learner import FAST_MODES, FastLearnerConfig
 from .session import ChunkRecord, GenerationConfig, GenerationSession, check_seed
 
 if TYPE_CHECKING:
@@ -118,7 +118,7 @@ class WebApp:
         """The app's settings with the page's Temp-LoRA rule and seed; bad values are :class:`UserInputError`."""
         config = self.config
         if fast is not None and fast != config.fast.mode:
-            config = replace(config, fast=replace(config.fast, mode=check_fast(fast)))
+            config = replace(config, fast=with_rule(config.fast, fast))
         if seed is not None:
             seed = _integer(seed, "seed")
             try:
@@ -183,7 +183,7 @@ class WebApp:
         old = tab.session
         if fast == old.config.fast.mode:
             return False
-        config = replace(old.config, fast=replace(old.config.fast, mode=check_fast(fast)))
+        config = replace(old.config, fast=with_rule(old.config.fast, fast))
         with self.model_lock:
             new = GenerationSession(self.bundle, config)
             # continue the episode exactly where it is: the state GenerationSession.load restores
@@ -213,17 +213,22 @@ class WebApp:
     def load_session(self, tab: Tab | None, upload: Any) -> Tab:
         """Replace ``tab``'s episode by a saved session (a zip of a ``:save DIR`` directory)."""
         folder = tab.folder if tab is not None else self._tab_folder()
-        directory = _unzip_upload(upload, folder / "upload", marker="session.json")
-        with self.model_lock:
-            try:
-                session = GenerationSession.load(directory, self.bundle)
-            except UserInputError as err:  # a damaged or foreign session
-                failure = str(err)
-            else:
-                failure = None
-            if failure is not None:
-                gc.collect()  # a half-built session's adapter leaves the UNet now, under the lock
-                raise UserInputError(failure)
+        try:
+            directory = _unzip_upload(upload, folder / "upload", marker="session.json")
+            with self.model_lock:
+                try:
+                    session = GenerationSession.load(directory, self.bundle)
+                except UserInputError as err:  # a damaged or foreign session
+                    failure = str(err)
+                else:
+                    failure = None
+                if failure is not None:
+                    gc.collect()  # a half-built session's adapter leaves the UNet now, under the lock
+                    raise UserInputError(failure)
+        except BaseException:
+            if tab is None:  # the new tab's folder goes with the failed upload
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
         if tab is None:
             tab = Tab(session, folder)
             self.export(tab)
@@ -364,6 +369,15 @@ def check_fast(fast: Any) -> str:
     return fast
 
 
+def with_rule(fast_config: FastLearnerConfig, fast: Any) -> FastLearnerConfig:
+    """``fast_config`` with the Temp-LoRA rule ``fast``; a rule its other settings do not allow (e.g.
+    ``fast.replay`` with ``text``) is a :class:`UserInputError`, as an unknown rule is."""
+    try:
+        return replace(fast_config, mode=check_fast(fast))
+    except ValueError as err:
+        raise UserInputError(f"Temp-LoRA rule {fast}: {err}") from None
+
+
 # ---------------------------------------------------------------------------- uploads and zips
 def upload_path(upload: Any) -> Path | None:
     """The file of an upload: a path, or gradio's uploaded-file object (its ``.name``); None for no upload."""
@@ -410,7 +424,8 @@ def _unzip_upload(upload: Any, destination: Path, marker: str) -> Path:
         raise UserInputError(f"{path.name} is a damaged zip file: {first_line(err)}") from None
     if (destination / marker).is_file():
         return destination
-    folders = [child for child in destination.iterdir() if child.is_dir()]
+    folders = [child for child in destination.iterdir()  # not the __MACOSX/ or dot folders archivers add
+               if child.is_dir() and child.name != "__MACOSX" and not child.name.startswith(".")]
     if len(folders) == 1 and (folders[0] / marker).is_file():
         return folders[0]
     raise UserInputError(f"{path.name} holds no {marker}: not a saved {'session' if marker == 'session.json' else 'memory'}")

@@ -89,6 +89,39 @@ def test_play_reads_actions_and_commands_from_stdin(tiny_model_dir, image, tmp_p
     assert [c["action"] for c in json.loads(out.with_suffix(".json").read_text())["chunks"]] == ["move left", "move up"]
 
 
+def test_play_survives_a_failed_chunk_and_takes_home_paths_and_split_overrides(tiny_model_dir, image, tmp_path,
+                                                                               monkeypatch, capsys):
+    import io
+
+    from slowfast_vgen.fast_learner import TempLoRA
+
+    calls, update = [], TempLoRA.update
+
+    def fails_the_second_time(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return update(self, *args, **kwargs)
+
+    monkeypatch.setattr(TempLoRA, "update", fails_the_second_time)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(sys, "stdin", io.StringIO("move left\nmove right\nmove right\n:save ~/saved\n:quit\n"))
+    out = tmp_path / "play.mp4"
+    # key=value overrides on both sides of the flags
+    assert main(["play", "--model", str(tiny_model_dir), "frames_per_chunk=3", "--image", str(image), "--out", str(out),
+                 "--steps", "2", "context_frames=3", "window=6", "fast.rank=4"]) == 0
+    captured = capsys.readouterr()
+    assert "error: the chunk failed (RuntimeError: CUDA out of memory (simulated)); the session is as before it" \
+        in captured.out
+    assert "Traceback" not in captured.out + captured.err
+    assert [c["action"] for c in json.loads(out.with_suffix(".json").read_text())["chunks"]] == ["move left", "move right"]
+    assert (tmp_path / "home" / "saved" / "session.json").is_file() and not (Path.cwd() / "~").exists()
+    monkeypatch.setattr(sys, "stdin", io.StringIO(":reset\n"))
+    assert main(["play", "--model", str(tiny_model_dir), "--image", str(image), "--out", str(out), "--fast", "off",
+                 *FAST[:2], *FAST[2:]]) == 0
+    assert "error: this session has no memory to reset (Temp-LoRA is off)" in capsys.readouterr().out
+
+
 def test_make_model_writes_a_loadable_model(tmp_path):
     out = tmp_path / "model"
     assert main(["make-model", "--out", str(out), "height=32", "width=32", "use_vae=true"]) == 0

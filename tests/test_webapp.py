@@ -175,6 +175,55 @@ def test_saved_session_loads_into_another_tab_and_continues_identically(app, tmp
     assert other.session is not old and old.closed and other.session.num_chunks_done == 1
 
 
+def _rewritten(archive: Path, out: Path, prefix: str = "", edit=None, extra: dict | None = None) -> Path:
+    """``archive``'s files under ``prefix``, session.json passed through ``edit``, plus ``extra`` files."""
+    with zipfile.ZipFile(archive) as source, zipfile.ZipFile(out, "w") as target:
+        for name in source.namelist():
+            data = source.read(name)
+            if name == "session.json" and edit is not None:
+                meta = json.loads(data)
+                edit(meta)
+                data = json.dumps(meta).encode()
+            target.writestr(f"{prefix}{name}", data)
+        for name, data in (extra or {}).items():
+            target.writestr(name, data)
+    return out
+
+
+def test_a_damaged_session_upload_leaves_the_tab_as_it_was_and_no_new_tab_folder(app, tmp_path):
+    tab = app.start(seed=5, fast="paper")
+    app.step(tab, "move right")
+    archive = app.save_session(tab)
+    app.step(tab, "move left")
+    session, frames = tab.session, tab.session.video()
+    bad = _rewritten(archive, tmp_path / "bad.zip", edit=lambda meta: meta["records"][0].update(seconds=None))
+    with pytest.raises(UserInputError, match=r"session\.json: record 0: seconds is None"):
+        app.load_session(tab, str(bad))
+    assert tab.session is session and not session.closed and np.array_equal(tab.session.video(), frames)
+    app.step(tab, "move up")  # the episode goes on
+    assert tab.session.num_chunks_done == 3
+    folders = sorted(p.name for p in app.workdir.iterdir())
+    with pytest.raises(UserInputError, match="record 0: seconds is None"):
+        app.load_session(None, str(bad))  # as a new tab
+    assert sorted(p.name for p in app.workdir.iterdir()) == folders
+    # a zip made by macOS Finder (its __MACOSX/ folder beside the session's) loads
+    mac = _rewritten(archive, tmp_path / "mac.zip", prefix="sess/", extra={"__MACOSX/sess/._session.json": b"\0"})
+    assert app.load_session(None, str(mac)).session.num_chunks_done == 1
+
+
+def test_a_rule_the_other_memory_settings_do_not_allow_is_a_message(tiny_bundle, tmp_path):
+    config = load_config(GenerationConfig, None, [*FAST, "fast.replay=1"])
+    web = WebApp(tiny_bundle, "tiny", config, workdir=tmp_path / "work")
+    try:
+        tab = web.start(seed=0, fast="paper")
+        with pytest.raises(UserInputError, match="^Temp-LoRA rule text: fast.replay rehearses history windows"):
+            web.switch_fast(tab, "text")
+        with pytest.raises(UserInputError, match="^Temp-LoRA rule full-sequence: fast.replay"):
+            web.start(seed=0, fast="full-sequence")
+    finally:
+        web.close()
+
+
 def test_memory_reset_save_and_load(app):
     tab = app.start(seed=3, fast="paper")
     initial = _memory(tab)
