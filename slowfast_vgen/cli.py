@@ -780,7 +780,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--routes", type=int, help="routes (held-out worlds) per seed (default 3)")
     evaluate.add_argument("--steps", type=int, help="denoising steps per chunk")
     evaluate.add_argument("--out", required=True, help="output directory: results.json, results.md, PNG figures")
-    evaluate.add_argument("--config", help="YAML with EvalConfig values (configs/eval_revisit.yaml)")
+    evaluate.add_argument("--config", help="YAML with EvalConfig values (e.g. configs/eval/revisit.yaml)")
     evaluate.add_argument("--quiet", action="store_true", help="no per-run lines")
     evaluate.add_argument("overrides", nargs="*", metavar="key=value",
                           help="EvalConfig overrides, e.g. actions_per_route=10 metrics.resnet18_weights=r18.safetensors")

@@ -83,6 +83,9 @@ class EvalConfig:
         self.variants = variants
         if not self.seeds or self.routes < 1 or self.actions_per_route < 2:
             raise ValueError("need at least one seed, one route and two actions per route")
+        for name, values in (("seeds", list(self.seeds)), ("variants", variants)):
+            if len(set(values)) != len(values):  # a repeated run would count twice in the intervals
+                raise ValueError(f"{name} must not repeat, got {values}")
         if self.rollout_chunks < 2:
             raise ValueError(f"rollout_chunks must be >= 2, got {self.rollout_chunks}")
         if self.long_frames < 1:
@@ -167,12 +170,14 @@ def _frame_footprint(positions: np.ndarray, view: int, map_size: int, height: in
     return metrics.footprint_masks(positions + offset, (height, width), map_size)
 
 
-def evaluate(bundle: ModelBundle, config: EvalConfig, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Run the suite for every variant x seed x route; returns runs, per-variant summaries, curves."""
+def evaluate(bundle: ModelBundle, config: EvalConfig, progress: Callable[[str], None] | None = None,
+             networks: metrics.PretrainedMetrics | None = None) -> dict[str, Any]:
+    """Run the suite for every variant x seed x route; returns runs, per-variant summaries, curves
+    (``networks``: the pretrained metrics, by default those ``config.metrics`` names)."""
     check_frame_size(config, bundle.height, bundle.width)
     generation = config.generation
     routes = build_routes(config, bundle.height, bundle.width, generation.frames_per_chunk)
-    networks = metrics.PretrainedMetrics(config.metrics)
+    networks = networks or metrics.PretrainedMetrics(config.metrics)
     runs = []
     for variant in config.variants:
         for seed in config.seeds:
@@ -194,8 +199,21 @@ def evaluate(bundle: ModelBundle, config: EvalConfig, progress: Callable[[str], 
         **({"paired_vs_off": paired_vs_off(runs, config.variants)} if "off" in config.variants else {}),
         **({"curves": per_chunk_curves(runs, config.variants)} if config.suite == "rollout" else {}),
         **({"memory_curve": memory_curve(runs, config.variants)} if config.suite == "revisit" else {}),
+        **({"fvd": fvd_by_variant(runs, config.variants, networks)} if networks.available("fvd") else {}),
         "runs": runs,
     }
+
+
+def fvd_by_variant(runs: list[dict], variants: list[str], networks: metrics.PretrainedMetrics) -> dict[str, float]:
+    """FVD of each variant: every chunk it generated (all seeds and routes) against the true chunks.
+    A distance between two sets of clips, so one value per variant, not per run (lower is better);
+    None with fewer than 2 chunks."""
+    out = {}
+    for variant in variants:
+        generated = [clip for run in runs if run["variant"] == variant for clip in run["clips"][0]]
+        truth = [clip for run in runs if run["variant"] == variant for clip in run["clips"][1]]
+        out[variant] = networks.fvd(truth, generated).value if min(len(truth), len(generated)) >= 2 else None
+    return out
 
 
 def check_frame_size(config: EvalConfig, height: int, width: int) -> None:
@@ -217,13 +235,15 @@ def _run_route(bundle, config: EvalConfig, route: Route, variant: str, seed: int
     scores: dict[str, Any] = {}
     if config.suite == "chunk":
         # one chunk at a time from ground-truth context: slow-learning quality, no memory involved
-        psnrs, ssims, predicted, lpips_values = [], [], [], []
+        psnrs, ssims, predicted, lpips_values, clips = [], [], [], [], ([], [])
         for i in range(1, len(route.primitives)):
             session.reset_memory()  # every chunk starts with an empty memory
             session.start(route.frames[: 1 + i * K])
             chunk = session.generate([route.actions[i]])  # (K, H, W, 3)
             truth = route.frames[1 + i * K: 1 + (i + 1) * K]
             psnrs.append(metrics.psnr(chunk, truth))
+            clips[0].append(chunk)
+            clips[1].append(truth)
             ssims.append(metrics.ssim(chunk, truth))
             lpips = networks.lpips(chunk, truth)
             lpips_values.append(lpips.value if lpips.available else None)
@@ -233,7 +253,8 @@ def _run_route(bundle, config: EvalConfig, route: Route, variant: str, seed: int
         scores.update(psnr=float(np.mean(psnrs)), ssim=float(np.mean(ssims)),
                       action_accuracy=float(np.mean([p == c for p, c in zip(predicted, commanded)])),
                       lpips=None if None in lpips_values else float(np.mean(lpips_values)))
-        return {"scores": scores, "predicted": predicted, "commanded": commanded}
+        return {"scores": scores, "predicted": predicted, "commanded": commanded,
+                **({"clips": clips} if networks.available("fvd") else {})}  # dropped before JSON
     session.start(route.frames[0])
     if config.memory_source == "truth":
         session.memory_source = functools.partial(_true_pair, bundle, route.frames, K)
@@ -292,6 +313,8 @@ def _run_route(bundle, config: EvalConfig, route: Route, variant: str, seed: int
         "memory_loss": [r.temp_lora_loss for r in session.records],
         "video": video,  # dropped before JSON; used for contact sheets
         "truth": route.frames,
+        **({"clips": ([video[a:b] for a, b in chunk_ranges], [route.frames[a:b] for a, b in chunk_ranges])}
+           if networks.available("fvd") else {}),  # dropped before JSON; for FVD
         "revisit_pairs": route.revisit_pairs,
     }
 
@@ -475,6 +498,10 @@ def markdown_table(result: dict) -> str:
             cells = [_format_entry(found[v].get(name) if found[v] else None)
                      for name in MEMORY_CURVE_SERIES for v in memory]
             lines.append(f"| {gap} | " + " | ".join(cells) + " |")
+    fvd = result.get("fvd")
+    if fvd:
+        lines += ["", "FVD, every generated chunk against the true chunks (lower is better): "
+                  + ", ".join(f"{variant} {'n/a' if value is None else f'{value:.3f}'}" for variant, value in fvd.items())]
     notes = [f"- {name}: {info['reason']}" for name, info in result.get("availability", {}).items() if info.get("reason")]
     if notes:
         lines += ["", "Unavailable metrics:", *notes]
@@ -486,6 +513,10 @@ def _plain(config: EvalConfig) -> dict:
 
     return OmegaConf.to_container(OmegaConf.structured(config))
 
+
+
+FIGURES = ("per_chunk_psnr.png", "rollout_curves.png", "memory_curve.png", "revisit_contact_sheet.png")
+"""The figures :func:`save_results` may draw, by file name."""
 
 
 def save_results(result: dict, out_dir) -> dict[str, str]:
@@ -545,7 +576,10 @@ def save_results(result: dict, out_dir) -> dict[str, str]:
             sheet[variant] = [run["video"][first], run["video"][later], run["truth"][later]]
     if sheet:
         written["contact_sheet"] = str(contact_sheet(sheet, ["first visit", "revisit", "ground truth"], out / "revisit_contact_sheet.png"))
-    plain_runs = [{k: v for k, v in run.items() if k not in ("video", "truth")} for run in runs]
+    for name in FIGURES:  # an earlier run's figures that this run does not draw would describe another run
+        if name not in {Path(path).name for path in written.values()}:
+            (out / name).unlink(missing_ok=True)
+    plain_runs = [{k: v for k, v in run.items() if k not in ("video", "truth", "clips")} for run in runs]
     atomic_write_json(out / "results.json", {**{k: v for k, v in result.items() if k != "runs"}, "runs": plain_runs})
     atomic_write_text(out / "results.md", markdown_table(result))
     written.update(json=str(out / "results.json"), markdown=str(out / "results.md"))

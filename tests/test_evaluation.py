@@ -10,7 +10,7 @@ import torch
 from slowfast_vgen.cli import main
 from slowfast_vgen.config import load_config
 from slowfast_vgen.evaluation import (
-    EvalConfig, build_routes, evaluate, markdown_table, memory_curve, per_chunk_curves, summarise,
+    EvalConfig, build_routes, evaluate, markdown_table, memory_curve, per_chunk_curves, save_results, summarise,
 )
 from slowfast_vgen.errors import UserInputError
 from slowfast_vgen.metrics import footprint_masks
@@ -88,6 +88,53 @@ def test_chunk_suite_predicts_from_ground_truth_context(tiny_bundle):
     assert run["scores"]["action_accuracy"] == pytest.approx(sum(correct) / 2)
     assert np.isfinite(run["scores"]["psnr"]) and run["scores"]["psnr"] > 0
     assert run["scores"]["lpips"] is None  # no LPIPS weights configured: unavailable, never a number
+
+
+def test_fvd_is_computed_per_variant_when_its_network_is_there(tiny_bundle, tmp_path):
+    from test_metrics import TinyVideoNet
+
+    from slowfast_vgen.metrics import PretrainedMetrics
+
+    config = load_config(EvalConfig, overrides=[*TINY, "suite=chunk", "variants=[off]", "seeds=[0]", "actions_per_route=3"])
+    result = evaluate(tiny_bundle, config, networks=PretrainedMetrics(config.metrics, fvd_net=TinyVideoNet()))
+    assert set(result["fvd"]) == {"off"} and math.isfinite(result["fvd"]["off"]) and result["fvd"]["off"] >= 0
+    assert result["availability"]["fvd"]["available"]
+    assert f"off {result['fvd']['off']:.3f}" in markdown_table(result)
+    save_results(result, tmp_path / "r")
+    assert "clips" not in json.loads((tmp_path / "r" / "results.json").read_text())["runs"][0]
+    assert "fvd" not in evaluate(tiny_bundle, config)  # no I3D weights configured: no number, the reason in availability
+
+
+def test_a_perfect_revisit_counts_in_the_mean_instead_of_dropping_its_run():
+    from slowfast_vgen.metrics import mean_fields, revisit_scores
+
+    rng = np.random.default_rng(3)
+    truth = rng.integers(0, 256, (17, 8, 8, 3), dtype=np.uint8)
+    truth[16] = truth[0]
+    generated = truth.copy()
+    generated[8:16] = rng.integers(0, 256, (8, 8, 8, 3), dtype=np.uint8)
+    perfect = mean_fields(revisit_scores(generated, truth, [(8, 12), (0, 16)]))  # the return to the start is exact
+    assert math.isfinite(perfect["psnr_vs_first"])
+    runs = [{"variant": "paper", "scores": {"revisit_psnr_vs_first": perfect["psnr_vs_first"]}},
+            {"variant": "paper", "scores": {"revisit_psnr_vs_first": 15.0}}]
+    assert summarise(runs, ["paper"])["paper"]["revisit_psnr_vs_first"]["n"] == 2
+
+
+def test_repeated_seeds_or_variants_are_refused():
+    for override, message in (("seeds=[0,0]", r"seeds must not repeat, got \[0, 0\]"),
+                              ("variants=[off,paper,paper]", r"variants must not repeat, got \['off', 'paper', 'paper'\]")):
+        with pytest.raises(UserInputError, match=message):
+            load_config(EvalConfig, overrides=[override])
+
+
+def test_a_rerun_into_the_same_out_leaves_no_figure_of_the_earlier_run(tiny_bundle, tmp_path):
+    out = tmp_path / "r"
+    revisit = load_config(EvalConfig, overrides=[*TINY, "suite=revisit", "variants=[off]", "seeds=[0]"])
+    save_results(evaluate(tiny_bundle, revisit), out)
+    assert (out / "memory_curve.png").is_file() and (out / "revisit_contact_sheet.png").is_file()
+    chunk = load_config(EvalConfig, overrides=[*TINY, "suite=chunk", "variants=[off]", "seeds=[0]", "actions_per_route=2"])
+    save_results(evaluate(tiny_bundle, chunk), out)
+    assert sorted(p.name for p in out.iterdir()) == ["results.json", "results.md"]
 
 
 def test_chunk_suite_action_accuracy_of_a_half_right_oracle_is_one_half(tiny_bundle, monkeypatch):

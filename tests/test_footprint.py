@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from slowfast_vgen.metrics import footprint_chunk_psnr, footprint_masks, masked_psnr, psnr
+from slowfast_vgen.metrics.frames import PSNR_CEILING_DB
 
 
 def test_a_camera_that_does_not_move_sees_only_its_footprint():
@@ -70,7 +71,7 @@ def test_masked_psnr_with_a_full_mask_is_the_clip_psnr():
 def test_masked_psnr_edge_cases():
     x = np.zeros((1, 4, 6, 3), np.uint8)
     assert math.isnan(masked_psnr(x, x + 9, np.zeros((1, 4, 6), bool)))  # nothing to score
-    assert masked_psnr(x, x, np.ones((1, 4, 6), bool)) == math.inf  # identical
+    assert masked_psnr(x, x, np.ones((1, 4, 6), bool)) == PSNR_CEILING_DB  # identical
     with pytest.raises(ValueError, match="mask must be"):
         masked_psnr(x, x, np.ones((4, 6), bool))
 

@@ -37,6 +37,7 @@ from slowfast_vgen.metrics import (
     t_quantile_975,
     to_unit_frames,
 )
+from slowfast_vgen.metrics.frames import PSNR_CEILING_DB
 from slowfast_vgen.metrics.networks import (
     InceptionI3d,
     LPIPSAlexNet,
@@ -127,15 +128,15 @@ def test_frame_conversion_accepts_both_layouts():
     assert unit.shape == (3, 3, 8, 10) and unit.dtype == torch.float32
     assert float(unit.max()) <= 1.0
     assert torch.equal(to_unit_frames(unit), unit)
-    assert psnr(video, unit) == math.inf  # uint8 and float views of the same clip
+    assert psnr(video, unit) == PSNR_CEILING_DB  # uint8 and float views of the same clip
     with pytest.raises(ValueError, match=r"\(F, 3, H, W\)"):
         to_unit_frames(unit.permute(0, 2, 3, 1))  # float channels-last is ambiguous: refused
 
 
 def test_identical_videos_give_perfect_scores(videos, lpips_weights):
     video = videos[0]
-    assert psnr(video, video) == math.inf
-    assert torch.isinf(psnr_per_frame(video, video)).all()
+    assert psnr(video, video) == PSNR_CEILING_DB == 100.0  # finite: a perfect score counts in means
+    assert (psnr_per_frame(video, video) == PSNR_CEILING_DB).all()
     assert ssim(video, video) == pytest.approx(1.0, abs=1e-6)
     metrics = PretrainedMetrics(MetricsConfig(lpips_weights=lpips_weights), fvd_net=TinyVideoNet())
     result = metrics.lpips(video, video)
@@ -312,12 +313,12 @@ def test_chunk_and_revisit_scores():
     generated = truth.copy()
     generated[4:] = add_noise(truth[4:], 20.0, seed=0)
     first, second = chunk_scores(generated, truth, [(0, 4), (4, 9)])
-    assert (first.start, first.end, first.psnr, first.ssim) == (0, 4, math.inf, pytest.approx(1.0, abs=1e-6))
+    assert (first.start, first.end, first.psnr, first.ssim) == (0, 4, PSNR_CEILING_DB, pytest.approx(1.0, abs=1e-6))
     assert second.psnr < 30 and second.ssim < 1
     (revisit,) = revisit_scores(generated, truth, [(0, 8)])
     assert revisit.psnr_vs_truth == pytest.approx(psnr(generated[8:9], truth[8:9]))
     assert revisit.psnr_vs_first == pytest.approx(revisit.psnr_vs_truth)  # first visit is exact here
-    assert revisit.first_psnr_vs_truth == math.inf  # a perfect memory of the start frame is exact
+    assert revisit.first_psnr_vs_truth == PSNR_CEILING_DB  # a perfect memory of the start frame is exact
     (inner,) = revisit_scores(generated, truth, [(4, 8)])  # a generated first visit: a perfect memory scores its error
     assert inner.first_psnr_vs_truth == pytest.approx(psnr(generated[4:5], truth[4:5])) and inner.first_psnr_vs_truth < 30
     with pytest.raises(ValueError, match="out of range"):

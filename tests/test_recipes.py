@@ -129,6 +129,7 @@ def test_gpu_recipe_runs_tiny_on_cpu_without_the_text_encoder_package(tmp_path):
 def test_every_shipped_config_loads_into_its_dataclass(path):
     """A typo in a shipped YAML (unknown key, wrong type, bad value) fails here, not on a user's machine."""
     from slowfast_vgen.config import load_config
+    from slowfast_vgen.evaluation import EvalConfig
     from slowfast_vgen.model import ModelConfig
     from slowfast_vgen.session import GenerationConfig
     from slowfast_vgen.training import LoopTrainConfig, TrainConfig
@@ -138,6 +139,8 @@ def test_every_shipped_config_loads_into_its_dataclass(path):
         cls = ModelConfig
     elif relative.parts[0] == "train":
         cls = LoopTrainConfig if relative.name.startswith("loop_") else TrainConfig
+    elif relative.parts[0] == "eval":
+        cls = EvalConfig
     else:
         cls = GenerationConfig
     overrides = ["data.root=data"] if cls is not ModelConfig and relative.parts[0] == "train" else []  # given on the command line

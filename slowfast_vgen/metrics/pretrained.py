@@ -118,6 +118,10 @@ class PretrainedMetrics:
             out[name] = str(net) if isinstance(net, WeightsUnavailable) else None
         return out
 
+    def available(self, name: str) -> bool:
+        """Whether the network of ``name`` (``lpips``, ``fvd``, ``src``) has its weights (loads it)."""
+        return not isinstance(self.network(name), WeightsUnavailable)
+
     def lpips(self, x: Frames, y: Frames) -> MetricResult:
         net = self.network("lpips")
         if isinstance(net, WeightsUnavailable):
