@@ -79,7 +79,7 @@ class EvalConfig:
         variants = ["off" if str(v).lower() == "false" else v for v in self.variants]  # YAML reads `off` as false
         bad = [v for v in variants if v not in FAST_MODES]
         if bad or not variants:
-            raise ValueError(f"variants must be among {', '.join(FAST_MODES)}, got {self.variants}")
+            raise ValueError(f"variants must be among {', '.join(FAST_MODES)}, got {variants}")  # `off`, not False
         self.variants = variants
         if not self.seeds or self.routes < 1 or self.actions_per_route < 2:
             raise ValueError("need at least one seed, one route and two actions per route")
