@@ -343,10 +343,19 @@ class WebApp:
         return folder
 
     def _replace_session(self, tab: Tab, session: GenerationSession) -> None:
+        """``session`` becomes ``tab``'s episode once its video is written; until then (and if that
+        fails) the old episode stays, so a session that cannot be shown never costs the tab its work."""
         old, tab.session = tab.session, session
+        try:
+            self.export(tab)
+        except BaseException:
+            tab.session = old
+            with self.model_lock:
+                session.close()
+            self.export(tab)  # the old episode's video again
+            raise
         with self.model_lock:
             old.close()  # its adapter leaves the shared UNet now, not at some later garbage collection
-        self.export(tab)
 
     @staticmethod
     def _scratch(tab: Tab, name: str) -> Path:

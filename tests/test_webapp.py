@@ -206,6 +206,23 @@ def test_a_damaged_session_upload_leaves_the_tab_as_it_was_and_no_new_tab_folder
     with pytest.raises(UserInputError, match="record 0: seconds is None"):
         app.load_session(None, str(bad))  # as a new tab
     assert sorted(p.name for p in app.workdir.iterdir()) == folders
+    # a session that loads but cannot be written out does not replace the episode either
+    import slowfast_vgen.cli as cli
+
+    write_outputs = cli.write_outputs
+
+    def fails_for_the_new_session(session, *args, **kwargs):
+        if session is not tab.session or session.num_chunks_done == 1:
+            raise OSError("disk full")
+        return write_outputs(session, *args, **kwargs)
+
+    cli.write_outputs = fails_for_the_new_session
+    try:
+        with pytest.raises(OSError, match="disk full"):
+            app.load_session(tab, str(archive))
+    finally:
+        cli.write_outputs = write_outputs
+    assert tab.session is session and not session.closed and tab.session.num_chunks_done == 3
     # a zip made by macOS Finder (its __MACOSX/ folder beside the session's) loads
     mac = _rewritten(archive, tmp_path / "mac.zip", prefix="sess/", extra={"__MACOSX/sess/._session.json": b"\0"})
     assert app.load_session(None, str(mac)).session.num_chunks_done == 1
