@@ -289,7 +289,9 @@ def _run_route(bundle, config: EvalConfig, route: Route, variant: str, seed: int
         # frame of psnr_vs_first stays the first visit)
         last_seen = route.revisit_last if route.revisit_last is not None else [r.first for r in revisits]
         curves = {"revisit_by_gap": [{"gap_chunks": round((r.later - last) / K), "psnr_vs_truth": r.psnr_vs_truth,
-                                      "psnr_vs_first": r.psnr_vs_first, "first_vs_truth": r.first_psnr_vs_truth}
+                                      "psnr_vs_first": r.psnr_vs_first,
+                                      # a return to the given start frame has no generated first visit to score
+                                      "first_vs_truth": None if r.first == 0 else r.first_psnr_vs_truth}
                                      for r, last in zip(revisits, last_seen, strict=True)]}
         src = networks.src(video, route.revisit_pairs)
         scores["src"] = src.value if src.available else None
@@ -432,7 +434,7 @@ def memory_curve(runs: list[dict], variants: list[str]) -> dict[str, list[dict]]
         for gap in sorted(by_gap):
             point = {"gap_chunks": gap, "n": len(by_gap[gap])}
             for name in MEMORY_CURVE_SERIES:
-                values = [p[name] for p in by_gap[gap] if name in p and math.isfinite(p[name])]
+                values = [p[name] for p in by_gap[gap] if p.get(name) is not None and math.isfinite(p[name])]
                 mean, low, high = metrics.mean_ci(values) if values else (None, None, None)
                 point[name] = {"mean": mean, "low": low, "high": high, "n": len(values)}
             points.append(point)
