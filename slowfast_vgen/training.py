@@ -304,16 +304,7 @@ class SlowTrainer:
         self.lr_scheduler = get_scheduler(
             config.lr_scheduler, self.optimizer, num_warmup_steps=config.lr_warmup_steps, num_training_steps=config.max_steps
         )
-        self.ema = None
-        if config.use_ema:
-            from diffusers.training_utils import EMAModel
-
-            self.ema = EMAModel(trainable, decay=config.ema_decay, model_cls=type(self.bundle.unet), model_config=self.bundle.unet.config)
-        self.encoder_ema = None
-        if config.use_ema and encoder is not None:
-            from diffusers.training_utils import EMAModel
-
-            self.encoder_ema = EMAModel(list(encoder.parameters()), decay=config.ema_decay)
+        self.ema, self.encoder_ema = self.new_emas() if config.use_ema else (None, None)
         # 2. resume: weights, optimizer, LR schedule, step (the data position follows from the step)
         self.step = 0
         self.resumed_from = resolve_resume(self.output_dir, config.resume)
@@ -331,6 +322,17 @@ class SlowTrainer:
         # a missing or too small validation split is an error now, not after hours of training
         self.validation_batch = self.load_validation_batch() if config.validate_every and self.accelerator.is_main_process else None
         self.stop_requested = False
+
+    def new_emas(self) -> tuple[Any, Any]:
+        """EMAs of the UNet's trainable weights and of the action encoder (None without one), starting
+        from their current values."""
+        from diffusers.training_utils import EMAModel
+
+        unet, encoder = self.bundle.unet, self.bundle.action_encoder
+        trainable = [p for p in unet.parameters() if p.requires_grad]
+        ema = EMAModel(trainable, decay=self.config.ema_decay, model_cls=type(unet), model_config=unet.config)
+        encoder_ema = EMAModel(list(encoder.parameters()), decay=self.config.ema_decay) if encoder is not None else None
+        return ema, encoder_ema
 
     # ------------------------------------------------------------------ hooks for subclasses
     def exported_generation(self) -> dict[str, Any]:
@@ -597,7 +599,10 @@ class SlowTrainer:
         except (KeyError, TypeError, ValueError) as err:
             raise UserInputError(f"checkpoint {path} is corrupt: trainer_state.json: no usable lr_scheduler ({err!r})") from None
         device = self.accelerator.device
-        if self.ema is not None and (path / "ema").is_dir():
+        if self.ema is not None and not (path / "ema").is_dir():  # saved with use_ema off: start it here
+            self.ema, self.encoder_ema = self.new_emas()
+            self.accelerator.print(f"{path} holds no EMA (saved with use_ema off): the EMA starts from its weights")
+        elif self.ema is not None:
             from diffusers.training_utils import EMAModel
 
             try:

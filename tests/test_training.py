@@ -123,6 +123,15 @@ def test_a_run_that_would_mix_its_checkpoints_with_another_runs_newer_ones_is_re
     assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2", "checkpoint-3"]
 
 
+def test_turning_on_ema_when_resuming_starts_it_from_the_checkpoint_weights(world_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    train(_slow(world_root, out, "max_steps=2"))
+    trainer = SlowTrainer(_slow(world_root, out, "max_steps=3", "use_ema=true"))
+    assert "holds no EMA (saved with use_ema off): the EMA starts from its weights" in capsys.readouterr().out
+    trainable = [p for p in trainer.bundle.unet.parameters() if p.requires_grad]
+    assert all(torch.equal(a, b) for a, b in zip(trainer.ema.shadow_params, trainable, strict=True))
+
+
 def test_device_cuda_without_cuda_is_a_one_line_error(world_root, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(UserInputError, match="^device=cuda but no CUDA device is available here"):
