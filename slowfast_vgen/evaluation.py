@@ -578,8 +578,9 @@ def save_results(result: dict, out_dir) -> dict[str, str]:
             sheet[variant] = [run["video"][first], run["video"][later], run["truth"][later]]
     if sheet:
         written["contact_sheet"] = str(contact_sheet(sheet, ["first visit", "revisit", "ground truth"], out / "revisit_contact_sheet.png"))
+    drawn = {Path(path).name for path in written.values()}
     for name in FIGURES:  # an earlier run's figures that this run does not draw would describe another run
-        if name not in {Path(path).name for path in written.values()}:
+        if name not in drawn:
             (out / name).unlink(missing_ok=True)
     plain_runs = [{k: v for k, v in run.items() if k not in ("video", "truth", "clips")} for run in runs]
     atomic_write_json(out / "results.json", {**{k: v for k, v in result.items() if k != "runs"}, "runs": plain_runs})

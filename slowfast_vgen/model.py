@@ -710,8 +710,8 @@ def _check_metadata(metadata: dict[str, Any], where: str) -> None:
         value = metadata.get(key)
         if key in metadata and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise UserInputError(f"{where}: field {key!r} must be a positive integer, got {value!r}")
-    if "fps" in metadata and fps_problem(metadata["fps"]):
-        raise UserInputError(f"{where}: field 'fps' {fps_problem(metadata['fps'])}")
+    if "fps" in metadata and (problem := fps_problem(metadata["fps"])):
+        raise UserInputError(f"{where}: field 'fps' {problem}")
     for key in ("text_encoder_package", "text_encoder_fingerprint"):
         if key in metadata and not isinstance(metadata[key], str):
             raise UserInputError(f"{where}: field {key!r} must be a string, got {metadata[key]!r}")

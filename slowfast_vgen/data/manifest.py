@@ -79,8 +79,8 @@ def segment_problems(row: Any) -> list[str]:
         problems.append(f"start_frame must be >= 0, got {start}")
     if _is_int(start) and _is_int(end) and end <= start:
         problems.append(f"empty segment: end_frame {end} <= start_frame {start} (end is exclusive)")
-    if "fps" in row and fps_problem(row["fps"]):
-        problems.append(f"fps {fps_problem(row['fps'])}")
+    if "fps" in row and (problem := fps_problem(row["fps"])):
+        problems.append(f"fps {problem}")
     for name in ("action", "episode", "split"):
         if name in row and (not isinstance(row[name], str) or not row[name].strip()):
             problems.append(
