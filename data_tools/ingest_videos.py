@@ -3,11 +3,12 @@
 Annotations: an EPIC-KITCHENS-style CSV (``video_id,start_timestamp,stop_timestamp,narration``,
 timestamps ``HH:MM:SS.ff``; extra columns ignored) or a JSONL of
 ``{"video": ..., "start_sec": ..., "end_sec": ..., "action": ...}`` rows. Videos are found
-recursively under ``--videos`` by relative path or by file stem (``P01_01`` -> ``P01/P01_01.MP4``);
-recognised files: .mp4 .m4v .mov .mkv .webm .avi .mpg .mpeg .mpe .m1v .m2v .vob (any case).
+recursively under ``--videos`` by relative path, with or without the extension, or by file stem
+when it is unique (``P01_01`` -> ``P01/P01_01.MP4``; a stem that fits several files is skipped by
+name); recognised files: .mp4 .m4v .mov .mkv .webm .avi .mpg .mpeg .mpe .m1v .m2v .vob (any case).
 
 Output (see slowfast_vgen/data/README.md): one H.264 clip per segment,
-``videos/<video>/<annotation line>.mp4``, at ``--fps`` and ``--height`` x ``--width`` (resized to
+``videos/<episode>/<annotation line>.mp4`` (the episode is the video's stem, or its path where two videos share the stem), at ``--fps`` and ``--height`` x ``--width`` (resized to
 cover, centre-cropped), starting up to ``--context-sec`` before the segment so there are real
 context frames; ``manifest.jsonl`` with one row per clip (``start_frame`` = lead-in frames).
 Missing or undecodable videos are reported by name and skipped (exit code stays 0 when anything

@@ -269,6 +269,66 @@ def test_ingest_epic_csv(tmp_path):
     assert run_tool("validate.py", str(out), "--no-progress").returncode == 0
 
 
+def test_ingest_finds_each_annotation_its_own_video_and_keeps_recordings_apart(tmp_path):
+    """Two recordings named x (a/x.mp4, b/x.mp4) and two dotted ids (clip.v2, clip.v3): each segment
+    reads its own source, a bare shared stem is ambiguous and skipped, and no two recordings share
+    an episode (stem collisions took the first file's frames and merged the episodes)."""
+    videos = tmp_path / "src"
+    n = 20
+    for folder, offset in (("a", 0), ("b", 120)):
+        levels = offset + 4 * np.arange(n)
+        write_video(videos / folder / "x.mp4",
+                    np.broadcast_to(levels[:, None, None, None], (n, 16, 16, 3)).astype(np.uint8), fps=10)
+    for name in ("clip.v2", "clip.v3"):
+        source_video(videos / f"{name}.mp4", seconds=1.0, fps=10, height=16, width=16)
+    rows = [("b/x", 1.0), ("a/x.mp4", 1.0), ("x", 0.0), ("clip.v2", 0.0), ("clip.v3.mp4", 0.0)]
+    ann = tmp_path / "ann.jsonl"
+    ann.write_text("".join(json.dumps({"video": v, "start_sec": t, "end_sec": t + 0.5, "action": "go"}) + "\n"
+                           for v, t in rows))
+    out = tmp_path / "out"
+    result = run_tool("ingest_videos.py", "--videos", str(videos), "--annotations", str(ann), "--out", str(out),
+                      "--fps", "10", "--height", "16", "--width", "16", "--context-sec", "0", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "skipped x: ambiguous name: 2 videos fit it" in result.stderr
+    manifest = read_manifest(out)
+    assert [(r.episode, r.action) for r in manifest] == [("b_x", "go"), ("a_x", "go"), ("clip.v2", "go"),
+                                                         ("clip.v3", "go")]
+    first = [float(open_video(out / r.video).get_frames([0])[0].mean()) for r in manifest[:2]]
+    assert abs(first[0] - (120 + 40)) <= 3 and abs(first[1] - 40) <= 3  # frame 10 of b/x.mp4, then of a/x.mp4
+    assert len({r.video.split("/")[1] for r in manifest}) == 4  # one clip folder per recording
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"video_id,start_timestamp,stop_timestamp,narration\nx,1,2,caf\xe9\n", "ann.csv: not UTF-8 text"),
+    (b'{"video": "x", "start_sec": 0, "end_sec": 1, "action": null}\n', "ann.jsonl:1: .*action must be a string, got null"),
+    (b'{"video": 3, "start_sec": 0, "end_sec": 1, "action": "go"}\n', "ann.jsonl:1: .*video must be a string, got 3"),
+    (b"\xff\xfe{}", "ann.jsonl: not UTF-8 text"),
+], ids=["latin1-csv", "null-action", "number-video", "utf16-jsonl"])
+def test_ingest_refuses_undecodable_or_untyped_annotations_in_one_line(tmp_path, content, message):
+    videos = tmp_path / "src"
+    source_video(videos / "x.mp4", seconds=1.0, fps=10, height=16, width=16)
+    ann = tmp_path / ("ann.csv" if message.startswith("ann.csv") else "ann.jsonl")
+    ann.write_bytes(content)
+    with pytest.raises(UserInputError, match=message):
+        ingest_videos(IngestConfig(videos=str(videos), annotations=str(ann), out=str(tmp_path / "out")))
+
+
+def test_ingest_reads_a_csv_with_a_byte_order_mark_and_refuses_non_finite_settings(tmp_path):
+    videos = tmp_path / "src"
+    source_video(videos / "x.mp4", seconds=1.0, fps=10, height=16, width=16)
+    ann = tmp_path / "ann.csv"
+    ann.write_bytes("video_id,start_timestamp,stop_timestamp,narration\nx,0,0.5,stir\n".encode("utf-8-sig"))
+    summary = ingest_videos(IngestConfig(videos=str(videos), annotations=str(ann), out=str(tmp_path / "out"),
+                                         height=16, width=16))
+    assert summary.segments == 1
+    for flag, value, message in (("--fps", "nan", "fps must be a number in"), ("--fps", "1e308", "fps must be"),
+                                 ("--context-sec", "inf", "context_sec must be a finite number")):
+        result = run_tool("ingest_videos.py", "--videos", str(videos), "--annotations", str(ann),
+                          "--out", str(tmp_path / "o2"), flag, value, "--no-progress")
+        assert result.returncode == 2 and result.stderr.startswith(f"error: {message}"), result.stderr
+        assert "Traceback" not in result.stderr
+
+
 def test_ingest_jsonl_and_errors(tmp_path):
     videos = tmp_path / "src"
     source_video(videos / "clip.mp4", seconds=2.0, fps=10, height=40, width=40)

@@ -10,10 +10,15 @@ the target fps (nearest source frame at each output time) and resized to cover t
 centre-cropped to ``height x width``. The clip starts up to ``context_sec`` before the segment
 so the chunk dataset has real preceding frames as context: in the manifest the segment is
 ``[start_frame, end_frame)`` of its clip, ``start_frame`` being the number of lead-in frames.
-The ``episode`` of a row is the source video's id, so all segments of one recording form one
-episode. Missing and undecodable videos are reported by name and skipped; so are segments
-that are empty, start after the end of their video, or fail to decode (the video's other
-segments are still ingested).
+An annotation's ``video`` names its source file by path relative to the videos folder, with or
+without the extension, or by file name stem alone when that stem is unique (``P01_01`` finds
+``P01/P01_01.MP4``; a stem shared by ``a/x.mp4`` and ``b/x.mp4`` is ambiguous and skipped by name).
+The ``episode`` of a row is the source file's stem, or its relative path without the extension
+where two ingested files share the stem (``a/x.mp4`` -> ``a_x``): all segments of one recording
+form one episode, and two recordings never share one.
+Missing and undecodable videos are reported by name and skipped; so are segments that are empty,
+start after the end of their video, or fail to decode (the video's other segments are still
+ingested).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from ..config import help_field
-from ..errors import UserInputError
+from ..errors import UserInputError, first_line
 from ..io_utils import check_output_directory
 from .manifest import MANIFEST_NAME, Segment, write_manifest
 from .readers import VideoReadError, VideoReaderBackend, open_video, resize_center_crop
@@ -41,6 +46,8 @@ VIDEO_EXTENSIONS: tuple[str, ...] = (
 """Source files ``index_videos`` finds (case-insensitive). MPEG and AVI files are read with imageio
 by the ``auto`` backend (see ``readers.DECORD_UNRELIABLE_EXTENSIONS``)."""
 EPIC_COLUMNS: tuple[str, ...] = ("video_id", "start_timestamp", "stop_timestamp", "narration")
+MAX_FPS = 1000.0
+"""Highest output frame rate ingest takes (clips are resampled to it; no camera records faster)."""
 _TIMESTAMP = re.compile(r"^(?:(\d+):)?(\d{1,2}):(\d{1,2}(?:\.\d+)?)$")
 
 
@@ -70,12 +77,12 @@ class IngestConfig:
     backend: str = help_field("auto", help="video reader: auto, decord or imageio")
 
     def __post_init__(self) -> None:
-        if self.fps <= 0:
-            raise ValueError(f"fps must be > 0, got {self.fps}")
+        if not math.isfinite(self.fps) or not 0 < self.fps <= MAX_FPS:
+            raise ValueError(f"fps must be a number in (0, {MAX_FPS:g}], got {self.fps}")
         if self.height < 2 or self.width < 2 or self.height % 2 or self.width % 2:
             raise ValueError(f"height and width must be even and >= 2 (H.264 yuv420p), got {self.height}x{self.width}")
-        if self.context_sec < 0:
-            raise ValueError(f"context_sec must be >= 0, got {self.context_sec}")
+        if not math.isfinite(self.context_sec) or self.context_sec < 0:
+            raise ValueError(f"context_sec must be a finite number >= 0, got {self.context_sec}")
         if not self.split.strip():
             raise ValueError("split must not be empty")
 
@@ -123,7 +130,17 @@ def _time_problem(seconds: float) -> str | None:
 def read_epic_csv(path: str | os.PathLike) -> list[SourceSegment]:
     """Segments of an EPIC-KITCHENS-style CSV; :class:`UserInputError` naming the line on bad rows."""
     path = Path(path)
-    with open(path, newline="", encoding="utf-8") as handle:
+    try:
+        return _read_epic_rows(path)
+    except UnicodeDecodeError as err:
+        raise UserInputError(f"{path}: not UTF-8 text ({first_line(err)}); save the annotations as UTF-8") from None
+    except csv.Error as err:
+        raise UserInputError(f"{path}: not a readable CSV file ({first_line(err)})") from None
+
+
+def _read_epic_rows(path: Path) -> list[SourceSegment]:
+    # utf-8-sig: a spreadsheet's byte-order mark is not part of the first column's name
+    with open(path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         missing = [c for c in EPIC_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
@@ -145,27 +162,38 @@ def read_epic_csv(path: str | os.PathLike) -> list[SourceSegment]:
 def read_segments_jsonl(path: str | os.PathLike) -> list[SourceSegment]:
     """Segments of a JSONL file with ``video, start_sec, end_sec, action`` per line."""
     path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError as err:
+        raise UserInputError(f"{path}: not UTF-8 text ({first_line(err)}); save the annotations as UTF-8") from None
     out = []
-    with open(path, encoding="utf-8") as handle:
-        for line, text in enumerate(handle, start=1):
-            if not text.strip():
-                continue
-            try:
-                row = json.loads(text)
-                out.append(
-                    SourceSegment(
-                        str(row["video"]),
-                        _seconds(row, "start_sec"),
-                        _seconds(row, "end_sec"),
-                        str(row["action"]).strip(),
-                        line,
-                    )
+    for line, text in enumerate(lines, start=1):
+        if not text.strip():
+            continue
+        try:
+            row = json.loads(text)
+            out.append(
+                SourceSegment(
+                    _text(row, "video").strip(),
+                    _seconds(row, "start_sec"),
+                    _seconds(row, "end_sec"),
+                    _text(row, "action").strip(),
+                    line,
                 )
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-                raise UserInputError(
-                    f"{path}:{line}: need a JSON object with video, start_sec, end_sec, action ({err})"
-                ) from None
+            )
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+            raise UserInputError(
+                f"{path}:{line}: need a JSON object with video, start_sec, end_sec, action ({err})"
+            ) from None
     return out
+
+
+def _text(row: dict, key: str) -> str:
+    """``row[key]``, which must be a JSON string (``null`` or a number is not a video name or an action)."""
+    value = row[key]
+    if not isinstance(value, str):
+        raise ValueError(f"{key} must be a string, got {json.dumps(value)}")
+    return value
 
 
 def _seconds(row: dict, key: str) -> float:
@@ -201,17 +229,37 @@ def read_annotations(path: str | os.PathLike) -> list[SourceSegment]:
     raise UserInputError(f"{path}: unknown annotation format; use an EPIC-style .csv or a segments .jsonl")
 
 
-def index_videos(folder: str | os.PathLike) -> dict[str, Path]:
-    """Video files under ``folder`` by relative path and by stem (``P01_01`` finds ``P01/P01_01.MP4``)."""
+def index_videos(folder: str | os.PathLike) -> dict[str, list[Path]]:
+    """Video files under ``folder`` by every name an annotation may use: relative path
+    (``P01/P01_01.MP4``), relative path without the extension (``P01/P01_01``) and stem (``P01_01``).
+
+    Each name maps to all the files it fits, in sorted order; :func:`find_video` refuses a name that
+    fits several.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise UserInputError(f"video folder not found: {folder}")
-    index: dict[str, Path] = {}
+    index: dict[str, list[Path]] = {}
     for path in sorted(folder.rglob("*")):
         if path.is_file() and path.suffix.lower() in VIDEO_EXTENSIONS:
-            index.setdefault(path.relative_to(folder).as_posix(), path)
-            index.setdefault(path.stem, path)
+            relative = path.relative_to(folder)
+            names = {relative.as_posix(), relative.with_suffix("").as_posix(), path.stem}
+            for name in names:
+                index.setdefault(name, []).append(path)
     return index
+
+
+def find_video(index: dict[str, list[Path]], video_id: str) -> Path:
+    """The one source file an annotation's ``video`` names (see :func:`index_videos`); ``LookupError``
+    with the reason when none or several fit."""
+    candidates = index.get(video_id.strip("/")) or []
+    if len(candidates) > 1:
+        shown = ", ".join(str(path) for path in candidates[:3]) + (", ..." if len(candidates) > 3 else "")
+        raise LookupError(f"ambiguous name: {len(candidates)} videos fit it ({shown}); "
+                          "give its path under the videos folder")
+    if not candidates:
+        raise LookupError("video not found")
+    return candidates[0]
 
 
 def clip_times(start_sec: float, end_sec: float, fps: float, context_sec: float) -> tuple[np.ndarray, int]:
@@ -231,6 +279,29 @@ def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "video"
 
 
+def _episode_names(sources: list[Path], folder: Path) -> dict[Path, str]:
+    """Each source video's episode (and clip folder) name, made file-name safe: its stem
+    (``P01/P01_01.MP4`` -> ``P01_01``), or its path under ``folder`` without the extension where
+    another source shares the stem (``a/x.mp4``, ``b/x.mp4`` -> ``a_x``, ``b_x``); names that still
+    collide (``a b.mp4`` and ``a_b.mp4``) are numbered apart (``a_b``, ``a_b-2``), so two recordings
+    never share an episode."""
+    stems: dict[str, int] = {}
+    for source in sources:
+        stems[source.stem] = stems.get(source.stem, 0) + 1
+    names: dict[Path, str] = {}
+    taken: set[str] = set()
+    for source in sources:
+        shared = stems[source.stem] > 1
+        base = _safe_name(source.relative_to(folder).with_suffix("").as_posix() if shared else source.stem)
+        name, number = base, 1
+        while name in taken:
+            number += 1
+            name = f"{base}-{number}"
+        taken.add(name)
+        names[source] = name
+    return names
+
+
 def ingest_videos(
     config: IngestConfig,
     progress: Callable[[Iterable], Iterable] | None = None,
@@ -248,9 +319,6 @@ def ingest_videos(
         raise UserInputError(f"{config.annotations}: no segments")
     index = index_videos(config.videos)
     out = Path(config.out)
-    by_video: dict[str, list[SourceSegment]] = {}
-    for seg in annotations:
-        by_video.setdefault(seg.video, []).append(seg)
     skipped: list[tuple[str, str]] = []
 
     def skip(name: str, reason: str) -> None:
@@ -258,21 +326,29 @@ def ingest_videos(
         if report is not None:
             report(f"skipped {name}: {reason}")
 
+    by_video: dict[str, list[SourceSegment]] = {}
+    for seg in annotations:
+        by_video.setdefault(seg.video, []).append(seg)
+    by_source: dict[Path, list[SourceSegment]] = {}  # "x", "x.mp4" and "a/x" may all name a/x.mp4
+    for video_id, segments in by_video.items():
+        try:
+            by_source.setdefault(find_video(index, video_id), []).extend(segments)
+        except LookupError as err:
+            skip(video_id, f"{err} under {config.videos} ({len(segments)} segment(s) skipped)")
+    episodes = _episode_names(list(by_source), Path(config.videos))
+
     rows: list[Segment] = []
     written_videos = 0
-    items: Iterable = by_video.items()
-    for video_id, segments in progress(items) if progress else items:
-        source = index.get(video_id) or index.get(Path(video_id).stem)
-        if source is None:
-            skip(video_id, f"video not found under {config.videos} ({len(segments)} segment(s) skipped)")
-            continue
+    items: Iterable = by_source.items()
+    for source, segments in progress(items) if progress else items:
+        video_id = segments[0].video
         try:
             reader = open_video(source, config.backend)
             src_fps = _source_fps(reader)
         except VideoReadError as err:
             skip(video_id, f"cannot decode {source.name}: {err.reason} ({len(segments)} segment(s) skipped)")
             continue
-        episode = _safe_name(Path(video_id).stem)
+        episode = episodes[source]
         new_rows = _ingest_one_video(reader, src_fps, segments, episode, config, out, write_video, skip)
         rows += new_rows
         written_videos += 1 if new_rows else 0
