@@ -516,6 +516,36 @@ def test_chunk_frames_come_from_the_right_places(coded_root):
     assert torch.equal(ds[1].context, ds[1].context)
 
 
+def test_episode_chunks_follow_each_other_without_a_gap(world_root):
+    """The loop uses the end of X_i as the context of X_(i+1): an episode's chunks are consecutive frames
+    of its video (a target_frames below the segment length left gaps of the segment's remaining frames)."""
+    from slowfast_vgen.data.episodes import EpisodeDataset
+
+    config = ChunkDatasetConfig(root=str(world_root), target_frames=4)
+    episodes = EpisodeDataset(config, 3)
+    chunks, actions = episodes[0]
+    (video,) = {s.video for s in episodes.episodes[0]}
+    frames = open_video(world_root / video).get_frames(list(range(1, 13)))  # frames 1..12: three actions of 4
+    expected = torch.from_numpy(frames).float().div(127.5).sub(1.0).permute(3, 0, 1, 2)  # (3, 12, H, W)
+    assert torch.equal(chunks.permute(1, 0, 2, 3, 4).flatten(1, 2), expected)
+    assert actions == [s.action for s in episodes.episodes[0]]
+    with pytest.raises(UserInputError, match="has 2 consecutive segments of >= 2 frames, each chunk starting where"):
+        EpisodeDataset(ChunkDatasetConfig(root=str(world_root), target_frames=2), 2)
+
+
+def test_first_consecutive_run_breaks_at_gaps_and_short_segments():
+    from slowfast_vgen.data.episodes import first_consecutive_run
+
+    a = [seg("v.mp4", 1 + 4 * i, 5 + 4 * i, f"a{i}") for i in range(5)]
+    assert first_consecutive_run(list(reversed(a)), 4, 3) == a[:3]  # ordered by start frame
+    assert first_consecutive_run([a[0], a[2], a[3], a[4]], 4, 3) == a[2:]  # a dropped segment is a gap
+    short = seg("v.mp4", 5, 7, "short")
+    assert first_consecutive_run([a[0], short, a[2], a[3]], 4, 3) is None
+    assert first_consecutive_run(a, 2, 2) is None  # every chunk stops 2 frames before the next one starts
+    clips = [seg(f"videos/x/{n:06d}.mp4", lead, lead + 4, f"c{n}") for n, lead in ((7, 8), (3, 0), (9, 8))]
+    assert first_consecutive_run(clips, 4, 3) == clips  # ingested clips: manifest order, lead-ins ignored
+
+
 def test_collate_pads_contexts_on_the_left():
     def sample(f_p: int, base: float) -> ChunkSample:
         context = torch.arange(f_p, dtype=torch.float32).add(base).view(1, f_p, 1, 1).expand(3, f_p, 2, 2)

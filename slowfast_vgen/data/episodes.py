@@ -1,9 +1,14 @@
 """Whole episodes as ordered ground-truth chunks, for the slow-fast learning loop (Algorithm 1b).
 
-An item is one episode of the chosen split: its first ``chunks_per_episode`` segments (in frame
-order), each cut to ``target_frames`` frames and resized like :class:`ChunkDataset` does, plus
-their actions. The loop trainer turns consecutive chunks ``X_i, X_{i+1}`` into records.
-Episodes with fewer usable segments are skipped and counted (``num_short_episodes``).
+An item is one episode of the chosen split: ``chunks_per_episode`` consecutive segments, each cut
+to its first ``target_frames`` frames and resized like :class:`ChunkDataset` does, plus their
+actions. The loop trainer turns consecutive chunks ``X_i, X_{i+1}`` into records, with the end of
+``X_i`` as the context of ``X_{i+1}``, so the chunks must follow each other without a gap: two
+segments of one video are consecutive only when the second starts where the first chunk ends
+(``start_frame + target_frames``). A ``target_frames`` shorter than the segments, or a segment
+dropped as too short, breaks an episode there; it yields its first run of enough consecutive
+chunks. Segments in different video files (ingested clips) are taken in manifest order as
+consecutive. Episodes without such a run are skipped and counted (``num_short_episodes``).
 """
 
 from __future__ import annotations
@@ -37,17 +42,16 @@ class EpisodeDataset(torch.utils.data.Dataset):
         self.episodes: list[list[Segment]] = []
         self.num_short_episodes = 0
         for name in sorted(by_episode):
-            usable = [
-                s for s in sorted(by_episode[name], key=lambda s: s.start_frame) if s.num_frames >= config.target_frames
-            ]
-            if len(usable) >= chunks_per_episode:
-                self.episodes.append(usable[:chunks_per_episode])
-            else:
+            run = first_consecutive_run(by_episode[name], config.target_frames, chunks_per_episode)
+            if run is None:
                 self.num_short_episodes += 1
+            else:
+                self.episodes.append(run)
         if not self.episodes:
             raise UserInputError(
-                f"no episode in split {config.split!r} of {self.root} has {chunks_per_episode} segments of "
-                f">= {config.target_frames} frames ({self.num_short_episodes} too short)"
+                f"no episode in split {config.split!r} of {self.root} has {chunks_per_episode} consecutive segments "
+                f"of >= {config.target_frames} frames, each chunk starting where the one before ends "
+                f"({self.num_short_episodes} too short; the loop needs target_frames equal to the segment length)"
             )
         self._open = reader_factory(config.backend)
 
@@ -69,3 +73,27 @@ class EpisodeDataset(torch.utils.data.Dataset):
         video = torch.from_numpy(np.ascontiguousarray(frames)).float().div(127.5).sub(1.0)  # (I*K, H, W, 3)
         chunks = video.unflatten(0, (len(segments), self.config.target_frames))  # (I, K, H, W, 3)
         return chunks.permute(0, 4, 1, 2, 3).contiguous(), [s.action for s in segments]  # -> (I, 3, K, H, W)
+
+
+def first_consecutive_run(segments: list[Segment], target_frames: int, length: int) -> list[Segment] | None:
+    """The first ``length`` segments of one episode whose chunks (each segment's first
+    ``target_frames`` frames) follow each other without a gap, or ``None``.
+
+    Segments are ordered by video (in order of first appearance) and start frame. Within one video
+    the next chunk must start at ``start_frame + target_frames`` of the one before; a segment in
+    another video file is taken as the continuation (a recording's ingested clips hold lead-in frames
+    of their own). Segments shorter than ``target_frames`` are left out and break the run.
+    """
+    first_seen = {video: index for index, video in reversed(list(enumerate(s.video for s in segments)))}
+    ordered = sorted(segments, key=lambda s: (first_seen[s.video], s.start_frame))
+    run: list[Segment] = []
+    for segment in ordered:
+        if segment.num_frames < target_frames:
+            run = []
+            continue
+        if run and run[-1].video == segment.video and segment.start_frame != run[-1].start_frame + target_frames:
+            run = []
+        run.append(segment)
+        if len(run) == length:
+            return run
+    return None
