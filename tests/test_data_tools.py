@@ -780,3 +780,12 @@ def test_merge_datasets_refuses_to_rewrite_an_input_dataset(tmp_path, capsys):
     rows = read_manifest(tmp_path / "ds2")
     assert [(s.video, s.episode) for s in rows] == [("nav/videos/blocks-000000.mp4", "nav-blocks-000000"),
                                                     ("blocks/videos/b.mp4", "blocks-b")]
+    # one dataset named twice was merged twice (every segment duplicated); a file is not a dataset
+    before = (tmp_path / "ds2" / "manifest.jsonl").read_bytes()
+    code, err = _tool_exit("merge_datasets.py", [str(tmp_path / "ds2"), "nav", "./nav", "blocks/"], capsys)
+    assert code == 2 and err == ["error: dataset './nav' is given twice (also as 'nav'); every segment would be "
+                                 "merged twice"], err
+    code, err = _tool_exit("merge_datasets.py", [str(tmp_path / "ds2"), "nav/manifest.jsonl"], capsys)
+    assert code == 2 and err == [f"error: dataset 'nav/manifest.jsonl': not a directory under {tmp_path / 'ds2'} "
+                                 "(give the dataset's directory, which holds its manifest.jsonl)"], err
+    assert (tmp_path / "ds2" / "manifest.jsonl").read_bytes() == before

@@ -253,12 +253,21 @@ def merge_manifests(root: str | os.PathLike, subdirs: Iterable[str]) -> Path:
     root = check_output_directory(root, "root")
     subdirs = list(subdirs)
     real_root = os.path.realpath(root)
+    seen: dict[str, str] = {}  # real path -> the name it was given first
     for subdir in subdirs:
         if problem := check_relative_path(subdir):
             raise UserInputError(f"dataset {subdir!r}: {problem}")
-        if os.path.realpath(resolve_in_root(root, subdir)) == real_root:
+        real = os.path.realpath(resolve_in_root(root, subdir))
+        if real == real_root:
             raise UserInputError(f"dataset {subdir!r} is the root {root} itself, where the merged manifest is "
                                  "written; give the datasets' sub-directories of the root")
+        if not os.path.isdir(real):
+            raise UserInputError(f"dataset {subdir!r}: not a directory under {root} (give the dataset's directory, "
+                                 f"which holds its {MANIFEST_NAME})")
+        if real in seen:
+            raise UserInputError(f"dataset {subdir!r} is given twice (also as {seen[real]!r}); every segment "
+                                 "would be merged twice")
+        seen[real] = subdir
     if (root / MANIFEST_NAME).exists() and not _written_by_merge(root):
         raise UserInputError(
             f"root {root} already holds a dataset of its own ({root / MANIFEST_NAME}); merging would replace its "
