@@ -97,8 +97,17 @@ def test_add_dataclass_arguments_maps_field_types_to_options():
     [
         (["--episodes", "0"], "error: episodes must be >= 1, got 0"),
         (["--episodes", "2", "--world", "maze"], "error: unknown world 'maze'; choose one of blocks, navigation"),
-        (["--episodes", "2", "--size", "33"], "error: size must be an even number >= 8, got 33"),
+        (["--episodes", "2", "--size", "33"], "error: size must be an even number in [8, 1024], got 33"),
         (["--episodes", "2", "--set", "speed=0"], "error: bad config: speed must be in [1, view_size - 1]"),
+        # these were tracebacks (inf, a huge size or map, blocks that could not be placed on some seeds' tables)
+        # or silently wrong (a NaN texture rendered black, view_size overrode --size but dataset.json said --size)
+        (["--episodes", "2", "--fps", "inf"], "error: fps must be a finite number > 0, got inf"),
+        (["--episodes", "2", "--size", "1000000"], "error: size must be an even number in [8, 1024], got 1000000"),
+        (["--episodes", "2", "--set", "map_scale=1000"], "error: bad config: the map is map_scale x view_size = 32000"),
+        (["--episodes", "2", "--set", "texture_strength=nan"], "error: bad config: texture_strength must be a finite"),
+        (["--episodes", "2", "--set", "view_size=16"], "error: set the frame size with --size, not --set view_size"),
+        (["--episodes", "2", "--world", "blocks", "--set", "num_blocks=6", "--set", "block_size=8", "--set", "margin=8"],
+         "error: bad config: 6 blocks of block_size 8 do not always fit on the table inside margin 8"),
     ],
 )
 def test_make_world_bad_input_exits_2_with_one_line(tmp_path, args, message):

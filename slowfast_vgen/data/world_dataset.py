@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from ..config import help_field
-from ..errors import UserInputError, first_line, read_json_object
+from ..errors import UserInputError, first_line, fps_problem, read_json_object
 from ..io_utils import atomic_write_json, check_output_directory
 from ..worlds import build_world, world_config, world_spec
 from ..worlds.actions import PhraseSplit, phrase
@@ -52,6 +52,8 @@ WORLD_SEED_STRIDE = 1_000_000
 # Defined here, in a module free of torch; data.live_worlds re-exports it.
 HELDOUT_WORLD_SEED_BASE = 900_000_000
 FORMAT_VERSION = 1
+MAX_SIZE = 1024
+"""Largest frame size ``make_world`` renders (a 1024 x 1024 view is far beyond what the models train on)."""
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 
@@ -76,10 +78,11 @@ class MakeWorldConfig:
     def __post_init__(self) -> None:
         checks = [
             (self.episodes >= 1, f"episodes must be >= 1, got {self.episodes}"),
-            (self.size >= 8 and self.size % 2 == 0, f"size must be an even number >= 8, got {self.size}"),
+            (8 <= self.size <= MAX_SIZE and self.size % 2 == 0,
+             f"size must be an even number in [8, {MAX_SIZE}], got {self.size}"),
             (self.frames_per_action >= 1, f"frames_per_action must be >= 1, got {self.frames_per_action}"),
             (self.actions_per_episode >= 1, f"actions_per_episode must be >= 1, got {self.actions_per_episode}"),
-            (self.fps > 0, f"fps must be > 0, got {self.fps}"),
+            (fps_problem(self.fps) is None, f"fps {fps_problem(self.fps)}"),
             (self.episodes_per_world >= 1, f"episodes_per_world must be >= 1, got {self.episodes_per_world}"),
             (
                 0 <= self.val_fraction < 1
@@ -89,6 +92,8 @@ class MakeWorldConfig:
                 f"got {self.val_fraction}, {self.test_fraction}",
             ),
             (self.workers >= 1, f"workers must be >= 1, got {self.workers}"),
+            (not any(o.split("=")[0].strip() == "view_size" for o in self.world_overrides),
+             "set the frame size with --size, not --set view_size (the dataset records --size)"),
         ]
         for ok, message in checks:
             if not ok:

@@ -80,6 +80,20 @@ class BlocksConfig:
             raise ValueError(f"margin must be in [0, {TABLE_UNITS // 4}], got {self.margin}")
         if not 0.0 <= self.return_fraction <= 1.0:
             raise ValueError(f"return_fraction must be in [0, 1], got {self.return_fraction}")
+        if len(self.grid_centres()) < self.num_blocks:
+            raise ValueError(f"{self.num_blocks} blocks of block_size {self.block_size} do not always fit on the table "
+                             f"inside margin {self.margin}: use fewer or smaller blocks, or a smaller margin")
+
+    def grid_centres(self) -> list[tuple[int, int]]:
+        """Block centres on a grid of pitch ``block_size + 1`` inside the margin: blocks there never touch.
+
+        Where random placement gets stuck (blocks scattered so that no gap is left), the world lays
+        its blocks on this grid instead, so every accepted config builds every world.
+        """
+        half = self.block_size // 2
+        low, high = self.margin + half, TABLE_UNITS - self.margin - half
+        axis = range(low, high + 1, self.block_size + 1)
+        return [(x, y) for x in axis for y in axis]
 
     @property
     def colours(self) -> tuple[str, ...]:
@@ -133,7 +147,11 @@ class BlocksWorld:
         return not np.any(np.all(np.abs(others - centre) < gap, axis=1))
 
     def _initial_layout(self, rng: np.random.Generator) -> np.ndarray:
-        """Random non-touching block centres and a gripper position (bounded attempts)."""
+        """Random non-touching block centres and a gripper position.
+
+        Each block is drawn uniformly until it fits (1000 attempts); when the blocks drawn so far
+        leave no room, all blocks go to distinct random cells of :meth:`BlocksConfig.grid_centres`.
+        """
         state = np.full((1 + self.config.num_blocks, 2), -100, dtype=np.int64)
         low, high = self._bounds(self.config.block_size // 2)
         for row in range(1, len(state)):
@@ -142,10 +160,10 @@ class BlocksWorld:
                 if self._block_fits(state, row, candidate):
                     state[row] = candidate
                     break
-            else:
-                raise ValueError(
-                    f"cannot place {self.config.num_blocks} blocks of size {self.config.block_size} on the table"
-                )
+            else:  # stuck: the config guarantees the grid holds every block
+                cells = np.asarray(self.config.grid_centres(), dtype=np.int64)
+                state[1:] = cells[rng.permutation(len(cells))[: self.config.num_blocks]]
+                break
         g_low, g_high = self._bounds(2)
         state[0] = rng.integers(g_low, g_high + 1, size=2)
         return state

@@ -63,6 +63,10 @@ _LANDMARK_COLOURS = np.array(
 LANDMARK_SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "cross", "ring")
 
 
+MAX_MAP_PIXELS = 8192
+"""Widest map a world renders (its noise fields are float arrays of this side squared)."""
+
+
 @dataclasses.dataclass
 class NavigationConfig:
     """Typed config of the navigation world (all sizes in pixels of a 32x32 view unless noted)."""
@@ -86,6 +90,9 @@ class NavigationConfig:
             raise ValueError(f"view_size must be an even number >= 8, got {self.view_size}")
         if self.map_scale < 2:
             raise ValueError(f"map_scale must be >= 2 (the map must be larger than the view), got {self.map_scale}")
+        if self.map_scale * self.view_size > MAX_MAP_PIXELS:
+            raise ValueError(f"the map is map_scale x view_size = {self.map_scale * self.view_size} pixels wide; at most "
+                             f"{MAX_MAP_PIXELS} fit in memory: lower map_scale")
         if self.speed is not None and not 0 < self.speed < self.view_size:
             raise ValueError(f"speed must be in [1, view_size - 1] pixels per frame, got {self.speed}")
         if self.num_regions < 1 or self.num_landmarks < 0:
@@ -96,8 +103,8 @@ class NavigationConfig:
             raise ValueError(
                 f"need 1 <= landmark_radius_min <= landmark_radius_max, got {self.landmark_radius_min}, {self.landmark_radius_max}"
             )
-        if self.texture_strength < 0:
-            raise ValueError(f"texture_strength must be >= 0, got {self.texture_strength}")
+        if not 0 <= self.texture_strength < math.inf:  # NaN rendered a black map, inf a black-and-white one
+            raise ValueError(f"texture_strength must be a finite number >= 0, got {self.texture_strength}")
         if not 0.0 <= self.revisit_fraction <= 1.0:
             raise ValueError(f"revisit_fraction must be in [0, 1], got {self.revisit_fraction}")
 
