@@ -206,6 +206,8 @@ def test_config_loads_from_overrides_and_heldout_base_matches_evaluation():
         ("world_weights", [1.0]),
         ("world_weights", [-1.0, 2.0]),
         ("world_weights", [0.0, 0.0]),
+        ("world_weights", [1.0, float("inf")]),  # was accepted, then the first batch raised "probabilities contain NaN"
+        ("world_weights", [1.0, float("nan")]),
         ("seed", -1),
         ("seed", 900),
         ("num_worlds", 0),

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import math
 from typing import Iterator
 
 import numpy as np
@@ -105,8 +106,8 @@ class LiveWorldsConfig:
                 f"world_weights needs one weight per world ({len(self.worlds)}), got {self.world_weights}",
             ),
             (
-                all(w >= 0 for w in self.world_weights) and sum(self.world_weights) > 0,
-                f"world_weights must be >= 0 with a positive sum, got {self.world_weights}",
+                all(0 <= w < math.inf for w in self.world_weights) and sum(self.world_weights) > 0,
+                f"world_weights must be finite and >= 0 with a positive sum, got {self.world_weights}",
             ),
             (
                 1 <= self.num_worlds <= WORLD_SEED_STRIDE,
