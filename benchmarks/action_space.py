@@ -31,7 +31,7 @@ import torch
 from slowfast_vgen.errors import run_cli
 from slowfast_vgen.io_utils import atomic_write_json
 from slowfast_vgen.model import ModelBundle, load_model, pooled_sentence_embedding
-from slowfast_vgen.worlds.actions import NAVIGATION_PRIMITIVES, OPPOSITE, all_phrasings, phrasings
+from slowfast_vgen.worlds.actions import NAVIGATION_PRIMITIVES, all_phrasings, opposite_phrasing_pairs, phrasings
 
 
 def nearest_centroid_accuracy(vectors: dict[str, torch.Tensor], primitives: list[str]) -> dict[str, float]:
@@ -55,9 +55,8 @@ def opposite_vs_synonym(vectors: dict[str, torch.Tensor]) -> dict[str, float]:
     cos = lambda a, b: float(torch.nn.functional.cosine_similarity(vectors[a], vectors[b], dim=0))  # noqa: E731
     opposite, synonym = [], []
     for direction in ("left", "up"):
-        a, b = phrasings(f"move {direction}", "all"), phrasings(f"move {OPPOSITE[direction]}", "all")
-        opposite += [cos(x, y) for x, y in zip(a, b)]  # same template index: same verb, opposite direction
-        synonym += [cos(x, y) for x, y in itertools.combinations(a, 2)]
+        opposite += [cos(x, y) for x, y in opposite_phrasing_pairs(direction)]  # same verb and wording
+        synonym += [cos(x, y) for x, y in itertools.combinations(phrasings(f"move {direction}", "all"), 2)]
     return {"opposite_direction_cosine": sum(opposite) / len(opposite), "same_primitive_cosine": sum(synonym) / len(synonym)}
 
 

@@ -300,3 +300,17 @@ def test_crowded_block_tables_are_laid_out_for_every_seed():
             assert all(world._block_fits(state, row, state[row]) for row in range(1, len(state)))
     # tables the draws could lay out are as before (the layout of seed 3 before the fallback existed)
     assert build_world("blocks", 3).initial_state.tolist() == [[15, 13], [12, 14], [19, 16], [5, 7]]
+
+
+def test_opposite_phrasing_pairs_share_their_wording():
+    """benchmarks/action_space.py's opposite-direction cosine paired the i-th phrasings of two directions,
+    whose train/held-out splits differ: 59 of 75 pairs had different verbs ("walk left" / "go eastward")."""
+    from slowfast_vgen.worlds.actions import opposite_phrasing_pairs
+
+    for direction, opposite in (("left", "right"), ("up", "down"), ("right", "left")):
+        pairs = opposite_phrasing_pairs(direction)
+        assert len(pairs) == len(phrasings(f"move {direction}", "all")) > 50
+        assert {parse_action(a) for a, _ in pairs} == {f"move {direction}"}
+        assert {parse_action(b) for _, b in pairs} == {f"move {opposite}"}
+        for a, b in pairs:  # the same words but the one naming the direction
+            assert len(a.split()) == len(b.split()) and sum(x != y for x, y in zip(a.split(), b.split())) == 1, (a, b)

@@ -170,6 +170,19 @@ def phrasings(primitive: str, split: PhraseSplit = "all") -> tuple[str, ...]:
     raise ValueError(f"unknown phrasing split {split!r}; expected 'train', 'heldout' or 'all'")
 
 
+def opposite_phrasing_pairs(direction: str) -> list[tuple[str, str]]:
+    """``(move <direction> phrased one way, move <opposite> phrased the same way)`` for every
+    navigation template (``("go westward", "go eastward")``), train and held-out phrasings alike.
+
+    Pairs come from the templates before the train/held-out split: each direction's split is
+    drawn by its own hash, so position ``i`` of two directions' :func:`phrasings` is not the same
+    template.
+    """
+    ours, theirs = _candidate_phrasings(f"move {direction}"), _candidate_phrasings(f"move {OPPOSITE[direction]}")
+    assert len(ours) == len(theirs)  # the direction words of every direction come in the same number
+    return list(zip(ours, theirs))
+
+
 def phrase(primitive: str, rng: np.random.Generator, split: PhraseSplit = "train") -> str:
     """A phrasing of ``primitive`` drawn uniformly from ``split`` with ``rng``."""
     options = phrasings(primitive, split)
