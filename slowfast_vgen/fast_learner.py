@@ -548,7 +548,8 @@ def plain_unet(unet: torch.nn.Module) -> torch.nn.Module:
         return unet
     copy = type(unet).from_config(unet.config)
     copy.load_state_dict(base_state_dict(unet))
-    return copy.to(next(unet.parameters()).device)
+    weight = next(unet.parameters())
+    return copy.to(device=weight.device, dtype=weight.dtype)
 
 
 def _random_window(history: torch.Tensor, length: int, generator: torch.Generator) -> torch.Tensor:

@@ -407,10 +407,16 @@ class ModelBundle:
         return cls(unet, vae, text_encoder, tokenizer, scheduler, metadata, action_encoder=action_encoder)
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write the bundle atomically in diffusers layout (safetensors weights)."""
+        """Write the bundle atomically in diffusers layout (safetensors weights).
+
+        The UNet is written without any Temp-LoRA a session has attached (its base weights under
+        their own names): a memory is saved with the session, never into the model.
+        """
+        from .fast_learner import plain_unet
+
         directory = Path(directory)
         with atomic_output_dir(directory, "model_index.json") as tmp:
-            self.unet.save_pretrained(tmp / "unet", safe_serialization=True)
+            plain_unet(self.unet).save_pretrained(tmp / "unet", safe_serialization=True)
             if self.vae is not None:
                 self.vae.save_pretrained(tmp / "vae", safe_serialization=True)
             packaged = "text_encoder_package" in self.metadata

@@ -122,6 +122,19 @@ def test_save_pretrained_round_trips(pipe, tmp_path):
     assert all(torch.equal(state[k], v) for k, v in again.unet.state_dict().items())
 
 
+def test_save_pretrained_with_an_open_session_writes_the_plain_model(pipe, first_frame, tmp_path):
+    """A session's Temp-LoRA (a peft adapter on the shared UNet) was saved into the model: lora_ and .base_layer.
+    keys that from_pretrained then refused (50 weights missing), so saving over the model destroyed it."""
+    before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    with pipe.session(first_frame, num_inference_steps=1) as session:
+        session.generate(["move left"])  # the memory has learned something
+        assert any("lora_" in name for name in pipe.unet.state_dict())
+        pipe.save_pretrained(tmp_path / "copy")
+    again = SlowFastVGenPipeline.from_pretrained(tmp_path / "copy")
+    saved = again.unet.state_dict()
+    assert saved.keys() == before.keys() and all(torch.equal(saved[k], v) for k, v in before.items())
+
+
 def test_bad_loading_arguments_are_refused(model_dir, tmp_path):
     with pytest.raises(ValueError, match="does not take device_map"):
         SlowFastVGenPipeline.from_pretrained(model_dir, device_map="balanced")
