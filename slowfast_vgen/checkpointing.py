@@ -86,6 +86,25 @@ def load_ema_state(ema: Any, path: str | os.PathLike) -> None:
         raise UserInputError(f"checkpoint file {path} is corrupt or does not fit: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
 
 
+def read_ema_model(directory: str | os.PathLike, model_cls: type) -> Any:
+    """A diffusers ``EMAModel`` saved with its ``save_pretrained`` (a model folder whose config
+    carries the EMA counters), read from safetensors only.
+
+    ``EMAModel.from_pretrained`` does the same but loads the weights with pickle allowed: a
+    ``diffusion_pytorch_model.bin`` put into a checkpoint's ``ema/`` would be unpickled on resume.
+    """
+    from diffusers.training_utils import EMAModel
+
+    from .model import safetensors_only_kwargs
+
+    directory = Path(directory)
+    config = model_cls.load_config(directory)
+    model = model_cls.from_pretrained(directory, **safetensors_only_kwargs(directory))
+    ema = EMAModel(model.parameters(), model_cls=model_cls, model_config=model.config)
+    ema.load_state_dict(config)  # decay, optimization_step, ... (the model's own keys are ignored)
+    return ema
+
+
 def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     """Complete checkpoints under ``output_dir``, oldest first."""
     root = Path(output_dir)

@@ -159,12 +159,12 @@ class InverseDynamicsModel(ModelMixin, ConfigMixin):
 
 def load_idm(path: str | Path, device: str | torch.device = "cpu") -> InverseDynamicsModel:
     """Load a saved :class:`InverseDynamicsModel` directory (safetensors only) with user-facing errors."""
-    from .model import _align_tensors, _check_weights_loaded, _safetensors_kwargs
+    from .model import _align_tensors, _check_weights_loaded, safetensors_only_kwargs
 
     path = Path(path)
     if not path.is_dir() or not (path / "config.json").is_file():
         raise UserInputError(f"no inverse dynamics model at {path} (expected a directory with config.json)")
-    kwargs = _safetensors_kwargs(path)  # refuses pickle-only weights
+    kwargs = safetensors_only_kwargs(path)  # refuses pickle-only weights
     try:
         model = InverseDynamicsModel.from_pretrained(path, **kwargs)
     except Exception as err:  # a damaged config.json fails anywhere in the constructor (e.g. TypeError)

@@ -482,20 +482,20 @@ class ModelBundle:
                 raise UserInputError(f"model directory {directory} has no {component}/ component")
         with _reading("unet/"):
             unet = UNet3DConditionModel.from_pretrained(
-                directory / "unet", torch_dtype=torch_dtype, **_safetensors_kwargs(directory / "unet")
+                directory / "unet", torch_dtype=torch_dtype, **safetensors_only_kwargs(directory / "unet")
             )
         vae = None
         if (directory / "vae").is_dir():
             with _reading("vae/"):
                 vae = AutoencoderKL.from_pretrained(
-                    directory / "vae", torch_dtype=torch_dtype, **_safetensors_kwargs(directory / "vae")
+                    directory / "vae", torch_dtype=torch_dtype, **safetensors_only_kwargs(directory / "vae")
                 )
         action_encoder = None
         if (directory / "action_encoder").is_dir():
             with _reading("action_encoder/"):
                 action_encoder = ActionEncoder.from_pretrained(
                     directory / "action_encoder", torch_dtype=torch_dtype,
-                    **_safetensors_kwargs(directory / "action_encoder"),
+                    **safetensors_only_kwargs(directory / "action_encoder"),
                 )
         text_encoder = tokenizer = None
         if cache_only:
@@ -508,7 +508,7 @@ class ModelBundle:
             tokenizer_dir = text_dir if package else directory / "tokenizer"
             with _reading(f"text encoder {text_dir}" if package else "text_encoder/"):
                 text_encoder = AutoModel.from_pretrained(
-                    text_dir, local_files_only=True, dtype=torch_dtype, **_safetensors_kwargs(text_dir)
+                    text_dir, local_files_only=True, dtype=torch_dtype, **safetensors_only_kwargs(text_dir)
                 )
             with _reading(f"tokenizer {tokenizer_dir}" if package else "tokenizer/"):
                 tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
@@ -748,7 +748,7 @@ def _align_tensors(module: torch.nn.Module | None, alignment: int = 64) -> None:
             tensor.data = tensor.data.clone()
 
 
-def _safetensors_kwargs(component_dir: Path) -> dict[str, Any]:
+def safetensors_only_kwargs(component_dir: Path) -> dict[str, Any]:
     """Refuse pickle-only weights; pick the fp16 variant when that is the only safetensors file."""
     files = [p.name for p in component_dir.iterdir() if p.is_file()]
     safetensors = [f for f in files if f.endswith(".safetensors")]

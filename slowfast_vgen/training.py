@@ -37,6 +37,7 @@ from .checkpointing import (
     check_no_newer_checkpoints,
     list_checkpoints,
     load_ema_state,
+    read_ema_model,
     load_module_weights,
     load_optimizer_state,
     load_unet_weights,
@@ -603,11 +604,8 @@ class SlowTrainer:
             self.ema, self.encoder_ema = self.new_emas()
             self.accelerator.print(f"{path} holds no EMA (saved with use_ema off): the EMA starts from its weights")
         elif self.ema is not None:
-            from diffusers.training_utils import EMAModel
-
             try:
-                loaded = EMAModel.from_pretrained(str(path / "ema"), model_cls=type(self.bundle.unet))
-                self.ema.load_state_dict(loaded.state_dict())
+                self.ema.load_state_dict(read_ema_model(path / "ema", type(self.bundle.unet)).state_dict())
             except Exception as err:  # damaged or foreign ema/ folder
                 raise UserInputError(f"checkpoint {path} is corrupt or does not fit: ema: {first_line(err)}") from None
             self.ema.to(device)  # loaded on the CPU: the next EMA step would mix devices

@@ -312,3 +312,28 @@ def test_bad_metadata_fields_name_the_file_and_field(fields, reason, tiny_model_
         load_model(model)
 
 
+
+
+def test_ema_of_a_checkpoint_is_read_from_safetensors_only(tiny_bundle, tmp_path, monkeypatch):
+    """Resuming used EMAModel.from_pretrained, which loads with pickle allowed: a diffusion_pytorch_model.bin in a
+    checkpoint's ema/ was unpickled."""
+    from diffusers.training_utils import EMAModel
+
+    from slowfast_vgen.checkpointing import read_ema_model
+
+    unet = tiny_bundle.unet
+    ema = EMAModel(unet.parameters(), decay=0.99, model_cls=type(unet), model_config=unet.config)
+    with torch.no_grad():
+        for parameter in unet.parameters():
+            parameter.add_(0.1)
+    ema.step(unet.parameters())
+    ema.save_pretrained(tmp_path / "ema")
+    again = read_ema_model(tmp_path / "ema", type(unet))
+    assert (again.decay, again.optimization_step) == (0.99, 1)
+    assert all(torch.equal(a, b) for a, b in zip(again.shadow_params, ema.shadow_params))
+    weights = tmp_path / "ema" / "diffusion_pytorch_model.safetensors"
+    torch.save({}, tmp_path / "ema" / "diffusion_pytorch_model.bin")
+    weights.unlink()
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load was called"))
+    with pytest.raises(UserInputError, match="refusing to load pickle weights .*diffusion_pytorch_model.bin"):
+        read_ema_model(tmp_path / "ema", type(unet))
