@@ -63,6 +63,9 @@ cut stir
 """
 
 
+PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "v_prediction", "sample")
+
+
 @dataclass
 class ModelConfig:
     """Architecture of a freshly built model (the tiny defaults train and run on a laptop CPU).
@@ -127,10 +130,10 @@ class ModelConfig:
             )
         if any(c % self.norm_num_groups for c in self.block_out_channels):
             raise ValueError(f"block_out_channels {self.block_out_channels} must be multiples of norm_num_groups")
-        if self.prediction_type not in ("epsilon", "v_prediction", "sample"):
+        if self.prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"prediction_type must be epsilon, v_prediction or sample, got {self.prediction_type!r}")
-        if self.action_tokens < 0 or self.action_hidden_dim < 1:
-            raise ValueError(f"action_tokens must be >= 0 and action_hidden_dim >= 1, got {self.action_tokens}, {self.action_hidden_dim}")
+        if self.action_tokens < 1 or self.action_hidden_dim < 1:  # 0 tokens built a model that could not run
+            raise ValueError(f"action_tokens and action_hidden_dim must be >= 1, got {self.action_tokens}, {self.action_hidden_dim}")
         # the noise schedule and the frame rate: comparisons written so that NaN fails them too
         if not 0 < self.fps < float("inf"):
             raise ValueError(f"fps must be a finite number > 0, got {self.fps}")
@@ -518,6 +521,8 @@ class ModelBundle:
         with _reading("scheduler/"):
             scheduler_config = DDPMScheduler.load_config(directory / "scheduler")
             noise_scheduler = DDPMScheduler.from_config(scheduler_config)
+        if problem := noise_schedule_problem(noise_scheduler):
+            raise UserInputError(f"cannot load model from {directory}: scheduler/: {problem}")
         for module in (unet, vae, text_encoder, action_encoder):
             _align_tensors(module)
         if cache_only:
@@ -648,6 +653,29 @@ def load_model(path: str | os.PathLike, device: str = "cpu", dtype: torch.dtype 
 
 class ComponentLoadError(RuntimeError):
     """A model component (or ``slowfast_vgen.json``) that exists but cannot be read; the message names it."""
+
+
+def noise_schedule_problem(scheduler: DDPMScheduler) -> str | None:
+    """Why a model's noise schedule (``scheduler/scheduler_config.json``) cannot be sampled, or ``None``.
+
+    diffusers builds any schedule it is given: a ``beta_end`` of 2 gave NaN latents and a black video
+    with exit code 0, a ``trained_betas`` list shorter than ``num_train_timesteps`` an IndexError at
+    the first chunk, an unknown ``prediction_type`` a traceback from the sampler. The same rules as
+    :class:`ModelConfig`'s, on the betas the schedule actually has.
+    """
+    config = scheduler.config
+    total = config.num_train_timesteps
+    if isinstance(total, bool) or not isinstance(total, int) or total < 1:
+        return f"num_train_timesteps must be an integer >= 1, got {total!r}"
+    if config.prediction_type not in PREDICTION_TYPES:
+        return f"prediction_type must be epsilon, v_prediction or sample, got {config.prediction_type!r}"
+    betas = scheduler.betas
+    if len(betas) != total:
+        return f"the schedule has {len(betas)} betas (trained_betas) for num_train_timesteps {total}"
+    if not bool(torch.isfinite(betas).all()) or not bool(((betas > 0) & (betas < 1)).all()):
+        return (f"every beta must lie in (0, 1), got values from {float(betas.min()):g} to {float(betas.max()):g} "
+                "(beta_start, beta_end, trained_betas)")
+    return None
 
 
 @contextmanager

@@ -19,7 +19,7 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteS
 from tqdm.auto import tqdm
 
 from .config import help_field
-from .errors import UserInputError
+from .errors import UserInputError, first_line
 from .model import frozen_weights_on_fast_path, unet_text_kwargs
 
 SCHEDULERS = {
@@ -82,13 +82,30 @@ class SamplerConfig:
 
 
 def check_inference_steps(config: SamplerConfig, noise_scheduler) -> None:
-    """A one-line :class:`UserInputError` when ``sampler.num_inference_steps`` exceeds the model's training
-    timesteps (``noise_scheduler.config.num_train_timesteps``), which diffusers' schedulers refuse only when
-    the first chunk is sampled; the limits that need no model are checked by :class:`SamplerConfig` itself."""
-    steps = noise_scheduler.config.num_train_timesteps
-    if config.num_inference_steps > steps:
-        raise UserInputError(f"sampler.num_inference_steps must be at most the model's {steps} training timesteps, "
-                             f"got {config.num_inference_steps}")
+    """A one-line :class:`UserInputError` when ``sampler.num_inference_steps`` does not give a usable
+    schedule on this model: more steps than its training timesteps
+    (``noise_scheduler.config.num_train_timesteps``), or, near that count, timesteps that diffusers'
+    schedulers place outside ``[0, T)`` or repeat (``leading`` spacing with ``steps_offset=1`` reaches
+    ``T``: ddim raised an IndexError at the first chunk, dpmsolver++ gave NaN frames). The limits that
+    need no model are checked by :class:`SamplerConfig` itself."""
+    total, steps = noise_scheduler.config.num_train_timesteps, config.num_inference_steps
+    if steps > total:
+        raise UserInputError(f"sampler.num_inference_steps must be at most the model's {total} training timesteps, "
+                             f"got {steps}")
+    scheduler = make_scheduler(config.scheduler, noise_scheduler.config, config.timestep_spacing)
+    try:
+        scheduler.set_timesteps(steps)
+        timesteps = [int(t) for t in scheduler.timesteps]
+    except (IndexError, ValueError) as err:
+        timesteps, problem = [], first_line(err)
+    else:
+        problem = None
+    if problem is None and (min(timesteps) < 0 or max(timesteps) >= total or len(set(timesteps)) < len(timesteps)):
+        problem = f"its timesteps run from {min(timesteps)} to {max(timesteps)}, outside [0, {total}) or repeated"
+    if problem is not None:
+        raise UserInputError(f"sampler.num_inference_steps={steps} does not fit the {config.scheduler} scheduler with "
+                             f"{config.timestep_spacing} spacing on this model's {total} training timesteps ({problem}); "
+                             "use fewer steps or trailing spacing")
 
 
 def make_scheduler(name: str, noise_scheduler_config, timestep_spacing: str = DEFAULT_TIMESTEP_SPACING) -> SchedulerMixin:

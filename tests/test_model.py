@@ -78,6 +78,22 @@ def test_text_encoder_size_must_match_cross_attention(tiny_bundle):
 def test_bad_model_config_names_the_value():
     with pytest.raises(ValueError, match="must be divisible by 4"):
         ModelConfig(height=18, block_out_channels=[32, 64, 64])
+    with pytest.raises(ValueError, match="action_tokens and action_hidden_dim must be >= 1, got 0, 256"):
+        ModelConfig(action_encoder=True, action_tokens=0)  # made a model whose action encoder could not run
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"beta_end": 2.0}, r"every beta must lie in \(0, 1\), got values from 0.00085 to 2"),  # was a black video, exit 0
+    ({"trained_betas": [0.5, 0.5, 0.5]}, "the schedule has 3 betas"),  # was an IndexError at the first chunk
+    ({"prediction_type": "bogus"}, "prediction_type must be epsilon, v_prediction or sample, got 'bogus'"),
+])
+def test_a_broken_noise_schedule_in_a_model_directory_is_refused_on_load(tiny_model_dir, tmp_path, change, message):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    path = model / "scheduler" / "scheduler_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
+    with pytest.raises(UserInputError, match=f"^cannot load model from {model}: scheduler/: {message}"):
+        load_model(model)
 
 
 @pytest.mark.parametrize("override, message", [

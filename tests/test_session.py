@@ -577,3 +577,21 @@ def test_more_denoising_steps_than_the_model_s_timesteps_are_refused_when_the_se
     session = GenerationSession(tiny_bundle, _config(f"fast.mode={mode}", f"sampler.num_inference_steps={steps}"))
     assert session.config.sampler.num_inference_steps == steps  # the limit itself is accepted
     session.close()
+
+
+@pytest.mark.parametrize("scheduler, spacing, steps, problem", [
+    ("ddim", "leading", 1000, "its timesteps run from 1 to 1000"),  # was an IndexError at the first chunk
+    ("dpmsolver++", "leading", 999, "its timesteps run from 2 to 1000"),  # was a black (NaN) video, exit 0
+    ("dpmsolver++", "linspace", 1000, "outside [0, 1000) or repeated"),  # was NaN too
+])
+def test_step_counts_whose_timesteps_leave_the_schedule_are_refused(tiny_bundle, scheduler, spacing, steps, problem):
+    config = _config("fast.mode=off", f"sampler.scheduler={scheduler}", f"sampler.timestep_spacing={spacing}",
+                     f"sampler.num_inference_steps={steps}")
+    with pytest.raises(UserInputError) as caught:
+        GenerationSession(tiny_bundle, config)
+    message = str(caught.value)
+    assert message.startswith(f"sampler.num_inference_steps={steps} does not fit the {scheduler} scheduler with "
+                              f"{spacing} spacing on this model's 1000 training timesteps (") and problem in message
+    fine = _config("fast.mode=off", f"sampler.scheduler={scheduler}", f"sampler.timestep_spacing={spacing}",
+                   "sampler.num_inference_steps=500")
+    GenerationSession(tiny_bundle, fine).close()
