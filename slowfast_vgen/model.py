@@ -488,6 +488,8 @@ class ModelBundle:
                 directory / "unet", torch_dtype=torch_dtype, **safetensors_only_kwargs(directory / "unet")
             )
         vae = None
+        if not (directory / "vae").is_dir() and _index_lists(directory, "vae"):
+            raise UserInputError(f"model directory {directory} has no vae/ component (its model_index.json lists one)")
         if (directory / "vae").is_dir():
             with _reading("vae/"):
                 vae = AutoencoderKL.from_pretrained(
@@ -523,6 +525,12 @@ class ModelBundle:
             noise_scheduler = DDPMScheduler.from_config(scheduler_config)
         if problem := noise_schedule_problem(noise_scheduler):
             raise UserInputError(f"cannot load model from {directory}: scheduler/: {problem}")
+        patch = int((metadata or {}).get("patch_size", 1))
+        channels, space = ((vae.config.latent_channels, "the vae/ latent space has") if vae is not None else
+                           (3 * patch**2, f"pixel space (no vae/, patch_size {patch}) has"))
+        if (unet.config.in_channels, unet.config.out_channels) != (channels, channels):
+            raise UserInputError(f"cannot load model from {directory}: unet/ takes {unet.config.in_channels} and gives "
+                                 f"{unet.config.out_channels} channels, but {space} {channels}")
         for module in (unet, vae, text_encoder, action_encoder):
             _align_tensors(module)
         if cache_only:
@@ -653,6 +661,15 @@ def load_model(path: str | os.PathLike, device: str = "cpu", dtype: torch.dtype 
 
 class ComponentLoadError(RuntimeError):
     """A model component (or ``slowfast_vgen.json``) that exists but cannot be read; the message names it."""
+
+
+def _index_lists(directory: Path, component: str) -> bool:
+    """Whether ``directory/model_index.json`` (optional) names a class for ``component``."""
+    try:
+        entry = read_json_object(directory / "model_index.json").get(component)
+    except (OSError, ValueError):
+        return False
+    return isinstance(entry, list) and any(entry)
 
 
 def noise_schedule_problem(scheduler: DDPMScheduler) -> str | None:

@@ -353,3 +353,17 @@ def test_ema_of_a_checkpoint_is_read_from_safetensors_only(tiny_bundle, tmp_path
     monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load was called"))
     with pytest.raises(UserInputError, match="refusing to load pickle weights .*diffusion_pytorch_model.bin"):
         read_ema_model(tmp_path / "ema", type(unet))
+
+
+def test_a_missing_vae_or_a_latent_space_the_unet_does_not_fit_is_refused_on_load(tmp_path):
+    """Without vae/ a latent model loaded as a pixel-space one, and the first chunk raised a conv shape error."""
+    model = tmp_path / "latent"
+    ModelBundle.from_config(ModelConfig(height=16, width=16, use_vae=True)).save_pretrained(model)
+    shutil.rmtree(model / "vae")
+    with pytest.raises(UserInputError, match=f"^model directory {model} has no vae/ component"):
+        load_model(model)
+    index = json.loads((model / "model_index.json").read_text())
+    (model / "model_index.json").write_text(json.dumps({**index, "vae": [None, None]}))
+    with pytest.raises(UserInputError, match=r"unet/ takes 4 and gives 4 channels, but pixel space \(no vae/, "
+                                             r"patch_size 1\) has 3$"):
+        load_model(model)
