@@ -295,11 +295,13 @@ class ModelBundle:
         """Identity of the frozen text encoder (weights + tokenizer), which text feature caches must match."""
         if self.text_encoder is None:  # loaded without it: the fingerprint recorded when the model was saved
             return str(self.metadata.get("text_encoder_fingerprint", ""))
-        if getattr(self, "_fingerprint", None) is None:
+        key = (id(self.text_encoder), _module_dtype(self.text_encoder))  # it hashes the weights at their dtype
+        cached = getattr(self, "_fingerprint", None)
+        if cached is None or cached[0] != key:
             from .text_features import module_fingerprint
 
-            self._fingerprint = module_fingerprint(self.text_encoder, self.tokenizer)
-        return self._fingerprint
+            self._fingerprint = (key, module_fingerprint(self.text_encoder, self.tokenizer))
+        return self._fingerprint[1]
 
     @property
     def model_fingerprint(self) -> str:
@@ -512,8 +514,8 @@ class ModelBundle:
             text_dir = _package_model_path(package) if package else directory / "text_encoder"
             tokenizer_dir = text_dir if package else directory / "tokenizer"
             with _reading(f"text encoder {text_dir}" if package else "text_encoder/"):
-                text_encoder = AutoModel.from_pretrained(
-                    text_dir, local_files_only=True, dtype=torch_dtype, **safetensors_only_kwargs(text_dir)
+                text_encoder = AutoModel.from_pretrained(  # dtype None is "the checkpoint's" in transformers
+                    text_dir, local_files_only=True, dtype=torch_dtype or torch.float32, **safetensors_only_kwargs(text_dir)
                 )
             with _reading(f"tokenizer {tokenizer_dir}" if package else "tokenizer/"):
                 tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)

@@ -367,3 +367,17 @@ def test_a_missing_vae_or_a_latent_space_the_unet_does_not_fit_is_refused_on_loa
     with pytest.raises(UserInputError, match=r"unet/ takes 4 and gives 4 channels, but pixel space \(no vae/, "
                                              r"patch_size 1\) has 3$"):
         load_model(model)
+
+
+def test_every_component_loads_at_the_asked_dtype_and_fingerprints_follow_casts(tiny_model_dir, tmp_path):
+    """A bfloat16 save loaded its text encoder in bfloat16 (transformers reads dtype=None as the checkpoint's) next
+    to a float32 UNet; and the text encoder's fingerprint, cached at first read, outlived a cast."""
+    load_model(tiny_model_dir).to("cpu", torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    again = ModelBundle.from_pretrained(tmp_path / "bf16")
+    assert {again.unet.dtype, again.text_encoder.dtype} == {torch.float32}
+    cast_after_reading = load_model(tiny_model_dir)
+    assert cast_after_reading.model_fingerprint  # read (and cached) at float32
+    cast_after_reading.to("cpu", torch.float16)
+    loaded_at_fp16 = load_model(tiny_model_dir, dtype=torch.float16)
+    assert cast_after_reading.text_encoder_fingerprint == loaded_at_fp16.text_encoder_fingerprint
+    assert cast_after_reading.model_fingerprint == loaded_at_fp16.model_fingerprint
