@@ -24,6 +24,7 @@ weights is refused with a message, never unpickled.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -63,6 +64,8 @@ cut stir
 """
 
 
+FP16_VARIANT = re.compile(r"\.fp16(\.|-\d+-of-\d+\.)safetensors$")
+"""File names of diffusers' ``variant="fp16"`` weights, single-file or sharded."""
 PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "v_prediction", "sample")
 
 
@@ -808,7 +811,7 @@ def safetensors_only_kwargs(component_dir: Path) -> dict[str, Any]:
             )
         raise UserInputError(f"no weights (*.safetensors) found in {component_dir}")
     kwargs: dict[str, Any] = {"use_safetensors": True}
-    if all(".fp16." in f for f in safetensors):
+    if all(FP16_VARIANT.search(f) for f in safetensors):  # model.fp16.safetensors, model.fp16-00001-of-00003.safetensors
         kwargs["variant"] = "fp16"
     return kwargs
 

@@ -381,3 +381,17 @@ def test_every_component_loads_at_the_asked_dtype_and_fingerprints_follow_casts(
     loaded_at_fp16 = load_model(tiny_model_dir, dtype=torch.float16)
     assert cast_after_reading.text_encoder_fingerprint == loaded_at_fp16.text_encoder_fingerprint
     assert cast_after_reading.model_fingerprint == loaded_at_fp16.model_fingerprint
+
+
+def test_sharded_fp16_variant_weights_load(tiny_model_dir, tmp_path):
+    """diffusers names sharded fp16 weights model.fp16-00001-of-0000N.safetensors: only the unsharded
+    model.fp16.safetensors was recognised, and the sharded ones were refused as missing."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    original = load_model(tiny_model_dir)
+    shutil.rmtree(model / "unet")
+    original.unet.save_pretrained(model / "unet", variant="fp16", max_shard_size="200KB")
+    assert len(list((model / "unet").glob("diffusion_pytorch_model.fp16-*-of-*.safetensors"))) > 1
+    loaded = load_model(model)
+    state = original.unet.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in loaded.unet.state_dict().items())
