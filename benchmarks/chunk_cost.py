@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from slowfast_vgen.config import load_config
-from slowfast_vgen.errors import run_cli
+from slowfast_vgen.errors import UserInputError, run_cli
 from slowfast_vgen.io_utils import atomic_write_json
 from slowfast_vgen.model import ModelBundle, ModelConfig, load_model, model_summary
 from slowfast_vgen.session import GenerationConfig, GenerationSession
@@ -45,7 +45,7 @@ def measure(bundle: ModelBundle, config: GenerationConfig, num_chunks: int) -> l
 
 
 def summarise(records: list[dict], warmup: int) -> dict:
-    steady = records[warmup:] or records
+    steady = records[warmup:]  # main() keeps at least one chunk after the warm-up
     total = [r["seconds"] + r["memory_seconds"] for r in steady]
     memory = [r["peak_memory_mb"] for r in records if r["peak_memory_mb"] is not None]
     return {
@@ -69,6 +69,8 @@ def main(argv=None) -> int:
     parser.add_argument("--single-mode", help=argparse.SUPPRESS)  # internal: measure one mode, print JSON
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="GenerationConfig overrides")
     args = parser.parse_args(argv)
+    if args.warmup < 0 or args.chunks < max(2, args.warmup + 1):  # memory growth is last over second chunk
+        raise UserInputError(f"--chunks must be >= 2 and exceed --warmup >= 0, got {args.chunks} and {args.warmup}")
     if args.single_mode is None:
         return run_all(args, argv if argv is not None else sys.argv[1:])
 

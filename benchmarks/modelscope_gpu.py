@@ -357,6 +357,13 @@ def main(argv=None) -> int:
         raise UserInputError(f"--guidance-scale must be > 1 (both loops use guidance), got {args.guidance_scale}")
     if args.context_frames < 0:
         raise UserInputError(f"--context-frames must be >= 0, got {args.context_frames}")
+    for flag, value in (("--steps", args.steps), ("--frames", args.frames)):  # None: the preset's
+        if value is not None and value < 1:  # --steps -1 recorded negative FLOPs; 0 ran the preset's silently
+            raise UserInputError(f"{flag} must be >= 1, got {value}")
+    if not 0 < args.peak_tflops < float("inf"):
+        raise UserInputError(f"--peak-tflops must be a finite number > 0, got {args.peak_tflops}")
+    if not 0 < args.max_seconds < float("inf"):
+        raise UserInputError(f"--max-seconds must be a finite number > 0, got {args.max_seconds}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserInputError("--device cuda but torch sees no CUDA device")
     compile_mode = None
@@ -364,7 +371,8 @@ def main(argv=None) -> int:
         compile_mode = args.compile_mode if args.device.startswith("cuda") else "default"
     config = BenchConfig(
         size=args.size, device=args.device, chunks=args.chunks, warmup=args.warmup,
-        frames=args.frames or preset.frames, context_frames=args.context_frames, steps=args.steps or preset.steps,
+        frames=preset.frames if args.frames is None else args.frames, context_frames=args.context_frames,
+        steps=preset.steps if args.steps is None else args.steps,
         guidance_scale=args.guidance_scale, dtype=args.dtype, reference_dtype=args.reference_dtype,
         compile=args.compile, compile_mode=compile_mode, seed=args.seed, max_seconds=args.max_seconds,
     )

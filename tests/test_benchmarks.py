@@ -85,9 +85,29 @@ def test_full_size_config_builds_on_meta(bench):
 
 
 def test_bad_arguments_are_user_errors(bench, tmp_path):
-    for argv in (["--modes", "fastest"], ["--chunks", "1", "--warmup", "1"], ["--guidance-scale", "1"]):
-        with pytest.raises(bench.UserInputError):
+    for argv, message in (
+        (["--modes", "fastest"], "--modes must name"), (["--chunks", "1", "--warmup", "1"], "--chunks must exceed"),
+        (["--guidance-scale", "1"], "--guidance-scale must be > 1"),
+        # --steps -1 ran and recorded negative FLOPs, 0 silently ran the preset's; these were tracebacks:
+        (["--steps", "-1"], "--steps must be >= 1, got -1"), (["--steps", "0"], "--steps must be >= 1, got 0"),
+        (["--frames", "-2"], "--frames must be >= 1, got -2"),
+        (["--peak-tflops", "0"], "--peak-tflops must be a finite number > 0, got 0.0"),
+    ):
+        with pytest.raises(bench.UserInputError, match=f"^{message}"):
             bench.main(["--size", "tiny", "--device", "cpu", "--out", str(tmp_path), *argv])
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("argv", [["--chunks", "0"], ["--chunks", "1", "--warmup", "0"], ["--chunks", "2", "--warmup", "2"],
+                                  ["--warmup", "-1"]])
+def test_chunk_cost_refuses_chunk_counts_it_cannot_summarise(argv, capsys):
+    """--chunks 0 and 1 were tracebacks (an empty mean; no second chunk for the memory growth), and --warmup 5
+    --chunks 2 averaged the warm-up chunks."""
+    spec = importlib.util.spec_from_file_location("benchmark_chunk_cost", BENCHMARKS / "chunk_cost.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.run_cli(module.main, argv) == 2
+    assert capsys.readouterr().err.startswith("error: --chunks must be >= 2 and exceed --warmup >= 0, got ")
 
 
 @pytest.fixture(scope="module")
