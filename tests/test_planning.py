@@ -237,6 +237,8 @@ def test_cli_plan_bad_inputs_exit_2(tiny_model_dir, tmp_path, capsys):
     (["--episodes", str(10**21)], "seed + episodes - 1 (the last episode's generation seed) must be <= 2**64 - 1"),
     (["world_seed_base=18446744073709551615", "--episodes", "2"],
      "world_seed_base + episodes - 1 (the last episode's world seed) must be <= 2**64 - 1"),
+    # training world 0 of dataset seed 0 was accepted as a "held-out" world
+    (["world_seed_base=0"], "world_seed_base must be >= 900000000 (the held-out worlds; training datasets use"),
 ])
 def test_cli_plan_refuses_bad_counts_and_sizes_before_planning(bad, message, tmp_path, capsys, monkeypatch):
     import slowfast_vgen.planning as planning
