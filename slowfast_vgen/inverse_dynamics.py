@@ -330,6 +330,8 @@ class PairSampler:
 
         ``frames`` is the whole chunk ``(1 + K, H, W, 3) uint8`` with ``full``, else only its first
         and last frame ``(2, H, W, 3)`` (what the learned IDM reads; the same draws either way).
+        In the blocks world an action that moves nothing (a push into another block or the table's
+        edge, a gripper move at the edge) is redrawn: its label could not be read from any frames.
         """
         world = self.world(int(rng.integers(self.num_worlds)))
         primitive = self.primitives[int(rng.integers(len(self.primitives)))]
@@ -341,11 +343,17 @@ class PairSampler:
         state = world.initial_state
         for previous in world.random_script(rng, int(rng.integers(0, 7))):
             state = world.simulate(state, previous, 1)[-1]
-        states = np.concatenate([state[None], world.simulate(state, primitive, k)])  # (1 + K, 1 + B, 2)
+        while True:
+            states = np.concatenate([state[None], world.simulate(state, primitive, k)])  # (1 + K, 1 + B, 2)
+            words = primitive.split()  # the moving object: the pushed block, the gripper, or nothing
+            row = 1 + world.config.colours.index(words[1]) if words[0] == "push" else 0
+            displacement = (states[-1, row] - states[0, row]).astype(np.float64) if primitive != STAY else np.zeros(2)
+            if primitive == STAY or displacement.any():
+                break
+            # a push against a block or the table's edge, or a gripper move at the edge, moves nothing: no reader
+            # can tell it from the frames, so it is no pair to learn or score; draw another action (stay ends it)
+            primitive = self.primitives[int(rng.integers(len(self.primitives)))]
         frames = np.stack([world.render(s) for s in (states if full else states[[0, -1]])])
-        words = primitive.split()  # the moving object: the pushed block, the gripper, or nothing
-        row = 1 + world.config.colours.index(words[1]) if words[0] == "push" else 0
-        displacement = (states[-1, row] - states[0, row]).astype(np.float64) if primitive != STAY else np.zeros(2)
         return frames, primitive, displacement
 
     def batch(self, rng: np.random.Generator, batch_size: int) -> PairBatch:
