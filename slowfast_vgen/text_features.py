@@ -118,7 +118,13 @@ class TextFeatureCache:
             texts = json.loads(metadata["texts"])
         except Exception as err:  # SafetensorError, KeyError, JSONDecodeError
             raise UserInputError(f"text feature cache {path} is corrupt: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
-        if metadata.get("format") != FORMAT or len(texts) != lengths.shape[0] or int(lengths.sum()) != states.shape[0]:
+        well_formed = (
+            metadata.get("format") == FORMAT and isinstance(texts, list) and all(isinstance(t, str) for t in texts)
+            and len(set(texts)) == len(texts) and states.ndim == 2 and states.is_floating_point()
+            and lengths.ndim == 1 and lengths.dtype == torch.long and len(texts) == lengths.shape[0]
+            and bool((lengths >= 0).all()) and int(lengths.sum()) == states.shape[0]
+        )
+        if not well_formed:  # texts as one string, float lengths, 1-D states, repeated texts: raw errors before
             raise UserInputError(f"text feature cache {path} is not a {FORMAT} file")
         fingerprint = metadata.get("encoder", "")
         if expected_fingerprint and fingerprint != expected_fingerprint:

@@ -88,6 +88,26 @@ def test_text_feature_cache_round_trip_and_encoder_check(encoder_bundle, tmp_pat
         TextFeatureCache.load(path)
 
 
+
+@pytest.mark.parametrize("tensors, texts", [
+    ({"states": torch.zeros(3, 4), "lengths": torch.tensor([1.0, 2.0])}, '["a", "b"]'),  # float lengths
+    ({"states": torch.zeros(3), "lengths": torch.tensor([1, 2])}, '["a", "b"]'),  # 1-D states
+    ({"states": torch.zeros(2, 4), "lengths": torch.tensor([1, 1])}, '"ab"'),  # texts as one string
+    ({"states": torch.zeros(2, 4), "lengths": torch.tensor([1, 1])}, '["a", "a"]'),  # a text twice
+    ({"states": torch.zeros(2, 4), "lengths": torch.tensor([3, -1])}, '["a", "b"]'),  # a negative length
+], ids=["float-lengths", "1d-states", "string-texts", "repeated-text", "negative-length"])
+def test_a_malformed_text_feature_cache_is_one_line_error(tmp_path, tensors, texts):
+    """Hand-made or damaged caches gave raw TypeErrors and IndexErrors, or loaded a string as a list of letters."""
+    from safetensors.torch import save_file
+
+    from slowfast_vgen.text_features import FORMAT
+
+    path = tmp_path / "cache.safetensors"
+    save_file(tensors, str(path), metadata={"format": FORMAT, "encoder": "x", "texts": texts})
+    with pytest.raises(UserInputError, match=f"^text feature cache {path} is not a {FORMAT} file$"):
+        TextFeatureCache.load(path)
+
+
 def test_model_loads_without_text_encoder_from_a_cache(encoder_bundle, tmp_path):
     encoder_bundle.save_pretrained(tmp_path / "m")
     cache = build_text_features(encoder_bundle, ["", "move left"])

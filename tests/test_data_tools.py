@@ -226,6 +226,10 @@ def test_parse_timestamp():
     for text in ("-1", "-0.5", "nan", "inf"):
         with pytest.raises(ValueError, match=re.escape(f"bad timestamp {text!r}; must be a ")):
             parse_timestamp(text)
+    for text in ("1:75", "00:01:60", "01:60:00"):  # "1:75" was read as 135 s
+        with pytest.raises(ValueError, match=re.escape(f"bad timestamp {text!r}; minutes and seconds must be below 60")):
+            parse_timestamp(text)
+    assert parse_timestamp("75:00") == 4500  # minutes without hours may run past the hour
 
 
 def test_clip_times():

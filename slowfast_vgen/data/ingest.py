@@ -103,6 +103,8 @@ def parse_timestamp(text: str) -> float:
     match = _TIMESTAMP.match(text)
     if match:
         hours, minutes, seconds = match.groups()
+        if float(seconds) >= 60 or (hours is not None and int(minutes) >= 60):  # "1:75" read as 135 s before
+            raise ValueError(f"bad timestamp {text!r}; minutes and seconds must be below 60")
         return int(hours or 0) * 3600 + int(minutes) * 60 + float(seconds)
     try:
         value = float(text)
