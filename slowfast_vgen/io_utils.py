@@ -179,6 +179,8 @@ def atomic_output_dir(path: str | os.PathLike, marker: str) -> Iterator[Path]:
     path = Path(path)
     if not has_own_name(path):  # refused before the work is done, not when it is to be renamed
         raise ValueError(f"cannot replace {str(path)!r} as a whole: give a directory with a name of its own")
+    if path.is_symlink():  # write through the link: replacing the link itself broke the next save and lost it
+        path = Path(os.path.realpath(path))
     if holds_other_files(path, marker):
         raise UserInputError(f"cannot write {path}: it is a folder of other files (no {marker}), and writing replaces "
                              "the whole folder; give a new or empty directory")
@@ -190,7 +192,9 @@ def atomic_output_dir(path: str | os.PathLike, marker: str) -> Iterator[Path]:
         old = None
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            if old.exists():
+            if old.is_symlink() or old.is_file():
+                old.unlink()
+            elif old.exists():
                 shutil.rmtree(old)
             os.replace(path, old)
         os.replace(tmp, path)

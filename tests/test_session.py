@@ -595,3 +595,20 @@ def test_step_counts_whose_timesteps_leave_the_schedule_are_refused(tiny_bundle,
     fine = _config("fast.mode=off", f"sampler.scheduler={scheduler}", f"sampler.timestep_spacing={spacing}",
                    "sampler.num_inference_steps=500")
     GenerationSession(tiny_bundle, fine).close()
+
+
+def test_saving_through_a_symlinked_session_folder_updates_its_target(tiny_bundle, first_frame, tmp_path):
+    """The first save replaced the link itself with a real folder; the second failed ("Cannot call rmtree on a
+    symbolic link") and lost that chunk, and the linked folder was never updated."""
+    session = GenerationSession(tiny_bundle, _config("fast.mode=off"))
+    session.start(first_frame)
+    session.step("move left")
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real", target_is_directory=True)
+    for action in ("move right", "move up"):
+        session.step(action)
+        session.save(tmp_path / "link")
+    assert (tmp_path / "link").is_symlink() and (tmp_path / "real" / "session.json").is_file()
+    assert {p.name for p in tmp_path.iterdir()} == {"link", "real"}  # no leftover of the swap
+    resumed = GenerationSession.load(tmp_path / "real", tiny_bundle)
+    assert np.array_equal(resumed.video(), session.video())
