@@ -173,7 +173,7 @@ def load_config(
     if overrides:
         layers.append(OmegaConf.from_dotlist(list(overrides)))
     try:
-        merged = OmegaConf.merge(*layers)
+        merged = _merge(*layers)
         return OmegaConf.to_object(merged)  # type: ignore[return-value]
     except OmegaConfBaseException as err:
         raise UserInputError(f"bad config: {first_line(err)}") from None
@@ -181,10 +181,20 @@ def load_config(
         raise UserInputError(f"bad config: {err}") from None
 
 
+def _merge(*layers: Any) -> Any:
+    """``OmegaConf.merge``, whose plain ``TypeError`` for a mapping given where a list is expected (or the
+    reverse: ``sample_actions={a: 1}``) becomes a one-line :class:`UserInputError`."""
+    try:
+        return OmegaConf.merge(*layers)
+    except TypeError as err:
+        raise UserInputError(f"bad config: {first_line(err)} (a mapping given where a list is expected, or the "
+                             "reverse)") from None
+
+
 def config_from_dict(cls: type[T], values: dict) -> T:
     """Rebuild ``cls`` from a plain dict (e.g. a saved resolved config), with the same checks."""
     try:
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), OmegaConf.create(values)))  # type: ignore
+        return OmegaConf.to_object(_merge(OmegaConf.structured(cls), OmegaConf.create(values)))  # type: ignore
     except OmegaConfBaseException as err:
         raise UserInputError(f"bad config: {first_line(err)}") from None
     except ValueError as err:

@@ -122,6 +122,14 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.height <= 0 or self.width <= 0:
             raise ValueError(f"height and width must be positive, got {self.height}x{self.width}")
+        # sizes: before any of them divides (0 was a ZeroDivisionError) or builds a model that cannot run
+        for name in ("layers_per_block", "attention_head_dim", "norm_num_groups", "cross_attention_dim",
+                     "vae_latent_channels", "patch_size", "text_layers", "max_text_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("block_out_channels", "vae_block_out_channels"):
+            if not getattr(self, name) or min(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be a non-empty list of channel counts >= 1, got {getattr(self, name)}")
         if self.use_vae and self.patch_size != 1:
             raise ValueError(f"patch_size applies to pixel-space models only (use_vae=false), got {self.patch_size}")
         down = 2 ** (len(self.vae_block_out_channels) - 1) if self.use_vae else self.patch_size

@@ -395,3 +395,27 @@ def test_sharded_fp16_variant_weights_load(tiny_model_dir, tmp_path):
     loaded = load_model(model)
     state = original.unet.state_dict()
     assert all(torch.equal(state[k], v) for k, v in loaded.unet.state_dict().items())
+
+
+@pytest.mark.parametrize("override, message", [
+    ("norm_num_groups=0", "norm_num_groups must be >= 1, got 0"),  # was a ZeroDivisionError
+    ("patch_size=-2", "patch_size must be >= 1, got -2"),  # was written, then refused by generate
+    ("attention_head_dim=0", "attention_head_dim must be >= 1, got 0"),
+    ("max_text_tokens=0", "max_text_tokens must be >= 1, got 0"),  # was written, then a traceback in generate
+    ("block_out_channels=[]", r"block_out_channels must be a non-empty list of channel counts >= 1, got \[\]"),
+    ("block_out_channels=[0]", r"block_out_channels must be a non-empty list of channel counts >= 1, got \[0\]"),
+])
+def test_make_model_refuses_sizes_that_cannot_build_or_run_a_model(override, message, tmp_path, capsys):
+    from slowfast_vgen.cli import main
+
+    assert main(["make-model", "--out", str(tmp_path / "m"), override]) == 2
+    assert re.fullmatch(f"error: bad config: {message}\n", capsys.readouterr().err)
+    assert not (tmp_path / "m").exists()
+
+
+def test_a_mapping_where_a_list_belongs_is_a_one_line_config_error(tmp_path, capsys):
+    """OmegaConf's plain TypeError ("Cannot merge incompatible container types") was a traceback."""
+    from slowfast_vgen.cli import main
+
+    assert main(["make-model", "--out", str(tmp_path / "m"), "block_out_channels={a: 1}"]) == 2
+    assert capsys.readouterr().err.startswith("error: bad config: Cannot merge incompatible container types")
