@@ -127,7 +127,11 @@ def video_stream(path: str | os.PathLike, fps: float = 8.0, upscale: int = 1) ->
 
 
 def _checked_frames(frames: np.ndarray) -> np.ndarray:
-    frames = np.ascontiguousarray(frames, dtype=np.uint8)
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8:  # a cast turned floats in [0, 1] into black frames and wrapped 300 to 44
+        raise ValueError(f"expected uint8 frames (0-255), got {frames.dtype}; scale float frames in [0, 1] by 255 "
+                         "and round them first")
+    frames = np.ascontiguousarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
         raise ValueError(f"expected non-empty frames of shape (F, H, W, 3), got {frames.shape}")
     return frames

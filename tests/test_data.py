@@ -652,3 +652,12 @@ def test_training_world_seed_check_allows_exactly_the_seeds_below_the_heldout_wo
             "val_seed must be in [0, 900) so that its worlds (val_seed * 1000000 + w) never include the held-out "
             f"evaluation worlds (seeds from 900000000), got {seed}"
         )
+
+
+def test_write_video_refuses_frames_that_are_not_uint8(tmp_path):
+    """Float frames in [0, 1] (the pipeline's output_type="np") were cast to an all-black video, and int64 300 wrapped
+    to 44, without a word."""
+    for frames in (np.full((2, 8, 8, 3), 0.8, np.float32), np.full((2, 8, 8, 3), 300, np.int64)):
+        with pytest.raises(ValueError, match=f"expected uint8 frames \\(0-255\\), got {frames.dtype}"):
+            write_video(tmp_path / "v.mp4", frames, fps=8)
+    assert not list(tmp_path.iterdir())
