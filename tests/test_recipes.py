@@ -114,6 +114,7 @@ def test_gpu_recipe_runs_tiny_on_cpu_without_the_text_encoder_package(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "one-chunk prediction on held-out worlds, heldout phrasings" in result.stdout
     assert "| action_accuracy |" in result.stdout
+    assert '"val_loss"' in result.stdout.split("== last validation lines ==")[1]
     exported = json.loads((out / "model" / "slowfast_vgen.json").read_text())
     assert exported["text_encoder_fingerprint"] == shipped.text_encoder_fingerprint
     model = load_model(out / "model")  # here the package is installed: the model loads like the shipped one
