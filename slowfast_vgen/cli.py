@@ -162,6 +162,10 @@ def resolve_device(name: str) -> str:
     import torch
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+    try:
+        torch.device(device)
+    except RuntimeError:  # torch's message lists two dozen backends
+        raise UserInputError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserInputError(f"device {device} requested but CUDA is not available")
     return device
@@ -193,7 +197,7 @@ def _parse_actions(args: argparse.Namespace) -> list[str]:
         if not path.is_file():
             raise UserInputError(f"actions file not found: {path}")
         try:
-            text = path.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8-sig")  # Notepad's byte-order mark made a first-line comment an action
         except UnicodeDecodeError as err:
             raise UserInputError(
                 f"actions file {path} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start}); "
@@ -271,14 +275,19 @@ def write_outputs(session, out: Path, model_path: str, gif: bool, upscale: int |
     return sidecar
 
 
-def resolve_upscale(upscale: int | None, width: int) -> int:
-    """``--upscale``: None = :func:`~slowfast_vgen.video_io.auto_upscale`; below 1 is an error."""
-    from .video_io import auto_upscale
+def resolve_upscale(upscale: int | None, width: int, height: int | None = None) -> int:
+    """``--upscale``: None = :func:`~slowfast_vgen.video_io.auto_upscale`; below 1, or a video larger
+    than :data:`~slowfast_vgen.video_io.MAX_VIDEO_SIDE` pixels, is an error."""
+    from .video_io import MAX_VIDEO_SIDE, auto_upscale
 
     if upscale is None:
         return auto_upscale(width)
     if upscale < 1:
         raise UserInputError(f"--upscale must be an integer >= 1, got {upscale}")
+    side = max(width, height or width)
+    if upscale * side > MAX_VIDEO_SIDE:  # a memory error, or ffmpeg's broken pipe, once the model had loaded
+        raise UserInputError(f"--upscale {upscale} makes {upscale * side}-pixel frames; at most {MAX_VIDEO_SIDE} "
+                             f"(--upscale <= {MAX_VIDEO_SIDE // side} for {side}-pixel frames)")
     return upscale
 
 
@@ -399,21 +408,42 @@ def generate_main(args: argparse.Namespace) -> int:
             session = GenerationSession(bundle, config)
             session.start(_first_frame(args, bundle))
 
-        upscale = resolve_upscale(args.upscale, bundle.width)
-        with video_stream(out, session.fps, upscale) as append:  # out appears complete at the end, never partial
-            append(session.video())  # the first frame (or every frame of a resumed session)
+        upscale = resolve_upscale(args.upscale, bundle.width, bundle.height)
+        try:
+            with _sigterm_as_ctrl_c(), video_stream(out, session.fps, upscale) as append:  # complete at the end
+                append(session.video())  # the first frame (or every frame of a resumed session)
 
-            def after_chunk(record, frames):
-                append(frames)  # encoded now: the video is not held in memory, upscaled, at the end
-                if session_dir is not None:
-                    session.save(session_dir)  # a crash now loses at most the chunk in flight
+                def after_chunk(record, frames):
+                    append(frames)  # encoded now: the video is not held in memory, upscaled, at the end
+                    if session_dir is not None:
+                        session.save(session_dir)  # a crash now loses at most the chunk in flight
 
-            session.generate(actions[session.num_chunks_done:], callback=after_chunk, progress=not args.quiet)
+                session.generate(actions[session.num_chunks_done:], callback=after_chunk, progress=not args.quiet)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep the finished chunks, then exit 130
+            _keep_interrupted_work(session, out, session_dir, len(actions), upscale)
+            raise
         sidecar = write_outputs(session, out, model_path, args.gif, upscale, mp4_written=True)
         per_chunk = [r["seconds"] + r["memory_seconds"] for r in sidecar["chunks"]]
         print(f"wrote {out} ({sidecar['frames']} frames, {len(per_chunk)} chunks, "
               f"{sum(per_chunk) / max(1, len(per_chunk)):.2f} s/chunk, fast={sidecar['fast_mode']})")
         return 0
+
+
+def _keep_interrupted_work(session, out: Path, session_dir: Path | None, total: int, upscale: int) -> None:
+    """After an interrupted ``generate``: say where the finished chunks are. With ``--session`` they are
+    saved there (the same command resumes); without, they go to ``<out>.partial.mp4`` (the video under
+    its own name appears only complete). A chunk in flight was rolled back by the session."""
+    from .video_io import write_video
+
+    done = session.num_chunks_done
+    if session_dir is not None:
+        print(f"interrupted after {done} of {total} chunks; {session_dir} holds them: run the same command "
+              "again to resume", file=sys.stderr)
+    elif done:
+        partial = out.with_name(f"{out.stem}.partial{out.suffix}")
+        write_video(partial, session.video(), fps=session.fps, upscale=upscale)
+        print(f"interrupted after {done} of {total} chunks: they are in {partial} (pass --session DIR to make a "
+              "run resumable)", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------- play

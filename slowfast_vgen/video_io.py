@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from .errors import UserInputError
+from .errors import UserInputError, first_line
 from .io_utils import atomic_output_file
 
 
@@ -38,21 +38,35 @@ def tensor_to_frames(video: torch.Tensor) -> np.ndarray:
 
 def read_image(path: str | os.PathLike, size: tuple[int, int] | None = None) -> np.ndarray:
     """Read an image file as ``(H, W, 3) uint8`` RGB, optionally resized to ``size=(H, W)``."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
     if not path.is_file():
         raise UserInputError(f"image not found: {path}")
     try:
         with Image.open(path) as image:
-            image = image.convert("RGB")
+            image = _as_rgb(ImageOps.exif_transpose(image))  # as viewers show it: a phone's portrait photo stands
             if size is not None and (image.height, image.width) != tuple(size):
                 image = image.resize((size[1], size[0]), Image.BICUBIC)
             return np.asarray(image, dtype=np.uint8).copy()
-    except (UnidentifiedImageError, OSError) as err:
-        raise UserInputError(f"cannot read image {path}: {err}") from None
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:  # the bomb was a traceback
+        raise UserInputError(f"cannot read image {path}: {first_line(err)}") from None
 
 
+def _as_rgb(image):
+    """A PIL image as 8-bit RGB. 16-bit and 32-bit grey images (modes ``I;16``, ``I``, ``F``) are scaled
+    to 0-255 from their type's range (``convert`` clipped them: 61 % grey became white)."""
+    from PIL import Image
+
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        top = 1.0 if image.mode == "F" else (65535.0 if image.mode.startswith("I;16") else max(65535.0, values.max()))
+        image = Image.fromarray(np.clip(np.round(values / top * 255.0), 0, 255).astype(np.uint8), mode="L")
+    return image.convert("RGB")
+
+
+MAX_VIDEO_SIDE = 8192
+"""Largest frame side ``--upscale`` may make (libx264's own limit is 16384; memory gives out before)."""
 DECORD_WIDTH_ALIGNMENT = 32
 """decord 0.6 fails on videos whose width is not a multiple of 32 ("The size must exactly match")."""
 

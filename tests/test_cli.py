@@ -180,6 +180,11 @@ def _bad_model(tiny_model_dir, tmp_path, kind):
         ("guidance-nan", "--guidance must be a finite number >= 0, got nan"),
         ("guidance-override-inf", "bad config: guidance_scale must be a finite number >= 1 (1 = no guidance), got inf"),
         ("upscale-0", "--upscale must be an integer >= 1, got 0"),
+        # these were tracebacks: PIL's DecompressionBombError, torch's device parser, a 715 GiB allocation
+        ("image-bomb", "cannot read image"),
+        ("bad-device", "--device must be auto, cpu, cuda or cuda:N, got 'bogus'"),
+        ("upscale-huge", "--upscale 1000000000 makes 16000000000-pixel frames; at most 8192 (--upscale <= 512 for 16"),
+        ("bom-only-actions-file", "action 2 is empty"),  # was accepted as the action '\ufeff'
     ],
 )
 def test_bad_input_exits_2_with_one_line(case, message, tiny_model_dir, image, tmp_path, capsys):
@@ -228,6 +233,16 @@ def test_bad_input_exits_2_with_one_line(case, message, tiny_model_dir, image, t
         extra = ["sampler.guidance_scale=inf"]
     elif case == "upscale-0":
         extra = ["--upscale", "0"]
+    elif case == "image-bomb":
+        img = str(tmp_path / "bomb.png")
+        Image.new("1", (16000, 16000)).save(img)  # 256 M pixels: above PIL's decompression-bomb limit
+    elif case == "bad-device":
+        extra = ["--device", "bogus"]
+    elif case == "upscale-huge":
+        extra = ["--upscale", "1000000000"]
+    elif case == "bom-only-actions-file":
+        (tmp_path / "route.txt").write_bytes(b"\xef\xbb\xbfmove left\n\xef\xbb\xbf\n")
+        actions = ["--actions-file", str(tmp_path / "route.txt")]
     code = main(["generate", "--model", model, "--image", img, "--quiet", "--out", str(out), *actions, *FAST, *extra])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
@@ -237,6 +252,41 @@ def test_bad_input_exits_2_with_one_line(case, message, tiny_model_dir, image, t
         assert out.is_dir() and not any(out.iterdir()) and not out.with_suffix(".json").exists()  # nothing generated
     else:
         assert not out.exists()
+
+
+def test_a_byte_order_mark_does_not_turn_a_comment_into_an_action(tiny_model_dir, image, tmp_path):
+    """Notepad writes one: the first line '\ufeff# my actions' was generated as a chunk."""
+    route = tmp_path / "route.txt"
+    route.write_bytes("# my actions\nmove left\n".encode("utf-8-sig"))
+    out = tmp_path / "v.mp4"
+    assert main(["generate", "--model", str(tiny_model_dir), "--image", str(image), "--quiet", "--actions-file",
+                 str(route), "--out", str(out), *FAST]) == 0
+    assert [chunk["action"] for chunk in json.loads(out.with_suffix(".json").read_text())["chunks"]] == ["move left"]
+
+
+def test_an_interrupted_run_keeps_its_finished_chunks(tiny_model_dir, image, tmp_path, monkeypatch, capsys):
+    """Ctrl-C (or SIGTERM) without --session threw away every finished chunk; now they are written to
+    <out>.partial.mp4 (the video under its own name still appears only complete) and the exit code is 130."""
+    from slowfast_vgen.session import GenerationSession
+
+    generate = GenerationSession.generate
+
+    def interrupted_after_two(self, actions, callback=None, **kwargs):
+        def stop_after_two(record, frames):
+            callback(record, frames)
+            if self.num_chunks_done == 2:
+                raise KeyboardInterrupt
+
+        return generate(self, actions, callback=stop_after_two, **kwargs)
+
+    monkeypatch.setattr(GenerationSession, "generate", interrupted_after_two)
+    out = tmp_path / "v.mp4"
+    code = main(["generate", "--model", str(tiny_model_dir), "--image", str(image), "--quiet", "--upscale", "1",
+                 "--actions", "move left; move right; move up; stay", "--out", str(out), *FAST])
+    assert code == 130 and not out.exists()
+    partial = tmp_path / "v.partial.mp4"
+    assert "interrupted after 2 of 4 chunks: they are in " + str(partial) in capsys.readouterr().err
+    assert len(decord.VideoReader(str(partial))) == 1 + 2 * 3  # the first frame and two chunks of 3 (FAST)
 
 
 def test_seed_limits_are_usable(tiny_model_dir, image, tmp_path):

@@ -661,3 +661,19 @@ def test_write_video_refuses_frames_that_are_not_uint8(tmp_path):
         with pytest.raises(ValueError, match=f"expected uint8 frames \\(0-255\\), got {frames.dtype}"):
             write_video(tmp_path / "v.mp4", frames, fps=8)
     assert not list(tmp_path.iterdir())
+
+
+def test_read_image_scales_16_bit_grey_and_follows_exif_orientation(tmp_path):
+    """A 16-bit grey PNG was clipped (61 % grey read as white), and a phone's portrait JPEG (EXIF orientation 6)
+    was read lying on its side."""
+    from PIL import Image
+
+    from slowfast_vgen.video_io import read_image
+
+    Image.fromarray(np.full((4, 6), 40000, np.uint16)).save(tmp_path / "grey16.png")
+    grey = read_image(tmp_path / "grey16.png")
+    assert grey.shape == (4, 6, 3) and np.all(grey == round(40000 / 65535 * 255))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    Image.new("RGB", (32, 16), (200, 30, 30)).save(tmp_path / "portrait.jpg", exif=exif)
+    assert read_image(tmp_path / "portrait.jpg").shape == (32, 16, 3)
