@@ -190,7 +190,7 @@ def world_first_frame(world: str, seed: int, height: int, width: int) -> np.ndar
 def _parse_actions(args: argparse.Namespace) -> list[str]:
     from .session import validate_action
 
-    if args.actions and args.actions_file:
+    if args.actions is not None and args.actions_file:  # --actions "" too: which one was meant?
         raise UserInputError("give either --actions or --actions-file, not both")
     if args.actions_file:
         path = Path(args.actions_file)

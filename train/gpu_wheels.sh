@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Download, on the CPU machine, the pure-Python wheels the GPU recipe needs and the GPU image lacks
 # (it has torch, transformers, accelerate, safetensors, peft, numpy, pillow, torchmetrics, tqdm,
-# huggingface-hub): diffusers, omegaconf and importlib-metadata, pinned as in constraints.txt.
+# huggingface-hub): diffusers and omegaconf, pinned as in constraints.txt, and importlib-metadata, which
+# diffusers declares (on Python 3.12 it is not imported; carried so that no install step can miss it).
 # They land in .whl/ (git-ignored), which the device run carries; train/gpu_recipe.sh installs them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
