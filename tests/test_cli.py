@@ -185,6 +185,7 @@ def _bad_model(tiny_model_dir, tmp_path, kind):
         ("bad-device", "--device must be auto, cpu, cuda or cuda:N, got 'bogus'"),
         ("upscale-huge", "--upscale 1000000000 makes 16000000000-pixel frames; at most 8192 (--upscale <= 512 for 16"),
         ("bom-only-actions-file", "action 2 is empty"),  # was accepted as the action '\ufeff'
+        ("actions-and-file", "give either --actions or --actions-file, not both"),  # --actions "" used the file
     ],
 )
 def test_bad_input_exits_2_with_one_line(case, message, tiny_model_dir, image, tmp_path, capsys):
@@ -240,6 +241,9 @@ def test_bad_input_exits_2_with_one_line(case, message, tiny_model_dir, image, t
         extra = ["--device", "bogus"]
     elif case == "upscale-huge":
         extra = ["--upscale", "1000000000"]
+    elif case == "actions-and-file":
+        (tmp_path / "route.txt").write_text("move left\n")
+        actions = ["--actions", "", "--actions-file", str(tmp_path / "route.txt")]
     elif case == "bom-only-actions-file":
         (tmp_path / "route.txt").write_bytes(b"\xef\xbb\xbfmove left\n\xef\xbb\xbf\n")
         actions = ["--actions-file", str(tmp_path / "route.txt")]
