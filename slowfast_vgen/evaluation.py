@@ -36,7 +36,7 @@ import torch
 
 from . import metrics
 from .config import config_from_dict, help_field
-from .data.world_dataset import HELDOUT_WORLD_SEED_BASE
+from .data.world_dataset import HELDOUT_WORLD_SEED_BASE, heldout_world_seed_problem
 from .errors import UserInputError
 from .model import ModelBundle
 from .session import GenerationConfig, GenerationSession
@@ -98,9 +98,8 @@ class EvalConfig:
             raise ValueError(f"memory_source must be generated or truth, got {self.memory_source!r}")
         if self.phrasing not in ("train", "heldout", "all"):
             raise ValueError(f"phrasing must be train, heldout or all, got {self.phrasing!r}")
-        if self.world_seed_base < HELDOUT_WORLD_SEED_BASE:  # also refuses negative seeds (numpy cannot use them)
-            raise ValueError(f"world_seed_base must be >= {HELDOUT_WORLD_SEED_BASE} (the held-out worlds; training "
-                             f"datasets use the seeds below), got {self.world_seed_base}")
+        if problem := heldout_world_seed_problem(self.world_seed_base):
+            raise ValueError(problem)
         # a weights file that is named must exist (checked before anything is generated); an unset one makes its
         # metric unavailable, as documented
         metrics.check_weights_files(self.metrics, prefix="metrics.")

@@ -36,6 +36,7 @@ from .config import help_field
 from .errors import UserInputError, first_line
 from .inverse_dynamics import IDM_WORLDS, InverseDynamicsModel, PairBatch, PairSampler, evaluate_reader, load_idm
 from .io_utils import atomic_output_dir, atomic_write_json, check_output_directory
+from .worlds import sets_view_size
 
 
 @dataclasses.dataclass
@@ -85,7 +86,7 @@ class IDMTrainConfig:
              f"{self.displacement_weight}"),
             (self.checkpoint_every >= 1 and self.log_every >= 1 and self.num_threads >= 1,
              "checkpoint_every, log_every and num_threads must be >= 1"),
-            (not any(o.split("=")[0].strip() == "view_size" for o in self.world_overrides),
+            (not sets_view_size(self.world_overrides),
              "set the frame size with size=, not world_overrides view_size"),
         ]
         for ok, message in checks:

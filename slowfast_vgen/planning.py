@@ -58,7 +58,7 @@ from typing import Any, Callable, Protocol, Sequence
 import numpy as np
 
 from .config import help_field
-from .data.world_dataset import HELDOUT_WORLD_SEED_BASE
+from .data.world_dataset import heldout_world_seed_problem
 from .errors import UserInputError
 from .inverse_dynamics import ANALYTIC, ActionReader, analytic_idm, load_idm
 from .session import SEED_RANGE, GenerationConfig, GenerationSession
@@ -101,6 +101,7 @@ class PlanConfig:
     generation: GenerationConfig = dataclasses.field(default_factory=GenerationConfig)
 
     def __post_init__(self) -> None:
+        world_seed_issue = heldout_world_seed_problem(self.world_seed_base)  # as sfvgen eval
         checks = [
             (self.episodes >= 1, f"episodes must be >= 1, got {self.episodes}"),
             (self.policy in POLICIES, f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}"),
@@ -111,9 +112,7 @@ class PlanConfig:
             (8 <= self.size <= MAX_SIZE and self.size % 2 == 0,
              f"size must be an even number in [8, {MAX_SIZE}], got {self.size}"),
             (self.success_radius >= 0, f"success_radius must be >= 0, got {self.success_radius}"),
-            (self.world_seed_base >= HELDOUT_WORLD_SEED_BASE,  # as sfvgen eval: training datasets use the seeds below
-             f"world_seed_base must be >= {HELDOUT_WORLD_SEED_BASE} (the held-out worlds; training datasets use the "
-             f"seeds below), got {self.world_seed_base}"),
+            (world_seed_issue is None, world_seed_issue),
             (self.seed >= 0, f"seed must be >= 0, got {self.seed}"),
             # episode i uses generation seed seed + i and world seed world_seed_base + i: both must stay seeds
             (self.seed + self.episodes - 1 <= MAX_SEED,

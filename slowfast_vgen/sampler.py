@@ -96,12 +96,11 @@ def check_inference_steps(config: SamplerConfig, noise_scheduler) -> None:
     try:
         scheduler.set_timesteps(steps)
         timesteps = [int(t) for t in scheduler.timesteps]
+        fits = 0 <= min(timesteps) and max(timesteps) < total and len(set(timesteps)) == len(timesteps)
+        problem = None if fits else (f"its timesteps run from {min(timesteps)} to {max(timesteps)}, outside [0, {total}) "
+                                     "or repeated")
     except (IndexError, ValueError) as err:
-        timesteps, problem = [], first_line(err)
-    else:
-        problem = None
-    if problem is None and (min(timesteps) < 0 or max(timesteps) >= total or len(set(timesteps)) < len(timesteps)):
-        problem = f"its timesteps run from {min(timesteps)} to {max(timesteps)}, outside [0, {total}) or repeated"
+        problem = first_line(err)
     if problem is not None:
         raise UserInputError(f"sampler.num_inference_steps={steps} does not fit the {config.scheduler} scheduler with "
                              f"{config.timestep_spacing} spacing on this model's {total} training timesteps ({problem}); "

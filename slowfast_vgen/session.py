@@ -544,7 +544,8 @@ def _release_adapter(unet: torch.nn.Module, adapter_name: str, owned: torch.nn.P
 
 def validate_action(action: str, position: int = 1) -> str:
     """Strip an action (and any byte-order mark); an empty one is a user error naming its position."""
-    if not isinstance(action, str) or not action.replace("\ufeff", "").strip():
+    text = action.replace("\ufeff", "").strip() if isinstance(action, str) else ""
+    if not text:
         raise UserInputError(f"action {position} is empty")
-    return action.replace("\ufeff", "").strip()
+    return text
 

@@ -37,11 +37,11 @@ from .checkpointing import (
     check_no_newer_checkpoints,
     list_checkpoints,
     load_ema_state,
-    read_ema_model,
     load_module_weights,
     load_optimizer_state,
     load_unet_weights,
     read_checkpoint_state,
+    read_ema_model,
     resolve_resume,
     save_checkpoint,
 )

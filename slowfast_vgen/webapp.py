@@ -142,7 +142,7 @@ class WebApp:
                 return read_image(path, size=size)
             except UserInputError:
                 raise UserInputError(f"{path.name} is not an image this app can read (use a PNG or JPEG)") from None
-            except Exception as err:  # e.g. PIL's DecompressionBombError: still a bad upload
+            except Exception as err:  # anything else PIL raises on a strange file: still a bad upload
                 raise UserInputError(f"{path.name} cannot be used as the first frame: {first_line(err)}") from None
         world_seed = _integer(self.world_seed if world_seed is None else world_seed, "world seed")
         if world_seed < 0:

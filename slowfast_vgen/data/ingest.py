@@ -23,6 +23,7 @@ ingested).
 
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
 import json
@@ -132,15 +133,6 @@ def _time_problem(seconds: float) -> str | None:
 def read_epic_csv(path: str | os.PathLike) -> list[SourceSegment]:
     """Segments of an EPIC-KITCHENS-style CSV; :class:`UserInputError` naming the line on bad rows."""
     path = Path(path)
-    try:
-        return _read_epic_rows(path)
-    except UnicodeDecodeError as err:
-        raise UserInputError(f"{path}: not UTF-8 text ({first_line(err)}); save the annotations as UTF-8") from None
-    except csv.Error as err:
-        raise UserInputError(f"{path}: not a readable CSV file ({first_line(err)})") from None
-
-
-def _read_epic_rows(path: Path) -> list[SourceSegment]:
     # utf-8-sig: a spreadsheet's byte-order mark is not part of the first column's name
     with open(path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
@@ -164,12 +156,8 @@ def _read_epic_rows(path: Path) -> list[SourceSegment]:
 def read_segments_jsonl(path: str | os.PathLike) -> list[SourceSegment]:
     """Segments of a JSONL file with ``video, start_sec, end_sec, action`` per line."""
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except UnicodeDecodeError as err:
-        raise UserInputError(f"{path}: not UTF-8 text ({first_line(err)}); save the annotations as UTF-8") from None
     out = []
-    for line, text in enumerate(lines, start=1):
+    for line, text in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
         if not text.strip():
             continue
         try:
@@ -220,15 +208,20 @@ def _seconds(row: dict, key: str) -> float:
 
 
 def read_annotations(path: str | os.PathLike) -> list[SourceSegment]:
-    """Dispatch on the extension: ``.csv`` (EPIC style) or ``.jsonl``/``.json`` (segments)."""
+    """Dispatch on the extension: ``.csv`` (EPIC style) or ``.jsonl``/``.json`` (segments). Both must
+    be UTF-8 (a byte-order mark is fine); other text is a one-line :class:`UserInputError`."""
     path = Path(path)
     if not path.is_file():
         raise UserInputError(f"annotation file not found: {path}")
-    if path.suffix.lower() == ".csv":
-        return read_epic_csv(path)
-    if path.suffix.lower() in (".jsonl", ".json"):
-        return read_segments_jsonl(path)
-    raise UserInputError(f"{path}: unknown annotation format; use an EPIC-style .csv or a segments .jsonl")
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".jsonl", ".json"):
+        raise UserInputError(f"{path}: unknown annotation format; use an EPIC-style .csv or a segments .jsonl")
+    try:
+        return read_epic_csv(path) if suffix == ".csv" else read_segments_jsonl(path)
+    except UnicodeDecodeError as err:
+        raise UserInputError(f"{path}: not UTF-8 text ({first_line(err)}); save the annotations as UTF-8") from None
+    except csv.Error as err:
+        raise UserInputError(f"{path}: not a readable CSV file ({first_line(err)})") from None
 
 
 def index_videos(folder: str | os.PathLike) -> dict[str, list[Path]]:
@@ -287,9 +280,7 @@ def _episode_names(sources: list[Path], folder: Path) -> dict[Path, str]:
     another source shares the stem (``a/x.mp4``, ``b/x.mp4`` -> ``a_x``, ``b_x``); names that still
     collide (``a b.mp4`` and ``a_b.mp4``) are numbered apart (``a_b``, ``a_b-2``), so two recordings
     never share an episode."""
-    stems: dict[str, int] = {}
-    for source in sources:
-        stems[source.stem] = stems.get(source.stem, 0) + 1
+    stems = collections.Counter(source.stem for source in sources)
     names: dict[Path, str] = {}
     taken: set[str] = set()
     for source in sources:

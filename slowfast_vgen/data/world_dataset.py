@@ -40,7 +40,7 @@ import numpy as np
 from ..config import help_field
 from ..errors import UserInputError, first_line, fps_problem, read_json_object
 from ..io_utils import atomic_write_json, check_output_directory
-from ..worlds import build_world, world_config, world_spec
+from ..worlds import build_world, sets_view_size, world_config, world_spec
 from ..worlds.actions import PhraseSplit, phrase
 from ..worlds.base import action_frame_range
 from .manifest import (
@@ -76,13 +76,14 @@ class MakeWorldConfig:
     world_overrides: list[str] = help_field([], help="key=value overrides of the world config, e.g. speed=3")
 
     def __post_init__(self) -> None:
+        fps_issue = fps_problem(self.fps)
         checks = [
             (self.episodes >= 1, f"episodes must be >= 1, got {self.episodes}"),
             (8 <= self.size <= MAX_SIZE and self.size % 2 == 0,
              f"size must be an even number in [8, {MAX_SIZE}], got {self.size}"),
             (self.frames_per_action >= 1, f"frames_per_action must be >= 1, got {self.frames_per_action}"),
             (self.actions_per_episode >= 1, f"actions_per_episode must be >= 1, got {self.actions_per_episode}"),
-            (fps_problem(self.fps) is None, f"fps {fps_problem(self.fps)}"),
+            (fps_issue is None, f"fps {fps_issue}"),
             (self.episodes_per_world >= 1, f"episodes_per_world must be >= 1, got {self.episodes_per_world}"),
             (
                 0 <= self.val_fraction < 1
@@ -92,7 +93,7 @@ class MakeWorldConfig:
                 f"got {self.val_fraction}, {self.test_fraction}",
             ),
             (self.workers >= 1, f"workers must be >= 1, got {self.workers}"),
-            (not any(o.split("=")[0].strip() == "view_size" for o in self.world_overrides),
+            (not sets_view_size(self.world_overrides),
              "set the frame size with --size, not --set view_size (the dataset records --size)"),
         ]
         for ok, message in checks:
@@ -138,6 +139,15 @@ def check_training_world_seed(seed: int, num_worlds: int, what: str = "seed") ->
             f"({what} * {WORLD_SEED_STRIDE} + w) never include the held-out evaluation worlds "
             f"(seeds from {HELDOUT_WORLD_SEED_BASE}), got {seed}"
         )
+
+
+def heldout_world_seed_problem(base: int) -> str | None:
+    """Why ``base`` cannot be the first world seed of an evaluation or planning run (which must use the
+    held-out worlds, never trained on), or ``None``; negative seeds fail too (numpy cannot use them)."""
+    if base < HELDOUT_WORLD_SEED_BASE:
+        return (f"world_seed_base must be >= {HELDOUT_WORLD_SEED_BASE} (the held-out worlds; training datasets use "
+                f"the seeds below), got {base}")
+    return None
 
 
 def world_seed(dataset_seed: int, world_index: int) -> int:

@@ -69,6 +69,12 @@ def build_world(name: str, seed: int, config: Any | None = None, overrides: Sequ
     return spec.factory(config, seed)
 
 
+def sets_view_size(overrides: Sequence[str]) -> bool:
+    """Whether world ``key=value`` overrides set ``view_size``, which dataset and IDM configs take from
+    their own frame size instead (and record as that)."""
+    return any(override.split("=")[0].strip() == "view_size" for override in overrides)
+
+
 def view_size_for(height: int, width: int) -> int:
     """The square view a world renders for ``height x width`` model frames: the larger side, made even.
 
@@ -107,6 +113,7 @@ __all__ = [
     "available_worlds",
     "build_world",
     "build_world_for_frames",
+    "sets_view_size",
     "view_size_for",
     "world_config",
     "world_first_frame",
