@@ -171,6 +171,11 @@ def load_config(
     if bad:
         raise UserInputError(f"override {bad[0]!r} is not of the form key=value")
     if overrides:
+        for item in overrides:  # a value that is not YAML (`variants=[a,,b]`): yaml's ParserError, no OmegaConf error
+            try:
+                OmegaConf.from_dotlist([item])
+            except Exception as err:
+                raise UserInputError(f"bad override {item!r}: its value is not valid YAML ({first_line(err)})") from None
         layers.append(OmegaConf.from_dotlist(list(overrides)))
     try:
         merged = _merge(*layers)
@@ -199,6 +204,27 @@ def config_from_dict(cls: type[T], values: dict) -> T:
         raise UserInputError(f"bad config: {first_line(err)}") from None
     except ValueError as err:
         raise UserInputError(f"bad config: {err}") from None
+
+
+def config_as_dict(config: Any) -> dict:
+    """The resolved config as a plain JSON-able dict (what a checkpoint records of its run)."""
+    return OmegaConf.to_container(OmegaConf.structured(config))  # type: ignore[return-value]
+
+
+def config_differences(saved: dict, config: Any, may_change: Sequence[str] = ()) -> list[str]:
+    """``"seed 5 (saved: 0)"`` for every dotted key whose value differs between the dict ``saved``
+    (:func:`config_as_dict` of an earlier run) and ``config``, except the keys in ``may_change``
+    (a key also covers the keys under it); a key only one side has counts as differing."""
+
+    def flat(node: Any, prefix: str = "") -> dict[str, Any]:
+        if isinstance(node, dict):
+            return {k: v for key, value in node.items() for k, v in flat(value, f"{prefix}{key}.").items()}
+        return {prefix[:-1]: node}
+
+    old, new = flat(saved), flat(config_as_dict(config))
+    free = tuple(may_change)
+    return [f"{key} {new.get(key, '(none)')} (saved: {old.get(key, '(none)')})" for key in sorted(old.keys() | new.keys())
+            if old.get(key) != new.get(key) and not any(key == k or key.startswith(k + ".") for k in free)]
 
 
 def config_to_yaml(config: Any) -> str:

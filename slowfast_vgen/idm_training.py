@@ -32,10 +32,10 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .config import help_field
+from .config import config_as_dict, config_differences, help_field
 from .errors import UserInputError, first_line
 from .inverse_dynamics import IDM_WORLDS, InverseDynamicsModel, PairBatch, PairSampler, evaluate_reader, load_idm
-from .io_utils import atomic_output_dir, atomic_write_json, check_output_directory
+from .io_utils import atomic_output_dir, atomic_write_json, check_output_directory, restore_moved_aside
 from .worlds import sets_view_size
 
 
@@ -76,8 +76,8 @@ class IDMTrainConfig:
             (self.seed != self.val_seed, f"seed and val_seed must differ, got {self.seed} for both"),
             (min(self.num_worlds, self.val_worlds, self.val_chunks, self.batch_size) >= 1,
              "num_worlds, val_worlds, val_chunks and batch_size must be >= 1"),
-            (self.max_steps >= 1 and self.max_minutes >= 0 and self.stop_after >= 0,
-             f"need max_steps >= 1, max_minutes >= 0, stop_after >= 0, got {self.max_steps}, {self.max_minutes}, {self.stop_after}"),
+            (self.max_steps >= 1 and 0 <= self.max_minutes < math.inf and self.stop_after >= 0,  # also refuse nan
+             f"need max_steps >= 1, a finite max_minutes >= 0, stop_after >= 0, got {self.max_steps}, {self.max_minutes}, {self.stop_after}"),
             (0 < self.lr < math.inf and 0 <= self.noise_std < math.inf and 0 <= self.blur_prob <= 1,  # also refuse nan
              f"need a finite lr > 0, a finite noise_std >= 0, blur_prob in [0, 1], got {self.lr}, {self.noise_std}, "
              f"{self.blur_prob}"),
@@ -167,13 +167,30 @@ def _batch_rng(seed: int, step: int) -> tuple[np.random.Generator, torch.Generat
     return numpy_rng, torch_rng
 
 
-def _save_checkpoint(path: Path, model: InverseDynamicsModel, optimizer: torch.optim.Optimizer, step: int) -> None:
+IDM_RESUME_MAY_CHANGE = (  # what a resumed run may set differently: budget, logging, the held-out evaluation
+    "output_dir", "resume", "max_minutes", "stop_after", "checkpoint_every", "log_every", "num_threads",
+    "val_seed", "val_worlds", "val_chunks",
+)
+
+
+def _save_checkpoint(path: Path, model: InverseDynamicsModel, optimizer: torch.optim.Optimizer, step: int,
+                     config: IDMTrainConfig) -> None:
     from .checkpointing import save_optimizer_state
 
     with atomic_output_dir(path, "trainer_state.json") as tmp:
         model.save_pretrained(tmp / "model", safe_serialization=True)
         save_optimizer_state(optimizer, tmp / "optimizer.safetensors")
-        atomic_write_json(tmp / "trainer_state.json", {"step": step})  # written last
+        atomic_write_json(tmp / "trainer_state.json", {"step": step, "config": config_as_dict(config)})  # written last
+
+
+def _trainer_state(file: Path) -> dict:
+    """``trainer_state.json``: ``step`` (an int) and, since it was recorded, the run's ``config``."""
+    state = json.loads(file.read_text(encoding="utf-8"))
+    if not isinstance(state, dict) or isinstance(state.get("step"), bool) or not isinstance(state.get("step"), int):
+        raise ValueError("no step")
+    if not isinstance(state.get("config", {}), dict):
+        raise ValueError("config is not an object")
+    return state
 
 
 def _checkpoint_part(checkpoint: Path, name: str, read):
@@ -213,6 +230,7 @@ def _train_idm(config: IDMTrainConfig, progress) -> IDMTrainResult:
         "frames_per_action": config.frames_per_action, "displacement_scale": sampler.displacement_scale,
         "world_overrides": list(config.world_overrides), "channels": list(config.channels), "hidden_dim": config.hidden_dim,
     }
+    restore_moved_aside(checkpoint, "trainer_state.json")  # a save that died between its two renames
     if config.resume and (checkpoint / "trainer_state.json").is_file():
         model = load_idm(checkpoint / "model").train()
         for key, value in architecture.items():
@@ -220,8 +238,12 @@ def _train_idm(config: IDMTrainConfig, progress) -> IDMTrainResult:
             if (list(saved) if isinstance(saved, (list, tuple)) else saved) != value:
                 raise UserInputError(f"checkpoint {checkpoint} was trained with {key} {saved!r}, this run has {value!r}; "
                                      "use a new output_dir, or the checkpoint's settings to continue it")
-        step = _checkpoint_part(checkpoint, "trainer_state.json",
-                                lambda file: int(json.loads(file.read_text(encoding="utf-8"))["step"]))
+        state = _checkpoint_part(checkpoint, "trainer_state.json", _trainer_state)
+        step = state["step"]
+        differences = config_differences(state["config"], config, IDM_RESUME_MAY_CHANGE) if "config" in state else []
+        if differences:  # lr, seed, batch, augmentation, max_steps (the cosine schedule): another run
+            raise UserInputError(f"checkpoint {checkpoint} continues a run made with other settings: "
+                                 f"{', '.join(differences)}; resume with its settings, or give a new output_dir")
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)  # the initial weights are a function of the config
@@ -255,7 +277,7 @@ def _train_idm(config: IDMTrainConfig, progress) -> IDMTrainResult:
             out_of_time = bool(config.max_minutes and time.monotonic() - started > 60 * config.max_minutes
                                or config.stop_after and step - first_step >= config.stop_after)
             if step % config.checkpoint_every == 0 or step == config.max_steps or out_of_time:
-                _save_checkpoint(checkpoint, model, optimizer, step)
+                _save_checkpoint(checkpoint, model, optimizer, step, config)
             if out_of_time:
                 break
         finished = step >= config.max_steps
@@ -291,7 +313,7 @@ def idm_main(argv=None) -> int:
         parser.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. output_dir=/work/idm/nav max_minutes=5")
         parsed = parser.parse_args(args)
         result = train_idm(load_config(IDMTrainConfig, parsed.config, parsed.overrides), progress=lambda s: print(s, flush=True))
-        print(f"{'done' if result.finished else 'stopped by the time budget (re-run to continue)'}: step {result.step}, "
+        print(f"{'done' if result.finished else 'stopped by max_minutes or stop_after (re-run to continue)'}: step {result.step}, "
               f"model in {result.output_dir / 'model'}")
         return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import math
 import os
@@ -164,6 +165,20 @@ def holds_other_files(directory: str | os.PathLike, marker: str) -> bool:
     return directory.is_dir() and not (directory / marker).exists() and any(directory.iterdir())
 
 
+def restore_moved_aside(path: str | os.PathLike, marker: str) -> bool:
+    """Put back the previous ``path`` when a process died between the two renames of
+    :func:`atomic_output_dir` (old moved aside to ``.NAME.old-PID``, new not yet in place): with
+    ``path`` missing, the newest such folder that holds ``marker`` becomes ``path`` again. Whether one was."""
+    path = Path(path)
+    if path.exists() or path.is_symlink() or not path.parent.is_dir():
+        return False
+    aside = [old for old in path.parent.glob(f".{glob.escape(path.name)}.old-*") if (old / marker).is_file()]
+    if not aside:
+        return False
+    os.replace(max(aside, key=lambda old: old.stat().st_mtime), path)
+    return True
+
+
 @contextlib.contextmanager
 def atomic_output_dir(path: str | os.PathLike, marker: str) -> Iterator[Path]:
     """Yield a temporary directory beside ``path``; on success it replaces ``path`` as a whole.
@@ -181,6 +196,7 @@ def atomic_output_dir(path: str | os.PathLike, marker: str) -> Iterator[Path]:
         raise ValueError(f"cannot replace {str(path)!r} as a whole: give a directory with a name of its own")
     if path.is_symlink():  # write through the link: replacing the link itself broke the next save and lost it
         path = Path(os.path.realpath(path))
+    restore_moved_aside(path, marker)  # an earlier write died between its two renames
     if holds_other_files(path, marker):
         raise UserInputError(f"cannot write {path}: it is a folder of other files (no {marker}), and writing replaces "
                              "the whole folder; give a new or empty directory")

@@ -111,7 +111,8 @@ class PlanConfig:
             (self.phrasing in ("train", "heldout", "all"), f"phrasing must be train, heldout or all, got {self.phrasing!r}"),
             (8 <= self.size <= MAX_SIZE and self.size % 2 == 0,
              f"size must be an even number in [8, {MAX_SIZE}], got {self.size}"),
-            (self.success_radius >= 0, f"success_radius must be >= 0, got {self.success_radius}"),
+            (0 <= self.success_radius < math.inf,  # inf counted every episode a success
+             f"success_radius must be a finite number >= 0, got {self.success_radius}"),
             (world_seed_issue is None, world_seed_issue),
             (self.seed >= 0, f"seed must be >= 0, got {self.seed}"),
             # episode i uses generation seed seed + i and world seed world_seed_base + i: both must stay seeds

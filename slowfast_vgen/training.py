@@ -46,7 +46,7 @@ from .checkpointing import (
     save_checkpoint,
 )
 from .text_features import TextFeatureCache
-from .config import help_field, save_config
+from .config import config_as_dict, config_differences, help_field, save_config
 from .data.dataset import ChunkBatch, ChunkDataset, ChunkDatasetConfig, collate_chunks, ignore_sigterm, shut_down_when_done
 from .data.live_worlds import LiveWorldChunks, LiveWorldsConfig, live_chunk_loader
 from .errors import UserInputError, first_line
@@ -54,6 +54,13 @@ from .fast_learner import FastLearnerConfig, TempLoRA, plain_unet, use_adapter
 from .io_utils import check_output_directory
 from .model import ModelBundle, ModelConfig, load_model, unet_text_kwargs
 
+RESUME_MAY_CHANGE = (  # what a resumed run may set differently from the run it continues: budget, logging,
+    # paths, and the EMA (it follows the weights, never steers them; turned on, it starts from the checkpoint's)
+    "output_dir", "resume", "max_steps", "max_minutes", "checkpointing_steps", "checkpoints_total_limit", "log_every",
+    "report_to", "num_workers", "sample_every", "sample_actions", "validate_every", "validation_split",
+    "validation_chunks", "max_nonfinite_steps", "device", "compile", "data.root", "text_features", "use_ema", "ema_decay",
+)
+CONSTANT_SCHEDULES = ("constant", "constant_with_warmup")  # the only schedules that do not depend on max_steps
 EXIT_PREEMPTED = 143  # 128 + SIGTERM: a checkpoint was saved, run again with resume=latest
 EXIT_DIVERGED = 3
 
@@ -155,8 +162,21 @@ class TrainConfig:
             raise ValueError(f"text_dropout must be in [0, 1), got {self.text_dropout}")
         if not 0.0 <= self.whole_window_share < 1.0:  # also refuses nan
             raise ValueError(f"whole_window_share must be in [0, 1), got {self.whole_window_share}")
-        if self.validate_every < 0 or self.min_timestep < 0:
-            raise ValueError(f"validate_every and min_timestep must be >= 0, got {self.validate_every}, {self.min_timestep}")
+        for name in ("validate_every", "min_timestep", "lr_warmup_steps", "sample_every"):
+            if getattr(self, name) < 0:  # a negative warmup shifted the schedules; sample_every=-1 sampled every step
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.validate_every and self.validation_chunks < 2:
+            raise ValueError(f"validation_chunks must be >= 2, got {self.validation_chunks}")
+        if self.sample_every:  # a bad action stopped the run at its first sample, after its training steps
+            from .session import validate_action
+
+            try:
+                for position, action in enumerate(self.sample_actions, 1):
+                    validate_action(action, position)
+            except UserInputError as err:
+                raise ValueError(f"sample_actions: {err}") from None
+            if not self.sample_actions:
+                raise ValueError("sample_actions is empty (sample_every > 0 writes a sample video of them)")
         if not 0 < self.learning_rate < float("inf"):  # also refuses nan
             raise ValueError(f"learning_rate must be a finite number > 0, got {self.learning_rate}")
         for name in ("weight_decay", "max_grad_norm", "action_loss_weight", "action_encoder_lr", "max_minutes"):
@@ -494,18 +514,22 @@ class SlowTrainer:
                     with accelerator.accumulate(self.unet):
                         # 2. loss (Eq. 1-2, or the loop's variant)
                         loss = self.loss(batch, generator)
-                        # 3. a non-finite loss on any process skips the micro-batch everywhere
+                        # 3. a non-finite loss on any process skips the whole step everywhere: no update
+                        #    from the other micro-batches of its batch either
                         if not _all_finite(loss, accelerator):
                             step_nonfinite = True
-                            self.optimizer.zero_grad(set_to_none=True)
                             continue
                         accelerator.backward(loss)
                         step_losses.append(float(loss.detach()))
                         # 4. optimizer step on the accumulation boundary
-                        if accelerator.sync_gradients and config.max_grad_norm > 0:
-                            accelerator.clip_grad_norm_(self.trainable_parameters(), config.max_grad_norm)
-                        self.optimizer.step()
+                        if accelerator.sync_gradients and not step_nonfinite:
+                            if config.max_grad_norm > 0:
+                                accelerator.clip_grad_norm_(self.trainable_parameters(), config.max_grad_norm)
+                            self.optimizer.step()
                         self.optimizer.zero_grad(set_to_none=True)
+                if step_nonfinite:  # inside an accumulation, accelerate's zero_grad leaves the gradients be
+                    getattr(self.optimizer, "optimizer", self.optimizer).zero_grad(set_to_none=True)
+                step_lr = self.lr_scheduler.get_last_lr()[0]  # the rate this step used
                 self.lr_scheduler.step()
                 self.step += 1
                 progress.update(1)
@@ -523,28 +547,29 @@ class SlowTrainer:
                         raise TrainingDiverged(f"{nonfinite_in_a_row} non-finite losses in a row at step {self.step}; aborting")
                 else:
                     nonfinite_in_a_row = 0
-                if step_losses:
+                if step_losses and not step_nonfinite:
                     losses[self.step] = _mean_across(sum(step_losses) / len(step_losses), accelerator)
                     window.append(losses[self.step])
                 if self.step % config.log_every == 0 and window:
-                    record = {"step": self.step, "loss": sum(window) / len(window), "lr": self.lr_scheduler.get_last_lr()[0],
+                    record = {"step": self.step, "loss": sum(window) / len(window), "lr": step_lr,
                               "seconds": round(time.perf_counter() - started, 2)}
                     accelerator.log({"loss": record["loss"], "lr": record["lr"]}, step=self.step)
                     self._log(record)
                     progress.set_postfix(loss=f"{record['loss']:.4f}")
                     window = []
-                if config.sample_every and self.step % config.sample_every == 0:
-                    self.write_sample()
-                if config.validate_every and self.step % config.validate_every == 0 and accelerator.is_main_process:
-                    record = {"step": self.step, **self.validate()}
-                    accelerator.log({k: v for k, v in record.items() if k != "step"}, step=self.step)
-                    self._log(record)
                 # 6. checkpoints: periodic, at the end, when SIGTERM arrived and when the time budget is spent
                 stop = _any_process(self.stop_requested, accelerator)
                 over_budget = bool(config.max_minutes) and time.perf_counter() - started >= 60 * config.max_minutes
                 budget_spent = _any_process(over_budget, accelerator)
                 if self.step % config.checkpointing_steps == 0 or self.step == config.max_steps or stop or budget_spent:
                     self.save_checkpoint()
+                # 7. samples and validation, after the checkpoint: one that fails loses no training step
+                if config.sample_every and self.step % config.sample_every == 0:
+                    self.write_sample()
+                if config.validate_every and self.step % config.validate_every == 0 and accelerator.is_main_process:
+                    record = {"step": self.step, **self.validate()}
+                    accelerator.log({k: v for k, v in record.items() if k != "step"}, step=self.step)
+                    self._log(record)
                 if stop:
                     accelerator.print(f"SIGTERM: saved checkpoint-{self.step}; resume with resume=latest")
                     break
@@ -565,7 +590,7 @@ class SlowTrainer:
 
     # ------------------------------------------------------------------ checkpoints and exports
     def checkpoint_state(self) -> dict[str, Any]:
-        return {"lr_scheduler": _json_safe(self.lr_scheduler.state_dict())}
+        return {"lr_scheduler": _json_safe(self.lr_scheduler.state_dict()), "config": config_as_dict(self.config)}
 
     def checkpoint_tensors(self) -> dict[str, tuple[dict[str, torch.Tensor], dict[str, str]]]:
         """Further state a subclass needs for an exact resume, as named safetensors files (called on every process)."""
@@ -588,6 +613,7 @@ class SlowTrainer:
 
     def load_checkpoint(self, path: Path) -> None:
         state = read_checkpoint_state(path)
+        check_resume_settings(path, state, self.config)
         load_unet_weights(self.bundle.unet, path)
         if self.bundle.action_encoder is not None:
             load_module_weights(self.bundle.action_encoder, path, "action_encoder")
@@ -596,7 +622,11 @@ class SlowTrainer:
         except Exception as err:  # wrong shapes, damaged file
             raise UserInputError(f"checkpoint {path} is corrupt or does not fit: optimizer state: {str(err).splitlines()[0]}") from None
         try:
-            self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+            schedule = state["lr_scheduler"]
+            problem = _schedule_problem(schedule, state["step"], len(self.optimizer.param_groups))
+            if problem:
+                raise ValueError(problem)
+            self.lr_scheduler.load_state_dict(schedule)
         except (KeyError, TypeError, ValueError) as err:
             raise UserInputError(f"checkpoint {path} is corrupt: trainer_state.json: no usable lr_scheduler ({err!r})") from None
         device = self.accelerator.device
@@ -609,8 +639,12 @@ class SlowTrainer:
             except Exception as err:  # damaged or foreign ema/ folder
                 raise UserInputError(f"checkpoint {path} is corrupt or does not fit: ema: {first_line(err)}") from None
             self.ema.to(device)  # loaded on the CPU: the next EMA step would mix devices
-        if self.encoder_ema is not None and (path / "ema_action_encoder.safetensors").is_file():
-            load_ema_state(self.encoder_ema, path / "ema_action_encoder.safetensors")
+        if self.encoder_ema is not None and (path / "ema").is_dir():
+            encoder_ema = path / "ema_action_encoder.safetensors"
+            if not encoder_ema.is_file():  # was ignored: the encoder's EMA restarted, the resume was not exact
+                raise UserInputError(f"checkpoint {path} is incomplete or corrupt: {encoder_ema.name} is missing "
+                                     "(it has the UNet's ema/)")
+            load_ema_state(self.encoder_ema, encoder_ema)
             self.encoder_ema.to(device)
         self.step = int(state["step"])
         self.accelerator.print(f"resumed from {path} at step {self.step}")
@@ -907,6 +941,40 @@ def _records_from_file(path: Path, rank: int) -> tuple[int, list[dict]]:
             return int(metadata["iteration"]), records
     except Exception as err:
         raise UserInputError(f"checkpoint file {path} is corrupt or does not fit: {first_line(err)}") from None
+
+
+def check_resume_settings(path: Path, state: dict, config: TrainConfig) -> None:
+    """Refuse to continue the run of checkpoint ``path`` with settings that would make it another run
+    (learning rate, batch, seed, data, model, loss, ...): the optimizer and schedule come back from the
+    checkpoint, so such a change was silently ignored or silently changed the data order, while
+    ``train_config.yaml`` recorded it. Budget, logging and paths may change (:data:`RESUME_MAY_CHANGE`);
+    ``max_steps`` only under a constant schedule, as it shapes the others. Checkpoints saved before
+    their config was recorded are not checked."""
+    saved = state.get("config")
+    if not isinstance(saved, dict):
+        return
+    differences = config_differences(saved, config, RESUME_MAY_CHANGE)
+    if saved.get("max_steps") != config.max_steps and config.lr_scheduler not in CONSTANT_SCHEDULES:
+        differences.append(f"max_steps {config.max_steps} (saved: {saved.get('max_steps')}; it shapes the "
+                           f"{config.lr_scheduler} schedule)")
+    if differences:
+        raise UserInputError(f"checkpoint {path} continues a run made with other settings: {', '.join(differences)}; "
+                             "resume with its settings, or give a new output_dir")
+
+
+def _schedule_problem(schedule: Any, step: int, groups: int) -> str | None:
+    """What is wrong with a saved LR-schedule state (``LambdaLR.state_dict``) of a checkpoint at ``step``
+    for an optimizer of ``groups`` parameter groups, or None; torch loads any values and failed only at
+    the next step, after a step of training."""
+    if not isinstance(schedule, dict):
+        return f"it is {type(schedule).__name__}, not an object"
+    last_epoch, base_lrs = schedule.get("last_epoch"), schedule.get("base_lrs")
+    if isinstance(last_epoch, bool) or last_epoch != step:
+        return f"last_epoch {last_epoch!r} is not the checkpoint's step {step}"
+    if (not isinstance(base_lrs, list) or len(base_lrs) != groups
+            or not all(isinstance(lr, (int, float)) and not isinstance(lr, bool) and 0 <= lr < float("inf") for lr in base_lrs)):
+        return f"base_lrs {base_lrs!r} is not {groups} finite learning rate(s)"
+    return None
 
 
 def _mix(*numbers: int) -> int:

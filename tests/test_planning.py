@@ -150,6 +150,18 @@ def test_a_resumed_idm_run_refuses_other_settings_and_names_damaged_checkpoint_f
                                                                             r"has \['speed=1'\]")):
         with pytest.raises(UserInputError, match=rf"checkpoint {checkpoint} {message}; use a new output_dir"):
             train_idm(load_config(IDMTrainConfig, None, [*run, *changed]), progress=lambda line: None)
+    # settings that are not the network's: a new lr or seed was taken silently, max_steps reshaped the cosine decay
+    for changed, listed in ((["lr=0.5"], "lr 0.5 (saved: 0.003)"), (["max_steps=3"], "max_steps 3 (saved: 2)"),
+                            (["seed=710", "batch_size=3"], "batch_size 3 (saved: 32), seed 710 (saved: 700)")):
+        with pytest.raises(UserInputError) as caught:
+            train_idm(load_config(IDMTrainConfig, None, [*run, *changed]), progress=lambda line: None)
+        assert str(caught.value) == (f"checkpoint {checkpoint} continues a run made with other settings: {listed}; "
+                                     "resume with its settings, or give a new output_dir")
+    # a save that died between its two renames left the checkpoint moved aside: the next run resumes from it
+    checkpoint.rename(checkpoint.with_name(".checkpoint.old-4242"))
+    lines = []
+    resumed = train_idm(load_config(IDMTrainConfig, None, [*run, "stop_after=1"]), progress=lines.append)
+    assert f"resuming {checkpoint} at step 1" in lines and resumed.step == 2
     state = (checkpoint / "trainer_state.json").read_text()
     (checkpoint / "trainer_state.json").write_text('{"step": ')
     with pytest.raises(UserInputError, match=rf"checkpoint {checkpoint} is corrupt: trainer_state\.json: "):
@@ -250,6 +262,7 @@ def test_cli_plan_bad_inputs_exit_2(tiny_model_dir, tmp_path, capsys):
      "world_seed_base + episodes - 1 (the last episode's world seed) must be <= 2**64 - 1"),
     # training world 0 of dataset seed 0 was accepted as a "held-out" world
     (["world_seed_base=0"], "world_seed_base must be >= 900000000 (the held-out worlds; training datasets use"),
+    (["success_radius=.inf"], "success_radius must be a finite number >= 0, got inf"),  # every episode "succeeded"
 ])
 def test_cli_plan_refuses_bad_counts_and_sizes_before_planning(bad, message, tmp_path, capsys, monkeypatch):
     import slowfast_vgen.planning as planning
@@ -296,7 +309,7 @@ def test_task_file_runs_its_own_subgoals(tmp_path):
 
 @pytest.mark.parametrize("bad", ["size=12", "size=4", "frames_per_action=0", "num_worlds=2000000", "val_worlds=2000000",
                                  "channels=[]", "channels=[0,8]", "world_overrides=[bogus=1]", "seed=900",
-                                 "val_seed=-1"])
+                                 "val_seed=-1", "max_minutes=inf"])
 def test_train_idm_refuses_bad_sizes_and_counts_before_writing(bad, tmp_path, capsys):
     from slowfast_vgen.idm_training import idm_main
 

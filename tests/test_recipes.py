@@ -50,6 +50,10 @@ def test_action_encoder_trains_and_resumes_exactly_on_live_worlds(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     fresh = ModelBundle.from_config(ModelConfig(height=16, width=16, action_encoder=True)).action_encoder.state_dict()
     assert any(not torch.equal(a[k], fresh[k]) for k in a)  # the encoder did train (exported EMA weights moved)
+    (tmp_path / "b" / "checkpoint-4" / "ema_action_encoder.safetensors").unlink()  # was ignored: its EMA restarted
+    with pytest.raises(UserInputError, match=r"checkpoint-4 is incomplete or corrupt: ema_action_encoder\.safetensors "
+                                             r"is missing \(it has the UNet's ema/\)"):
+        SlowTrainer(_config(tmp_path / "b", "max_steps=5", "use_ema=true"))
 
 
 def test_time_budget_stops_with_a_checkpoint_and_an_export_then_continues_exactly(tmp_path):

@@ -155,12 +155,22 @@ def test_corrupt_or_missing_checkpoint_is_a_clear_error(world_root, tmp_path):
 def test_checkpoint_of_another_model_or_with_a_damaged_state_is_a_one_line_error(world_root, tmp_path):
     out = tmp_path / "run"
     train(_slow(world_root, out, "max_steps=1"))
+    wider = ["max_steps=2", "model.block_out_channels=[32,96]", f"resume={out / 'checkpoint-1'}"]
+    with pytest.raises(UserInputError, match=r"checkpoint .*checkpoint-1 continues a run made with other settings: "
+                                             r"model\.block_out_channels \[32, 96\] \(saved: \[32, 64\]\)"):
+        SlowTrainer(_slow(world_root, tmp_path / "wider", *wider))
+    state = out / "checkpoint-1" / "trainer_state.json"
+    saved = json.loads(state.read_text())
+    state.write_text(json.dumps({key: value for key, value in saved.items() if key != "config"}))  # an older checkpoint
     with pytest.raises(UserInputError, match=r"checkpoint .*checkpoint-1 does not fit this model: weight down_blocks\.1\."
                                              r"\S+ has shape \(64,\) in the checkpoint, \(96,\) in the model$"):
-        SlowTrainer(_slow(world_root, tmp_path / "wider", "max_steps=2", "model.block_out_channels=[32,96]",
-                          f"resume={out / 'checkpoint-1'}"))
-    state = out / "checkpoint-1" / "trainer_state.json"
+        SlowTrainer(_slow(world_root, tmp_path / "wider", *wider))
+    schedule = saved["lr_scheduler"]
     for damaged, message in (("[]", "trainer_state.json holds no step"), ('{"step": 1}', "no usable lr_scheduler"),
+                             (json.dumps({**saved, "lr_scheduler": {**schedule, "last_epoch": "x"}}),
+                              "no usable lr_scheduler .*last_epoch 'x' is not the checkpoint's step 1"),
+                             (json.dumps({**saved, "lr_scheduler": {**schedule, "base_lrs": "abc"}}),
+                              "no usable lr_scheduler .*base_lrs 'abc' is not 1 finite learning rate"),
                              (b"\xff\xfe", "is corrupt: trainer_state.json")):
         state.write_bytes(damaged if isinstance(damaged, bytes) else damaged.encode())
         with pytest.raises(UserInputError, match=message):
@@ -186,6 +196,52 @@ def test_nonfinite_loss_is_skipped_and_logged_then_aborts(world_root, tmp_path, 
     monkeypatch.setattr(SlowTrainer, "loss", lambda self, batch, generator: torch.tensor(float("inf"), requires_grad=True))
     with pytest.raises(TrainingDiverged, match="2 non-finite losses in a row"):
         train(_slow(world_root, tmp_path / "diverge", "max_steps=5", "max_nonfinite_steps=2"))
+
+
+def test_a_nonfinite_micro_batch_skips_its_whole_step(world_root, tmp_path, monkeypatch):
+    """With gradient accumulation, a step whose first micro-batch was NaN was logged as skipped but
+    updated the weights from its other micro-batch (accelerate's zero_grad does nothing mid-accumulation)."""
+    original = SlowTrainer.loss
+    calls = {"n": 0}
+
+    def first_nan(self, batch, generator):
+        calls["n"] += 1
+        loss = original(self, batch, generator)
+        return loss * float("nan") if calls["n"] == 1 else loss
+
+    monkeypatch.setattr(SlowTrainer, "loss", first_nan)
+    trainer = SlowTrainer(_slow(world_root, tmp_path / "run", "max_steps=1", "gradient_accumulation_steps=2",
+                                "lr_warmup_steps=0"))
+    before = {k: v.clone() for k, v in trainer.bundle.unet.state_dict().items()}
+    result = trainer.train()
+    assert calls["n"] == 2 and result.skipped_steps == [1] and result.losses == {}
+    after = trainer.bundle.unet.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_the_logged_learning_rate_is_the_one_the_step_used(world_root, tmp_path):
+    out = tmp_path / "run"
+    train(_slow(world_root, out, "max_steps=3", "lr_warmup_steps=2", "learning_rate=2e-4"))
+    logged = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [(line["step"], line["lr"]) for line in logged if "lr" in line] == [(1, 0.0), (2, 1e-4), (3, 2e-4)]
+
+
+def test_resuming_with_settings_that_make_another_run_is_refused(world_root, tmp_path):
+    """The optimizer and schedule come back from the checkpoint: a new learning rate was silently
+    ignored (while train_config.yaml recorded it), a new seed or batch silently changed the data order."""
+    out = tmp_path / "run"
+    train(_slow(world_root, out, "max_steps=2"))
+    for changed, listed in ((["learning_rate=1e-6"], "learning_rate 1e-06 (saved: 0.0002)"),
+                            (["seed=5", "batch_size=1"], "batch_size 1 (saved: 2), seed 5 (saved: 0)"),
+                            (["lr_scheduler=cosine"], "lr_scheduler cosine (saved: constant_with_warmup), max_steps 4 "
+                                                      "(saved: 2; it shapes the cosine schedule)")):
+        with pytest.raises(UserInputError) as caught:
+            SlowTrainer(_slow(world_root, out, "max_steps=4", *changed))
+        assert str(caught.value) == (f"checkpoint {out / 'checkpoint-2'} continues a run made with other settings: "
+                                     f"{listed}; resume with its settings, or give a new output_dir")
+    # the budget, logging and paths may change: a longer constant-schedule run goes on from step 2
+    resumed = SlowTrainer(_slow(world_root, out, "max_steps=4", "log_every=2", "checkpointing_steps=1", "max_minutes=5"))
+    assert resumed.step == 2
 
 
 def test_bad_config_key_exits_2(tmp_path):
@@ -502,11 +558,32 @@ def test_whole_window_share_trains_eq3_samples_without_text(world_root, tmp_path
     ("data_source", "live", "the slow-fast loop trains on whole episodes of a dataset on disk \\(data.root\\), not "
                             "data_source=live"),
     ("fast.mode", "off", "the slow-fast loop trains Phi with each episode's Temp-LoRA: fast.mode must not be off"),
+    ("lr_warmup_steps", "-5", "lr_warmup_steps must be >= 0, got -5"),  # was accepted: it shifted the schedules
+    ("sample_every", "-1", "sample_every must be >= 0, got -1"),  # was accepted: step % -1 == 0, a sample every step
 ])
 def test_nonfinite_or_out_of_range_optimizer_settings_are_config_errors(tmp_path, key, value, message):
     """``learning_rate=nan`` crashed in torch's AdamW after the model was built; the others were accepted."""
     with pytest.raises(UserInputError, match=f"^bad config: {message}$"):
         load_config(LoopTrainConfig, overrides=_overrides(tmp_path, tmp_path / "out", f"{key}={value}"))
+
+
+def test_sample_and_validation_settings_are_checked_before_training(world_root, tmp_path, monkeypatch):
+    """A bad sample action stopped the run at its first sample, and the steps since the last checkpoint
+    were lost; validation_chunks=1 blamed the split."""
+    for extra, message in ((["sample_every=2", "sample_actions=[move right,'']"], "sample_actions: action 2 is empty"),
+                           (["sample_every=2", "sample_actions=[]"], "sample_actions is empty"),
+                           (["validate_every=2", "validation_chunks=1"], "validation_chunks must be >= 2, got 1")):
+        with pytest.raises(UserInputError, match=f"^bad config: {re.escape(message)}"):
+            _slow(world_root, tmp_path / "bad", *extra)
+
+    def failing_sample(self):
+        raise UserInputError("the sample failed")
+
+    monkeypatch.setattr(SlowTrainer, "write_sample", failing_sample)
+    out = tmp_path / "run"
+    with pytest.raises(UserInputError, match="the sample failed"):
+        train(_slow(world_root, out, "max_steps=3", "sample_every=2", "checkpointing_steps=2"))
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2"]  # saved before the sample was written
 
 
 @pytest.mark.parametrize("where", ["file", "under_file"])
