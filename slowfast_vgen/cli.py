@@ -621,7 +621,8 @@ def serve_main(args: argparse.Namespace) -> int:
             try:
                 page = launch(app, args.host, args.port, block=False)
             except OSError as err:  # the port is taken, the host is not this machine's
-                reason = "the port is in use (pass --port N)" if "empty port" in str(err) else first_line(err)
+                reason = ("the port is in use, or the host is not an address of this machine (pass --port N or "
+                          "--host ADDRESS)" if "empty port" in str(err) else first_line(err))
                 raise UserInputError(f"cannot serve on {args.host}:{args.port}: {reason}") from None
             print(f"sfvgen serve: {bundle.width}x{bundle.height}, fast={app.config.fast.mode}; "
                   f"open http://{args.host}:{args.port} (Ctrl-C stops)", flush=True)
@@ -704,9 +705,12 @@ def eval_main(args: argparse.Namespace) -> int:
     overrides = list(args.overrides) + [f"{key}={value}" for key, value in flags.items() if value is not None]  # flags win
     defaults = {"generation": bundle.metadata.get("generation", {})}
     config = load_config(EvalConfig, args.config, overrides, defaults=defaults)
-    result = evaluate(bundle, config, progress=None if args.quiet else (lambda line: print(line, flush=True)))
-    result["model"] = model_path
-    written = save_results(result, out)
+    with _made_folder(out, "--out"):  # made now: one that cannot be written fails before the runs, not after
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise UserInputError(f"--out: cannot write into the folder {out}")
+        result = evaluate(bundle, config, progress=None if args.quiet else (lambda line: print(line, flush=True)))
+        result["model"] = model_path
+        written = save_results(result, out)
     print(markdown_table(result))
     print("wrote " + ", ".join(written.values()))
     return 0

@@ -415,25 +415,35 @@ def per_chunk_curves(runs: list[dict], variants: list[str]) -> dict[str, dict[st
 def memory_curve(runs: list[dict], variants: list[str]) -> dict[str, list[dict]]:
     """Revisit quality against how long ago the place was seen: per variant and gap (chunks between
     the most recent earlier visit of the place and the revisit; on an out-and-back route also the
-    number of other places passed in between), the mean, 95 % CI bounds and n of the revisited frame's PSNR against the
-    ground truth and against the first visit, over every revisit pair of every run. A memory that
-    works lifts the long gaps, where the place has left the context window, above ``off``.
+    number of other places passed in between), the mean, 95 % CI bounds and n of the revisited frame's
+    PSNR against the ground truth and against the first visit. Each run's pairs at a gap are averaged
+    first and the interval is taken over runs (``n``: runs with a pair at that gap; ``pairs``: the
+    pairs behind them): pairs of one video are not independent, and pooling them would narrow the
+    interval and weigh runs by their pair count. A memory that works lifts the long gaps, where the
+    place has left the context window, above ``off``.
     ``first_vs_truth`` is the first visit's PSNR against the truth: a memory that reproduced the
     first visit exactly would score that against the truth (no value where the first visit is the
     given start frame, which a perfect memory reproduces exactly).
     """
     curve: dict[str, list[dict]] = {}
     for variant in variants:
-        by_gap: dict[int, list[dict]] = {}
+        by_gap: dict[int, list[list[dict]]] = {}  # gap -> one list of pairs per run
         for run in runs:
             if run["variant"] == variant:
+                per_run: dict[int, list[dict]] = {}
                 for pair in run.get("revisit_by_gap", []):
-                    by_gap.setdefault(pair["gap_chunks"], []).append(pair)
+                    per_run.setdefault(pair["gap_chunks"], []).append(pair)
+                for gap, pairs in per_run.items():
+                    by_gap.setdefault(gap, []).append(pairs)
         points = []
         for gap in sorted(by_gap):
-            point = {"gap_chunks": gap, "n": len(by_gap[gap])}
+            point = {"gap_chunks": gap, "n": len(by_gap[gap]), "pairs": sum(map(len, by_gap[gap]))}
             for name in MEMORY_CURVE_SERIES:
-                values = [p[name] for p in by_gap[gap] if p.get(name) is not None and math.isfinite(p[name])]
+                values = []
+                for pairs in by_gap[gap]:
+                    finite = [p[name] for p in pairs if p.get(name) is not None and math.isfinite(p[name])]
+                    if finite:
+                        values.append(sum(finite) / len(finite))
                 mean, low, high = metrics.mean_ci(values) if values else (None, None, None)
                 point[name] = {"mean": mean, "low": low, "high": high, "n": len(values)}
             points.append(point)

@@ -29,12 +29,15 @@ from __future__ import annotations
 
 import functools
 import os
+import json
 import re
+import subprocess
+import sys
 import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 import torch
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
@@ -154,6 +157,33 @@ def check_timestep_band(config: FastLearnerConfig, noise_scheduler) -> None:
     if config.max_timestep is not None and config.max_timestep > steps:
         raise UserInputError(f"fast.max_timestep must be at most the model's {steps} training timesteps, "
                              f"got {config.max_timestep}")
+
+
+REGEX_CHECK_SECONDS = 10.0  # a pattern that takes longer to match a UNet's module names is refused
+
+
+def check_target_modules_finish(pattern: str, module_names: Sequence[str], seconds: float | None = None) -> None:
+    """A one-line :class:`UserInputError` when ``fast.target_modules`` read from a file (a saved session)
+    does not finish matching ``module_names`` within ``seconds`` (default :data:`REGEX_CHECK_SECONDS`).
+
+    peft matches the pattern against every module name in this process with the GIL held, so a
+    catastrophically backtracking pattern such as ``(.|.)*Z`` would hang it for good (in the web app,
+    every user's). The match is tried first in a separate Python process that can be stopped; the
+    built-in pattern is trusted and not checked.
+    """
+    if pattern == TEMPORAL_ATTENTION_REGEX:
+        return
+    seconds = REGEX_CHECK_SECONDS if seconds is None else seconds
+    code = "import json, re, sys\np, names = json.load(sys.stdin)\nr = re.compile(p)\nfor n in names: r.fullmatch(n)"
+    try:
+        subprocess.run([sys.executable, "-I", "-c", code], input=json.dumps([pattern, list(module_names)]),
+                       text=True, capture_output=True, timeout=seconds, check=True)
+    except subprocess.TimeoutExpired:
+        raise UserInputError(f"fast.target_modules {pattern!r} did not finish matching the model's layers within "
+                             f"{seconds:g} s (a regular expression that backtracks without end)") from None
+    except subprocess.CalledProcessError as err:
+        raise UserInputError(f"fast.target_modules {pattern!r} cannot be matched: "
+                              f"{(err.stderr.strip().splitlines() or ['exit status %d' % err.returncode])[-1]}") from None
 
 
 class TempLoRA:
@@ -371,7 +401,7 @@ def read_memory(directory: str | os.PathLike, config: FastLearnerConfig) -> dict
     except (OSError, ValueError) as err:
         raise UserInputError(f"memory {config_file} is corrupt: {first_line(err)}") from None
     if saved.get("r") != config.rank:
-        raise UserInputError(f"memory {directory} has LoRA rank {saved.get('r')}, this model uses {config.rank}")
+        raise UserInputError(f"memory {directory} has LoRA rank {saved.get('r')!r}, this model uses {config.rank}")
     if saved.get("lora_alpha") != config.alpha:
         raise UserInputError(f"memory {directory} has LoRA alpha {saved.get('lora_alpha')}, this episode uses "
                              f"{config.alpha} (fast.alpha)")

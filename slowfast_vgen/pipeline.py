@@ -41,6 +41,7 @@ from diffusers.utils import BaseOutput
 
 from .errors import UserInputError
 from .model import ModelBundle, load_model
+from .video_io import as_shown_rgb
 
 if TYPE_CHECKING:
     from .session import ChunkRecord, GenerationConfig, GenerationSession
@@ -171,6 +172,8 @@ class SlowFastVGenPipeline(DiffusionPipeline):
 
         named = {"fast.mode": fast, "seed": seed, "sampler.num_inference_steps": num_inference_steps,
                  "sampler.guidance_scale": guidance_scale}
+        if isinstance(overrides, str):  # one "key=value": list() would split it into characters
+            overrides = [overrides]
         dotlist = list(overrides) + [f"{key}={value}" for key, value in named.items() if value is not None]
         return load_config(GenerationConfig, None, dotlist, defaults=self.bundle.metadata.get("generation", {}))
 
@@ -279,8 +282,8 @@ class SlowFastVGenPipeline(DiffusionPipeline):
         if not isinstance(image, PIL.Image.Image):
             raise UserInputError(f"unsupported image type {type(image).__name__}: give a path, a PIL image, an "
                                  "(H, W, 3) array or a (3, H, W) tensor")
-        image = image.convert("RGB")
-        if (image.height, image.width) != tuple(size):  # as read_image (`sfvgen --image`) resizes
+        image = as_shown_rgb(image)  # as read_image (`sfvgen --image`): EXIF orientation, 16-bit grey scaled
+        if (image.height, image.width) != tuple(size):  # as read_image resizes
             image = image.resize((size[1], size[0]), PIL.Image.BICUBIC)
         return np.asarray(image, dtype=np.uint8).copy()
 

@@ -19,7 +19,8 @@ from PIL import Image, ImageDraw
 
 from .io_utils import atomic_output_file
 
-PALETTE = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189), (140, 86, 75)]
+PALETTE = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189), (140, 86, 75),
+           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]  # matplotlib tab10: 4 variants x 2 series apart
 
 
 Series = dict[str, tuple[Sequence[float], Sequence[float]]]

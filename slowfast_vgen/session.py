@@ -37,8 +37,8 @@ from tqdm.auto import tqdm
 from .config import help_field
 from .errors import UserInputError, first_line, read_json_object
 from .fast_learner import (
-    ADAPTER_NAME, FastLearnerConfig, TempLoRA, check_timestep_band, merged_adapter, read_memory, remove_adapter,
-    restored_adapters, use_adapter,
+    ADAPTER_NAME, FastLearnerConfig, TempLoRA, check_target_modules_finish, check_timestep_band, merged_adapter,
+    read_memory, remove_adapter, restored_adapters, use_adapter,
 )
 from .io_utils import atomic_output_dir, atomic_write_json, has_own_name, holds_other_files
 from .model import ModelBundle
@@ -421,6 +421,10 @@ class GenerationSession:
             )
         if latents.shape[2] != len(frames):  # every latent frame has its decoded frame, and only those
             raise corrupt(state_file, ValueError(f"{latents.shape[2]} latent frames but {len(frames)} frames"))
+        try:  # a session from elsewhere (a web upload) must not hang this process when the LoRA is placed
+            check_target_modules_finish(config.fast.target_modules, [name for name, _ in bundle.unet.named_modules()])
+        except UserInputError as err:
+            raise corrupt(meta_file, err) from None
         memory, optimizer_file = None, directory / "optimizer.safetensors"
         if config.fast.mode != "off":
             memory = read_memory(directory / "memory", config.fast)  # UserInputError naming the file
@@ -543,9 +547,16 @@ def _release_adapter(unet: torch.nn.Module, adapter_name: str, owned: torch.nn.P
 
 
 def validate_action(action: str, position: int = 1) -> str:
-    """Strip an action (and any byte-order mark); an empty one is a user error naming its position."""
-    text = action.replace("\ufeff", "").strip() if isinstance(action, str) else ""
+    """Strip an action (and any byte-order mark); an empty one, one that is not text, or text the
+    tokenizer cannot take (a lone surrogate from undecodable input) is a user error naming its position."""
+    if not isinstance(action, str):
+        raise UserInputError(f"action {position} must be text, got {type(action).__name__}")
+    text = action.replace("\ufeff", "").strip()
     if not text:
         raise UserInputError(f"action {position} is empty")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise UserInputError(f"action {position} is not valid text: {err.reason} at character {err.start}") from None
     return text
 

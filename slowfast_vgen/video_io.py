@@ -38,19 +38,27 @@ def tensor_to_frames(video: torch.Tensor) -> np.ndarray:
 
 def read_image(path: str | os.PathLike, size: tuple[int, int] | None = None) -> np.ndarray:
     """Read an image file as ``(H, W, 3) uint8`` RGB, optionally resized to ``size=(H, W)``."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
     if not path.is_file():
         raise UserInputError(f"image not found: {path}")
     try:
         with Image.open(path) as image:
-            image = _as_rgb(ImageOps.exif_transpose(image))  # as viewers show it: a phone's portrait photo stands
+            image = as_shown_rgb(image)
             if size is not None and (image.height, image.width) != tuple(size):
                 image = image.resize((size[1], size[0]), Image.BICUBIC)
             return np.asarray(image, dtype=np.uint8).copy()
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:  # the bomb was a traceback
         raise UserInputError(f"cannot read image {path}: {first_line(err)}") from None
+
+
+def as_shown_rgb(image):
+    """A PIL image as 8-bit RGB the way viewers show it: EXIF orientation applied (a phone's portrait
+    photo stands) and high-bit-depth grey scaled (:func:`_as_rgb`). Every reader of a first frame uses it."""
+    from PIL import ImageOps
+
+    return _as_rgb(ImageOps.exif_transpose(image))
 
 
 def _as_rgb(image):

@@ -441,11 +441,19 @@ def _unzip_upload(upload: Any, destination: Path, marker: str) -> Path:
 
 
 def _integer(value: Any, name: str) -> int:
-    """An integer from a page field (gradio numbers may arrive as floats); :class:`UserInputError` otherwise."""
+    """An integer from a page field (gradio numbers may arrive as floats, or as text); :class:`UserInputError`
+    otherwise. An ``int`` is kept exactly (through a float, seeds above 2**53 changed), a bool is refused."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
     try:
-        number = float(value)
+        number = float(value) if not isinstance(value, bool) else math.nan
     except (TypeError, ValueError):
-        raise UserInputError(f"{name} must be an integer, got {value!r}") from None
+        number = math.nan
     if not number.is_integer():
         raise UserInputError(f"{name} must be an integer, got {value!r}")
     return int(number)
@@ -774,6 +782,11 @@ def build_ui(app: WebApp):
     return page
 
 
+MAX_UPLOAD_BYTES = 512 * 2**20
+"""Largest file the page accepts (a saved session or memory, an image): larger uploads are refused by the
+server, not stored (the page's file-type filters are only the browser's)."""
+
+
 def launch(app: WebApp, host: str = "127.0.0.1", port: int = 7860, block: bool = True, quiet: bool = True):
     """Serve :func:`build_ui` on ``host:port``: no share link, no analytics, no API page or MCP server,
     no run history, and only this machine's files (gradio's own fonts: no font CDN).
@@ -786,7 +799,7 @@ def launch(app: WebApp, host: str = "127.0.0.1", port: int = 7860, block: bool =
     page.queue(default_concurrency_limit=16, api_open=False)
     page.launch(server_name=host, server_port=port, share=False, quiet=quiet, prevent_thread_lock=True,
                 footer_links=["gradio", "settings"], mcp_server=False, ssr_mode=False, pwa=False,
-                run_history=False, enable_monitoring=False, css=CSS)
+                run_history=False, enable_monitoring=False, css=CSS, max_file_size=MAX_UPLOAD_BYTES)
     if block:
         page.block_thread()  # until Ctrl-C
     return page

@@ -77,6 +77,18 @@ def test_memory_curve_groups_revisit_pairs_by_gap():
     assert six["mean"] == 12.0 and six["n"] == 1  # one pair: a mean, no interval
 
 
+def test_memory_curve_intervals_are_over_runs_not_pooled_pairs():
+    """Three pairs of one run at a gap are one observation: the run's mean, not three equal votes
+    that outweigh the other run and narrow the interval."""
+    pair = lambda value: {"gap_chunks": 2, "psnr_vs_truth": value, "psnr_vs_first": value, "first_vs_truth": None}
+    runs = [{"variant": "off", "revisit_by_gap": [pair(10.0)] * 3}, {"variant": "off", "revisit_by_gap": [pair(20.0)]}]
+    (point,) = memory_curve(runs, ["off"])["off"]
+    assert point["n"] == 2 and point["pairs"] == 4
+    truth = point["psnr_vs_truth"]
+    assert truth["mean"] == 15.0 and truth["n"] == 2
+    assert truth["high"] - truth["mean"] == pytest.approx(12.7062 * 5.0, rel=1e-3)  # t(0.975, 1 df) x sd / sqrt(2)
+
+
 def test_chunk_suite_predicts_from_ground_truth_context(tiny_bundle):
     config = load_config(EvalConfig, overrides=[*TINY, "suite=chunk", "variants=[off]", "seeds=[0]", "actions_per_route=2"])
     result = evaluate(tiny_bundle, config)
@@ -276,7 +288,7 @@ def test_memory_curve_gap_counts_chunks_since_the_place_was_last_seen(tiny_bundl
     assert third["psnr_vs_first"] == pytest.approx(psnr(run["video"][16:17], run["video"][0:1]))
     assert third["psnr_vs_truth"] == pytest.approx(psnr(run["video"][16:17], route.frames[16:17]))
     (point,) = result["memory_curve"]["off"]
-    assert point["gap_chunks"] == 2 and point["n"] == 2
+    assert point["gap_chunks"] == 2 and point["n"] == 1 and point["pairs"] == 2  # one run, two pairs
 
 
 def _strict_json(text: str):
@@ -370,6 +382,7 @@ def test_paired_difference_against_off_matches_runs_by_seed_and_route():
      "long_frames must be >= 2 * generation.frames_per_chunk = 8 (a long route has at least two chunks), got 7"),
     (["metrics.scene_threshold=nan"], "scene_threshold must be a finite number > 0, got nan"),
     (["metrics.resnet18_weights=nope.safetensors"], "metrics.resnet18_weights='nope.safetensors' does not exist"),
+    (["metrics.device=bogus"], "metrics.device must be cpu, cuda or cuda:N, got 'bogus'"),  # a traceback after the runs
 ])
 def test_eval_refuses_bad_lengths_thresholds_and_weights_files_before_generating(overrides, message, tiny_model_dir,
                                                                                    tmp_path, monkeypatch, capsys):
@@ -386,6 +399,25 @@ def test_eval_refuses_bad_lengths_thresholds_and_weights_files_before_generating
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith(f"error: bad config: {message}"), err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--variants", "paper,,off"], "error: bad override 'variants=[paper,,off]': its value is not valid YAML"),
+    (["variants=[off"], "error: bad override 'variants=[off': its value is not valid YAML"),
+    (["--out", "/proc/sfvgen-eval"], "error: --out: cannot create the folder /proc/sfvgen-eval"),  # after every run
+])
+def test_eval_refuses_unparsable_overrides_and_an_out_it_cannot_make_before_generating(
+        argv, message, tiny_model_dir, tmp_path, monkeypatch, capsys):
+    from slowfast_vgen.session import GenerationSession
+
+    def never(*args, **kwargs):
+        raise AssertionError("generated before the input was checked")
+
+    monkeypatch.setattr(GenerationSession, "generate", never)
+    out = ["--out", str(tmp_path / "eval")] if "--out" not in argv else []
+    code = main(["eval", "--model", str(tiny_model_dir), "--quiet", *out, "routes=1", "seeds=[0]", *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith(message), err
 
 
 def test_named_weights_file_must_be_a_file_and_unset_stays_unavailable(tmp_path):

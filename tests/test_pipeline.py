@@ -216,6 +216,27 @@ def test_image_inputs_are_equivalent(pipe, first_frame, image_file):
     assert pipe.prepare_image(None).shape == (16, 16, 3)  # a procedural world's frame, as the CLI without --image
 
 
+def test_one_override_given_as_a_string_is_one_override(pipe):
+    assert pipe.generation_config(overrides="seed=123").seed == 123  # was split into characters: "override 's'"
+
+
+def test_a_pil_image_gives_the_frame_its_file_gives(pipe, tmp_path):
+    """16-bit grey and a phone photo's EXIF orientation: a PIL image opened by the caller is read as
+    ``read_image`` reads its file (``convert("RGB")`` clipped 61 % grey to white and ignored the rotation)."""
+    grey = tmp_path / "grey16.png"
+    PIL.Image.fromarray(np.full((16, 16), 40000, dtype=np.uint16)).save(grey)
+    rotated = tmp_path / "portrait.jpg"
+    pixels = np.zeros((16, 32, 3), dtype=np.uint8)
+    pixels[:, :16] = 255  # white left half: rotated, it is no longer the left half
+    exif = PIL.Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to view
+    PIL.Image.fromarray(pixels).save(rotated, exif=exif, quality=95)
+    for path in (grey, rotated):
+        with PIL.Image.open(path) as image:
+            assert np.array_equal(pipe.prepare_image(image), pipe.prepare_image(str(path)))
+    assert pipe.prepare_image(str(grey))[0, 0].tolist() == [156, 156, 156]  # 40000 / 65535 of white
+
+
 @pytest.mark.parametrize("image, message", [
     (np.full((16, 16, 3), 200.0), r"float image values must be in \[0, 1\], got 200\.\.200 \(divide 0-255"),
     (np.full((16, 16, 3), np.nan), r"float image values must be in \[0, 1\], got nan"),

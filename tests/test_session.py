@@ -238,6 +238,11 @@ def test_bad_inputs_are_user_errors(tiny_bundle, first_frame, tmp_path):
     session = _session(tiny_bundle, first_frame)
     with pytest.raises(UserInputError, match="action 2 is empty"):
         session.generate(["move left", "   "])
+    with pytest.raises(UserInputError, match="action 2 must be text, got int"):  # was "action 2 is empty"
+        session.generate(["move left", 1])
+    with pytest.raises(UserInputError, match="action 1 is not valid text: surrogates not allowed at character 5"):
+        session.generate(["move \udcff left"])  # undecodable stdin: the tokenizer's TypeError
+    assert session.num_chunks_done == 0
     with pytest.raises(UserInputError, match="the model needs 16x16"):
         session.start(np.zeros((8, 8, 3), np.uint8))
     with pytest.raises(UserInputError, match="exceeds the window of 6 frames"):
@@ -612,3 +617,29 @@ def test_saving_through_a_symlinked_session_folder_updates_its_target(tiny_bundl
     assert {p.name for p in tmp_path.iterdir()} == {"link", "real"}  # no leftover of the swap
     resumed = GenerationSession.load(tmp_path / "real", tiny_bundle)
     assert np.array_equal(resumed.video(), session.video())
+
+
+def test_a_saved_layer_pattern_that_never_finishes_matching_is_refused(tiny_bundle, first_frame, tmp_path,
+                                                                       monkeypatch):
+    """A session from elsewhere (a web upload) names the Temp-LoRA's layers by a regular expression; one
+    that backtracks without end (``(.|.)*Z``) hung the process with the GIL held when peft matched it."""
+    import json
+
+    from slowfast_vgen import fast_learner
+
+    _saved_midway(tiny_bundle, first_frame, tmp_path / "session")
+    meta_file = tmp_path / "session" / "session.json"
+    meta = json.loads(meta_file.read_text())
+    same_layers = f"{meta['config']['fast']['target_modules']}|nothing\\.of\\.this\\.model"
+    meta_file.write_text(json.dumps({**meta, "config": {**meta["config"], "fast": {
+        **meta["config"]["fast"], "target_modules": same_layers}}}))
+    assert GenerationSession.load(tmp_path / "session", tiny_bundle).fast_learner is not None  # another pattern: fine
+
+    monkeypatch.setattr(fast_learner, "REGEX_CHECK_SECONDS", 2.0)
+    meta_file.write_text(json.dumps({**meta, "config": {**meta["config"], "fast": {
+        **meta["config"]["fast"], "target_modules": "(.|.)*Z"}}}))
+    with pytest.raises(UserInputError) as caught:
+        GenerationSession.load(tmp_path / "session", tiny_bundle)
+    assert str(caught.value) == (f"saved session {tmp_path / 'session'} is corrupt: session.json: fast.target_modules "
+                                 "'(.|.)*Z' did not finish matching the model's layers within 2 s (a regular "
+                                 "expression that backtracks without end)")

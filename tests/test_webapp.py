@@ -137,6 +137,16 @@ def test_bad_inputs_are_messages_and_the_episode_goes_on(app, tmp_path):
     assert tab.session.num_chunks_done == 2
 
 
+def test_page_seeds_are_kept_exactly_and_booleans_refused(app):
+    """Through a float, 12345678901234567 became ...568 (another episode than `sfvgen play` makes) and
+    2**64 - 1 was refused as 2**64; True was seed 1."""
+    for given, seed in ((12345678901234567, 12345678901234567), (2**64 - 1, 2**64 - 1), (3.0, 3), ("42", 42)):
+        assert app.generation_config(seed=given).seed == seed
+    for bad in (True, 2.5, float("nan"), "x", [1]):
+        with pytest.raises(UserInputError, match="seed must be an integer"):
+            app.generation_config(seed=bad)
+
+
 def test_an_uploaded_image_is_the_first_frame(app, tmp_path):
     from PIL import Image
 
@@ -362,6 +372,9 @@ def test_launch_serves_localhost_runs_long_events_and_closes_a_tab_that_disconne
 
     monkeypatch.setattr(app, "step", slow_step)
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))  # as sfvgen serve: gradio's copies in a temp dir
+    from slowfast_vgen import webapp
+
+    monkeypatch.setattr(webapp, "MAX_UPLOAD_BYTES", 2**20)
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     page = launch(app, port=port, block=False)
@@ -386,6 +399,8 @@ def test_launch_serves_localhost_runs_long_events_and_closes_a_tab_that_disconne
         with open(archive["path"], "rb") as handle:
             uploaded = httpx.post(f"{base}/gradio_api/upload", files={"files": ("saved.zip", handle)}, timeout=30)
         upload = {"path": uploaded.json()[0], "orig_name": "saved.zip", "meta": {"_type": "gradio.FileData"}}
+        too_large = httpx.post(f"{base}/gradio_api/upload", files={"files": ("big.zip", b"0" * (2**20 + 1))}, timeout=30)
+        assert too_large.status_code == 413, too_large.text  # refused by the server, not stored
         (load,) = [index for index, fn in page.fns.items() if fn.name == "on_load_session"]
         done = _run_event(base, load, [None, upload], "browser-2")
         assert done["success"] and "session loaded" in done["output"]["data"][4], done

@@ -265,6 +265,8 @@ def test_registry_builds_worlds_by_name():
     assert isinstance(build_world("blocks", seed=0), BlocksWorld)
     with pytest.raises(UserInputError, match="unknown world 'maze'"):
         build_world("maze", seed=0)
+    with pytest.raises(UserInputError, match=r"unknown world \['navigation'\]"):  # a web page's list: was a TypeError
+        build_world(["navigation"], seed=0)
     with pytest.raises(UserInputError, match="bad config"):
         build_world("navigation", seed=0, overrides=["speed=0"])
     with pytest.raises(UserInputError, match="bogus"):

@@ -83,3 +83,17 @@ class MetricsConfig:
             raise ValueError(f"motion_max_shift must be >= 1 or None, got {self.motion_max_shift}")
         if not (math.isfinite(self.motion_stay_threshold) and self.motion_stay_threshold >= 0):  # also refuses NaN
             raise ValueError(f"motion_stay_threshold must be a finite number >= 0, got {self.motion_stay_threshold}")
+        check_device(self.device)
+
+
+def check_device(name: str) -> None:
+    """``metrics.device``: a torch device this machine has (checked before the evaluation runs, not when
+    the first feature network is moved there after every video was generated)."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):  # torch's message lists two dozen backends
+        raise ValueError(f"metrics.device must be cpu, cuda or cuda:N, got {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"metrics.device {name} requested but CUDA is not available")

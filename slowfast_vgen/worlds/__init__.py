@@ -47,7 +47,7 @@ def available_worlds() -> list[str]:
 
 def world_spec(name: str) -> WorldSpec:
     """The :class:`WorldSpec` registered as ``name``; :class:`UserInputError` for unknown names."""
-    if name not in WORLDS:
+    if not isinstance(name, str) or name not in WORLDS:  # a list from a web page: not a TypeError
         raise UserInputError(f"unknown world {name!r}; choose one of {', '.join(available_worlds())}")
     return WORLDS[name]
 
