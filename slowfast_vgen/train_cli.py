@@ -29,7 +29,11 @@ def _main(config_cls_name: str, description: str, argv: Sequence[str] | None) ->
     if result.interrupted:
         return training.EXIT_PREEMPTED
     last = f", last loss {result.losses[max(result.losses)]:.5f}" if result.losses else ""
-    print(f"done: {result.step} steps{last}, model in {result.output_dir / 'model'}")
+    if result.step < config.max_steps:  # max_minutes spent: checkpointed and exported, not finished
+        print(f"stopped by max_minutes at step {result.step} of {config.max_steps}{last} (re-run to continue), "
+              f"model so far in {result.output_dir / 'model'}")
+    else:
+        print(f"done: {result.step} steps{last}, model in {result.output_dir / 'model'}")
     return 0
 
 

@@ -286,6 +286,8 @@ class SlowTrainer:
             raise UserInputError("device=cuda but no CUDA device is available here (device=auto picks one when "
                                  "there is one, else the CPU)")
         use_cpu = config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available())
+        if use_cpu and config.mixed_precision == "fp16":  # accelerate trained in float32 and recorded fp16
+            raise UserInputError("mixed_precision=fp16 needs a CUDA device; on the CPU use bf16 or no")
         log_with = _tracker(config.report_to)
         self.accelerator = Accelerator(
             cpu=use_cpu,

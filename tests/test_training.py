@@ -132,6 +132,11 @@ def test_turning_on_ema_when_resuming_starts_it_from_the_checkpoint_weights(worl
     assert all(torch.equal(a, b) for a, b in zip(trainer.ema.shadow_params, trainable, strict=True))
 
 
+def test_fp16_on_the_cpu_is_refused_instead_of_training_in_float32(world_root, tmp_path):
+    with pytest.raises(UserInputError, match="^mixed_precision=fp16 needs a CUDA device; on the CPU use bf16 or no$"):
+        SlowTrainer(_slow(world_root, tmp_path / "run", "device=cpu", "mixed_precision=fp16"))
+
+
 def test_device_cuda_without_cuda_is_a_one_line_error(world_root, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(UserInputError, match="^device=cuda but no CUDA device is available here"):
@@ -242,6 +247,14 @@ def test_resuming_with_settings_that_make_another_run_is_refused(world_root, tmp
     # the budget, logging and paths may change: a longer constant-schedule run goes on from step 2
     resumed = SlowTrainer(_slow(world_root, out, "max_steps=4", "log_every=2", "checkpointing_steps=1", "max_minutes=5"))
     assert resumed.step == 2
+
+
+def test_a_run_stopped_by_its_time_budget_does_not_say_done(world_root, tmp_path, capsys):
+    from slowfast_vgen.train_cli import slow_main
+
+    assert slow_main(_overrides(world_root, tmp_path / "run", "max_steps=3", "max_minutes=1e-6")) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("stopped by max_minutes at step 1 of 3, last loss ") and "(re-run to continue)" in last, last
 
 
 def test_bad_config_key_exits_2(tmp_path):
