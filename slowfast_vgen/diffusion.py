@@ -98,7 +98,8 @@ def masked_diffusion_loss(prediction: torch.Tensor, target: torch.Tensor, mask: 
     the target frames, so the loss scale does not depend on ``f_p``. Context positions receive
     exactly zero gradient.
     """
-    weight = (~_frame_mask(mask)).to(prediction.dtype).expand_as(prediction)
+    # counted in float32: in float16 a count above 65504 became inf, the loss 0 and every gradient 0
+    weight = (~_frame_mask(mask)).to(torch.float32).expand_as(prediction)
     squared = (prediction.float() - target.float()).pow(2) * weight
     return squared.sum() / weight.sum().clamp_min(1.0)
 

@@ -46,6 +46,10 @@ def check_timestep_spacing(spacing: str) -> None:
         raise ValueError(f"timestep_spacing must be one of {', '.join(TIMESTEP_SPACINGS)}, got {spacing!r}")
 
 
+DDIM_GAP_TOLERANCE = 0.01  # how far (relative) a schedule's gaps may differ from DDIM's fixed stride T // steps
+MAX_GUIDANCE_SCALE = 100.0  # far above any useful value (2-15); larger ones overflow the latents
+
+
 StepCallback = Callable[[int, int, torch.Tensor], None]
 """``callback(step_index, timestep, latents)`` called after every denoising step."""
 
@@ -64,7 +68,8 @@ class SamplerConfig:
     )
     timestep_spacing: str = help_field(
         DEFAULT_TIMESTEP_SPACING, f"where the steps fall: {' | '.join(TIMESTEP_SPACINGS)} (trailing: the first step at the last "
-        "training step, 999, where the input is pure noise; leading: diffusers' default, starts at 1000 - 1000/steps + 1)"
+        "training step, 999, where the input is pure noise; leading: diffusers' default, starts lower (ddim and euler: 1000 - "
+        "1000/steps + 1; dpmsolver++: 1000 - 1000/(steps + 1) + 1)"
     )
 
     def __post_init__(self) -> None:
@@ -72,8 +77,9 @@ class SamplerConfig:
             raise ValueError(f"scheduler must be one of {sorted(SCHEDULERS)}, got {self.scheduler!r}")
         if self.num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be >= 1, got {self.num_inference_steps}")
-        if not math.isfinite(self.guidance_scale) or self.guidance_scale < 1.0:
-            raise ValueError(f"guidance_scale must be a finite number >= 1 (1 = no guidance), got {self.guidance_scale}")
+        if not 1.0 <= self.guidance_scale <= MAX_GUIDANCE_SCALE:  # also refuses nan; 1e308 overflowed to NaN frames
+            raise ValueError(f"guidance_scale must be a number in [1, {MAX_GUIDANCE_SCALE:g}] (1 = no guidance), "
+                             f"got {self.guidance_scale}")
         if not 0.0 <= self.eta <= 1.0:
             raise ValueError(f"eta must be in [0, 1], got {self.eta}")
         check_timestep_spacing(self.timestep_spacing)
@@ -101,10 +107,17 @@ def check_inference_steps(config: SamplerConfig, noise_scheduler) -> None:
                                      "or repeated")
     except (IndexError, ValueError) as err:
         problem = first_line(err)
+    if problem is None and config.scheduler == "ddim" and len(timesteps) > 1:
+        # diffusers' DDIM steps from t to t - T // steps whatever the schedule (huggingface/diffusers#12633):
+        # with other gaps the latent's noise level no longer matches the timestep the UNet is told
+        # (a gap 1 off a large stride, as trailing spacing gives 999, 666, 332 for 3 steps, is kept: 0.3 %)
+        stride, gaps = total // steps, sorted({a - b for a, b in zip(timesteps, timesteps[1:])})
+        if max(abs(gap - stride) for gap in gaps) > DDIM_GAP_TOLERANCE * stride:
+            problem = f"its timesteps are {', '.join(map(str, gaps[:4]))} apart, but diffusers' DDIM steps {stride} at a time"
     if problem is not None:
         raise UserInputError(f"sampler.num_inference_steps={steps} does not fit the {config.scheduler} scheduler with "
                              f"{config.timestep_spacing} spacing on this model's {total} training timesteps ({problem}); "
-                             "use fewer steps or trailing spacing")
+                             "use trailing spacing with a step count that divides it, or the dpmsolver++ or euler scheduler")
 
 
 def make_scheduler(name: str, noise_scheduler_config, timestep_spacing: str = DEFAULT_TIMESTEP_SPACING) -> SchedulerMixin:

@@ -249,6 +249,9 @@ class GenerationSession:
                                 generator=self.sample_generator,
                                 progress=progress,
                             )  # (1, C, f_g, h, w)
+                        if not torch.isfinite(new).all():  # the chunk is not appended: the session stays as it was
+                            raise UserInputError(f"chunk {len(self.records) + 1} ({action!r}) came out not finite (NaN "
+                                                 "or inf latents): the model or its sampler settings overflow")
                         # 4. decode Y_i once for output (latents stay latents for the next context)
                         new_frames = tensor_to_frames(bundle.decode_latents(new))  # (f_g, H, W, 3)
                     # 5. memory update, Eq. 3: Theta_{i+1} = Theta_i - alpha * grad on (X_i ⊕ Y_i)

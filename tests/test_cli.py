@@ -178,7 +178,7 @@ def _bad_model(tiny_model_dir, tmp_path, kind):
         ("seed-too-big", f"--seed must be an integer in [-2**63, 2**64 - 1], got {2**64}"),
         ("seed-too-small", f"--seed must be an integer in [-2**63, 2**64 - 1], got {-2**63 - 1}"),
         ("guidance-nan", "--guidance must be a finite number >= 0, got nan"),
-        ("guidance-override-inf", "bad config: guidance_scale must be a finite number >= 1 (1 = no guidance), got inf"),
+        ("guidance-override-inf", "bad config: guidance_scale must be a number in [1, 100] (1 = no guidance), got inf"),
         ("upscale-0", "--upscale must be an integer >= 1, got 0"),
         # these were tracebacks: PIL's DecompressionBombError, torch's device parser, a 715 GiB allocation
         ("image-bomb", "cannot read image"),

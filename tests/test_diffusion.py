@@ -54,6 +54,16 @@ def test_masked_loss_has_zero_gradient_on_context():
     assert torch.allclose(loss, expected)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_masked_loss_in_half_precision_is_the_mean_over_the_target_frames(dtype):
+    """The target elements were counted in the prediction's dtype: in float16 more than 65504 became
+    inf and the loss 0 (the `text` memory never learned), in bfloat16 693 rounded to 692."""
+    for shape, context in (((2, 4, 14, 32, 32), 1), ((1, 3, 4, 7, 11), 1)):
+        prediction, target = torch.zeros(shape, dtype=dtype), torch.ones(shape, dtype=dtype)
+        mask = diffusion.context_mask(shape[0], context, shape[2] - context)
+        assert diffusion.masked_diffusion_loss(prediction, target, mask).item() == 1.0
+
+
 def test_masked_loss_ignores_context_values():
     target = torch.zeros(1, 3, 5, 2, 2)
     prediction = torch.zeros(1, 3, 5, 2, 2)
