@@ -50,8 +50,9 @@ def _add_generation_options(parser: argparse.ArgumentParser, image: bool = True)
     _add_model_options(parser)
     if image:
         parser.add_argument("--image", help="first frame (PNG/JPEG); default: a frame of the procedural world")
-    parser.add_argument("--world", default="navigation", help="world for the first frame when no --image is given")
-    parser.add_argument("--world-seed", type=int, default=0, help="seed of that world (default: 0)")
+    # defaults None (navigation, 0 when used): a resumed --session can tell a first frame that was asked for
+    parser.add_argument("--world", help="world for the first frame when no --image is given (default: navigation)")
+    parser.add_argument("--world-seed", type=int, help="seed of that world (default: 0)")
     parser.add_argument("--fast", choices=["paper", "off", "text", "full-sequence"],
                         help="Temp-LoRA rule (default from config: paper)")
     parser.add_argument("--seed", type=int, help="random seed (same seed -> identical frames)")
@@ -82,7 +83,7 @@ def _check_generation_flags(args: argparse.Namespace) -> None:
             check_seed(args.seed, "--seed")
         except ValueError as err:
             raise UserInputError(str(err)) from None
-    if args.world_seed < 0:
+    if args.world_seed is not None and args.world_seed < 0:
         raise UserInputError(f"--world-seed must be >= 0, got {args.world_seed}")
     if args.guidance is not None and (not math.isfinite(args.guidance) or args.guidance < 0):
         raise UserInputError(f"--guidance must be a finite number >= 0, got {args.guidance}")
@@ -176,7 +177,10 @@ def _first_frame(args: argparse.Namespace, bundle) -> np.ndarray:
 
     if args.image:
         return read_image(args.image, size=(bundle.height, bundle.width))
-    return world_first_frame(args.world, args.world_seed, bundle.height, bundle.width)
+    return world_first_frame(args.world or DEFAULT_WORLD, args.world_seed or 0, bundle.height, bundle.width)
+
+
+DEFAULT_WORLD = "navigation"  # of --world
 
 
 def world_first_frame(world: str, seed: int, height: int, width: int) -> np.ndarray:
@@ -245,7 +249,7 @@ def write_outputs(session, out: Path, model_path: str, gif: bool, upscale: int |
 
     fps = session.fps
     height, width = session.frames[0].shape[:2]
-    upscale = resolve_upscale(upscale, width)
+    upscale = resolve_upscale(upscale, width, height)
     if not mp4_written or gif:  # a streamed mp4 needs the frames stacked only for a gif
         video = session.video()
         if not mp4_written:
@@ -379,6 +383,7 @@ def _output_files(out: Path, gif: bool = False) -> list[Path]:
 
 # ---------------------------------------------------------------------------- generate
 def generate_main(args: argparse.Namespace) -> int:
+    from .io_utils import restore_moved_aside
     from .session import GenerationSession, check_session_dir
     from .video_io import video_stream
 
@@ -391,12 +396,22 @@ def generate_main(args: argparse.Namespace) -> int:
         _quiet_libraries()
         bundle, model_path = _load_bundle(args)
         config = _generation_config(args, bundle)
+        if session_dir is not None:
+            restore_moved_aside(session_dir, "session.json")  # a save interrupted between its two renames
         if session_dir is not None and (session_dir / "session.json").is_file():
             session = GenerationSession.load(session_dir, bundle)
             done = session.actions
+            if len(done) > len(actions) and done[: len(actions)] == actions:
+                raise UserInputError(f"saved session {session_dir} already holds {len(done)} chunks, more than the "
+                                     f"{len(actions)} actions given; give all its actions (and more to continue)")
             if done != actions[: len(done)]:
                 raise UserInputError(f"saved session {session_dir} was made with other actions; "
                                      "use a new --session dir")
+            asked = args.image is not None or args.world is not None or args.world_seed is not None
+            if asked and not np.array_equal(_first_frame(args, bundle), session.frames[0]):  # was silently ignored
+                raise UserInputError(f"saved session {session_dir} was started from another first frame than "
+                                     "--image/--world/--world-seed give; resume without them (its own applies) "
+                                     "or use a new --session dir")
             conflicts = _settings_conflicts(session.config, config, _explicit_settings(args))
             if conflicts:
                 raise UserInputError(
@@ -419,7 +434,7 @@ def generate_main(args: argparse.Namespace) -> int:
                         session.save(session_dir)  # a crash now loses at most the chunk in flight
 
                 session.generate(actions[session.num_chunks_done:], callback=after_chunk, progress=not args.quiet)
-        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep the finished chunks, then exit 130
+        except BaseException:  # Ctrl-C, SIGTERM (exit 130) or a failed chunk: keep the finished chunks first
             _keep_interrupted_work(session, out, session_dir, len(actions), upscale)
             raise
         sidecar = write_outputs(session, out, model_path, args.gif, upscale, mp4_written=True)
@@ -437,12 +452,19 @@ def _keep_interrupted_work(session, out: Path, session_dir: Path | None, total: 
 
     done = session.num_chunks_done
     if session_dir is not None:
-        print(f"interrupted after {done} of {total} chunks; {session_dir} holds them: run the same command "
+        try:  # again: the stop may have hit the last chunk's save (its folder moved aside, not yet replaced)
+            if done:
+                session.save(session_dir)
+        except Exception as err:  # the first error is the one raised; this one is reported
+            print(f"stopped after {done} of {total} chunks, which could not be saved to {session_dir}: "
+                  f"{first_line(err)}", file=sys.stderr)
+            return
+        print(f"stopped after {done} of {total} chunks; {session_dir} holds them: run the same command "
               "again to resume", file=sys.stderr)
     elif done:
         partial = out.with_name(f"{out.stem}.partial{out.suffix}")
         write_video(partial, session.video(), fps=session.fps, upscale=upscale)
-        print(f"interrupted after {done} of {total} chunks: they are in {partial} (pass --session DIR to make a "
+        print(f"stopped after {done} of {total} chunks: they are in {partial} (pass --session DIR to make a "
               "run resumable)", file=sys.stderr)
 
 
@@ -561,10 +583,13 @@ def play_main(args: argparse.Namespace) -> int:
         _quiet_libraries()
         bundle, model_path = _load_bundle(args)
         config = _generation_config(args, bundle)
+        args.upscale = resolve_upscale(args.upscale, bundle.width, bundle.height)  # now, not after the first chunk
         session = GenerationSession(bundle, config)
         session.start(_first_frame(args, bundle))
         play = _Play(session, bundle, args, out, model_path)
         interactive = sys.stdin.isatty()
+        if hasattr(sys.stdin, "reconfigure"):  # an undecodable byte: that action's one-line error, not a traceback
+            sys.stdin.reconfigure(errors="surrogateescape")
         play.say(f"sfvgen play: {bundle.width}x{bundle.height}, fast={config.fast.mode}, writing {out}. "
                  ":help for commands")
         for line in _lines(interactive):
@@ -613,7 +638,7 @@ def serve_main(args: argparse.Namespace) -> int:
     _quiet_libraries()
     bundle, model_path = _load_bundle(args)
     app = WebApp(bundle, model_path, _generation_config(args, bundle), upscale=args.upscale,
-                 world=args.world, world_seed=args.world_seed)
+                 world=args.world or DEFAULT_WORLD, world_seed=args.world_seed or 0)
     os.environ.setdefault("GRADIO_TEMP_DIR", str(app.workdir / "gradio"))  # gradio's copies go with app.close()
     _log_to_stdout("slowfast_vgen.webapp")  # the page's unexpected errors, and the tabs that went away
     try:

@@ -66,7 +66,7 @@ def check_output_directory(path: str | os.PathLike, what: str = "--out") -> Path
     path = Path(path)
     if os.path.lexists(path) and not path.is_dir():
         raise UserInputError(f"{what}: {path} is a file; give a directory")
-    blocking = _blocking_parent(path)
+    blocking = blocking_parent(path)
     if blocking is not None:
         raise UserInputError(f"{what}: {blocking} is a file, so {path} cannot be a directory")
     return path
@@ -83,7 +83,7 @@ def check_output_file(out: str | os.PathLike, label: str = "--out",
     out = Path(out)
     if out.is_dir():
         raise UserInputError(f"{label}: {out} is a directory; give a file path")
-    blocking = _blocking_parent(out)
+    blocking = blocking_parent(out)
     if blocking is not None:
         raise UserInputError(f"{label}: {blocking} is a file, so {out} cannot be written")
     check_output_spares_inputs(out, protected, label)
@@ -126,7 +126,7 @@ def _same_inode(a: str | os.PathLike, b: str | os.PathLike) -> bool:
         return False
 
 
-def _blocking_parent(path: Path) -> Path | None:
+def blocking_parent(path: Path) -> Path | None:
     """The nearest existing folder above ``path`` that is not a directory (a file or a dangling link), if any."""
     return next((folder for folder in path.parents if os.path.lexists(folder) and not folder.is_dir()), None)
 

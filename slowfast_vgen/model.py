@@ -67,6 +67,7 @@ cut stir
 FP16_VARIANT = re.compile(r"\.fp16(\.|-\d+-of-\d+\.)safetensors$")
 """File names of diffusers' ``variant="fp16"`` weights, single-file or sharded."""
 PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "v_prediction", "sample")
+BETA_SCHEDULES: tuple[str, ...] = ("linear", "scaled_linear", "squaredcos_cap_v2")  # what DDPMScheduler builds
 
 
 @dataclass
@@ -143,6 +144,8 @@ class ModelConfig:
             raise ValueError(f"block_out_channels {self.block_out_channels} must be multiples of norm_num_groups")
         if self.prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"prediction_type must be epsilon, v_prediction or sample, got {self.prediction_type!r}")
+        if self.beta_schedule not in BETA_SCHEDULES:  # diffusers raised NotImplementedError when the model was built
+            raise ValueError(f"beta_schedule must be one of {', '.join(BETA_SCHEDULES)}, got {self.beta_schedule!r}")
         if self.action_tokens < 1 or self.action_hidden_dim < 1:  # 0 tokens built a model that could not run
             raise ValueError(f"action_tokens and action_hidden_dim must be >= 1, got {self.action_tokens}, {self.action_hidden_dim}")
         # the noise schedule and the frame rate: comparisons written so that NaN fails them too

@@ -40,7 +40,7 @@ from .fast_learner import (
     ADAPTER_NAME, FastLearnerConfig, TempLoRA, check_target_modules_finish, check_timestep_band, merged_adapter,
     read_memory, remove_adapter, restored_adapters, use_adapter,
 )
-from .io_utils import atomic_output_dir, atomic_write_json, has_own_name, holds_other_files
+from .io_utils import atomic_output_dir, atomic_write_json, blocking_parent, has_own_name, holds_other_files
 from .model import ModelBundle
 from .profiling import Stopwatch, peak_memory_mb, release_freed_memory, reset_peak_memory
 from .sampler import SamplerConfig, check_inference_steps, make_scheduler, sample_chunk
@@ -487,6 +487,9 @@ def check_session_dir(directory: str | os.PathLike, outputs: Sequence[str | os.P
         raise UserInputError(f"{label}: {directory} is a file, not a session directory")
     if os.path.lexists(directory) and not directory.is_dir():
         raise UserInputError(f"{label}: {directory} is not a directory")
+    blocking = blocking_parent(directory)
+    if blocking is not None:  # was a FileExistsError at the first save, after the first chunk
+        raise UserInputError(f"{label}: {blocking} is a file, so {directory} cannot be a session directory")
     try:
         other_files = holds_other_files(directory, "session.json")
     except OSError as err:

@@ -58,7 +58,11 @@ def as_shown_rgb(image):
     photo stands) and high-bit-depth grey scaled (:func:`_as_rgb`). Every reader of a first frame uses it."""
     from PIL import ImageOps
 
-    return _as_rgb(ImageOps.exif_transpose(image))
+    try:
+        image = ImageOps.exif_transpose(image)
+    except Exception:  # a malformed EXIF block (PIL's SyntaxError "not a TIFF file"): the pixels are fine
+        pass
+    return _as_rgb(image)
 
 
 def _as_rgb(image):

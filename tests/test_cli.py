@@ -73,6 +73,26 @@ def test_interrupted_generation_resumes_from_session(tiny_model_dir, image, tmp_
     assert main(["generate", *common, "--actions", "stay; stay", "--out", str(resumed), "--session", str(session)]) == 2
 
 
+def test_a_resume_refuses_another_first_frame_and_too_few_actions(tiny_model_dir, image, tmp_path, capsys):
+    """--image / --world / --world-seed were silently ignored on resume (the video kept its old start)."""
+    session, out = tmp_path / "session", tmp_path / "v.mp4"
+    common = ["--model", str(tiny_model_dir), "--quiet", "--out", str(out), "--session", str(session), *FAST]
+    assert main(["generate", *common, "--image", str(image), "--actions", "move left; move up"]) == 0
+    capsys.readouterr()
+    for other in (["--world-seed", "5"], ["--world", "blocks"]):
+        assert main(["generate", *common, *other, "--actions", "move left; move up; stay"]) == 2
+        assert capsys.readouterr().err.strip() == (f"error: saved session {session} was started from another first "
+                                                   "frame than --image/--world/--world-seed give; resume without them "
+                                                   "(its own applies) or use a new --session dir")
+    assert main(["generate", *common, "--actions", "move left"]) == 2  # the same actions, fewer: not "other actions"
+    assert capsys.readouterr().err.strip() == (f"error: saved session {session} already holds 2 chunks, more than the "
+                                               "1 actions given; give all its actions (and more to continue)")
+    # a save that died between its two renames left the session moved aside: the next run resumes from it
+    session.rename(tmp_path / ".session.old-4242")
+    assert main(["generate", *common, "--image", str(image), "--actions", "move left; move up; stay"]) == 0
+    assert "resuming " + str(session) + ": 2 of 3 chunks already done" in capsys.readouterr().err
+
+
 def test_play_reads_actions_and_commands_from_stdin(tiny_model_dir, image, tmp_path, monkeypatch, capsys):
     import io
 
@@ -120,6 +140,37 @@ def test_play_survives_a_failed_chunk_and_takes_home_paths_and_split_overrides(t
     assert main(["play", "--model", str(tiny_model_dir), "--image", str(image), "--out", str(out), "--fast", "off",
                  *FAST[:2], *FAST[2:]]) == 0
     assert "error: this session has no memory to reset (Temp-LoRA is off)" in capsys.readouterr().out
+
+
+def test_play_reports_an_undecodable_line_and_refuses_a_huge_upscale_before_any_chunk(tiny_model_dir, image, tmp_path,
+                                                                                       monkeypatch, capsys):
+    """A byte that is not UTF-8 on stdin was a UnicodeDecodeError traceback (nothing generated); --upscale too
+    large was refused only after the first chunk."""
+    import io
+
+    from slowfast_vgen.session import GenerationSession
+
+    stdin = io.TextIOWrapper(io.BytesIO(b"move left\nmove \xff left\n:quit\n"), encoding="utf-8", errors="strict")
+    monkeypatch.setattr(sys, "stdin", stdin)
+    out = tmp_path / "play.mp4"
+    assert main(["play", "--model", str(tiny_model_dir), "--image", str(image), "--out", str(out), *FAST]) == 0
+    assert "error: action 1 is not valid text: surrogates not allowed" in capsys.readouterr().out
+    assert [c["action"] for c in json.loads(out.with_suffix(".json").read_text())["chunks"]] == ["move left"]
+
+    def never(*args, **kwargs):
+        raise AssertionError("generated a chunk before --upscale was checked")
+
+    monkeypatch.setattr(GenerationSession, "generate", never)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("move left\n"))
+    assert main(["play", "--model", str(tiny_model_dir), "--image", str(image), "--out", str(out), "--upscale", "1000",
+                 *FAST]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: --upscale 1000 makes 16000-pixel frames; at most 8192")
+
+
+def test_make_model_refuses_an_unknown_noise_schedule(tmp_path, capsys):
+    assert main(["make-model", "--out", str(tmp_path / "m"), "beta_schedule=bogus"]) == 2  # was NotImplementedError
+    assert capsys.readouterr().err.strip() == ("error: bad config: beta_schedule must be one of linear, scaled_linear, "
+                                               "squaredcos_cap_v2, got 'bogus'")
 
 
 def test_make_model_writes_a_loadable_model(tmp_path):
@@ -289,8 +340,24 @@ def test_an_interrupted_run_keeps_its_finished_chunks(tiny_model_dir, image, tmp
                  "--actions", "move left; move right; move up; stay", "--out", str(out), *FAST])
     assert code == 130 and not out.exists()
     partial = tmp_path / "v.partial.mp4"
-    assert "interrupted after 2 of 4 chunks: they are in " + str(partial) in capsys.readouterr().err
+    assert "stopped after 2 of 4 chunks: they are in " + str(partial) in capsys.readouterr().err
     assert len(decord.VideoReader(str(partial))) == 1 + 2 * 3  # the first frame and two chunks of 3 (FAST)
+
+    def failing_third(self, actions, callback=None, **kwargs):  # e.g. out of memory: it threw every chunk away
+        def fail_after_two(record, frames):
+            callback(record, frames)
+            if self.num_chunks_done == 2:
+                raise RuntimeError("CUDA out of memory (simulated)")
+
+        return generate(self, actions, callback=fail_after_two, **kwargs)
+
+    monkeypatch.setattr(GenerationSession, "generate", failing_third)
+    partial.unlink()
+    with pytest.raises(RuntimeError, match="out of memory"):
+        main(["generate", "--model", str(tiny_model_dir), "--image", str(image), "--quiet", "--upscale", "1",
+              "--actions", "move left; move right; move up; stay", "--out", str(out), *FAST])
+    assert "stopped after 2 of 4 chunks: they are in " + str(partial) in capsys.readouterr().err
+    assert len(decord.VideoReader(str(partial))) == 1 + 2 * 3
 
 
 def test_seed_limits_are_usable(tiny_model_dir, image, tmp_path):
@@ -538,7 +605,7 @@ def test_streamed_video_equals_the_written_one_and_a_failure_leaves_no_file(tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["streamed.mp4", "whole.mp4"]  # no partial, no temp file
 
 
-@pytest.mark.parametrize("case", ["video inside", "other files", "a file", "dot", "video is the session"])
+@pytest.mark.parametrize("case", ["video inside", "other files", "a file", "under a file", "dot", "video is the session"])
 def test_generate_refuses_a_session_dir_it_would_destroy_before_generating(case, tiny_model_dir, image, tmp_path,
                                                                             monkeypatch, capsys):
     """Every chunk saves the session by replacing its directory: a --session path that holds other
@@ -554,6 +621,7 @@ def test_generate_refuses_a_session_dir_it_would_destroy_before_generating(case,
         "other files": ("video.mp4", "ep", "--session: ep is a folder of other files, not a saved session "
                         "(no session.json); saving would replace it: give a new or empty directory"),
         "a file": ("video.mp4", "file", "--session: file is a file, not a session directory"),
+        "under a file": ("video.mp4", "file/s", "--session: file is a file, so file/s cannot be a session directory"),
         "dot": ("video.mp4", ".", "--session: '.' names no directory of its own; give one such as session1"),
         "video is the session": ("v.mp4", "v.mp4", "--session: the session directory v.mp4 would hold v.mp4, "
                                  "and every save replaces the whole directory; give them separate paths"),

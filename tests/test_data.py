@@ -677,3 +677,6 @@ def test_read_image_scales_16_bit_grey_and_follows_exif_orientation(tmp_path):
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display
     Image.new("RGB", (32, 16), (200, 30, 30)).save(tmp_path / "portrait.jpg", exif=exif)
     assert read_image(tmp_path / "portrait.jpg").shape == (32, 16, 3)
+    # a malformed EXIF block (PIL: SyntaxError "not a TIFF file") was a traceback; its pixels are fine
+    Image.new("RGB", (8, 8), (10, 20, 30)).save(tmp_path / "badexif.png", exif=b"hello world, not tiff")
+    assert read_image(tmp_path / "badexif.png")[0, 0].tolist() == [10, 20, 30]
