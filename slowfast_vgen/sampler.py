@@ -84,7 +84,8 @@ class SamplerConfig:
             raise ValueError(f"eta must be in [0, 1], got {self.eta}")
         check_timestep_spacing(self.timestep_spacing)
         if self.eta and self.scheduler != "ddim":
-            raise ValueError(f"eta applies to the ddim scheduler only, got scheduler {self.scheduler!r}")
+            raise ValueError(f"eta applies to the ddim scheduler only, got scheduler {self.scheduler!r} with eta "
+                             f"{self.eta:g} (the embedded model's settings use eta 1: add sampler.eta=0)")
 
 
 def check_inference_steps(config: SamplerConfig, noise_scheduler) -> None:
