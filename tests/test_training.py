@@ -182,16 +182,21 @@ def test_checkpoint_of_another_model_or_with_a_damaged_state_is_a_one_line_error
             SlowTrainer(_slow(world_root, out, "max_steps=2"))
 
 
-def test_nonfinite_loss_is_skipped_and_logged_then_aborts(world_root, tmp_path, monkeypatch):
-    original = SlowTrainer.loss
-    calls = {"n": 0}
+def _nan_on_call(monkeypatch, which: int) -> dict:
+    """Make the ``which``-th call of the training loss NaN; the call count is in the returned dict."""
+    original, calls = SlowTrainer.loss, {"n": 0}
 
     def sometimes_nan(self, batch, generator):
         calls["n"] += 1
         loss = original(self, batch, generator)
-        return loss * float("nan") if calls["n"] == 2 else loss
+        return loss * float("nan") if calls["n"] == which else loss
 
     monkeypatch.setattr(SlowTrainer, "loss", sometimes_nan)
+    return calls
+
+
+def test_nonfinite_loss_is_skipped_and_logged_then_aborts(world_root, tmp_path, monkeypatch):
+    _nan_on_call(monkeypatch, 2)
     out = tmp_path / "run"
     result = train(_slow(world_root, out, "max_steps=3"))
     assert result.skipped_steps == [2] and sorted(result.losses) == [1, 3]
@@ -206,15 +211,7 @@ def test_nonfinite_loss_is_skipped_and_logged_then_aborts(world_root, tmp_path, 
 def test_a_nonfinite_micro_batch_skips_its_whole_step(world_root, tmp_path, monkeypatch):
     """With gradient accumulation, a step whose first micro-batch was NaN was logged as skipped but
     updated the weights from its other micro-batch (accelerate's zero_grad does nothing mid-accumulation)."""
-    original = SlowTrainer.loss
-    calls = {"n": 0}
-
-    def first_nan(self, batch, generator):
-        calls["n"] += 1
-        loss = original(self, batch, generator)
-        return loss * float("nan") if calls["n"] == 1 else loss
-
-    monkeypatch.setattr(SlowTrainer, "loss", first_nan)
+    calls = _nan_on_call(monkeypatch, 1)
     trainer = SlowTrainer(_slow(world_root, tmp_path / "run", "max_steps=1", "gradient_accumulation_steps=2",
                                 "lr_warmup_steps=0"))
     before = {k: v.clone() for k, v in trainer.bundle.unet.state_dict().items()}
