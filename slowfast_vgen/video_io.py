@@ -134,14 +134,15 @@ def video_stream(path: str | os.PathLike, fps: float = 8.0, upscale: int = 1) ->
             def append(frames: np.ndarray) -> None:
                 nonlocal writer
                 frames = _checked_frames(frames)
-                height, width = frames.shape[1:3]
-                if height % 2 or width % 2:  # yuv420p needs even sizes
-                    frames = np.pad(frames, ((0, 0), (0, height % 2), (0, width % 2), (0, 0)), mode="edge")
                 if writer is None:
                     writer = imageio.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264",
                                                 macro_block_size=1, pixelformat="yuv420p",
                                                 output_params=["-crf", "12", "-preset", "veryfast"])
                 for frame in upscale_frames(frames, upscale):
+                    height, width = frame.shape[:2]
+                    if height % 2 or width % 2:  # yuv420p needs even sizes: one edge row or column, after
+                        # upscaling (padded before, an odd frame grew by the whole factor: 15 px x 2 -> 32, not 30)
+                        frame = np.pad(frame, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge")
                     writer.append_data(frame)
 
             yield append

@@ -605,6 +605,20 @@ def test_streamed_video_equals_the_written_one_and_a_failure_leaves_no_file(tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["streamed.mp4", "whole.mp4"]  # no partial, no temp file
 
 
+def test_an_odd_frame_size_is_padded_after_upscaling(tmp_path):
+    """yuv420p needs even sizes: 15 px frames were padded to 16 before a 2x upscale (a 32 px mp4 with a 2 px
+    band, while the gif and the sidecar said 30); now only an odd upscaled size gets one edge pixel."""
+    import imageio.v2 as imageio
+
+    from slowfast_vgen.video_io import write_video
+
+    frames = np.random.default_rng(0).integers(0, 256, (2, 15, 15, 3), dtype=np.uint8)
+    for upscale, side in ((2, 30), (3, 46)):
+        write_video(tmp_path / f"x{upscale}.mp4", frames, upscale=upscale)
+        with imageio.get_reader(tmp_path / f"x{upscale}.mp4") as reader:
+            assert reader.get_data(0).shape == (side, side, 3)
+
+
 @pytest.mark.parametrize("case", ["video inside", "other files", "a file", "under a file", "dot", "video is the session"])
 def test_generate_refuses_a_session_dir_it_would_destroy_before_generating(case, tiny_model_dir, image, tmp_path,
                                                                             monkeypatch, capsys):
