@@ -172,15 +172,15 @@ def resolve_device(name: str) -> str:
     return device
 
 
+DEFAULT_WORLD = "navigation"  # of --world (its argparse default is None: a resume can tell one that was given)
+
+
 def _first_frame(args: argparse.Namespace, bundle) -> np.ndarray:
     from .video_io import read_image
 
     if args.image:
         return read_image(args.image, size=(bundle.height, bundle.width))
     return world_first_frame(args.world or DEFAULT_WORLD, args.world_seed or 0, bundle.height, bundle.width)
-
-
-DEFAULT_WORLD = "navigation"  # of --world
 
 
 def world_first_frame(world: str, seed: int, height: int, width: int) -> np.ndarray:

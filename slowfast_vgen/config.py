@@ -171,12 +171,15 @@ def load_config(
     if bad:
         raise UserInputError(f"override {bad[0]!r} is not of the form key=value")
     if overrides:
-        for item in overrides:  # a value that is not YAML (`variants=[a,,b]`): yaml's ParserError, no OmegaConf error
-            try:
-                OmegaConf.from_dotlist([item])
-            except Exception as err:
-                raise UserInputError(f"bad override {item!r}: its value is not valid YAML ({first_line(err)})") from None
-        layers.append(OmegaConf.from_dotlist(list(overrides)))
+        try:
+            layers.append(OmegaConf.from_dotlist(list(overrides)))
+        except Exception:  # a value that is not YAML (`variants=[a,,b]`): yaml's ParserError, no OmegaConf error
+            for item in overrides:  # name the one that fails
+                try:
+                    OmegaConf.from_dotlist([item])
+                except Exception as err:
+                    raise UserInputError(f"bad override {item!r}: its value is not valid YAML ({first_line(err)})") from None
+            raise
     try:
         merged = _merge(*layers)
         return OmegaConf.to_object(merged)  # type: ignore[return-value]
@@ -225,6 +228,17 @@ def config_differences(saved: dict, config: Any, may_change: Sequence[str] = ())
     free = tuple(may_change)
     return [f"{key} {new.get(key, '(none)')} (saved: {old.get(key, '(none)')})" for key in sorted(old.keys() | new.keys())
             if old.get(key) != new.get(key) and not any(key == k or key.startswith(k + ".") for k in free)]
+
+
+def check_same_run(checkpoint: Any, saved: dict, config: Any, may_change: Sequence[str] = (),
+                   more: Sequence[str] = ()) -> None:
+    """A one-line :class:`UserInputError` when resuming ``checkpoint`` (whose run recorded ``saved``,
+    :func:`config_as_dict`) with ``config`` would make it another run: any key outside ``may_change``
+    differs (:func:`config_differences`), or one of the trainer's own findings ``more`` applies."""
+    differences = [*config_differences(saved, config, may_change), *more]
+    if differences:
+        raise UserInputError(f"checkpoint {checkpoint} continues a run made with other settings: {', '.join(differences)}; "
+                             "resume with its settings, or give a new output_dir")
 
 
 def config_to_yaml(config: Any) -> str:

@@ -28,8 +28,8 @@ adapter, so two sessions on one model never see each other's memory.
 from __future__ import annotations
 
 import functools
-import os
 import json
+import os
 import re
 import subprocess
 import sys

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .config import config_as_dict, config_differences, help_field
+from .config import check_same_run, config_as_dict, help_field
 from .errors import UserInputError, first_line
 from .inverse_dynamics import IDM_WORLDS, InverseDynamicsModel, PairBatch, PairSampler, evaluate_reader, load_idm
 from .io_utils import atomic_output_dir, atomic_write_json, check_output_directory, restore_moved_aside
@@ -240,10 +240,8 @@ def _train_idm(config: IDMTrainConfig, progress) -> IDMTrainResult:
                                      "use a new output_dir, or the checkpoint's settings to continue it")
         state = _checkpoint_part(checkpoint, "trainer_state.json", _trainer_state)
         step = state["step"]
-        differences = config_differences(state["config"], config, IDM_RESUME_MAY_CHANGE) if "config" in state else []
-        if differences:  # lr, seed, batch, augmentation, max_steps (the cosine schedule): another run
-            raise UserInputError(f"checkpoint {checkpoint} continues a run made with other settings: "
-                                 f"{', '.join(differences)}; resume with its settings, or give a new output_dir")
+        if "config" in state:  # lr, seed, batch, augmentation, max_steps (the cosine schedule): another run
+            check_same_run(checkpoint, state["config"], config, IDM_RESUME_MAY_CHANGE)
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)  # the initial weights are a function of the config

@@ -46,7 +46,7 @@ from .checkpointing import (
     save_checkpoint,
 )
 from .text_features import TextFeatureCache
-from .config import config_as_dict, config_differences, help_field, save_config
+from .config import check_same_run, config_as_dict, help_field, save_config
 from .data.dataset import ChunkBatch, ChunkDataset, ChunkDatasetConfig, collate_chunks, ignore_sigterm, shut_down_when_done
 from .data.live_worlds import LiveWorldChunks, LiveWorldsConfig, live_chunk_loader
 from .errors import UserInputError, first_line
@@ -955,13 +955,10 @@ def check_resume_settings(path: Path, state: dict, config: TrainConfig) -> None:
     saved = state.get("config")
     if not isinstance(saved, dict):
         return
-    differences = config_differences(saved, config, RESUME_MAY_CHANGE)
-    if saved.get("max_steps") != config.max_steps and config.lr_scheduler not in CONSTANT_SCHEDULES:
-        differences.append(f"max_steps {config.max_steps} (saved: {saved.get('max_steps')}; it shapes the "
-                           f"{config.lr_scheduler} schedule)")
-    if differences:
-        raise UserInputError(f"checkpoint {path} continues a run made with other settings: {', '.join(differences)}; "
-                             "resume with its settings, or give a new output_dir")
+    reshaped = saved.get("max_steps") != config.max_steps and config.lr_scheduler not in CONSTANT_SCHEDULES
+    check_same_run(path, saved, config, RESUME_MAY_CHANGE, more=[
+        f"max_steps {config.max_steps} (saved: {saved.get('max_steps')}; it shapes the {config.lr_scheduler} schedule)"
+    ] if reshaped else [])
 
 
 def _schedule_problem(schedule: Any, step: int, groups: int) -> str | None:

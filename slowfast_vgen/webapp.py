@@ -443,19 +443,20 @@ def _unzip_upload(upload: Any, destination: Path, marker: str) -> Path:
 def _integer(value: Any, name: str) -> int:
     """An integer from a page field (gradio numbers may arrive as floats, or as text); :class:`UserInputError`
     otherwise. An ``int`` is kept exactly (through a float, seeds above 2**53 changed), a bool is refused."""
-    if isinstance(value, int) and not isinstance(value, bool):
+    refused = UserInputError(f"{name} must be an integer, got {value!r}")
+    if isinstance(value, bool):
+        raise refused
+    if isinstance(value, int):
         return value
     if isinstance(value, str):
-        try:
+        with contextlib.suppress(ValueError):
             return int(value.strip())
-        except ValueError:
-            pass
     try:
-        number = float(value) if not isinstance(value, bool) else math.nan
+        number = float(value)
     except (TypeError, ValueError):
-        number = math.nan
-    if not number.is_integer():
-        raise UserInputError(f"{name} must be an integer, got {value!r}")
+        raise refused from None
+    if not number.is_integer():  # NaN and infinities are not either
+        raise refused
     return int(number)
 
 
