@@ -162,13 +162,12 @@ def resolve_device(name: str) -> str:
     a CUDA device without CUDA is a :class:`UserInputError`."""
     import torch
 
+    from .errors import device_problem
+
     device = ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
-    try:
-        torch.device(device)
-    except RuntimeError:  # torch's message lists two dozen backends
-        raise UserInputError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserInputError(f"device {device} requested but CUDA is not available")
+    problem = device_problem(device, choices="auto, cpu, cuda or cuda:N")
+    if problem is not None:
+        raise UserInputError(f"--device {problem}")
     return device
 
 
@@ -522,11 +521,13 @@ def _play_save(play: _Play, argument: str) -> None:
 
 
 def _play_load(play: _Play, argument: str) -> None:
+    from .io_utils import restore_moved_aside
     from .session import GenerationSession
 
     if not argument:
         raise UserInputError(":load needs a directory")
     argument = os.path.expanduser(argument)
+    restore_moved_aside(argument, "session.json")  # a save interrupted between its two renames
     play.session = GenerationSession.load(argument, play.bundle)
     play.write()
     play.say(f"loaded {argument}: {play.session.num_frames} frames")

@@ -47,6 +47,21 @@ def fps_problem(fps) -> str | None:
     return None
 
 
+def device_problem(name, choices: str = "cpu, cuda or cuda:N") -> str | None:
+    """Why ``name`` is not a torch device this machine has (the end of a sentence that starts with the
+    option's name; ``choices`` is what the option accepts), or ``None``: ``cpu``, ``cuda`` or ``cuda:N``,
+    the CUDA ones only where CUDA is available."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):  # torch's message lists two dozen backends
+        return f"must be {choices}, got {name!r}"
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return f"is {name}, but CUDA is not available"
+    return None
+
+
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
     """Run ``main(argv)``; map :class:`UserInputError` (and config errors) to one line + exit 2."""
     from omegaconf.errors import OmegaConfBaseException

@@ -460,6 +460,20 @@ def test_play_load_of_truncated_session_reports_and_continues(tiny_model_dir, im
     assert _read(out).shape[0] == 7
 
 
+def test_play_load_restores_a_session_moved_aside_by_an_interrupted_save(tiny_model_dir, image, tmp_path,
+                                                                         monkeypatch, capsys):
+    import io
+
+    session, _ = _saved_session(tiny_model_dir, image, tmp_path)
+    session.rename(tmp_path / ".session.old-4242")  # a save that died between its two renames
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f":load {session}\nmove up\n"))
+    out = tmp_path / "play.mp4"
+    assert main(["play", "--model", str(tiny_model_dir), "--image", str(image), "--out", str(out), *FAST]) == 0
+    assert f"loaded {session}" in capsys.readouterr().out
+    assert (session / "session.json").is_file() and not (tmp_path / ".session.old-4242").exists()
+    assert [c["action"] for c in json.loads(out.with_suffix(".json").read_text())["chunks"]] == ["move left", "move up"]
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [
@@ -558,7 +572,7 @@ def test_device_resolution_is_one_function(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device("auto") == "cpu" and resolve_device("cpu") == "cpu"
-    with pytest.raises(UserInputError, match="device cuda:1 requested but CUDA is not available"):
+    with pytest.raises(UserInputError, match="--device is cuda:1, but CUDA is not available"):
         resolve_device("cuda:1")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert resolve_device("auto") == "cuda" and resolve_device("cuda:1") == "cuda:1"

@@ -89,11 +89,8 @@ class MetricsConfig:
 def check_device(name: str) -> None:
     """``metrics.device``: a torch device this machine has (checked before the evaluation runs, not when
     the first feature network is moved there after every video was generated)."""
-    import torch
+    from ..errors import device_problem
 
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):  # torch's message lists two dozen backends
-        raise ValueError(f"metrics.device must be cpu, cuda or cuda:N, got {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"metrics.device {name} requested but CUDA is not available")
+    problem = device_problem(name)
+    if problem is not None:
+        raise ValueError(f"metrics.device {problem}")
