@@ -424,7 +424,7 @@ def generate_main(args: argparse.Namespace) -> int:
 
         upscale = resolve_upscale(args.upscale, bundle.width, bundle.height)
         try:
-            with _sigterm_as_ctrl_c(), video_stream(out, session.fps, upscale) as append:  # complete at the end
+            with video_stream(out, session.fps, upscale) as append:  # complete at the end
                 append(session.video())  # the first frame (or every frame of a resumed session)
 
                 def after_chunk(record, frames):
@@ -643,16 +643,15 @@ def serve_main(args: argparse.Namespace) -> int:
     os.environ.setdefault("GRADIO_TEMP_DIR", str(app.workdir / "gradio"))  # gradio's copies go with app.close()
     _log_to_stdout("slowfast_vgen.webapp")  # the page's unexpected errors, and the tabs that went away
     try:
-        with _sigterm_as_ctrl_c():
-            try:
-                page = launch(app, args.host, args.port, block=False)
-            except OSError as err:  # the port is taken, the host is not this machine's
-                reason = ("the port is in use, or the host is not an address of this machine (pass --port N or "
-                          "--host ADDRESS)" if "empty port" in str(err) else first_line(err))
-                raise UserInputError(f"cannot serve on {args.host}:{args.port}: {reason}") from None
-            print(f"sfvgen serve: {bundle.width}x{bundle.height}, fast={app.config.fast.mode}; "
-                  f"open http://{args.host}:{args.port} (Ctrl-C stops)", flush=True)
-            page.block_thread()  # until Ctrl-C or SIGTERM; closes the server
+        try:
+            page = launch(app, args.host, args.port, block=False)
+        except OSError as err:  # the port is taken, the host is not this machine's
+            reason = ("the port is in use, or the host is not an address of this machine (pass --port N or "
+                      "--host ADDRESS)" if "empty port" in str(err) else first_line(err))
+            raise UserInputError(f"cannot serve on {args.host}:{args.port}: {reason}") from None
+        print(f"sfvgen serve: {bundle.width}x{bundle.height}, fast={app.config.fast.mode}; "
+              f"open http://{args.host}:{args.port} (Ctrl-C stops)", flush=True)
+        page.block_thread()  # until Ctrl-C or SIGTERM (run_cli: as Ctrl-C); closes the server
     finally:
         app.close()
     return 0
@@ -669,25 +668,6 @@ def _log_to_stdout(name: str) -> None:
         handler.setFormatter(logging.Formatter("%(message)s"))
         handler.sfvgen_stdout = True
         log.addHandler(handler)
-
-
-@contextlib.contextmanager
-def _sigterm_as_ctrl_c():
-    """Inside, SIGTERM stops the server as Ctrl-C does (the temporary files are removed); main thread only."""
-    import signal
-    import threading
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 # ---------------------------------------------------------------------------- make-model

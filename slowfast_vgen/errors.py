@@ -7,8 +7,9 @@ single ``error: ...`` line on stderr and exit code 2, never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 EXIT_USER_ERROR = 2
 
@@ -47,6 +48,16 @@ def fps_problem(fps) -> str | None:
     return None
 
 
+def unicode_problem(text: str) -> str | None:
+    """Why the string ``text`` cannot be written as UTF-8 or passed to a tokenizer (a lone surrogate, e.g. an
+    emoji cut in half by an exporter or an undecodable byte read with ``surrogateescape``), or ``None``."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        return f"is not valid text: {err.reason} at character {err.start}"
+    return None
+
+
 def device_problem(name, choices: str = "cpu, cuda or cuda:N") -> str | None:
     """Why ``name`` is not a torch device this machine has (the end of a sentence that starts with the
     option's name; ``choices`` is what the option accepts), or ``None``: ``cpu``, ``cuda`` or ``cuda:N``,
@@ -62,12 +73,34 @@ def device_problem(name, choices: str = "cpu, cuda or cuda:N") -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def sigterm_as_ctrl_c() -> Iterator[None]:
+    """Inside, SIGTERM raises ``KeyboardInterrupt`` as Ctrl-C does, so the same cleanup runs (temporary
+    files removed, finished chunks kept); main thread only. The trainers install their own handler inside
+    (a checkpoint at the next step boundary) and restore this one after."""
+    import signal
+    import threading
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
     """Run ``main(argv)``; map :class:`UserInputError` (and config errors) to one line + exit 2."""
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        code = main(argv)
+        with sigterm_as_ctrl_c():  # what schedulers and `timeout` send: partial outputs are cleaned up or kept
+            code = main(argv)
     except UserInputError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -35,7 +35,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .config import help_field
-from .errors import UserInputError, first_line, read_json_object
+from .errors import UserInputError, first_line, read_json_object, unicode_problem
 from .fast_learner import (
     ADAPTER_NAME, FastLearnerConfig, TempLoRA, check_target_modules_finish, check_timestep_band, merged_adapter,
     read_memory, remove_adapter, restored_adapters, use_adapter,
@@ -560,9 +560,7 @@ def validate_action(action: str, position: int = 1) -> str:
     text = action.replace("\ufeff", "").strip()
     if not text:
         raise UserInputError(f"action {position} is empty")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as err:
-        raise UserInputError(f"action {position} is not valid text: {err.reason} at character {err.start}") from None
+    if problem := unicode_problem(text):
+        raise UserInputError(f"action {position} {problem}")
     return text
 

@@ -118,6 +118,26 @@ def test_make_world_bad_input_exits_2_with_one_line(tmp_path, args, message):
     assert not (tmp_path / "ds" / "manifest.jsonl").exists()
 
 
+def test_sigterm_stops_a_tool_as_ctrl_c_does_and_leaves_no_temporary_video(tmp_path):
+    """SIGTERM (what `timeout` and schedulers send) killed make_world at once: its half-written hidden
+    `.NAME.tmp.mp4` stayed behind for good. run_cli now turns it into Ctrl-C: cleanup, exit 130."""
+    import signal
+    import time
+
+    out = tmp_path / "nav"
+    process = subprocess.Popen([sys.executable, str(TOOLS / "make_world.py"), "--out", str(out), "--episodes", "1",
+                                "--frames-per-action", "3000", "--val-fraction", "0", "--test-fraction", "0",
+                                "--workers", "1"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list((out / "videos").glob(".*.tmp*")) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    assert list((out / "videos").glob(".*.tmp*")), "the video was not being written"
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130 and err.strip().splitlines()[-1] == "interrupted", err
+    assert not list(out.rglob(".*.tmp*"))
+
+
 def test_make_world_then_validate(tmp_path):
     out = tmp_path / "ds"
     result = run_tool(
@@ -335,7 +355,8 @@ def test_ingest_reads_a_csv_with_a_byte_order_mark_and_refuses_non_finite_settin
                                          height=16, width=16))
     assert summary.segments == 1
     for flag, value, message in (("--fps", "nan", "fps must be a number in"), ("--fps", "1e308", "fps must be"),
-                                 ("--context-sec", "inf", "context_sec must be a finite number")):
+                                 ("--context-sec", "inf", "context_sec must be a number in [0, 3600]"),
+                                 ("--context-sec", "1e308", "context_sec must be a number in [0, 3600]")):
         result = run_tool("ingest_videos.py", "--videos", str(videos), "--annotations", str(ann),
                           "--out", str(tmp_path / "o2"), flag, value, "--no-progress")
         assert result.returncode == 2 and result.stderr.startswith(f"error: {message}"), result.stderr
@@ -465,6 +486,10 @@ def test_ingest_rejects_non_finite_jsonl_times_with_one_line(tmp_path, value):
     ("ann.csv", "clip,00:00:01.00,-0.5,stir", "{ann}:3: stop_timestamp: bad timestamp '-0.5'; must be a number of "
                                               "seconds >= 0"),
     ("ann.csv", "clip,0,inf,stir", "{ann}:3: stop_timestamp: bad timestamp 'inf'; must be a finite number of seconds"),
+    # an emoji cut in half by an exporter: a traceback after every clip was decoded, and no manifest
+    ("ann.jsonl", '{"video": "clip", "start_sec": 0, "end_sec": 1, "action": "pan left \\ud83d"}',
+     "{ann}:2: need a JSON object with video, start_sec, end_sec, action (action is not valid text: surrogates not "
+     "allowed at character 9)"),
 ])
 def test_ingest_refuses_negative_and_string_times_with_one_line(name, bad, message, tmp_path, monkeypatch, capsys):
     """`"start_sec": -1` (and a CSV start of -1) was clamped to 0 without a word, and `"start_sec": "3"` was read
@@ -500,6 +525,38 @@ def test_merge_datasets_joins_subdirectories(tmp_path):
     bad = subprocess.run([sys.executable, "data_tools/merge_datasets.py", str(tmp_path), "../elsewhere"],
                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("error: dataset '../elsewhere'")
+
+
+def test_merge_refuses_two_datasets_that_give_one_episode_name(tmp_path, capsys):
+    """`a/b` and `a-b` both merged to episode `a-b-ep0`: the slow-fast loop trained two recordings as one episode."""
+    from slowfast_vgen.data.manifest import Segment, write_manifest
+
+    for name in ("a/b", "a-b"):
+        (tmp_path / name).mkdir(parents=True)
+        write_manifest(tmp_path / name, [Segment("videos/v.mp4", 1, 9, 8.0, "go left", "ep0", "train")])
+    code, err = _tool_exit("merge_datasets.py", [str(tmp_path), "a/b", "a-b"], capsys)
+    assert code == 2 and err == ["error: datasets 'a/b' and 'a-b' both give the merged episode name 'a-b-ep0'; "
+                                 "rename one of their folders"], err
+    assert not (tmp_path / "manifest.jsonl").exists()
+
+
+@pytest.mark.parametrize("field, value, problem", [
+    ("action", "pan left \ud83d", "action 'pan left \\ud83d' is not valid text: surrogates not allowed at character 9"),
+    ("video", "videos/v.mp4\x00", "path 'videos/v.mp4\\x00' holds a NUL character"),
+])
+def test_manifest_rows_with_text_no_tool_can_use_are_bad_rows(field, value, problem, tmp_path, capsys):
+    """A lone surrogate passed validate.py, then merge, ingest and text_features stopped with tracebacks; a NUL
+    byte in a path was a ValueError traceback in validate.py itself."""
+    row = {"video": "videos/v.mp4", "start_frame": 1, "end_frame": 9, "fps": 8.0, "action": "go", "episode": "e",
+           "split": "train", field: value}
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "manifest.jsonl").write_text(json.dumps(row) + "\n")  # JSON escapes keep the bad text
+    result = run_tool("validate.py", str(tmp_path / "sub"), "--no-progress")
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    first = result.stdout.splitlines()[0]
+    assert first.startswith("manifest.jsonl:1: ") and first.endswith(problem) and first.isprintable(), first
+    code, err = _tool_exit("merge_datasets.py", [str(tmp_path), "sub"], capsys)
+    assert code == 2 and len(err) == 1 and problem in err[0], err
 
 
 # ---- issue #12: binary manifests, symlinks, MPEG-1 sources ------------------------------------------

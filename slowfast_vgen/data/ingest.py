@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from ..config import help_field
-from ..errors import UserInputError, first_line
+from ..errors import UserInputError, first_line, unicode_problem
 from ..io_utils import check_output_directory
 from .manifest import MANIFEST_NAME, Segment, write_manifest
 from .readers import VideoReadError, VideoReaderBackend, open_video, resize_center_crop
@@ -49,6 +49,8 @@ by the ``auto`` backend (see ``readers.DECORD_UNRELIABLE_EXTENSIONS``)."""
 EPIC_COLUMNS: tuple[str, ...] = ("video_id", "start_timestamp", "stop_timestamp", "narration")
 MAX_FPS = 1000.0
 """Highest output frame rate ingest takes (clips are resampled to it; no camera records faster)."""
+MAX_CONTEXT_SEC = 3600.0
+"""Longest lead-in (``context_sec``) ingest takes: an hour of context before a segment is already a mistake."""
 _TIMESTAMP = re.compile(r"^(?:(\d+):)?(\d{1,2}):(\d{1,2}(?:\.\d+)?)$")
 
 
@@ -82,8 +84,8 @@ class IngestConfig:
             raise ValueError(f"fps must be a number in (0, {MAX_FPS:g}], got {self.fps}")
         if self.height < 2 or self.width < 2 or self.height % 2 or self.width % 2:
             raise ValueError(f"height and width must be even and >= 2 (H.264 yuv420p), got {self.height}x{self.width}")
-        if not math.isfinite(self.context_sec) or self.context_sec < 0:
-            raise ValueError(f"context_sec must be a finite number >= 0, got {self.context_sec}")
+        if not math.isfinite(self.context_sec) or not 0 <= self.context_sec <= MAX_CONTEXT_SEC:
+            raise ValueError(f"context_sec must be a number in [0, {MAX_CONTEXT_SEC:g}] (seconds), got {self.context_sec}")
         if not self.split.strip():
             raise ValueError("split must not be empty")
 
@@ -183,6 +185,8 @@ def _text(row: dict, key: str) -> str:
     value = row[key]
     if not isinstance(value, str):
         raise ValueError(f"{key} must be a string, got {json.dumps(value)}")
+    if problem := unicode_problem(value):
+        raise ValueError(f"{key} {problem}")
     return value
 
 

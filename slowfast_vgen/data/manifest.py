@@ -15,7 +15,7 @@ import os
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Iterable, Iterator
 
-from ..errors import UserInputError, fps_problem
+from ..errors import UserInputError, fps_problem, unicode_problem
 from ..io_utils import atomic_write_json, atomic_write_text, check_output_directory
 
 MANIFEST_NAME = "manifest.jsonl"
@@ -33,6 +33,10 @@ def check_relative_path(path: Any) -> str | None:
         return f"path must be a non-empty string, got {path!r}"
     if "\\" in path:
         return f"path {path!r} uses backslashes; use '/'"
+    if "\x00" in path:
+        return f"path {path!r} holds a NUL character"
+    if problem := unicode_problem(path):
+        return f"path {path!r} {problem}"
     posix, windows = PurePosixPath(path), PureWindowsPath(path)
     if posix.is_absolute() or windows.is_absolute() or windows.drive:
         return f"path {path!r} is absolute; paths must be relative to the dataset root"
@@ -86,6 +90,8 @@ def segment_problems(row: Any) -> list[str]:
             problems.append(
                 f"empty {name}" if isinstance(row[name], str) else f"{name} must be a string, got {row[name]!r}"
             )
+        elif name in row and (problem := unicode_problem(row[name])):
+            problems.append(f"{name} {row[name]!r} {problem}")
     return problems
 
 
@@ -273,12 +279,16 @@ def merge_manifests(root: str | os.PathLike, subdirs: Iterable[str]) -> Path:
             f"root {root} already holds a dataset of its own ({root / MANIFEST_NAME}); merging would replace its "
             "manifest: give a new directory above the datasets (move them into it), not a dataset"
         )
-    merged = []
+    merged, episode_source = [], {}
     for subdir in subdirs:
         name = PurePosixPath(subdir).as_posix()  # `./nav`, `nav/` -> `nav`: the prefix _written_by_merge reads back
         for segment in read_manifest(resolve_in_root(root, subdir)):
-            merged.append(dataclasses.replace(segment, video=f"{name}/{segment.video}",
-                                              episode=f"{name.replace('/', '-')}-{segment.episode}"))
+            episode = f"{name.replace('/', '-')}-{segment.episode}"
+            other = episode_source.setdefault(episode, subdir)
+            if other != subdir:  # `a/b` + `x` and `a-b` + `x`: two recordings would be trained as one episode
+                raise UserInputError(f"datasets {other!r} and {subdir!r} both give the merged episode name {episode!r}; "
+                                     "rename one of their folders")
+            merged.append(dataclasses.replace(segment, video=f"{name}/{segment.video}", episode=episode))
     if not merged:
         raise UserInputError(f"no segments to merge under {root}")
     return write_manifest(root, merged)

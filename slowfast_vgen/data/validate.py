@@ -68,7 +68,8 @@ class RowProblem:
     reasons: list[str]
 
     def format(self, manifest: str = MANIFEST_NAME) -> str:
-        video = f" {self.video}:" if self.video else ""
+        shown = self.video if self.video is None or self.video.isprintable() else repr(self.video)  # NUL, surrogates
+        video = f" {shown}:" if shown else ""
         return f"{manifest}:{self.line}:{video} {'; '.join(self.reasons)}"
 
 
