@@ -640,6 +640,35 @@ def imageio_frames(path: Path) -> np.ndarray:
     return np.stack(list(iio.imiter(path, plugin="FFMPEG")))
 
 
+def test_ingest_picks_frames_by_their_times_in_a_variable_frame_rate_video(tmp_path):
+    """A phone's video: 20 frames at 25 fps, then 10 fps. Frame k was taken as shown at k / (average fps),
+    so the clip of 2.0-3.0 s held frames from about 1.2 s; decord's presentation times give the right ones."""
+    import imageio_ffmpeg
+
+    ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
+    constant = tmp_path / "constant.mp4"
+    writer = imageio_ffmpeg.write_frames(str(constant), (32, 32), fps=25, codec="libx264", pix_fmt_out="yuv444p",
+                                         output_params=["-qp", "0"], macro_block_size=16)
+    writer.send(None)
+    for k in range(60):
+        writer.send(np.full((32, 32, 3), 4 * k, np.uint8))  # frame k is grey level 4k
+    writer.close()
+    (tmp_path / "src").mkdir()
+    subprocess.run([ffmpeg, "-v", "error", "-i", str(constant), "-vf", "setpts='if(lt(N,20),N/25,0.8+(N-20)/10)/TB'",
+                    "-fps_mode", "vfr", "-c:v", "libx264", "-qp", "0", "-pix_fmt", "yuv444p",
+                    str(tmp_path / "src" / "phone.mp4")], check=True, capture_output=True, timeout=120)
+    ann = tmp_path / "ann.jsonl"
+    ann.write_text(json.dumps({"video": "phone", "start_sec": 2.0, "end_sec": 3.0, "action": "wipe counter"}) + "\n")
+    out = tmp_path / "out"
+    result = run_tool("ingest_videos.py", "--videos", str(tmp_path / "src"), "--annotations", str(ann), "--out",
+                      str(out), "--fps", "10", "--height", "32", "--width", "32", "--context-sec", "0",
+                      "--backend", "decord", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    (row,) = read_manifest(out)
+    clip = open_video(out / row.video).get_frames(range(row.end_frame))
+    assert [int(round(frame.mean() / 4)) for frame in clip] == list(range(32, 42))  # shown at 0.8 + (k - 20) / 10
+
+
 def test_ingest_finds_mpeg1_sources_and_reads_them_exactly(tmp_path):
     references = mpeg1_frames()
     write_mpeg1(tmp_path / "src" / "street.mpg", references)

@@ -49,6 +49,8 @@ by the ``auto`` backend (see ``readers.DECORD_UNRELIABLE_EXTENSIONS``)."""
 EPIC_COLUMNS: tuple[str, ...] = ("video_id", "start_timestamp", "stop_timestamp", "narration")
 MAX_FPS = 1000.0
 """Highest output frame rate ingest takes (clips are resampled to it; no camera records faster)."""
+DECODE_BATCH = 64
+"""Source frames decoded at once (at the source's size) before they are shrunk to the output size."""
 MAX_CONTEXT_SEC = 3600.0
 """Longest lead-in (``context_sec``) ingest takes: an hour of context before a segment is already a mistake."""
 _TIMESTAMP = re.compile(r"^(?:(\d+):)?(\d{1,2}):(\d{1,2}(?:\.\d+)?)$")
@@ -274,6 +276,17 @@ def clip_times(start_sec: float, end_sec: float, fps: float, context_sec: float)
     return frames, seg_first - first
 
 
+def nearest_frames(frame_times: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """Index of the source frame whose presentation time is nearest each of ``times`` (seconds from the first
+    frame; a tie takes the earlier frame); ``frame_times`` non-decreasing, as
+    :meth:`~slowfast_vgen.data.readers.VideoReaderBackend.frame_times` gives them."""
+    last = len(frame_times) - 1
+    after = np.clip(np.searchsorted(frame_times, times), 0, last)
+    before = np.clip(after - 1, 0, last)
+    nearer_before = np.abs(times - frame_times[before]) <= np.abs(frame_times[after] - times)
+    return np.where(nearer_before, before, after).astype(np.int64)
+
+
 def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "video"
 
@@ -393,7 +406,8 @@ def _ingest_one_video(
     A segment whose frames fail to decode is reported and skipped; no clip is written for it.
     """
     rows = []
-    duration = reader.num_frames / src_fps
+    frame_times = reader.frame_times()  # not k / src_fps: a phone's video changes its frame rate
+    duration = frame_times[-1] + 1 / src_fps  # the last frame is shown for about one frame period
     for seg in segments:
         name = f"{seg.video} (annotation line {seg.line})"
         if not seg.action:
@@ -409,9 +423,10 @@ def _ingest_one_video(
         if len(times) - lead_in < 1:
             skip(name, f"segment shorter than one frame at {config.fps} fps")
             continue
-        source_idx = np.minimum(np.round(times * src_fps).astype(np.int64), reader.num_frames - 1)
-        try:
-            frames = resize_center_crop(reader.get_frames(source_idx.tolist()), config.height, config.width)
+        source_idx = nearest_frames(frame_times, times)
+        try:  # in batches: a long segment decoded whole at the source's size took gigabytes
+            frames = np.concatenate([resize_center_crop(reader.get_frames(batch.tolist()), config.height, config.width)
+                                     for batch in np.array_split(source_idx, -(-len(source_idx) // DECODE_BATCH))])
         except VideoReadError as err:
             where = f"{Path(err.path).name} at {seg.start_sec:.2f}-{seg.end_sec:.2f}s"
             skip(name, f"decoding failed in {where}: {err.reason}")

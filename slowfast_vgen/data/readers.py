@@ -75,6 +75,11 @@ class VideoReaderBackend(Protocol):
         """Frames at ``indices`` as ``(len(indices), H, W, 3) uint8``; :class:`VideoReadError` on failure."""
         ...
 
+    def frame_times(self) -> np.ndarray:
+        """When each frame is shown, in seconds from the first frame (``(num_frames,)``, non-decreasing): a
+        phone's variable-frame-rate video is not ``k / fps``."""
+        ...
+
 
 def short_decoder_error(err: BaseException) -> str:
     """A one-line reason from a (often multi-line, log-prefixed) decoder exception."""
@@ -148,6 +153,19 @@ class DecordVideoReader:
         if frames.shape[0] != len(idx):
             raise VideoReadError(self.path, f"decoder returned {frames.shape[0]} frames for {len(idx)} indices")
         return frames
+
+    def frame_times(self) -> np.ndarray:
+        """The container's presentation times (``k / fps`` where it has none that make sense)."""
+        if self._num_frames == 0:
+            return np.zeros(0)
+        try:
+            starts = np.asarray(self._reader.get_frame_timestamp(list(range(self._num_frames))), dtype=np.float64)[:, 0]
+        except Exception:  # no index to read them from
+            starts = np.full(self._num_frames, np.nan)
+        times = starts - starts[0]
+        if not (np.isfinite(times).all() and (np.diff(times) >= 0).all()):
+            times = np.arange(self._num_frames) / self.fps
+        return times
 
     def count_decodable(self) -> int:
         """Decode sequentially from the start and count frames until the first failure."""
@@ -258,6 +276,12 @@ class ImageioVideoReader:
             missing = min(wanted - set(found))
             raise VideoReadError(self.path, f"frame {missing} did not decode")
         return np.stack([found[i] for i in idx])
+
+    def frame_times(self) -> np.ndarray:
+        """``k / fps``: ffmpeg hands the frames over without their times (and repeats frames of a
+        variable-frame-rate video at its nominal rate, while ``fps`` is the average), and containers such
+        as MPEG-1's report durations too loosely to check against; the decord backend reads the real times."""
+        return np.arange(self._num_frames) / self._fps
 
     def count_decodable(self) -> int:
         return self.num_frames
