@@ -533,6 +533,33 @@ def test_episode_chunks_follow_each_other_without_a_gap(world_root):
         EpisodeDataset(ChunkDatasetConfig(root=str(world_root), target_frames=2), 2)
 
 
+def test_episode_dataset_skips_missing_and_corrupt_videos_by_name(world_root, tmp_path):
+    """One missing video stopped the slow-fast loop; episodes are now skipped with a warning naming the
+    video, as ChunkDataset skips chunks, until max_bad_fraction is passed."""
+    import shutil
+
+    from slowfast_vgen.data.episodes import EpisodeDataset
+
+    root = tmp_path / "nav"
+    shutil.copytree(world_root, root)
+    full = EpisodeDataset(ChunkDatasetConfig(root=str(root), target_frames=4), 3)
+    (missing,), (corrupt,) = ({s.video for s in full.episodes[k]} for k in (0, 1))
+    (root / missing).unlink()
+    (root / corrupt).write_bytes((root / corrupt).read_bytes()[:200])
+    config = ChunkDatasetConfig(root=str(root), target_frames=4, max_bad_fraction=0.7)  # 2 of 3 videos may be bad
+    with pytest.warns(RuntimeWarning, match=f"skipping unreadable video {missing}: file not found"):
+        episodes = EpisodeDataset(config, 3)
+    assert len(episodes) == len(full) - 1 and missing in episodes.bad_videos
+    index = next(k for k, e in enumerate(episodes.episodes) if e[0].video == corrupt)
+    with pytest.warns(RuntimeWarning, match=f"skipping unreadable video {corrupt}"):
+        chunks, actions = episodes[index]  # the next episode instead
+    assert actions == [s.action for s in episodes.episodes[index + 1]] and chunks.shape[:3] == (3, 3, 4)
+    assert torch.equal(episodes[index][0], chunks)  # the same replacement every time
+    with pytest.warns(RuntimeWarning), pytest.raises(UserInputError, match="1 of 3 videos in split 'train'.*more "
+                                                                            "than max_bad_fraction=0.0"):
+        EpisodeDataset(ChunkDatasetConfig(root=str(root), target_frames=4, max_bad_fraction=0.0), 3)
+
+
 def test_first_consecutive_run_breaks_at_gaps_and_short_segments():
     from slowfast_vgen.data.episodes import first_consecutive_run
 

@@ -156,6 +156,21 @@ class ChunkIndex:
     last_target_start: int
 
 
+def mark_bad_video(bad_videos: dict[str, str], video: str, reason: str, num_videos: int, config: ChunkDatasetConfig,
+                   root: Path) -> None:
+    """Record an unreadable ``video`` in ``bad_videos``, warn naming it, and stop with a :class:`UserInputError`
+    once the bad ones pass ``config.max_bad_fraction`` of the split's ``num_videos``."""
+    bad_videos[video] = reason
+    warnings.warn(f"skipping unreadable video {video}: {reason}", RuntimeWarning, stacklevel=4)
+    if len(bad_videos) > config.max_bad_fraction * num_videos:
+        examples = ", ".join(f"{v} ({r})" for v, r in list(bad_videos.items())[:3])
+        raise UserInputError(
+            f"{len(bad_videos)} of {num_videos} videos in split {config.split!r} of {root} are "
+            f"unreadable, more than max_bad_fraction={config.max_bad_fraction}: {examples}; "
+            f"run data_tools/validate.py {root}"
+        )
+
+
 def build_index(segments: list[Segment], target_frames: int) -> tuple[list[ChunkIndex], int]:
     """Usable segments and the count of segments too short for ``target_frames`` (+1 at frame 0)."""
     items, short = [], 0
@@ -277,17 +292,8 @@ class ChunkDataset(Dataset):
 
     def _mark_bad(self, video: str, reason: str) -> None:
         """Record an unreadable video, warn, and fail once the bad fraction passes the threshold."""
-        self.bad_videos[video] = reason
         self._own_readers().pop(video, None)
-        warnings.warn(f"skipping unreadable video {video}: {reason}", RuntimeWarning, stacklevel=3)
-        limit = self.config.max_bad_fraction * self.num_videos
-        if len(self.bad_videos) > limit:
-            examples = ", ".join(f"{v} ({r})" for v, r in list(self.bad_videos.items())[:3])
-            raise UserInputError(
-                f"{len(self.bad_videos)} of {self.num_videos} videos in split {self.config.split!r} of {self.root} are "
-                f"unreadable, more than max_bad_fraction={self.config.max_bad_fraction}: {examples}; "
-                f"run data_tools/validate.py {self.root}"
-            )
+        mark_bad_video(self.bad_videos, video, reason, self.num_videos, self.config, self.root)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

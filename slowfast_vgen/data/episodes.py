@@ -9,6 +9,8 @@ segments of one video are consecutive only when the second starts where the firs
 dropped as too short, breaks an episode there; it yields its first run of enough consecutive
 chunks. Segments in different video files (ingested clips) are taken in manifest order as
 consecutive. Episodes without such a run are skipped and counted (``num_short_episodes``).
+Episodes with a missing or unreadable video are skipped with a warning naming it, as
+:class:`~slowfast_vgen.data.dataset.ChunkDataset` skips them, until ``max_bad_fraction`` is passed.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 import torch
 
 from ..errors import UserInputError
-from .dataset import ChunkDatasetConfig
+from .dataset import ChunkDatasetConfig, mark_bad_video
 from .manifest import Segment, read_manifest, resolve_in_root
 from .readers import VideoReadError, reader_factory, resize_center_crop
 
@@ -35,13 +37,20 @@ class EpisodeDataset(torch.utils.data.Dataset):
         self.root = Path(config.root)
         if not self.root.is_dir():
             raise UserInputError(f"dataset directory not found: {self.root}")
+        in_split = [segment for segment in read_manifest(self.root) if segment.split == config.split]
+        self.num_videos = len({s.video for s in in_split})
+        self.bad_videos: dict[str, str] = {}  # skipped with a warning, as ChunkDataset does
+        for video in sorted({s.video for s in in_split}):
+            if not resolve_in_root(self.root, video).is_file():
+                mark_bad_video(self.bad_videos, video, "file not found", self.num_videos, config, self.root)
         by_episode: dict[str, list[Segment]] = defaultdict(list)
-        for segment in read_manifest(self.root):
-            if segment.split == config.split:
-                by_episode[segment.episode].append(segment)
+        for segment in in_split:
+            by_episode[segment.episode].append(segment)
         self.episodes: list[list[Segment]] = []
         self.num_short_episodes = 0
         for name in sorted(by_episode):
+            if any(segment.video in self.bad_videos for segment in by_episode[name]):
+                continue  # a missing clip would join the clips around it into one run
             run = first_consecutive_run(by_episode[name], config.target_frames, chunks_per_episode)
             if run is None:
                 self.num_short_episodes += 1
@@ -59,7 +68,20 @@ class EpisodeDataset(torch.utils.data.Dataset):
         return len(self.episodes)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, list[str]]:
-        segments, readers, parts = self.episodes[index], {}, []
+        """Episode ``index``; one with an unreadable video is skipped with a warning (the next readable
+        episode is returned instead, the same one every time), until ``max_bad_fraction`` is passed."""
+        for attempt in range(len(self.episodes)):
+            segments = self.episodes[(index + attempt) % len(self.episodes)]
+            if not any(segment.video in self.bad_videos for segment in segments):
+                try:
+                    return self._load(segments)
+                except VideoReadError as err:  # its path is the manifest's name of the video
+                    mark_bad_video(self.bad_videos, err.path, err.reason, self.num_videos, self.config, self.root)
+        raise UserInputError(f"no episode of split {self.config.split!r} in {self.root} is readable: "
+                             f"{len(self.bad_videos)} bad videos, e.g. {next(iter(self.bad_videos), '?')}")
+
+    def _load(self, segments: list[Segment]) -> tuple[torch.Tensor, list[str]]:
+        readers, parts = {}, []
         for segment in segments:  # an episode's segments may live in one video or several
             try:
                 if segment.video not in readers:
@@ -67,7 +89,7 @@ class EpisodeDataset(torch.utils.data.Dataset):
                 indices = range(segment.start_frame, segment.start_frame + self.config.target_frames)
                 parts.append(readers[segment.video].get_frames(list(indices)))  # (K, h, w, 3) uint8
             except VideoReadError as err:
-                raise UserInputError(f"cannot read episode video {segment.video}: {err.reason}") from None
+                raise VideoReadError(segment.video, err.reason) from None
         frames = np.concatenate(parts)  # (I*K, h, w, 3)
         frames = resize_center_crop(frames, self.config.height, self.config.width)
         video = torch.from_numpy(np.ascontiguousarray(frames)).float().div(127.5).sub(1.0)  # (I*K, H, W, 3)
