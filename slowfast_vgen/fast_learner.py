@@ -163,15 +163,16 @@ REGEX_CHECK_SECONDS = 10.0  # a pattern that takes longer to match a UNet's modu
 
 
 def check_target_modules_finish(pattern: str, module_names: Sequence[str], seconds: float | None = None) -> None:
-    """A one-line :class:`UserInputError` when ``fast.target_modules`` read from a file (a saved session)
-    does not finish matching ``module_names`` within ``seconds`` (default :data:`REGEX_CHECK_SECONDS`).
+    """A one-line :class:`UserInputError` when ``fast.target_modules`` (from a saved session, a model's
+    ``slowfast_vgen.json`` or an override) does not finish matching ``module_names`` within ``seconds``
+    (default :data:`REGEX_CHECK_SECONDS`).
 
     peft matches the pattern against every module name in this process with the GIL held, so a
     catastrophically backtracking pattern such as ``(.|.)*Z`` would hang it for good (in the web app,
     every user's). The match is tried first in a separate Python process that can be stopped; the
     built-in pattern is trusted and not checked.
     """
-    if pattern == TEMPORAL_ATTENTION_REGEX:
+    if pattern == TEMPORAL_ATTENTION_REGEX or (pattern, tuple(module_names)) in _PATTERNS_THAT_FINISHED:
         return
     seconds = REGEX_CHECK_SECONDS if seconds is None else seconds
     code = "import json, re, sys\np, names = json.load(sys.stdin)\nr = re.compile(p)\nfor n in names: r.fullmatch(n)"
@@ -184,6 +185,10 @@ def check_target_modules_finish(pattern: str, module_names: Sequence[str], secon
     except subprocess.CalledProcessError as err:
         raise UserInputError(f"fast.target_modules {pattern!r} cannot be matched: "
                               f"{(err.stderr.strip().splitlines() or ['exit status %d' % err.returncode])[-1]}") from None
+    _PATTERNS_THAT_FINISHED.add((pattern, tuple(module_names)))
+
+
+_PATTERNS_THAT_FINISHED: set[tuple[str, tuple[str, ...]]] = set()  # checked once per process and model layout
 
 
 class TempLoRA:
@@ -201,6 +206,8 @@ class TempLoRA:
         if config.mode == "off":
             raise ValueError("TempLoRA with mode 'off' is meaningless: build no fast learner instead")
         check_timestep_band(config, noise_scheduler)
+        # from a model's slowfast_vgen.json, a session or an override: peft would match it with the GIL held
+        check_target_modules_finish(config.target_modules, [name for name, _ in unet.named_modules()])
         self.unet = unet
         self.noise_scheduler = noise_scheduler
         self.config = config

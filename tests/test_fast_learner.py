@@ -465,3 +465,17 @@ def test_bad_target_modules_regex_is_a_config_error_and_one_matching_nothing_a_u
     # the UNet is left as it was: no adapter, no config, same parameters
     assert getattr(tiny_bundle.unet, "peft_config", None) in (None, {})
     assert {name: p.detach() for name, p in tiny_bundle.unet.named_parameters()}.keys() == before.keys()
+
+
+def test_a_target_modules_pattern_that_backtracks_without_end_is_refused_wherever_it_comes_from(tiny_bundle,
+                                                                                                 monkeypatch):
+    """From a model's slowfast_vgen.json (or an override) `(.|.)*Z` hung generation in peft's matching, with the
+    GIL held; only a saved session's pattern was checked. Every Temp-LoRA now checks its pattern first."""
+    from slowfast_vgen import fast_learner
+
+    monkeypatch.setattr(fast_learner, "REGEX_CHECK_SECONDS", 2.0)
+    before = {name for name, _ in tiny_bundle.unet.named_parameters()}
+    with pytest.raises(UserInputError, match=r"^fast.target_modules '\(.\|.\)\*Z' did not finish matching the "
+                                             r"model's layers within 2 s"):
+        TempLoRA(tiny_bundle.unet, tiny_bundle.noise_scheduler, FastLearnerConfig(target_modules="(.|.)*Z"))
+    assert {name for name, _ in tiny_bundle.unet.named_parameters()} == before  # nothing injected
