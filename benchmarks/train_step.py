@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import platform
 import statistics
 import tempfile
@@ -55,8 +56,15 @@ def benchmark_config(config_path: str, overrides: list[str], model: str | None, 
     or written besides the model (no resume, validation, samples, tracker or text-feature file)."""
     placeholder_data = {"data": {"root": output_dir}}  # the data are synthetic; a config without data.root still loads
     config = load_config(TrainConfig, config_path, overrides, defaults=placeholder_data)
+    # the synthetic frames are made at the model's frame size, which the trainer checks data.height/width against
+    frame = {"height": config.model.height, "width": config.model.width}
+    if model:
+        metadata = Path(model) / "slowfast_vgen.json"
+        size = json.loads(metadata.read_text(encoding="utf-8")) if metadata.is_file() else {}
+        frame = {side: size.get(side, getattr(config.data, side)) for side in ("height", "width")}
     return dataclasses.replace(config, init_from=model or "", output_dir=output_dir, resume="", validate_every=0,
-                               sample_every=0, report_to="none", text_features="")
+                               sample_every=0, report_to="none", text_features="",
+                               data=dataclasses.replace(config.data, **frame))
 
 
 def synthetic_batch(trainer: SlowTrainer, batch: int, frames: int, context: int) -> ChunkBatch:

@@ -17,7 +17,7 @@ def _main(config_cls_name: str, description: str, argv: Sequence[str] | None) ->
     parser.config_class = config_cls
     parser.add_argument("--config", help="YAML file with the training config (see configs/train/)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="config overrides, e.g. max_steps=2000 data.root=data/nav batch_size=16")
+                        help="config overrides, e.g. max_steps=2000 data.root=data/nav max_minutes=60")
     args = parser.parse_args(argv)
     config = load_config(config_cls, args.config, args.overrides)
     try:

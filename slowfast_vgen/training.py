@@ -230,6 +230,7 @@ class LoopConfig:
 class LoopTrainConfig(TrainConfig):
     """Slow-fast learning loop: slow-learning settings + the fast learner + episode sampling."""
 
+    batch_size: int = help_field(1, "records per micro-batch: 1, as each record carries its own Theta_i")
     fast: FastLearnerConfig = field(default_factory=FastLearnerConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
 
@@ -250,6 +251,9 @@ class LoopTrainConfig(TrainConfig):
                              f"data_source={self.data_source}")
         if self.fast.mode == "off":
             raise ValueError("the slow-fast loop trains Phi with each episode's Temp-LoRA: fast.mode must not be off")
+        if self.batch_size != 1:  # refused with the config, not after the model is built and the run started
+            raise ValueError("the slow-fast loop trains one record (one Theta_i) per micro-batch: set batch_size=1 "
+                             "(gradient_accumulation_steps for more records per step)")
 
 
 @dataclass
@@ -305,6 +309,12 @@ class SlowTrainer:
             self.bundle = ModelBundle.from_config(config.model)
             if cache is not None:
                 self.bundle.use_text_features(cache)
+        frame = (config.data.height, config.data.width)
+        if frame != (self.bundle.height, self.bundle.width):  # it trained on one size and was exported as another
+            raise UserInputError(f"data.height/width {frame[0]}x{frame[1]} differ from the model's frame size "
+                                 f"{self.bundle.height}x{self.bundle.width}: set data.height={self.bundle.height} "
+                                 f"data.width={self.bundle.width}" + ("" if config.init_from else
+                                                                     ", or model.height/width to the data's"))
         if config.add_action_encoder and self.bundle.action_encoder is None:
             self.bundle.with_action_encoder(seed=config.seed)
         if cache is not None and self.bundle.action_encoder is None:
@@ -809,8 +819,6 @@ class SlowFastLoopTrainer(SlowTrainer):
         from .data.episodes import EpisodeDataset
 
         config = self.config
-        if config.batch_size != 1:
-            raise UserInputError("the slow-fast loop trains one record (one Theta_i) per micro-batch: set batch_size=1")
         episodes = EpisodeDataset(config.data, config.loop.chunks_per_episode)
         iteration, offset = divmod(start, self.records_per_iteration)
         while True:
@@ -843,8 +851,15 @@ class SlowFastLoopTrainer(SlowTrainer):
     def load_checkpoint(self, path: Path) -> None:
         super().load_checkpoint(path)
         file = path / f"{LOOP_RECORDS}.safetensors"
-        if file.is_file():
+        inside, offset = divmod(self.step * self.config.gradient_accumulation_steps, self.records_per_iteration)
+        if offset and not file.is_file():  # collecting them again with Phi as it is now would not be this run
+            raise UserInputError(f"checkpoint {path} is incomplete or corrupt: {file.name} is missing (it was saved "
+                                 f"inside iteration {inside}, whose records it holds)")
+        if offset:
             iteration, records = _records_from_file(file, self.rank)
+            if iteration != inside:
+                raise UserInputError(f"checkpoint {path} is corrupt: {file.name} holds the records of iteration "
+                                     f"{iteration}, but the checkpoint was saved inside iteration {inside}")
             device = self.accelerator.device
             self.resumed_records = (iteration, [_record_to(record, device) for record in records])
 

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import shutil
 import subprocess
 import sys
 import time
@@ -368,6 +369,12 @@ def test_loop_resumes_exactly_from_a_checkpoint_inside_an_iteration(world_root, 
     with safe_open(str(saved), framework="pt") as handle:
         kinds = [entry["memory"] for entry in json.loads(handle.metadata()["records"])[0]]
     assert sorted(kinds) == [False, False, True, True]  # both kinds among the records resumed from
+    # without them the records were collected again with the updated Phi, and the resume was not exact
+    shutil.copytree(tmp_path / "b", tmp_path / "c")
+    (tmp_path / "c" / "checkpoint-1" / "loop_records.safetensors").unlink()
+    with pytest.raises(UserInputError, match=r"^checkpoint .*/c/checkpoint-1 is incomplete or corrupt: "
+                                             r"loop_records.safetensors is missing \(it was saved inside iteration 0"):
+        train(config(tmp_path / "c", "max_steps=3", "resume=latest"))
     resumed = train(config(tmp_path / "b", "max_steps=3", "resume=latest"))
     assert sorted(resumed.losses) == [2, 3]
     assert {**first.losses, **resumed.losses} == straight.losses
@@ -461,7 +468,8 @@ def test_the_loop_refuses_a_memory_read_scale_it_would_ignore(tmp_path, value):
     """The loop trains Phi through Theta_i as learned; ``fast.read_scale`` only changes sampling."""
     with pytest.raises(UserInputError, match=f"fast.read_scale is how generation samples with a memory.*got {float(value)}"):
         load_config(LoopTrainConfig, overrides=_overrides(tmp_path, tmp_path / "out", f"fast.read_scale={value}"))
-    assert load_config(LoopTrainConfig, overrides=_overrides(tmp_path, tmp_path / "out", "fast.read_scale=1")).fast.read_scale == 1
+    config = load_config(LoopTrainConfig, overrides=_overrides(tmp_path, tmp_path / "out", "batch_size=1", "fast.read_scale=1"))
+    assert config.fast.read_scale == 1
 
 
 def test_training_help_lists_every_config_key_with_its_help(capsys):
@@ -570,11 +578,27 @@ def test_whole_window_share_trains_eq3_samples_without_text(world_root, tmp_path
     ("fast.mode", "off", "the slow-fast loop trains Phi with each episode's Temp-LoRA: fast.mode must not be off"),
     ("lr_warmup_steps", "-5", "lr_warmup_steps must be >= 0, got -5"),  # was accepted: it shifted the schedules
     ("sample_every", "-1", "sample_every must be >= 0, got -1"),  # was accepted: step % -1 == 0, a sample every step
+    # refused only after the model was built and the progress bar started
+    ("batch_size", "2", r"the slow-fast loop trains one record \(one Theta_i\) per micro-batch: set batch_size=1 "
+                        r"\(gradient_accumulation_steps for more records per step\)"),
 ])
 def test_nonfinite_or_out_of_range_optimizer_settings_are_config_errors(tmp_path, key, value, message):
     """``learning_rate=nan`` crashed in torch's AdamW after the model was built; the others were accepted."""
     with pytest.raises(UserInputError, match=f"^bad config: {message}$"):
-        load_config(LoopTrainConfig, overrides=_overrides(tmp_path, tmp_path / "out", f"{key}={value}"))
+        load_config(LoopTrainConfig, overrides=_overrides(tmp_path, tmp_path / "out", "batch_size=1", f"{key}={value}"))
+
+
+def test_the_loop_defaults_to_one_record_per_micro_batch_and_data_must_match_the_model_frame_size(world_root,
+                                                                                                  tmp_path):
+    """The README's loop command failed after the model was built (batch_size defaulted to 8); the slow trainer
+    trained a 16x16 model on 32x32 frames (data.height's default) and exported it as 16x16."""
+    config = load_config(LoopTrainConfig, overrides=[f"data.root={world_root}", f"output_dir={tmp_path / 'loop'}"])
+    assert config.batch_size == 1
+    with pytest.raises(UserInputError, match=r"^data.height/width 32x32 differ from the model's frame size 16x16: set "
+                                             r"data.height=16 data.width=16, or model.height/width to the data's$"):
+        SlowTrainer(load_config(TrainConfig, overrides=[*_overrides(world_root, tmp_path / "slow"), "data.height=32",
+                                                        "data.width=32"]))
+    assert not (tmp_path / "slow" / "model").exists()
 
 
 def test_sample_and_validation_settings_are_checked_before_training(world_root, tmp_path, monkeypatch):
