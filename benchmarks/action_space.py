@@ -83,13 +83,15 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="model directory (its action encoder is the 'after')")
     parser.add_argument("--model-before", help="a second model to report as 'before' (e.g. the previous model)")
-    parser.add_argument("--name", default="action_space", help="results/<name>.json")
+    parser.add_argument("--name", default="action_space", help="result file name without .json (default: action_space)")
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"),
+                        help="results folder (default: benchmarks/results, where the committed results are)")
     args = parser.parse_args(argv)
     report = {"model": args.model, "after": measure(load_model(args.model))}
     if args.model_before:
         report["model_before"] = args.model_before
         report["before"] = measure(load_model(args.model_before))
-    path = Path(__file__).parent / "results" / f"{args.name}.json"
+    path = Path(args.out) / f"{args.name}.json"
     atomic_write_json(path, report)
     print(json.dumps(report, indent=1))
     print(f"wrote {path}")

@@ -28,6 +28,7 @@ import torch
 
 from slowfast_vgen.config import load_config
 from slowfast_vgen.errors import UserInputError, run_cli
+from slowfast_vgen.fast_learner import FAST_MODES
 from slowfast_vgen.io_utils import atomic_write_json
 from slowfast_vgen.model import ModelBundle, ModelConfig, load_model, model_summary
 from slowfast_vgen.session import GenerationConfig, GenerationSession
@@ -64,13 +65,18 @@ def main(argv=None) -> int:
     parser.add_argument("--chunks", type=int, default=12, help="chunks per mode (default 12)")
     parser.add_argument("--warmup", type=int, default=1, help="chunks excluded from the means (default 1)")
     parser.add_argument("--modes", default="off,paper", help="comma-separated fast modes (default off,paper)")
-    parser.add_argument("--device", default="cpu", help="cpu | cuda")
-    parser.add_argument("--name", default="chunk_cost_cpu_tiny", help="result file name (without .json)")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda (default: cpu)")
+    parser.add_argument("--name", default="chunk_cost_cpu_tiny", help="result file name (without .json; default: "
+                                                                      "chunk_cost_cpu_tiny)")
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"),
+                        help="results folder (default: benchmarks/results, where the committed results are)")
     parser.add_argument("--single-mode", help=argparse.SUPPRESS)  # internal: measure one mode, print JSON
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="GenerationConfig overrides")
     args = parser.parse_args(argv)
     if args.warmup < 0 or args.chunks < max(2, args.warmup + 1):  # memory growth is last over second chunk
         raise UserInputError(f"--chunks must be >= 2 and exceed --warmup >= 0, got {args.chunks} and {args.warmup}")
+    if unknown := [mode for mode in args.modes.split(",") if mode not in FAST_MODES]:  # before any mode is measured
+        raise UserInputError(f"--modes: unknown fast mode {unknown[0]!r}; choose from {', '.join(FAST_MODES)}")
     if args.single_mode is None:
         return run_all(args, argv if argv is not None else sys.argv[1:])
 
@@ -110,7 +116,7 @@ def run_all(args, argv) -> int:
         results["temp_lora_memory_ratio"] = paper["peak_memory_mb_max"] / off["peak_memory_mb_max"]
         print(f"Temp-LoRA overhead: time x{results['temp_lora_time_ratio']:.3f}, "
               f"peak memory x{results['temp_lora_memory_ratio']:.3f} (paper, V100: x1.068 time, x1.037 memory)")
-    out = Path(__file__).parent / "results" / f"{args.name}.json"
+    out = Path(args.out) / f"{args.name}.json"
     atomic_write_json(out, results)
     print(f"wrote {out}")
     return 0

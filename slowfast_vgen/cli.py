@@ -55,10 +55,11 @@ def _add_generation_options(parser: argparse.ArgumentParser, image: bool = True)
     parser.add_argument("--world-seed", type=int, help="seed of that world (default: 0)")
     parser.add_argument("--fast", choices=["paper", "off", "text", "full-sequence"],
                         help="Temp-LoRA rule (default from config: paper)")
-    parser.add_argument("--seed", type=int, help="random seed (same seed -> identical frames)")
-    parser.add_argument("--steps", type=int, help="denoising steps per chunk")
-    parser.add_argument("--guidance", type=float, help="classifier-free guidance scale on the action text")
-    parser.add_argument("--scheduler", help="ddim | dpmsolver++ | euler")
+    parser.add_argument("--seed", type=int, help="random seed (same seed -> identical frames; default: seed)")
+    parser.add_argument("--steps", type=int, help="denoising steps per chunk (default: sampler.num_inference_steps)")
+    parser.add_argument("--guidance", type=float, help="classifier-free guidance scale on the action text "
+                                                       "(default: sampler.guidance_scale)")
+    parser.add_argument("--scheduler", help="ddim | dpmsolver++ | euler (default: sampler.scheduler)")
     parser.add_argument("--config", help="YAML file with GenerationConfig values")
     if image:
         parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -171,6 +172,10 @@ def resolve_device(name: str) -> str:
     return device
 
 
+GENERATION_DEFAULTS_NOTE = ("the defaults below are the library's: a model's own settings (`generation` in its "
+                            "slowfast_vgen.json; the embedded model's are the real-time ones) replace them, and "
+                            "--config, the flags and key=value replace those; the resolved values are written "
+                            "beside the video (.yaml)")
 DEFAULT_WORLD = "navigation"  # of --world (its argparse default is None: a resume can tell one that was given)
 
 
@@ -789,6 +794,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "chunk, resumed if it exists")
     _add_generation_options(generate)
     generate.config_class = "session:GenerationConfig"
+    generate.keys_note = GENERATION_DEFAULTS_NOTE
     generate.set_defaults(handler=generate_main)
 
     play = sub.add_parser("play", help="interactive generation, one action per line",
@@ -798,6 +804,7 @@ def build_parser() -> argparse.ArgumentParser:
     play.add_argument("--gif", action="store_true", help="also keep a .gif up to date")
     _add_generation_options(play)
     play.config_class = "session:GenerationConfig"
+    play.keys_note = GENERATION_DEFAULTS_NOTE
     play.set_defaults(handler=play_main)
 
     serve = sub.add_parser("serve", help="play in the browser: a local web app",
@@ -809,6 +816,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
     _add_generation_options(serve, image=False)
     serve.config_class = "session:GenerationConfig"
+    serve.keys_note = GENERATION_DEFAULTS_NOTE
     serve.set_defaults(handler=serve_main)
 
     evaluate = sub.add_parser("eval", help="evaluate memory and quality against exact ground truth",

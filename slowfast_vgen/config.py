@@ -259,6 +259,7 @@ class ConfigKeysParser(argparse.ArgumentParser):
     imported only when the help is printed, so building a command line stays free of torch."""
 
     config_class: type | str | None = None
+    keys_note: str = ""  # a line printed under the keys' header (where the defaults below are replaced)
 
     def format_help(self) -> str:
         text = super().format_help()
@@ -269,4 +270,5 @@ class ConfigKeysParser(argparse.ArgumentParser):
             module, name = cls.split(":")
             cls = getattr(importlib.import_module(f"{__package__}.{module}"), name)
         keys = "\n".join("  " + line for line in config_keys_help(cls))
-        return f"{text}\nconfig keys (in the --config YAML file or as key=value overrides):\n{keys}\n"
+        note = f"  {self.keys_note}\n" if self.keys_note else ""
+        return f"{text}\nconfig keys (in the --config YAML file or as key=value overrides):\n{note}{keys}\n"

@@ -300,13 +300,12 @@ def _train_idm(config: IDMTrainConfig, progress) -> IDMTrainResult:
 
 def idm_main(argv=None) -> int:
     """``train/train_idm.py``: ``[--config YAML] key=value ...`` -> :func:`train_idm`."""
-    import argparse
-
-    from .config import load_config
+    from .config import ConfigKeysParser, load_config
     from .errors import run_cli
 
     def main(args) -> int:
-        parser = argparse.ArgumentParser(description="Train an inverse dynamics model on procedural-world chunks.")
+        parser = ConfigKeysParser(description="Train an inverse dynamics model on procedural-world chunks.")
+        parser.config_class = IDMTrainConfig
         parser.add_argument("--config", help="YAML file with IDMTrainConfig values")
         parser.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. output_dir=/work/idm/nav max_minutes=5")
         parsed = parser.parse_args(args)

@@ -521,6 +521,9 @@ class ModelBundle:
                     **safetensors_only_kwargs(directory / "action_encoder"),
                 )
         text_encoder = tokenizer = None
+        if cache_only and action_encoder is None:  # was refused only at the first action, with another reason
+            raise UserInputError(f"text features serve models with an action encoder, and {directory} has none: "
+                                 "load it without text features")
         if cache_only:
             expected = (metadata or {}).get("text_encoder_fingerprint", "")
             if expected and text_features.fingerprint != expected:

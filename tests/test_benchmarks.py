@@ -110,6 +110,17 @@ def test_chunk_cost_refuses_chunk_counts_it_cannot_summarise(argv, capsys):
     assert capsys.readouterr().err.startswith("error: --chunks must be >= 2 and exceed --warmup >= 0, got ")
 
 
+def test_chunk_cost_refuses_an_unknown_mode_before_measuring_any(monkeypatch, capsys):
+    """`--modes off,bogus` measured the whole `off` mode (about 14 s) before the child process refused `bogus`."""
+    spec = importlib.util.spec_from_file_location("benchmark_chunk_cost", BENCHMARKS / "chunk_cost.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module.subprocess, "run", lambda *a, **k: pytest.fail("a mode was measured"))
+    assert module.run_cli(module.main, ["--chunks", "2", "--modes", "off,bogus"]) == 2
+    assert capsys.readouterr().err == ("error: --modes: unknown fast mode 'bogus'; choose from off, paper, text, "
+                                       "full-sequence\n")
+
+
 @pytest.fixture(scope="module")
 def train_step():
     """benchmarks/train_step.py as a module (benchmarks/ is no package)."""

@@ -899,3 +899,17 @@ def test_empty_eval_variants_exits_2_before_loading(variants, tmp_path, monkeypa
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error: --variants is empty"), err
     assert not (tmp_path / "eval").exists()
+
+
+def test_configs_generate_yaml_is_what_a_plain_generate_with_the_embedded_model_uses():
+    """Its header said "every key with its default" while it held 20 steps, guidance 2 and window 16: passing it
+    turned the embedded model's real-time sampler into a slow one on a window it was never trained on."""
+    from dataclasses import asdict
+
+    from slowfast_vgen.config import load_config
+    from slowfast_vgen.session import GenerationConfig
+
+    repo = Path(__file__).resolve().parents[1]
+    model = json.loads((repo / "slowfast_vgen/assets/default_model/slowfast_vgen.json").read_text())
+    plain = load_config(GenerationConfig, None, [], defaults=model["generation"])  # as _generation_config merges
+    assert asdict(load_config(GenerationConfig, str(repo / "configs/generate.yaml"), [])) == asdict(plain)

@@ -224,6 +224,16 @@ def test_a_text_encoder_package_is_imported_only_when_it_is_one(tmp_path, tiny_m
         ModelBundle.from_config(ModelConfig(text_encoder=str(only_weights)))
 
 
+def test_text_features_for_a_model_without_an_action_encoder_are_refused_on_load(tiny_model_dir, tmp_path):
+    """The model loaded, then the first action failed with "this model was loaded without its text encoder"."""
+    from slowfast_vgen.text_features import build_text_features
+
+    cache = build_text_features(load_model(tiny_model_dir), ["move left"])
+    with pytest.raises(UserInputError, match=f"^text features serve models with an action encoder, and "
+                                             f"{tiny_model_dir} has none: load it without text features$"):
+        load_model(tiny_model_dir, text_features=cache)
+
+
 def test_pooled_text_conditioning_adds_a_sentence_token_and_a_timestep_signal(tmp_path):
     from slowfast_vgen.model import unet_text_kwargs
 
@@ -257,10 +267,14 @@ def _text_encoder_state(bundle) -> dict[str, torch.Tensor]:
     return bundle.text_encoder.state_dict()
 
 
-def test_a_model_loaded_with_text_features_saves_the_text_encoder_of_its_directory(tiny_model_dir, tmp_path):
+def test_a_model_loaded_with_text_features_saves_the_text_encoder_of_its_directory(tiny_config, tmp_path):
+    from dataclasses import replace
+
     from slowfast_vgen.pipeline import SlowFastVGenPipeline
     from slowfast_vgen.text_features import build_text_features
 
+    tiny_model_dir = tmp_path / "model"  # text features serve models with an action encoder
+    ModelBundle.from_config(replace(tiny_config, action_encoder=True)).save_pretrained(tiny_model_dir)
     full = load_model(tiny_model_dir)
     cache = build_text_features(full, ["", "move left"])
     cached = load_model(tiny_model_dir, text_features=cache)
@@ -270,7 +284,8 @@ def test_a_model_loaded_with_text_features_saves_the_text_encoder_of_its_directo
     assert index["text_encoder"] == ["transformers", type(full.text_encoder).__name__]
     # the trainer's export: a new bundle over the cached one's parts (and metadata), saved again from the copy
     again = load_model(tmp_path / "saved", text_features=cache)
-    export = ModelBundle(again.unet, None, None, None, again.noise_scheduler, again.metadata, text_features=cache)
+    export = ModelBundle(again.unet, None, None, None, again.noise_scheduler, again.metadata,
+                         action_encoder=again.action_encoder, text_features=cache)
     export.save_pretrained(tmp_path / "exported")
     for saved in ("saved", "exported"):
         reloaded = load_model(tmp_path / saved)

@@ -359,3 +359,15 @@ def test_pair_sampler_refuses_seeds_whose_worlds_reach_the_heldout_worlds():
     for seed, worlds in ((-1, 1_000_000), (900, 1)):  # (-1, 1_000_000): world seeds -1_000_000 .. -1
         with pytest.raises(ValueError, match=rf"^seed must be in \[0, 900\) so that its worlds .* got {seed}$"):
             PairSampler("navigation", 16, 3, seed=seed, num_worlds=worlds)
+
+
+def test_train_idm_help_lists_every_config_key(capsys):
+    """`train_idm.py --help` listed no key at all, while the other trainers list every one with its default."""
+    from dataclasses import fields
+
+    from slowfast_vgen.idm_training import IDMTrainConfig, idm_main
+
+    with pytest.raises(SystemExit):
+        idm_main(["--help"])
+    text = capsys.readouterr().out
+    assert all(f"  {field.name} (default: " in text for field in fields(IDMTrainConfig))
