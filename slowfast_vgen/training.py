@@ -322,6 +322,9 @@ class SlowTrainer:
                                  "add_action_encoder=true with init_from)")
         if config.action_loss_weight and (self.bundle.action_encoder is None or self.bundle.action_encoder.classifier is None):
             raise UserInputError("action_loss_weight needs an action encoder with a primitive classifier")
+        # what the run starts from: a resume checks it (init_from re-exported by another run meanwhile, say)
+        self.start_fingerprint = self.bundle.model_fingerprint if config.init_from else ""
+        self.bundle.forget_model_fingerprint()  # training changes the weights in place
         self.bundle.to(self.accelerator.device)
         num_timesteps = self.bundle.noise_scheduler.config.num_train_timesteps
         if not 0 <= config.min_timestep < num_timesteps:
@@ -602,7 +605,8 @@ class SlowTrainer:
 
     # ------------------------------------------------------------------ checkpoints and exports
     def checkpoint_state(self) -> dict[str, Any]:
-        return {"lr_scheduler": _json_safe(self.lr_scheduler.state_dict()), "config": config_as_dict(self.config)}
+        return {"lr_scheduler": _json_safe(self.lr_scheduler.state_dict()), "config": config_as_dict(self.config),
+                "start_model_fingerprint": self.start_fingerprint}
 
     def checkpoint_tensors(self) -> dict[str, tuple[dict[str, torch.Tensor], dict[str, str]]]:
         """Further state a subclass needs for an exact resume, as named safetensors files (called on every process)."""
@@ -626,6 +630,11 @@ class SlowTrainer:
     def load_checkpoint(self, path: Path) -> None:
         state = read_checkpoint_state(path)
         check_resume_settings(path, state, self.config)
+        started_from = state.get("start_model_fingerprint")  # absent in older checkpoints: not checked
+        if started_from and started_from != self.start_fingerprint:
+            raise UserInputError(f"checkpoint {path} continues a run that started from another model than "
+                                 f"init_from={self.config.init_from} holds now (its weights differ); resume with the "
+                                 "model it started from, or give a new output_dir")
         load_unet_weights(self.bundle.unet, path)
         if self.bundle.action_encoder is not None:
             load_module_weights(self.bundle.action_encoder, path, "action_encoder")

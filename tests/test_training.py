@@ -601,6 +601,24 @@ def test_the_loop_defaults_to_one_record_per_micro_batch_and_data_must_match_the
     assert not (tmp_path / "slow" / "model").exists()
 
 
+def test_a_resume_refuses_an_init_from_that_now_holds_another_model(world_root, tmp_path, tiny_config):
+    """A resume took whatever init_from held now (a model re-exported by another run, say): the exported model
+    paired the trained UNet with the other model's parts, and the loop's anchor pulled toward the other model."""
+    from dataclasses import replace
+
+    from slowfast_vgen.model import ModelBundle
+
+    start, out = tmp_path / "start", tmp_path / "run"
+    ModelBundle.from_config(tiny_config).save_pretrained(start)
+    train(_slow(world_root, out, f"init_from={start}", "max_steps=1", "checkpointing_steps=1"))
+    ModelBundle.from_config(tiny_config).save_pretrained(start)  # the same model again: resumes
+    assert train(_slow(world_root, out, f"init_from={start}", "max_steps=2", "resume=latest")).step == 2
+    ModelBundle.from_config(replace(tiny_config, seed=7)).save_pretrained(start)
+    with pytest.raises(UserInputError, match=f"^checkpoint {out}/checkpoint-2 continues a run that started from "
+                                             f"another model than init_from={start} holds now"):
+        train(_slow(world_root, out, f"init_from={start}", "max_steps=3", "resume=latest"))
+
+
 def test_sample_and_validation_settings_are_checked_before_training(world_root, tmp_path, monkeypatch):
     """A bad sample action stopped the run at its first sample, and the steps since the last checkpoint
     were lost; validation_chunks=1 blamed the split."""
