@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from slowfast_vgen.errors import run_cli
-from slowfast_vgen.io_utils import atomic_write_json
+from slowfast_vgen.io_utils import atomic_write_json, result_path
 from slowfast_vgen.model import ModelBundle, load_model, pooled_sentence_embedding
 from slowfast_vgen.worlds.actions import NAVIGATION_PRIMITIVES, all_phrasings, opposite_phrasing_pairs, phrasings
 
@@ -87,11 +87,11 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"),
                         help="results folder (default: benchmarks/results, where the committed results are)")
     args = parser.parse_args(argv)
+    path = result_path(args.out, args.name)  # checked before the models are loaded and measured
     report = {"model": args.model, "after": measure(load_model(args.model))}
     if args.model_before:
         report["model_before"] = args.model_before
         report["before"] = measure(load_model(args.model_before))
-    path = Path(args.out) / f"{args.name}.json"
     atomic_write_json(path, report)
     print(json.dumps(report, indent=1))
     print(f"wrote {path}")

@@ -29,7 +29,7 @@ import torch
 from slowfast_vgen.config import load_config
 from slowfast_vgen.errors import UserInputError, run_cli
 from slowfast_vgen.fast_learner import FAST_MODES
-from slowfast_vgen.io_utils import atomic_write_json
+from slowfast_vgen.io_utils import atomic_write_json, result_path
 from slowfast_vgen.model import ModelBundle, ModelConfig, load_model, model_summary
 from slowfast_vgen.session import GenerationConfig, GenerationSession
 
@@ -94,6 +94,7 @@ def main(argv=None) -> int:
 
 def run_all(args, argv) -> int:
     """Measure every mode in a fresh process (so peak RSS is per mode), then compare."""
+    out = result_path(args.out, args.name)  # checked before any mode is measured
     results = {"machine": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
                # OMP_WAIT_POLICY=PASSIVE (good beside another job) makes a solo run ~1.6x slower on 2 cores
                "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
@@ -116,7 +117,6 @@ def run_all(args, argv) -> int:
         results["temp_lora_memory_ratio"] = paper["peak_memory_mb_max"] / off["peak_memory_mb_max"]
         print(f"Temp-LoRA overhead: time x{results['temp_lora_time_ratio']:.3f}, "
               f"peak memory x{results['temp_lora_memory_ratio']:.3f} (paper, V100: x1.068 time, x1.037 memory)")
-    out = Path(args.out) / f"{args.name}.json"
     atomic_write_json(out, results)
     print(f"wrote {out}")
     return 0

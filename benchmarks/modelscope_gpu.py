@@ -69,7 +69,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from slowfast_vgen.errors import UserInputError, run_cli
 from slowfast_vgen.fast_learner import FastLearnerConfig, TempLoRA
-from slowfast_vgen.io_utils import atomic_write_json
+from slowfast_vgen.io_utils import atomic_write_json, result_path
 from slowfast_vgen.profiling import Stopwatch, peak_memory_mb, reset_peak_memory
 from slowfast_vgen.sampler import make_scheduler, sample_chunk
 
@@ -380,7 +380,7 @@ def main(argv=None) -> int:
     device = torch.device(config.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # all modes: cuDNN picks its fastest convolutions in the warm-up
-    name = args.name or f"modelscope_{device.type}_{args.size}"
+    out = result_path(args.out, args.name or f"modelscope_{device.type}_{args.size}")  # before anything is measured
 
     # 1. FLOPs per chunk, counted on the meta device: guidance runs the UNet on a batch of 2
     unet_frames = {"reference": config.frames, "project": config.context_frames + config.frames}
@@ -447,7 +447,6 @@ def main(argv=None) -> int:
               f"peak {memory:.0f} MB, {got_mode['achieved_tflops']:.2f} TFLOP/s, MFU {100 * got_mode['mfu']:.1f} %"
               if memory is not None else f"{mode:>17}: {got_mode['seconds_per_chunk']:.3f} s/chunk")
     print(", ".join(f"{k} {v:.3f}" for k, v in summary.items() if isinstance(v, float)))
-    out = Path(args.out) / f"{name}.json"
     atomic_write_json(out, results)
     print(f"wrote {out}")
     return 0

@@ -41,7 +41,7 @@ from slowfast_vgen import diffusion
 from slowfast_vgen.config import load_config
 from slowfast_vgen.data.dataset import ChunkBatch
 from slowfast_vgen.errors import run_cli
-from slowfast_vgen.io_utils import atomic_write_json
+from slowfast_vgen.io_utils import atomic_write_json, result_path
 from slowfast_vgen.model import model_summary
 from slowfast_vgen.training import SlowTrainer, TrainConfig
 
@@ -173,6 +173,7 @@ def parse_args(argv) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    path = result_path(args.out, args.name)  # checked before the step is timed
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory(prefix="train_step_") as output_dir:
         config = benchmark_config(args.config, args.overrides, args.model, output_dir)
@@ -184,8 +185,6 @@ def main(argv=None) -> int:
             "model": model_summary(trainer.bundle),
             **measure(trainer, args),
         }
-    path = Path(args.out) / f"{args.name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, result)
     summary = f"eager {result['eager_seconds_per_step']:.3f} s/step"
     if args.compile:

@@ -72,6 +72,16 @@ def check_output_directory(path: str | os.PathLike, what: str = "--out") -> Path
     return path
 
 
+def result_path(out: str | os.PathLike, name: str) -> Path:
+    """``out/name.json``, the file a benchmark writes: ``out`` a directory it can write (checked up front, as
+    :func:`check_output_directory`), ``name`` a plain file name (``--name ../../x`` wrote outside ``out``)."""
+    from .errors import UserInputError
+
+    if not name or Path(name).name != name or name in (".", ".."):
+        raise UserInputError(f"--name must be a plain file name (no folders), got {name!r}")
+    return check_output_directory(out) / f"{name}.json"
+
+
 def check_output_file(out: str | os.PathLike, label: str = "--out",
                       protected: Iterable[tuple[str, str | os.PathLike]] = ()) -> Path:
     """``out`` (a file to write) as a :class:`Path`, refused with one line before any work when it

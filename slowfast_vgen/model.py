@@ -270,6 +270,9 @@ class ModelBundle:
         """The frozen encoder's token states ``(B, L, D)`` and real-token mask ``(B, L)``, padded to the
         longest text; read from ``text_features`` where cached, the rest computed by the encoder."""
         cache = self.text_features
+        memo_key, memo = getattr(self, "_text_memo", (None, None))
+        if cache is not None and cache is memo and memo_key != self._text_encoder_key():
+            cache = self.text_features = None  # the encoder was cast, moved or replaced: what it gave before is stale
         missing = list(dict.fromkeys(t for t in texts if cache is None or t not in cache))
         if missing:
             if self.text_encoder is None:
@@ -278,12 +281,18 @@ class ModelBundle:
             from .text_features import TextFeatureCache
 
             hidden, real_tokens = self._run_text_encoder(missing, pad_to_max=False)
-            if cache is None:
-                cache = TextFeatureCache(fingerprint="")
+            if cache is None:  # a memo of the live encoder's results, for this encoder as it is now
+                cache = self.text_features = TextFeatureCache(fingerprint="")
+                self._text_memo = (self._text_encoder_key(), cache)
             cache.add(missing, hidden, real_tokens)
-            if self.text_features is None:
-                self.text_features = cache
         return cache.lookup(list(texts))
+
+    def _text_encoder_key(self) -> tuple | None:
+        """What the live text encoder's results depend on besides its weights: which module, its dtype and device."""
+        if self.text_encoder is None:
+            return None
+        parameter = next(self.text_encoder.parameters())
+        return id(self.text_encoder), parameter.dtype, parameter.device
 
     def _run_text_encoder(self, texts: list[str], pad_to_max: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """The frozen text encoder on ``texts``: ``(B, L, D)`` states and the ``(B, L)`` real-token mask."""
@@ -525,10 +534,7 @@ class ModelBundle:
             raise UserInputError(f"text features serve models with an action encoder, and {directory} has none: "
                                  "load it without text features")
         if cache_only:
-            expected = (metadata or {}).get("text_encoder_fingerprint", "")
-            if expected and text_features.fingerprint != expected:
-                raise UserInputError(f"the text feature cache was made by another text encoder than this model's "
-                                     f"({text_features.fingerprint} != {expected}): rebuild it")
+            check_text_features(text_features, (metadata or {}).get("text_encoder_fingerprint", ""), action_encoder)
         else:
             text_dir = _package_model_path(package) if package else directory / "text_encoder"
             tokenizer_dir = text_dir if package else directory / "tokenizer"
@@ -568,10 +574,7 @@ class ModelBundle:
     def use_text_features(self, cache: Any) -> None:
         """Read action texts from a :class:`~slowfast_vgen.text_features.TextFeatureCache` first; a cache made
         by another text encoder than this model's is refused."""
-        expected = self.text_encoder_fingerprint
-        if expected and cache.fingerprint and cache.fingerprint != expected:
-            raise UserInputError(f"the text feature cache was made by another text encoder than this model's "
-                                 f"({cache.fingerprint} != {expected}): rebuild it")
+        check_text_features(cache, self.text_encoder_fingerprint, self.action_encoder)
         self.text_features = cache
 
     def with_action_encoder(self, hidden_dim: int = 256, num_tokens: int = 4, classifier: bool = True,
@@ -817,6 +820,18 @@ def _align_tensors(module: torch.nn.Module | None, alignment: int = 64) -> None:
     for tensor in [*module.parameters(), *module.buffers()]:
         if tensor.data_ptr() % alignment:
             tensor.data = tensor.data.clone()
+
+
+def check_text_features(cache: Any, fingerprint: str, action_encoder: torch.nn.Module | None) -> None:
+    """Refuse a :class:`~slowfast_vgen.text_features.TextFeatureCache` made by another text encoder than the one
+    with ``fingerprint`` (when both are known), or whose states are not as wide as ``action_encoder`` reads."""
+    if fingerprint and cache.fingerprint and cache.fingerprint != fingerprint:
+        raise UserInputError(f"the text feature cache was made by another text encoder than this model's "
+                             f"({cache.fingerprint} != {fingerprint}): rebuild it")
+    width = getattr(getattr(action_encoder, "config", None), "text_dim", None)
+    if width is not None and cache.width is not None and cache.width != width:
+        raise UserInputError(f"the text feature cache holds {cache.width}-wide token states, this model's action "
+                             f"encoder reads {width}: it was made for another text encoder; rebuild it")
 
 
 def safetensors_only_kwargs(component_dir: Path) -> dict[str, Any]:

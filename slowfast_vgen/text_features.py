@@ -2,7 +2,8 @@
 
 A cache file is one safetensors file::
 
-    states    (T, D) float16   the real-token states of all texts, concatenated (text i: its ``lengths[i]`` rows)
+    states    (T, D) float32   the real-token states of all texts, concatenated (text i: its ``lengths[i]`` rows;
+                               float16 in files written before, read as well)
     lengths   (N,)   int64     real tokens of each text
     metadata: {"format": "slowfast_vgen.text_features/1", "encoder": <fingerprint>, "texts": <JSON list>}
 
@@ -74,6 +75,11 @@ class TextFeatureCache:
     def __len__(self) -> int:
         return len(self.features)
 
+    @property
+    def width(self) -> int | None:
+        """``D``, the width of the token states (``None`` while empty)."""
+        return next(iter(self.features.values())).shape[1] if self.features else None
+
     def add(self, texts: list[str], states: torch.Tensor, mask: torch.Tensor) -> None:
         """Store ``(B, L, D)`` states of ``texts`` (only the real tokens, per ``mask``)."""
         lengths = mask.long().sum(dim=1).tolist()
@@ -95,10 +101,11 @@ class TextFeatureCache:
         return states, mask
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write atomically; states are stored as float16 (a few MB for thousands of phrasings)."""
+        """Write atomically; states are stored as float32, exactly what the live encoder gives (a few MB for
+        thousands of phrasings; float16 made training from a cache condition on other inputs than generation)."""
         texts = sorted(self.features)
         rows = [self.features[t] for t in texts]
-        states = torch.cat(rows).half() if rows else torch.zeros(0, 1, dtype=torch.float16)
+        states = torch.cat(rows).float() if rows else torch.zeros(0, 1)
         lengths = torch.tensor([row.shape[0] for row in rows], dtype=torch.long)
         metadata = {"format": FORMAT, "encoder": self.fingerprint, "texts": json.dumps(texts)}
         with atomic_output_file(path) as tmp:
@@ -126,6 +133,8 @@ class TextFeatureCache:
         )
         if not well_formed:  # texts as one string, float lengths, 1-D states, repeated texts: raw errors before
             raise UserInputError(f"text feature cache {path} is not a {FORMAT} file")
+        if not bool(torch.isfinite(states).all()):  # the first chunk then came out "not finite", blaming the model
+            raise UserInputError(f"text feature cache {path} is corrupt: its token states are not all finite")
         fingerprint = metadata.get("encoder", "")
         if expected_fingerprint and fingerprint != expected_fingerprint:
             raise UserInputError(

@@ -121,6 +121,21 @@ def test_chunk_cost_refuses_an_unknown_mode_before_measuring_any(monkeypatch, ca
                                        "full-sequence\n")
 
 
+def test_benchmark_results_stay_in_out_which_is_checked_first(tmp_path, capsys):
+    """`action_space.py --name ../../escape` wrote outside the results folder, and an --out that is a file
+    failed with a FileExistsError traceback after the whole measurement."""
+    spec = importlib.util.spec_from_file_location("benchmark_action_space", BENCHMARKS / "action_space.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    (tmp_path / "afile").write_text("x")
+    for argv, message in ((["--name", "../../escape"], "--name must be a plain file name (no folders), got "
+                                                        "'../../escape'"),
+                          (["--out", str(tmp_path / "afile")], f"--out: {tmp_path / 'afile'} is a file; give a "
+                                                               "directory")):
+        assert module.run_cli(module.main, ["--model", str(tmp_path / "no_model"), *argv]) == 2  # before loading it
+        assert capsys.readouterr().err == f"error: {message}\n"
+
+
 @pytest.fixture(scope="module")
 def train_step():
     """benchmarks/train_step.py as a module (benchmarks/ is no package)."""
