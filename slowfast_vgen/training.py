@@ -48,6 +48,7 @@ from .checkpointing import (
 from .text_features import TextFeatureCache
 from .config import check_same_run, config_as_dict, help_field, save_config
 from .data.dataset import ChunkBatch, ChunkDataset, ChunkDatasetConfig, collate_chunks, ignore_sigterm, shut_down_when_done
+from .data.live_worlds import VALIDATION_SEED as LIVE_VALIDATION_SEED
 from .data.live_worlds import LiveWorldChunks, LiveWorldsConfig, live_chunk_loader
 from .errors import UserInputError, first_line
 from .fast_learner import FastLearnerConfig, TempLoRA, plain_unet, use_adapter
@@ -67,6 +68,12 @@ EXIT_DIVERGED = 3
 
 class TrainingDiverged(RuntimeError):
     """Too many non-finite losses in a row."""
+
+
+def live_settings(live: LiveWorldsConfig, data: ChunkDatasetConfig) -> LiveWorldsConfig:
+    """The live worlds a run trains on: ``live`` with the frame size and chunk lengths of ``data``."""
+    return replace(live, size=data.height, context_frames_min=data.context_frames_min,
+                   context_frames_max=data.context_frames_max, target_frames=data.target_frames)
 
 
 @dataclass
@@ -154,6 +161,14 @@ class TrainConfig:
         if self.data_source == "live" and self.data.height != self.data.width:
             raise ValueError(f"live worlds render square frames: data.height must equal data.width, got "
                              f"{self.data.height}x{self.data.width}")
+        if self.data_source == "live":
+            if self.live.split != "train":  # any other split mixes held-out phrasings into training
+                raise ValueError(f"live.split must be train for training (validation renders its own), got "
+                                 f"{self.live.split!r}")
+            if self.live.seed == LIVE_VALIDATION_SEED:  # training on the validation worlds
+                raise ValueError(f"live.seed {LIVE_VALIDATION_SEED} is the seed of the live validation worlds; "
+                                 "give another")
+            live_settings(self.live, self.data)  # target_frames > frames_per_action: a traceback after loading
         if str(self.mixed_precision) == "False":  # YAML and dotlists read a bare `no` as false
             self.mixed_precision = "no"
         if self.mixed_precision not in ("no", "fp16", "bf16"):
@@ -387,12 +402,11 @@ class SlowTrainer:
 
     def live_config(self, split: str = "train") -> LiveWorldsConfig:
         """The live worlds of ``data_source=live``: frame size and chunk lengths from ``data``; the validation
-        split renders other worlds (dataset seed 899) with all phrasings and full context."""
+        split renders other worlds (dataset seed ``VALIDATION_SEED``, 899) with all phrasings and full context."""
         data = self.config.data
-        live = replace(self.config.live, size=data.height, context_frames_min=data.context_frames_min,
-                       context_frames_max=data.context_frames_max, target_frames=data.target_frames)
+        live = live_settings(self.config.live, data)
         if split != "train":
-            live = replace(live, split=split, seed=899, context_frames_min=data.context_frames_max)
+            live = replace(live, split=split, seed=LIVE_VALIDATION_SEED, context_frames_min=data.context_frames_max)
         return live
 
     def micro_batches(self, start: int) -> Iterator[ChunkBatch]:

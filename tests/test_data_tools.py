@@ -108,6 +108,14 @@ def test_add_dataclass_arguments_maps_field_types_to_options():
         (["--episodes", "2", "--set", "view_size=16"], "error: set the frame size with --size, not --set view_size"),
         (["--episodes", "2", "--world", "blocks", "--set", "num_blocks=6", "--set", "block_size=8", "--set", "margin=8"],
          "error: bad config: 6 blocks of block_size 8 do not always fit on the table inside margin 8"),
+        # tracebacks (inf, 1e30, a 298 GiB array, an int too large for C) or hangs (10**8 landmarks or regions)
+        (["--episodes", "2", "--set", "landmark_radius_max=inf"], "error: bad config: need 1 <= landmark_radius_min <= "
+                                                                  "landmark_radius_max <= 16 (half a 32x32 view)"),
+        (["--episodes", "2", "--set", "num_landmarks=100000000"], "error: bad config: need num_regions in [1, 10000] "
+                                                                  "and num_landmarks in [0, 10000]"),
+        (["--episodes", "2", "--set", "num_regions=100000000"], "error: bad config: need num_regions in [1, 10000]"),
+        (["--episodes", "2", "--world", "blocks", "--set", "gripper_step=1000000000000000000000"],
+         "error: bad config: push_distance and gripper_step must be in [1, 32] table units"),
     ],
 )
 def test_make_world_bad_input_exits_2_with_one_line(tmp_path, args, message):

@@ -90,13 +90,23 @@ def test_bad_action_encoder_options_are_one_line_errors(tmp_path, bad, message):
         SlowTrainer(_config(tmp_path, "max_steps=1", *bad))
 
 
-def test_bad_recipe_values_are_refused(tmp_path):
+def test_bad_recipe_values_are_refused(tmp_path, capsys):
     from slowfast_vgen.train_cli import slow_main
 
     for bad in ("max_minutes=-1", "action_loss_weight=nan", "data_source=cloud", "live.world_weights=[1,1,1]",
                 "live.seed=900"):
         assert slow_main([f"output_dir={tmp_path}", *TINY_LIVE, bad]) == 2
     assert slow_main([f"output_dir={tmp_path}"]) == 2  # disk data without data.root
+    capsys.readouterr()
+    # accepted before: training on the validation worlds, held-out phrasings in training, and a traceback after
+    # the model was loaded
+    for bad, message in (("live.seed=899", "live.seed 899 is the seed of the live validation worlds; give another"),
+                         ("live.split=val", "live.split must be train for training (validation renders its own), "
+                                            "got 'val'"),
+                         ("data.target_frames=9", "target_frames must be in [1, frames_per_action=4], got 9")):
+        assert slow_main([f"output_dir={tmp_path / 'x'}", *TINY_LIVE, bad]) == 2
+        assert capsys.readouterr().err == f"error: bad config: {message}\n"
+    assert not (tmp_path / "x").exists()
 
 
 def test_gpu_recipe_runs_tiny_on_cpu_without_the_text_encoder_package(tmp_path):
@@ -151,3 +161,12 @@ def test_every_shipped_config_loads_into_its_dataclass(path):
     overrides = ["data.root=data"] if cls is not ModelConfig and relative.parts[0] == "train" else []  # given on the command line
     config = load_config(cls, path, overrides)
     assert isinstance(config, cls)
+
+
+def test_gpu_recipe_checks_its_evaluation_settings_before_training(tmp_path):
+    """EVAL_ROUTES=eight trained for the whole budget and exported, then failed in the evaluation."""
+    for name, value in (("EVAL_ROUTES", "eight"), ("EVAL_STEPS", "0")):
+        result = subprocess.run(["bash", str(REPO / "train" / "gpu_recipe.sh"), "1", str(tmp_path / "out")],
+                                env={**os.environ, name: value}, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2 and result.stderr == f"error: {name} must be a positive integer, got '{value}'\n"
+    assert not (tmp_path / "out").exists()

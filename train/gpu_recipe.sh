@@ -19,6 +19,13 @@ minutes=${1:-6}
 out=${2:-runs/gpu_recipe}
 shift $(( $# < 2 ? $# : 2 ))
 features=${TEXT_FEATURES:-.whl/text_features.safetensors}
+for name in EVAL_ROUTES EVAL_STEPS; do  # checked now, not after the whole training budget
+  value=${!name:-}
+  if [ -n "$value" ] && ! [[ $value =~ ^[1-9][0-9]*$ ]]; then
+    echo "error: $name must be a positive integer, got '$value'" >&2
+    exit 2
+  fi
+done
 # find_spec looks the packages up without importing them (importing diffusers alone takes seconds)
 if ! python3 -c "import importlib.util as u, sys; sys.exit(not (u.find_spec('diffusers') and u.find_spec('omegaconf')))"; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/sfvgen-site .whl/*.whl

@@ -62,6 +62,7 @@ from ..worlds.base import Episode, action_frame_range, episode_num_frames
 from .dataset import ChunkBatch, ChunkSample, collate_chunks, ignore_sigterm, shut_down_when_done
 from .world_dataset import (  # noqa: F401 (HELDOUT_WORLD_SEED_BASE, WORLD_SEED_STRIDE: re-exported)
     HELDOUT_WORLD_SEED_BASE,
+    SPLITS,
     WORLD_SEED_STRIDE,
     check_training_world_seed,
     phrase_split_for,
@@ -69,6 +70,8 @@ from .world_dataset import (  # noqa: F401 (HELDOUT_WORLD_SEED_BASE, WORLD_SEED_
 )
 
 WORLD_CACHE_SIZE = 4  # worlds kept per worker (a group's samples arrive close together)
+VALIDATION_SEED = 899
+"""Dataset seed of the live validation worlds (899,000,000+): a training ``live.seed`` never takes it."""
 
 # numpy seed streams of one sample: (seed, k, stream)
 _WORLD_STREAM, _ROUTE_STREAM, _CHUNK_STREAM, _PHRASE_STREAM = 0, 1, 2, 3
@@ -125,7 +128,7 @@ class LiveWorldsConfig:
                 1 <= self.target_frames <= self.frames_per_action,
                 f"target_frames must be in [1, frames_per_action={self.frames_per_action}], got {self.target_frames}",
             ),
-            (bool(self.split), "split must not be empty"),
+            (self.split in SPLITS, f"split must be one of {', '.join(SPLITS)}, got {self.split!r}"),
             (self.chunks_per_world >= 1, f"chunks_per_world must be >= 1, got {self.chunks_per_world}"),
         ]
         for ok, message in checks:

@@ -72,10 +72,9 @@ class BlocksConfig:
             raise ValueError(f"num_blocks must be in [1, {len(BLOCK_COLOURS)}], got {self.num_blocks}")
         if not 2 <= self.block_size <= TABLE_UNITS // 4:
             raise ValueError(f"block_size must be in [2, {TABLE_UNITS // 4}] table units, got {self.block_size}")
-        if self.push_distance < 1 or self.gripper_step < 1:
-            raise ValueError(
-                f"push_distance and gripper_step must be >= 1, got {self.push_distance}, {self.gripper_step}"
-            )
+        if not (1 <= self.push_distance <= TABLE_UNITS and 1 <= self.gripper_step <= TABLE_UNITS):
+            raise ValueError(f"push_distance and gripper_step must be in [1, {TABLE_UNITS}] table units, got "
+                             f"{self.push_distance}, {self.gripper_step}")
         if not 0 <= self.margin <= TABLE_UNITS // 4:
             raise ValueError(f"margin must be in [0, {TABLE_UNITS // 4}], got {self.margin}")
         if not 0.0 <= self.return_fraction <= 1.0:
@@ -190,9 +189,11 @@ class BlocksWorld:
         if words[0] == "gripper":
             low, high = self._bounds(2)
             target = state.copy()
-            target[0] = np.clip(
-                state[0] + np.asarray(DIRECTION_VECTORS[words[1]]) * self.config.gripper_step, low, high
-            )
+            # a blocked push leaves the gripper at its contact point, possibly outside [low, high]: clipping to the
+            # bounds alone moved it back inwards, i.e. the opposite way ("gripper left" going right); it now moves
+            # the stated way or stays
+            target[0] = np.clip(state[0] + np.asarray(DIRECTION_VECTORS[words[1]]) * self.config.gripper_step,
+                                np.minimum(low, state[0]), np.maximum(high, state[0]))
             return _interpolate(state, target, k)
         # push <colour> <dir>: 1. approach the contact point, 2. push the block and gripper together
         colour, direction = words[1], words[2]

@@ -65,6 +65,10 @@ LANDMARK_SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "
 
 MAX_MAP_PIXELS = 8192
 """Widest map a world renders (its noise fields are float arrays of this side squared)."""
+MAX_MAP_ITEMS = 10_000
+"""Most regions or landmarks on one map (their placement is quadratic in the count: 10**8 hung make_world)."""
+MAX_LANDMARK_RADIUS = 16.0
+"""Largest landmark radius in pixels of a 32x32 view (half the view; 1e30 was a traceback or a 298 GiB array)."""
 
 
 @dataclasses.dataclass
@@ -95,13 +99,13 @@ class NavigationConfig:
                              f"{MAX_MAP_PIXELS} fit in memory: lower map_scale")
         if self.speed is not None and not 0 < self.speed < self.view_size:
             raise ValueError(f"speed must be in [1, view_size - 1] pixels per frame, got {self.speed}")
-        if self.num_regions < 1 or self.num_landmarks < 0:
+        if not (1 <= self.num_regions <= MAX_MAP_ITEMS and 0 <= self.num_landmarks <= MAX_MAP_ITEMS):
+            raise ValueError(f"need num_regions in [1, {MAX_MAP_ITEMS}] and num_landmarks in [0, {MAX_MAP_ITEMS}] (the "
+                             f"placement is quadratic in them), got {self.num_regions}, {self.num_landmarks}")
+        if not 1.0 <= self.landmark_radius_min <= self.landmark_radius_max <= MAX_LANDMARK_RADIUS:
             raise ValueError(
-                f"need num_regions >= 1 and num_landmarks >= 0, got {self.num_regions}, {self.num_landmarks}"
-            )
-        if not 1.0 <= self.landmark_radius_min <= self.landmark_radius_max:
-            raise ValueError(
-                f"need 1 <= landmark_radius_min <= landmark_radius_max, got {self.landmark_radius_min}, {self.landmark_radius_max}"
+                f"need 1 <= landmark_radius_min <= landmark_radius_max <= {MAX_LANDMARK_RADIUS:g} (half a 32x32 view), "
+                f"got {self.landmark_radius_min}, {self.landmark_radius_max}"
             )
         if not 0 <= self.texture_strength < math.inf:  # NaN rendered a black map, inf a black-and-white one
             raise ValueError(f"texture_strength must be a finite number >= 0, got {self.texture_strength}")
