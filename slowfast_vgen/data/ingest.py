@@ -407,7 +407,8 @@ def _ingest_one_video(
     """
     rows = []
     frame_times = reader.frame_times()  # not k / src_fps: a phone's video changes its frame rate
-    duration = frame_times[-1] + 1 / src_fps  # the last frame is shown for about one frame period
+    # the last frame is shown for about one frame period; a video of no frames ends at once
+    duration = (frame_times[-1] + 1 / src_fps) if len(frame_times) else 0.0
     for seg in segments:
         name = f"{seg.video} (annotation line {seg.line})"
         if not seg.action:
