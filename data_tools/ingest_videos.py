@@ -56,6 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = ingest_videos(config, progress=progress, report=lambda line: print(line, file=sys.stderr))
     print(
         f"wrote {summary.segments} segments from {summary.videos} videos to {config.out}; skipped {len(summary.skipped)}"
+        + (f"; {summary.reused} clips kept from the interrupted run" if summary.reused else "")
     )
     return 0
 

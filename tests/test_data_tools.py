@@ -902,3 +902,43 @@ def test_merge_datasets_refuses_to_rewrite_an_input_dataset(tmp_path, capsys):
     assert code == 2 and err == [f"error: dataset 'nav/manifest.jsonl': not a directory under {tmp_path / 'ds2'} "
                                  "(give the dataset's directory, which holds its manifest.jsonl)"], err
     assert (tmp_path / "ds2" / "manifest.jsonl").read_bytes() == before
+
+
+def test_an_interrupted_ingest_resumes_keeping_its_finished_clips(tmp_path, monkeypatch):
+    """A re-run decoded and wrote every clip again; an out of other settings would now mix clips."""
+    import slowfast_vgen.video_io as video_io
+
+    videos = tmp_path / "src"
+    for name in ("a", "b", "c"):
+        source_video(videos / f"{name}.mp4", seconds=1.0, fps=10, height=16, width=16)
+    ann = tmp_path / "ann.jsonl"
+    ann.write_text("".join(json.dumps({"video": name, "start_sec": 0.2, "end_sec": 0.8, "action": f"stir {name}"}) + "\n"
+                           for name in ("a", "b", "c")))
+
+    def config(out, **extra):
+        return IngestConfig(videos=str(videos), annotations=str(ann), out=str(out), height=16, width=16, **extra)
+
+    straight = ingest_videos(config(tmp_path / "straight"))
+    written, write_video = [], video_io.write_video
+
+    def dies_on_the_third_clip(path, *args, **kwargs):
+        if len(written) == 2:
+            raise KeyboardInterrupt
+        written.append(Path(path).name)
+        return write_video(path, *args, **kwargs)
+
+    monkeypatch.setattr(video_io, "write_video", dies_on_the_third_clip)
+    with pytest.raises(KeyboardInterrupt):
+        ingest_videos(config(tmp_path / "out"))
+    monkeypatch.setattr(video_io, "write_video", write_video)
+    kept = {p: p.stat().st_mtime_ns for p in (tmp_path / "out" / "videos").rglob("*.mp4")}
+    assert len(kept) == 2 and not (tmp_path / "out" / "manifest.jsonl").exists()
+    with pytest.raises(UserInputError, match="holds the clips of an interrupted ingest made with other output; "):
+        ingest_videos(config(tmp_path / "out", fps=5))
+    resumed = ingest_videos(config(tmp_path / "out"))
+    assert (resumed.segments, resumed.reused) == (3, 2) and straight.reused == 0
+    assert all(p.stat().st_mtime_ns == mtime for p, mtime in kept.items())  # not written again
+    assert read_manifest(tmp_path / "out") == read_manifest(tmp_path / "straight")
+    for row in read_manifest(tmp_path / "out"):
+        assert np.array_equal(open_video(tmp_path / "out" / row.video).get_frames(range(row.end_frame)),
+                              open_video(tmp_path / "straight" / row.video).get_frames(range(row.end_frame)))

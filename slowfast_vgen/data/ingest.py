@@ -26,6 +26,7 @@ from __future__ import annotations
 import collections
 import csv
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -99,6 +100,7 @@ class IngestSummary:
     segments: int
     videos: int
     skipped: list[tuple[str, str]]
+    reused: int = 0  # clips an interrupted run with the same settings had written already
 
 
 def parse_timestamp(text: str) -> float:
@@ -346,6 +348,7 @@ def ingest_videos(
         except LookupError as err:
             skip(video_id, f"{err} under {config.videos} ({len(segments)} segment(s) skipped)")
     episodes = _episode_names(list(by_source), Path(config.videos))
+    reused: list[str] | None = [] if _resume_settings(config, by_source, out) else None
 
     rows: list[Segment] = []
     written_videos = 0
@@ -359,13 +362,44 @@ def ingest_videos(
             skip(video_id, f"cannot decode {source.name}: {err.reason} ({len(segments)} segment(s) skipped)")
             continue
         episode = episodes[source]
-        new_rows = _ingest_one_video(reader, src_fps, segments, episode, config, out, write_video, skip)
+        new_rows = _ingest_one_video(reader, src_fps, segments, episode, config, out, write_video, skip, reused)
         rows += new_rows
         written_videos += 1 if new_rows else 0
     if not rows:
         raise UserInputError(f"no segments ingested: {len(skipped)} skipped (first: {skipped[0][0]}: {skipped[0][1]})")
     write_manifest(out / MANIFEST_NAME, rows)
-    return IngestSummary(len(rows), written_videos, skipped)
+    return IngestSummary(len(rows), written_videos, skipped, len(reused or []))
+
+
+INGEST_SETTINGS = ".ingest_settings.json"
+"""Written in ``--out`` before the first clip: what the clips there were made from and how."""
+
+
+def _resume_settings(config: IngestConfig, by_source: dict[Path, list[SourceSegment]], out: Path) -> bool:
+    """Record this run's settings in ``out`` (:data:`INGEST_SETTINGS`); whether an interrupted run with the same
+    ones left its clips there, to be kept instead of decoded again. Clips of other settings are refused."""
+    from ..errors import read_json_object
+    from ..io_utils import atomic_write_json
+
+    settings = {
+        "output": {key: getattr(config, key) for key in ("fps", "height", "width", "context_sec", "split", "backend")},
+        "annotations": hashlib.sha256(Path(config.annotations).read_bytes()).hexdigest(),
+        "sources": {os.path.relpath(source, config.videos): source.stat().st_size for source in sorted(by_source)},
+    }
+    settings = json.loads(json.dumps(settings))  # as read back: tuples as lists, floats as JSON writes them
+    path = out / INGEST_SETTINGS
+    if path.is_file():
+        try:
+            saved = read_json_object(path)
+        except (OSError, ValueError):
+            saved = None
+        if saved != settings:
+            changed = sorted(key for key in settings if saved is None or saved.get(key) != settings[key])
+            raise UserInputError(f"--out: {out} holds the clips of an interrupted ingest made with other "
+                                 f"{', '.join(changed) or 'settings'}; give a new directory, or delete it")
+        return True
+    atomic_write_json(path, settings)
+    return False
 
 
 def check_ingest_out(config: IngestConfig) -> Path:
@@ -400,10 +434,13 @@ def _ingest_one_video(
     out: Path,
     write_video: Callable[..., Any],
     skip: Callable[[str, str], None],
+    reused: list[str] | None = None,
 ) -> list[Segment]:
     """Write one clip per segment of one source video; returns the manifest rows.
 
-    A segment whose frames fail to decode is reported and skipped; no clip is written for it.
+    A segment whose frames fail to decode is reported and skipped; no clip is written for it. With
+    ``reused`` (a list), a clip that already exists (an interrupted run of the same settings wrote it,
+    atomically) is kept, not decoded again, and its name appended to ``reused``.
     """
     rows = []
     frame_times = reader.frame_times()  # not k / src_fps: a phone's video changes its frame rate
@@ -424,6 +461,11 @@ def _ingest_one_video(
         if len(times) - lead_in < 1:
             skip(name, f"segment shorter than one frame at {config.fps} fps")
             continue
+        video = f"videos/{episode}/{seg.line:06d}.mp4"
+        if reused is not None and (out / video).is_file():
+            reused.append(video)
+            rows.append(Segment(video, lead_in, len(times), config.fps, seg.action, episode, config.split))
+            continue
         source_idx = nearest_frames(frame_times, times)
         try:  # in batches: a long segment decoded whole at the source's size took gigabytes
             frames = np.concatenate([resize_center_crop(reader.get_frames(batch.tolist()), config.height, config.width)
@@ -432,7 +474,6 @@ def _ingest_one_video(
             where = f"{Path(err.path).name} at {seg.start_sec:.2f}-{seg.end_sec:.2f}s"
             skip(name, f"decoding failed in {where}: {err.reason}")
             continue
-        video = f"videos/{episode}/{seg.line:06d}.mp4"
         write_video(out / video, frames, fps=config.fps)
         rows.append(Segment(video, lead_in, len(times), config.fps, seg.action, episode, config.split))
     return rows
