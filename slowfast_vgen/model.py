@@ -719,8 +719,10 @@ def noise_schedule_problem(scheduler: DDPMScheduler) -> str | None:
     if len(betas) != total:
         return f"the schedule has {len(betas)} betas (trained_betas) for num_train_timesteps {total}"
     if not bool(torch.isfinite(betas).all()) or not bool(((betas > 0) & (betas < 1)).all()):
+        cause = ("rescale_betas_zero_snr: its last beta is 1 (zero terminal SNR), which this project's samplers do "
+                 "not take" if getattr(config, "rescale_betas_zero_snr", False) else "beta_start, beta_end, trained_betas")
         return (f"every beta must lie in (0, 1), got values from {float(betas.min()):g} to {float(betas.max()):g} "
-                "(beta_start, beta_end, trained_betas)")
+                f"({cause})")
     return None
 
 

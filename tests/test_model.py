@@ -119,6 +119,9 @@ def test_bad_model_config_names_the_value():
     ({"beta_end": 2.0}, r"every beta must lie in \(0, 1\), got values from 0.00085 to 2"),  # was a black video, exit 0
     ({"trained_betas": [0.5, 0.5, 0.5]}, "the schedule has 3 betas"),  # was an IndexError at the first chunk
     ({"prediction_type": "bogus"}, "prediction_type must be epsilon, v_prediction or sample, got 'bogus'"),
+    # named beta keys that were not set
+    ({"rescale_betas_zero_snr": True, "prediction_type": "v_prediction"},
+     r"every beta must lie in \(0, 1\), got values from 0.00085\d* to 1 \(rescale_betas_zero_snr: its last beta is 1"),
 ])
 def test_a_broken_noise_schedule_in_a_model_directory_is_refused_on_load(tiny_model_dir, tmp_path, change, message):
     model = tmp_path / "model"
