@@ -529,7 +529,9 @@ def test_episode_chunks_follow_each_other_without_a_gap(world_root):
     expected = torch.from_numpy(frames).float().div(127.5).sub(1.0).permute(3, 0, 1, 2)  # (3, 12, H, W)
     assert torch.equal(chunks.permute(1, 0, 2, 3, 4).flatten(1, 2), expected)
     assert actions == [s.action for s in episodes.episodes[0]]
-    with pytest.raises(UserInputError, match="has 2 consecutive segments of >= 2 frames, each chunk starting where"):
+    # the count was called "too short" although these episodes are long enough: their chunks have gaps
+    with pytest.raises(UserInputError, match="has 2 consecutive segments of >= 2 frames, each chunk starting where the "
+                                             r"one before ends \(3 episodes have no such run: too few segments, or gaps"):
         EpisodeDataset(ChunkDatasetConfig(root=str(world_root), target_frames=2), 2)
 
 

@@ -337,6 +337,8 @@ def test_ingest_finds_each_annotation_its_own_video_and_keeps_recordings_apart(t
                       "--fps", "10", "--height", "16", "--width", "16", "--context-sec", "0", "--no-progress")
     assert result.returncode == 0, result.stderr
     assert "skipped x: ambiguous name: 2 videos fit it" in result.stderr
+    # it ended "give its path under the videos folder under SRC"
+    assert f"; name it by its path under --videos (--videos {videos}; 1 segment(s) skipped)" in result.stderr
     manifest = read_manifest(out)
     assert [(r.episode, r.action) for r in manifest] == [("b_x", "go"), ("a_x", "go"), ("clip.v2", "go"),
                                                          ("clip.v3", "go")]

@@ -60,7 +60,8 @@ class EpisodeDataset(torch.utils.data.Dataset):
             raise UserInputError(
                 f"no episode in split {config.split!r} of {self.root} has {chunks_per_episode} consecutive segments "
                 f"of >= {config.target_frames} frames, each chunk starting where the one before ends "
-                f"({self.num_short_episodes} too short; the loop needs target_frames equal to the segment length)"
+                f"({self.num_short_episodes} episodes have no such run: too few segments, or gaps between the chunks; "
+                "the loop needs target_frames equal to the segment length)"
             )
         self._open = reader_factory(config.backend)
 

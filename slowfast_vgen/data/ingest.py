@@ -259,7 +259,7 @@ def find_video(index: dict[str, list[Path]], video_id: str) -> Path:
     if len(candidates) > 1:
         shown = ", ".join(str(path) for path in candidates[:3]) + (", ..." if len(candidates) > 3 else "")
         raise LookupError(f"ambiguous name: {len(candidates)} videos fit it ({shown}); "
-                          "give its path under the videos folder")
+                          "name it by its path under --videos")
     if not candidates:
         raise LookupError("video not found")
     return candidates[0]
@@ -346,7 +346,7 @@ def ingest_videos(
         try:
             by_source.setdefault(find_video(index, video_id), []).extend(segments)
         except LookupError as err:
-            skip(video_id, f"{err} under {config.videos} ({len(segments)} segment(s) skipped)")
+            skip(video_id, f"{err} (--videos {config.videos}; {len(segments)} segment(s) skipped)")
     episodes = _episode_names(list(by_source), Path(config.videos))
     reused: list[str] | None = [] if _resume_settings(config, by_source, out) else None
 
