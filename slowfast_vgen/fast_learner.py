@@ -160,6 +160,7 @@ def check_timestep_band(config: FastLearnerConfig, noise_scheduler) -> None:
 
 
 REGEX_CHECK_SECONDS = 10.0  # a pattern that takes longer to match a UNet's module names is refused
+_PATTERNS_THAT_FINISHED: set[tuple[str, tuple[str, ...]]] = set()  # checked once per process and model layout
 
 
 def check_target_modules_finish(pattern: str, module_names: Sequence[str], seconds: float | None = None) -> None:
@@ -186,9 +187,6 @@ def check_target_modules_finish(pattern: str, module_names: Sequence[str], secon
         raise UserInputError(f"fast.target_modules {pattern!r} cannot be matched: "
                               f"{(err.stderr.strip().splitlines() or ['exit status %d' % err.returncode])[-1]}") from None
     _PATTERNS_THAT_FINISHED.add((pattern, tuple(module_names)))
-
-
-_PATTERNS_THAT_FINISHED: set[tuple[str, tuple[str, ...]]] = set()  # checked once per process and model layout
 
 
 class TempLoRA:

@@ -48,8 +48,7 @@ from .checkpointing import (
 from .text_features import TextFeatureCache
 from .config import check_same_run, config_as_dict, help_field, save_config
 from .data.dataset import ChunkBatch, ChunkDataset, ChunkDatasetConfig, collate_chunks, ignore_sigterm, shut_down_when_done
-from .data.live_worlds import VALIDATION_SEED as LIVE_VALIDATION_SEED
-from .data.live_worlds import LiveWorldChunks, LiveWorldsConfig, live_chunk_loader
+from .data.live_worlds import VALIDATION_SEED as LIVE_VALIDATION_SEED, LiveWorldChunks, LiveWorldsConfig, live_chunk_loader
 from .errors import UserInputError, first_line
 from .fast_learner import FastLearnerConfig, TempLoRA, plain_unet, use_adapter
 from .io_utils import check_output_directory

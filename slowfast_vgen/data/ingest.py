@@ -37,8 +37,8 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from ..config import help_field
-from ..errors import UserInputError, first_line, unicode_problem
-from ..io_utils import check_output_directory
+from ..errors import UserInputError, first_line, read_json_object, unicode_problem
+from ..io_utils import atomic_write_json, check_output_directory
 from .manifest import MANIFEST_NAME, Segment, write_manifest
 from .readers import VideoReadError, VideoReaderBackend, open_video, resize_center_crop
 
@@ -378,15 +378,11 @@ INGEST_SETTINGS = ".ingest_settings.json"
 def _resume_settings(config: IngestConfig, by_source: dict[Path, list[SourceSegment]], out: Path) -> bool:
     """Record this run's settings in ``out`` (:data:`INGEST_SETTINGS`); whether an interrupted run with the same
     ones left its clips there, to be kept instead of decoded again. Clips of other settings are refused."""
-    from ..errors import read_json_object
-    from ..io_utils import atomic_write_json
-
     settings = {
         "output": {key: getattr(config, key) for key in ("fps", "height", "width", "context_sec", "split", "backend")},
         "annotations": hashlib.sha256(Path(config.annotations).read_bytes()).hexdigest(),
         "sources": {os.path.relpath(source, config.videos): source.stat().st_size for source in sorted(by_source)},
     }
-    settings = json.loads(json.dumps(settings))  # as read back: tuples as lists, floats as JSON writes them
     path = out / INGEST_SETTINGS
     if path.is_file():
         try:
