@@ -298,6 +298,18 @@ class ModelBundle:
         """The frozen text encoder on ``texts``: ``(B, L, D)`` states and the ``(B, L)`` real-token mask."""
         if self.text_encoder is None:
             raise UserInputError("this model was loaded without its text encoder")
+        input_ids, attention_mask = self._tokenize(texts, pad_to_max)
+        device = next(self.text_encoder.parameters()).device
+        kwargs = {"input_ids": input_ids.to(device)}
+        if _uses_attention_mask(self.text_encoder) and attention_mask is not None:
+            kwargs["attention_mask"] = attention_mask.to(device)
+        hidden = self.text_encoder(**kwargs).last_hidden_state
+        real_tokens = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+        return hidden, real_tokens.to(device)
+
+    def _tokenize(self, texts: list[str], pad_to_max: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The tokenizer as the text encoder is fed: ``(B, L)`` input ids and attention mask (``None`` where the
+        tokenizer gives none)."""
         tokens = self.tokenizer(
             list(texts),
             padding="max_length" if pad_to_max else "longest",
@@ -305,20 +317,29 @@ class ModelBundle:
             truncation=True,
             return_tensors="pt",
         )
-        device = next(self.text_encoder.parameters()).device
-        kwargs = {"input_ids": tokens["input_ids"].to(device)}
-        if _uses_attention_mask(self.text_encoder) and "attention_mask" in tokens:
-            kwargs["attention_mask"] = tokens["attention_mask"].to(device)
-        hidden = self.text_encoder(**kwargs).last_hidden_state
-        real_tokens = tokens.get("attention_mask", torch.ones_like(tokens["input_ids"])).to(device)
-        return hidden, real_tokens
+        return tokens["input_ids"], tokens.get("attention_mask")
+
+    @property
+    def text_settings(self) -> tuple[str, bool]:
+        """What the text path's features depend on besides the encoder's weights (tokenizer and encoder
+        settings, :func:`~slowfast_vgen.text_features.text_settings`) and whether it ignores case; without the
+        encoder, the fingerprint recorded when the model was saved (``""`` if none) and ``False``."""
+        if self.text_encoder is None:
+            return str(self.metadata.get("text_settings_fingerprint", "")), False
+        key = (id(self.text_encoder), id(self.tokenizer))
+        cached = getattr(self, "_text_settings", None)
+        if cached is None or cached[0] != key:
+            from .text_features import text_settings
+
+            self._text_settings = (key, text_settings(self._tokenize, self.text_encoder.config))
+        return self._text_settings[1]
 
     @property
     def text_encoder_fingerprint(self) -> str:
         """Identity of the frozen text encoder (weights + tokenizer), which text feature caches must match."""
         if self.text_encoder is None:  # loaded without it: the fingerprint recorded when the model was saved
             return str(self.metadata.get("text_encoder_fingerprint", ""))
-        key = (id(self.text_encoder), _module_dtype(self.text_encoder))  # it hashes the weights at their dtype
+        key = (id(self.text_encoder), _module_dtype(self.text_encoder))  # a cast to a narrower dtype rounds the weights
         cached = getattr(self, "_fingerprint", None)
         if cached is None or cached[0] != key:
             from .text_features import module_fingerprint
@@ -464,6 +485,8 @@ class ModelBundle:
             metadata = {key: value for key, value in self.metadata.items() if key != SOURCE_KEY}
             if self.action_encoder is not None:  # lets a machine without the encoder check its feature cache
                 metadata["text_encoder_fingerprint"] = self.text_encoder_fingerprint
+                if settings := self.text_settings[0]:
+                    metadata["text_settings_fingerprint"] = settings
             import diffusers
 
             index = {
@@ -534,7 +557,8 @@ class ModelBundle:
             raise UserInputError(f"text features serve models with an action encoder, and {directory} has none: "
                                  "load it without text features")
         if cache_only:
-            check_text_features(text_features, (metadata or {}).get("text_encoder_fingerprint", ""), action_encoder)
+            check_text_features(text_features, (metadata or {}).get("text_encoder_fingerprint", ""), action_encoder,
+                                (metadata or {}).get("text_settings_fingerprint", ""))
         else:
             text_dir = _package_model_path(package) if package else directory / "text_encoder"
             tokenizer_dir = text_dir if package else directory / "tokenizer"
@@ -563,6 +587,8 @@ class ModelBundle:
         if cache_only:
             metadata = {**(metadata or {}), SOURCE_KEY: str(directory.resolve())}  # save_pretrained copies its text encoder
             metadata.setdefault("text_encoder_fingerprint", text_features.fingerprint)
+            if text_features.settings:
+                metadata.setdefault("text_settings_fingerprint", text_features.settings)
         bundle = cls(unet, vae, text_encoder, tokenizer, noise_scheduler, metadata, action_encoder=action_encoder,
                      text_features=text_features)
         down = bundle.vae_scale_factor
@@ -574,7 +600,7 @@ class ModelBundle:
     def use_text_features(self, cache: Any) -> None:
         """Read action texts from a :class:`~slowfast_vgen.text_features.TextFeatureCache` first; a cache made
         by another text encoder than this model's is refused."""
-        check_text_features(cache, self.text_encoder_fingerprint, self.action_encoder)
+        check_text_features(cache, self.text_encoder_fingerprint, self.action_encoder, self.text_settings[0])
         self.text_features = cache
 
     def with_action_encoder(self, hidden_dim: int = 256, num_tokens: int = 4, classifier: bool = True,
@@ -794,7 +820,7 @@ def _check_metadata(metadata: dict[str, Any], where: str) -> None:
             raise UserInputError(f"{where}: field {key!r} must be a positive integer, got {value!r}")
     if "fps" in metadata and (problem := fps_problem(metadata["fps"])):
         raise UserInputError(f"{where}: field 'fps' {problem}")
-    for key in ("text_encoder_package", "text_encoder_fingerprint"):
+    for key in ("text_encoder_package", "text_encoder_fingerprint", "text_settings_fingerprint"):
         if key in metadata and not isinstance(metadata[key], str):
             raise UserInputError(f"{where}: field {key!r} must be a string, got {metadata[key]!r}")
     if "generation" in metadata:
@@ -824,12 +850,17 @@ def _align_tensors(module: torch.nn.Module | None, alignment: int = 64) -> None:
             tensor.data = tensor.data.clone()
 
 
-def check_text_features(cache: Any, fingerprint: str, action_encoder: torch.nn.Module | None) -> None:
+def check_text_features(cache: Any, fingerprint: str, action_encoder: torch.nn.Module | None,
+                        settings: str = "") -> None:
     """Refuse a :class:`~slowfast_vgen.text_features.TextFeatureCache` made by another text encoder than the one
-    with ``fingerprint`` (when both are known), or whose states are not as wide as ``action_encoder`` reads."""
+    with ``fingerprint``, or with other tokenizer or encoder settings than ``settings`` (each when both sides
+    know it), or whose states are not as wide as ``action_encoder`` reads."""
     if fingerprint and cache.fingerprint and cache.fingerprint != fingerprint:
         raise UserInputError(f"the text feature cache was made by another text encoder than this model's "
                              f"({cache.fingerprint} != {fingerprint}): rebuild it")
+    if settings and cache.settings and cache.settings != settings:
+        raise UserInputError(f"the text feature cache was made with other tokenizer or text encoder settings than "
+                             f"this model's ({cache.settings} != {settings}): rebuild it")
     width = getattr(getattr(action_encoder, "config", None), "text_dim", None)
     if width is not None and cache.width is not None and cache.width != width:
         raise UserInputError(f"the text feature cache holds {cache.width}-wide token states, this model's action "

@@ -91,6 +91,73 @@ def test_text_feature_cache_round_trip_and_encoder_check(encoder_bundle, tmp_pat
 
 
 
+def _cased_copy(bundle: ModelBundle) -> ModelBundle:
+    """``bundle`` with a tokenizer that keeps case (its own lower-cases): same weights, other features for 'Move'."""
+    from tokenizers import normalizers
+
+    other = copy.deepcopy(bundle)
+    other.tokenizer.backend_tokenizer.normalizer = normalizers.StripAccents()
+    return other
+
+
+def test_a_cache_made_with_other_tokenizer_or_encoder_settings_is_refused(encoder_bundle, tmp_path):
+    """The cache's check covered the encoder's weights and vocabulary only: a tokenizer that keeps case, cuts texts
+    shorter or an encoder with another activation gave other features from a cache that was accepted."""
+    cache = build_text_features(encoder_bundle, ["", "move left"])
+    assert cache.settings == encoder_bundle.text_settings[0] and cache.lowercase
+    cache = TextFeatureCache.load(cache.save(tmp_path / "features.safetensors"))
+    assert (cache.settings, cache.lowercase) == encoder_bundle.text_settings
+    shorter = copy.deepcopy(encoder_bundle)
+    shorter.tokenizer.model_max_length = 4
+    activation = copy.deepcopy(encoder_bundle)
+    activation.text_encoder.config.hidden_act = "relu"
+    for other in (_cased_copy(encoder_bundle), shorter, activation):
+        assert other.text_encoder_fingerprint == encoder_bundle.text_encoder_fingerprint  # the weights are the same
+        with pytest.raises(UserInputError, match="^the text feature cache was made with other tokenizer or text "
+                                                 "encoder settings than this model's"):
+            other.use_text_features(cache)
+    # a model saved with other settings refuses the cache without its text encoder too
+    shorter.save_pretrained(tmp_path / "shorter")
+    meta = json.loads((tmp_path / "shorter" / "slowfast_vgen.json").read_text())
+    assert meta["text_settings_fingerprint"] == shorter.text_settings[0] != cache.settings
+    with pytest.raises(UserInputError, match="other tokenizer or text encoder settings"):
+        ModelBundle.from_pretrained(tmp_path / "shorter", text_features=cache)
+    # files written before settings were recorded are not compared
+    older = TextFeatureCache(cache.fingerprint, cache.features)
+    shorter.use_text_features(older)
+    ModelBundle.from_pretrained(tmp_path / "shorter", text_features=older)
+
+
+def test_a_bfloat16_saved_text_encoder_serves_its_own_cache(encoder_bundle, tmp_path):
+    """The fingerprint hashed the weights at the dtype they were held: a model saved in bfloat16 recorded the
+    bfloat16 fingerprint, loaded at float32 (the default) its encoder had another, and the cache made from it
+    was refused by the model it was made for."""
+    encoder_bundle.to("cpu", torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    recorded = json.loads((tmp_path / "bf16" / "slowfast_vgen.json").read_text())["text_encoder_fingerprint"]
+    loaded = load_model(tmp_path / "bf16")
+    assert loaded.text_encoder.dtype == torch.float32 and loaded.text_encoder_fingerprint == recorded
+    assert load_model(tmp_path / "bf16", dtype=torch.bfloat16).text_encoder_fingerprint == recorded
+    cache = build_text_features(loaded, ["", "move left"])
+    assert ModelBundle.from_pretrained(tmp_path / "bf16", text_features=cache).text_encoder is None
+
+
+def test_a_case_blind_tokenizer_reads_any_casing_from_the_cache(encoder_bundle, tmp_path):
+    """Without its text encoder a model refused "Move Left" where the live encoder gives the features of
+    "move left"; with a tokenizer that keeps case the spelling must be in the cache as written."""
+    encoder_bundle.save_pretrained(tmp_path / "m")
+    cache = TextFeatureCache.load(build_text_features(encoder_bundle, ["", "move left"]).save(tmp_path / "f.safetensors"))
+    loaded = ModelBundle.from_pretrained(tmp_path / "m", text_features=cache)
+    assert torch.equal(loaded.encode_text(["Move LEFT"]), loaded.encode_text(["move left"]))
+    assert torch.allclose(loaded.encode_text(["Move LEFT"]), encoder_bundle.encode_text(["Move LEFT"]), atol=1e-6)
+    cased = _cased_copy(encoder_bundle)
+    cased.save_pretrained(tmp_path / "cased")
+    cased_cache = build_text_features(cased, ["", "move left"])
+    assert not cased_cache.lowercase
+    loaded = ModelBundle.from_pretrained(tmp_path / "cased", text_features=cased_cache)
+    with pytest.raises(UserInputError, match="'Move LEFT' is not in the text feature cache"):
+        loaded.encode_text(["Move LEFT"])
+
+
 @pytest.mark.parametrize("tensors, texts", [
     ({"states": torch.zeros(3, 4), "lengths": torch.tensor([1.0, 2.0])}, '["a", "b"]'),  # float lengths
     ({"states": torch.zeros(3), "lengths": torch.tensor([1, 2])}, '["a", "b"]'),  # 1-D states

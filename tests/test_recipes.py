@@ -131,6 +131,7 @@ def test_gpu_recipe_runs_tiny_on_cpu_without_the_text_encoder_package(tmp_path):
     assert '"val_loss"' in result.stdout.split("== last validation lines ==")[1]
     exported = json.loads((out / "model" / "slowfast_vgen.json").read_text())
     assert exported["text_encoder_fingerprint"] == shipped.text_encoder_fingerprint
+    assert exported["text_settings_fingerprint"] == shipped.text_settings[0] == shipped.metadata["text_settings_fingerprint"]
     model = load_model(out / "model")  # here the package is installed: the model loads like the shipped one
     assert model.action_encoder is not None and model.text_encoder is not None
     for phrasing in ("train", "heldout"):
