@@ -219,7 +219,7 @@ class WebApp:
                 try:
                     session = GenerationSession.load(directory, self.bundle)
                 except UserInputError as err:  # a damaged or foreign session
-                    failure = str(err)
+                    failure = _named_by_upload(err, directory, upload)
                 else:
                     failure = None
                 if failure is not None:
@@ -253,7 +253,10 @@ class WebApp:
             raise UserInputError("this episode has no memory to load into (Temp-LoRA is off): choose a rule first")
         directory = _unzip_upload(upload, tab.folder / "upload", marker="adapter_config.json")
         with self.model_lock:
-            return tab.session.fast_learner.load(directory)  # UserInputError: damaged, other rank/alpha/layers/model
+            try:
+                return tab.session.fast_learner.load(directory)
+            except UserInputError as err:  # damaged, other rank/alpha/layers/model
+                raise UserInputError(_named_by_upload(err, directory, upload)) from None
 
     # ------------------------------------------------------------------ 3. outputs
     def export(self, tab: Tab) -> tuple[Path, Path]:
@@ -438,6 +441,12 @@ def _unzip_upload(upload: Any, destination: Path, marker: str) -> Path:
     if len(folders) == 1 and (folders[0] / marker).is_file():
         return folders[0]
     raise UserInputError(f"{path.name} holds no {marker}: not a saved {'session' if marker == 'session.json' else 'memory'}")
+
+
+def _named_by_upload(err: UserInputError, directory: Path, upload: Any) -> str:
+    """``err``'s message with the server's scratch folder an upload was unpacked into named as the upload
+    (``bad.zip/session.json``, not ``/tmp/.../upload/session.json``): the page shows the user's file."""
+    return str(err).replace(str(directory), upload_path(upload).name)
 
 
 def _integer(value: Any, name: str) -> int:

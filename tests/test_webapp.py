@@ -207,8 +207,10 @@ def test_a_damaged_session_upload_leaves_the_tab_as_it_was_and_no_new_tab_folder
     app.step(tab, "move left")
     session, frames = tab.session, tab.session.video()
     bad = _rewritten(archive, tmp_path / "bad.zip", edit=lambda meta: meta["records"][0].update(seconds=None))
-    with pytest.raises(UserInputError, match=r"session\.json: record 0: seconds is None"):
+    with pytest.raises(UserInputError, match=r"session\.json: record 0: seconds is None") as failure:
         app.load_session(tab, str(bad))
+    # named as the user's upload, not as the server's scratch folder it was unpacked into
+    assert "bad.zip" in str(failure.value) and str(app.workdir) not in str(failure.value)
     assert tab.session is session and not session.closed and np.array_equal(tab.session.video(), frames)
     app.step(tab, "move up")  # the episode goes on
     assert tab.session.num_chunks_done == 3
@@ -265,6 +267,13 @@ def test_memory_reset_save_and_load(app):
     app.switch_fast(tab, "text")  # a fresh memory that learns by another rule: loads, and says so
     assert app.load_memory(tab, str(archive)) == ["mode paper -> text"]
     assert _same_memory(_memory(tab), learned)
+    damaged = archive.parent / "damaged.zip"
+    with zipfile.ZipFile(archive) as source, zipfile.ZipFile(damaged, "w") as target:
+        for name in source.namelist():
+            target.writestr(name, b"not safetensors" if name.endswith(".safetensors") else source.read(name))
+    with pytest.raises(UserInputError) as failure:
+        app.load_memory(tab, str(damaged))
+    assert "damaged.zip" in str(failure.value) and str(app.workdir) not in str(failure.value)
     app.switch_fast(tab, "off")
     for method in (app.reset_memory, app.save_memory):
         with pytest.raises(UserInputError, match="no memory"):
