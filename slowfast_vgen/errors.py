@@ -81,7 +81,11 @@ def sigterm_as_ctrl_c() -> Iterator[None]:
     import signal
     import threading
 
+    received = False
+
     def interrupt(signum, frame):
+        nonlocal received
+        received = True
         raise KeyboardInterrupt
 
     if threading.current_thread() is not threading.main_thread():
@@ -90,8 +94,8 @@ def sigterm_as_ctrl_c() -> Iterator[None]:
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:
         yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    finally:  # after a SIGTERM the process is on its way out: a repeat (schedulers resend) no longer kills it
+        signal.signal(signal.SIGTERM, signal.SIG_IGN if received else previous)  # mid-exit; SIGKILL still does
 
 
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:

@@ -126,6 +126,23 @@ def test_make_world_bad_input_exits_2_with_one_line(tmp_path, args, message):
     assert not (tmp_path / "ds" / "manifest.jsonl").exists()
 
 
+def test_a_repeated_sigterm_does_not_cut_the_exit_short():
+    """After SIGTERM's cleanup the handler was put back to the default, so the repeat a scheduler (or the test
+    below) sends while the process winds down killed it with -15 instead of exit 130."""
+    script = (
+        "import os, signal, sys, time\n"
+        "from slowfast_vgen.errors import run_cli\n"
+        "def main(argv):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    time.sleep(30)\n"
+        "code = run_cli(main)\n"
+        "os.kill(os.getpid(), signal.SIGTERM)  # the repeat, while the process exits\n"
+        "sys.exit(code)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stderr.splitlines()) == (130, ["interrupted"])
+
+
 def test_sigterm_stops_a_tool_as_ctrl_c_does_and_leaves_no_temporary_video(tmp_path):
     """SIGTERM (what `timeout` and schedulers send) killed make_world at once: its half-written hidden
     `.NAME.tmp.mp4` stayed behind for good. run_cli now turns it into Ctrl-C: cleanup, exit 130."""
