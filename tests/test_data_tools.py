@@ -673,9 +673,11 @@ def imageio_frames(path: Path) -> np.ndarray:
     return np.stack(list(iio.imiter(path, plugin="FFMPEG")))
 
 
-def test_ingest_picks_frames_by_their_times_in_a_variable_frame_rate_video(tmp_path):
+@pytest.mark.parametrize("backend", ["decord", "imageio"])
+def test_ingest_picks_frames_by_their_times_in_a_variable_frame_rate_video(tmp_path, backend):
     """A phone's video: 20 frames at 25 fps, then 10 fps. Frame k was taken as shown at k / (average fps),
-    so the clip of 2.0-3.0 s held frames from about 1.2 s; decord's presentation times give the right ones."""
+    so the clip of 2.0-3.0 s held frames from about 1.2 s; the container's presentation times give the right
+    ones. Through imageio, ffmpeg also repeated frames to hold the nominal 25 fps (119 frames, not 60)."""
     import imageio_ffmpeg
 
     ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
@@ -695,11 +697,13 @@ def test_ingest_picks_frames_by_their_times_in_a_variable_frame_rate_video(tmp_p
     out = tmp_path / "out"
     result = run_tool("ingest_videos.py", "--videos", str(tmp_path / "src"), "--annotations", str(ann), "--out",
                       str(out), "--fps", "10", "--height", "32", "--width", "32", "--context-sec", "0",
-                      "--backend", "decord", "--no-progress")
+                      "--backend", backend, "--no-progress")
     assert result.returncode == 0, result.stderr
     (row,) = read_manifest(out)
     clip = open_video(out / row.video).get_frames(range(row.end_frame))
     assert [int(round(frame.mean() / 4)) for frame in clip] == list(range(32, 42))  # shown at 0.8 + (k - 20) / 10
+    source = open_video(tmp_path / "src" / "phone.mp4", backend=backend)
+    assert source.num_frames == 60 and [int(round(f.mean() / 4)) for f in source.get_frames(range(60))] == list(range(60))
 
 
 def test_ingest_finds_mpeg1_sources_and_reads_them_exactly(tmp_path):

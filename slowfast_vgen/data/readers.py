@@ -18,7 +18,9 @@ random access to ``(N, H, W, 3) uint8`` frames. Two implementations:
 * ``imageio`` (fallback, e.g. where decord has no wheel): decodes with the ffmpeg binary of
   imageio-ffmpeg. Files up to :data:`IMAGEIO_MEMORY_BUDGET` bytes of decoded frames are held in
   memory (the short clips we store); longer ones (source videos for ingest) are streamed:
-  each request decodes forward from the last position, restarting only to go back.
+  each request decodes forward from the last position, restarting only to go back. Each frame
+  of the file comes once (``-fps_mode passthrough``), and its presentation time comes from a
+  listing of the packets (:func:`packet_times`), so variable-frame-rate videos read right.
 
 Readers are cheap to open and hold OS resources, so callers open them lazily (per DataLoader
 worker), never when a dataset is constructed.
@@ -215,6 +217,7 @@ class ImageioVideoReader:
             raise VideoReadError(self.path, "no decodable frames")
         self._num_frames = count
         self._fps = float(meta.get("fps") or 0.0)
+        self._times: np.ndarray | None = None  # frame_times(), read on first use
         if frames is not None:
             self._frames = np.stack(frames)
 
@@ -222,7 +225,9 @@ class ImageioVideoReader:
         """A generator of ``(H, W, 3) uint8`` frames from the start of the file, and the file's metadata."""
         import imageio_ffmpeg
 
-        generator = imageio_ffmpeg.read_frames(self.path, pix_fmt="rgb24")
+        # passthrough: each frame of the file once, as decoded (ffmpeg's default output to raw frames repeats
+        # and drops frames to hold the stream's nominal rate, so a phone's video gained frames it does not have)
+        generator = imageio_ffmpeg.read_frames(self.path, pix_fmt="rgb24", output_params=["-fps_mode", "passthrough"])
         try:
             meta = next(generator)
         except Exception as err:
@@ -278,13 +283,45 @@ class ImageioVideoReader:
         return np.stack([found[i] for i in idx])
 
     def frame_times(self) -> np.ndarray:
-        """``k / fps``: ffmpeg hands the frames over without their times (and repeats frames of a
-        variable-frame-rate video at its nominal rate, while ``fps`` is the average), and containers such
-        as MPEG-1's report durations too loosely to check against; the decord backend reads the real times."""
-        return np.arange(self._num_frames) / self._fps
+        """The container's presentation times of the video packets (:func:`packet_times`), one per decoded
+        frame; ``k / fps`` where a packet has no time or their count differs from the decoded frames'."""
+        if self._times is None:
+            times = packet_times(self.path)
+            if (times is None or len(times) != self._num_frames or not np.isfinite(times).all()
+                    or not (np.diff(times) >= 0).all()):
+                times = np.arange(self._num_frames) / self._fps
+            self._times = times - times[0] if len(times) else times
+        return self._times
 
     def count_decodable(self) -> int:
         return self.num_frames
+
+
+_NO_TIME = -(2**63)  # AV_NOPTS_VALUE: ffmpeg's "this packet has no time"
+
+
+def packet_times(path: str | os.PathLike) -> np.ndarray | None:
+    """Presentation times in seconds of the video packets of ``path`` (first video stream that is not a cover
+    picture), in presentation order, from ffmpeg's ``framecrc`` listing of a stream copy (no decoding).
+    ``None`` where ffmpeg cannot list them or a packet has no time (MPEG program streams time only some)."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-nostdin", "-i", str(path), "-map", "0:V:0",
+               "-c", "copy", "-f", "framecrc", "-"]
+    try:
+        listing = subprocess.run(command, capture_output=True, text=True, timeout=3600, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    base = re.search(r"^#tb 0: (\d+)/(\d+)$", listing, re.MULTILINE)
+    try:
+        stamps = [int(line.split(",")[2]) for line in listing.splitlines() if line and not line.startswith("#")]
+    except (IndexError, ValueError):
+        return None
+    if base is None or int(base.group(2)) == 0 or _NO_TIME in stamps:
+        return None
+    return np.sort(np.asarray(stamps, dtype=np.float64)) * int(base.group(1)) / int(base.group(2))
 
 
 def decord_available() -> bool:
