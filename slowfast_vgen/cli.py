@@ -624,7 +624,7 @@ def _lines(interactive: bool):
 
 
 # ---------------------------------------------------------------------------- serve
-APP_INSTALL = 'pip install -e ".[app]" -c constraints.txt'
+APP_INSTALL = 'pip install "gradio>=6.31,<7" (in a clone: pip install -e ".[app]" -c constraints.txt)'
 """How to install the web app's dependencies (named in the error when gradio is missing)."""
 
 
@@ -780,8 +780,19 @@ def plan_main(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------- parser
+def package_version() -> str:
+    """The installed distribution's version (``unknown`` when the package runs from a bare source tree)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("slowfast_vgen")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sfvgen", description="Action-driven long video generation with slow-fast learning.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=ConfigKeysParser)
 
     generate = sub.add_parser("generate", help="generate a long video from actions",

@@ -496,6 +496,15 @@ def test_resume_with_conflicting_settings_exits_2(flags, message, tiny_model_dir
                  "--session", str(session)]) == 0
 
 
+def test_version_is_the_installed_distribution_s(capsys):
+    """`sfvgen --version` was a usage error (exit 2)."""
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out == f"sfvgen {version('slowfast_vgen')}\n"
+
+
 def test_eval_help_prints_a_single_percent(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["eval", "--help"])
