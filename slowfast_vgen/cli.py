@@ -77,7 +77,7 @@ def _check_generation_flags(args: argparse.Namespace) -> None:
     """Refuse flag values the library cannot take, naming the flag (before any model is loaded)."""
     import math
 
-    from .session import check_seed
+    from .config import check_seed
 
     if args.seed is not None:
         try:
@@ -86,28 +86,18 @@ def _check_generation_flags(args: argparse.Namespace) -> None:
             raise UserInputError(str(err)) from None
     if args.world_seed is not None and args.world_seed < 0:
         raise UserInputError(f"--world-seed must be >= 0, got {args.world_seed}")
-    if args.guidance is not None and (not math.isfinite(args.guidance) or args.guidance < 0):
-        raise UserInputError(f"--guidance must be a finite number >= 0, got {args.guidance}")
+    if args.guidance is not None and (not math.isfinite(args.guidance) or args.guidance < 1):
+        raise UserInputError(f"--guidance must be a finite number >= 1 (1 = no guidance), got {args.guidance}")
     if args.upscale is not None and args.upscale < 1:
         raise UserInputError(f"--upscale must be an integer >= 1, got {args.upscale}")
 
 
 def _explicit_settings(args: argparse.Namespace) -> list[str]:
     """GenerationConfig keys the user set on this command line: flags, ``key=value`` and ``--config`` keys."""
-    from omegaconf import OmegaConf
+    from .config import keys_set
 
     keys = [key for key, flag in FLAG_KEYS.items() if getattr(args, flag[2:]) is not None]
-    keys += [item.split("=", 1)[0].strip() for item in args.overrides]
-    if args.config:
-        def flatten(node, prefix=""):
-            for key, value in node.items():
-                if isinstance(value, dict):
-                    yield from flatten(value, f"{prefix}{key}.")
-                else:
-                    yield f"{prefix}{key}"
-
-        keys += list(flatten(OmegaConf.to_container(OmegaConf.load(args.config))))
-    return list(dict.fromkeys(keys))
+    return list(dict.fromkeys(keys + keys_set(args.config, args.overrides)))
 
 
 def _settings_conflicts(saved, given, keys: Sequence[str]) -> list[str]:
@@ -128,11 +118,9 @@ def _generation_config(args: argparse.Namespace, bundle):
     from .config import load_config
     from .session import GenerationConfig
 
-    overrides = list(args.overrides)
-    flags = {key: getattr(args, flag[2:]) for key, flag in FLAG_KEYS.items()}
-    overrides += [f"{key}={value}" for key, value in flags.items() if value is not None]
+    flags = {key: getattr(args, flag[2:]) for key, flag in FLAG_KEYS.items()}  # win over the overrides
     defaults = bundle.metadata.get("generation", {})
-    return load_config(GenerationConfig, args.config, overrides, defaults=defaults)
+    return load_config(GenerationConfig, args.config, args.overrides, defaults=defaults, flags=flags)
 
 
 def _load_bundle(args: argparse.Namespace):
@@ -701,12 +689,15 @@ def make_model_main(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- eval
 def eval_main(args: argparse.Namespace) -> int:
-    from .config import load_config
+    from .config import keys_set, load_config
     from .evaluation import EvalConfig, evaluate, markdown_table, save_results
 
     if args.variants is not None and not args.variants.strip(" \t\n,"):
         raise UserInputError(f"--variants is empty ({args.variants!r}); give comma-separated fast modes, "
                              "e.g. --variants off,paper, or leave it out for the default set")
+    for key, instead in (("generation.seed", "seeds (--seeds)"), ("generation.fast.mode", "variants (--variants)")):
+        if key in keys_set(args.config, args.overrides):  # each run sets it: the value was ignored, yet recorded
+            raise UserInputError(f"{key} is set per run by {instead}; leave {key} out")
     out = check_output_directory(Path(args.out))  # before the model is loaded and anything generated
     _quiet_libraries()
     bundle, model_path = _load_bundle(args)
@@ -730,7 +721,7 @@ def eval_main(args: argparse.Namespace) -> int:
 def _int_list(text: str | None) -> str | None:
     if text is None:
         return None
-    from .session import check_seed
+    from .config import check_seed
 
     try:
         seeds = [int(v) for v in text.split(",") if v.strip()]
@@ -759,7 +750,8 @@ def plan_main(args: argparse.Namespace) -> int:
 
     def plan_config(defaults=None):
         config = load_config(PlanConfig, args.config, overrides, defaults=defaults)
-        config.task = args.task  # paths: set as given (flags win), never parsed as YAML values
+        if args.task is not None:  # a path: set as given (flags win), never parsed as a YAML value
+            config.task = args.task
         config.idm = args.idm or config.idm
         return config
 
@@ -851,7 +843,8 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Each subgoal becomes one generated chunk, an inverse dynamics model reads the "
                                       "action, the procedural world executes it; return tasks on held-out worlds "
                                       "(mean and 95% CI over episodes).")
-    plan.add_argument("--task", required=True, help=f"{' | '.join(PLAN_TASKS)} | a task file (YAML: world, outward, return)")
+    plan.add_argument("--task", help=f"{' | '.join(PLAN_TASKS)} | a task file (YAML: world, outward, return); "
+                                      "default: the config's task (navigate-return)")
     plan.add_argument("--episodes", type=int, help="episodes, one held-out world each (default 4)")
     plan.add_argument("--seed", type=int, help="generation seed of episode 0 (episode i: seed + i) and random-policy seed (default 0)")
     plan.add_argument("--fast", choices=["paper", "off", "text", "full-sequence"], help="Temp-LoRA rule of the video model (default: paper)")

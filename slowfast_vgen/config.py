@@ -24,6 +24,39 @@ from .errors import UserInputError, first_line
 
 T = TypeVar("T")
 
+SEED_RANGE = (-(2**63), 2**64 - 1)
+"""Seeds ``torch.Generator.manual_seed`` accepts (a negative seed counts modulo 2**64)."""
+
+
+def check_seed(seed: int, name: str = "seed") -> None:
+    """``ValueError`` naming ``name`` when ``seed`` is outside :data:`SEED_RANGE`."""
+    low, high = SEED_RANGE
+    if not low <= seed <= high:
+        raise ValueError(f"{name} must be an integer in [-2**63, 2**64 - 1], got {seed}")
+
+
+def config_error(err: OmegaConfBaseException) -> str:
+    """OmegaConf's reason in one line, naming the key it concerns (its first line alone often does not:
+    ``Value '2.5' of type 'float' could not be converted to Integer``)."""
+    message = first_line(err)
+    key = getattr(err, "full_key", None)
+    return f"{key}: {message}" if key and str(key) not in message else message
+
+
+def literal(values: Any) -> Any:
+    """``values`` (nested dicts and lists) with every ``${`` escaped, so OmegaConf keeps strings as written:
+    settings read from files (a model's ``slowfast_vgen.json``, a saved session) are data, and an
+    interpolation such as ``${oc.env:HOME}`` in them read the environment (and showed it in errors)."""
+    import re
+
+    if isinstance(values, dict):
+        return {key: literal(value) for key, value in values.items()}
+    if isinstance(values, (list, tuple)):
+        return [literal(value) for value in values]
+    if isinstance(values, str) and "${" in values:  # backslashes before an escaped ${ are doubled (OmegaConf's rule)
+        return re.sub(r"(\\*)\$\{", lambda match: match.group(1) * 2 + "\\${", values)
+    return values
+
 
 def help_field(default: Any = dataclasses.MISSING, help: str = "", **kwargs: Any) -> Any:
     """A dataclass field with ``metadata={"help": ...}`` (mutable defaults via ``default_factory``)."""
@@ -146,23 +179,30 @@ def load_config(
     yaml_path: str | os.PathLike | None = None,
     overrides: Sequence[str] = (),
     defaults: dict | None = None,
+    flags: Mapping[str, Any] | None = None,
 ) -> T:
     """Build ``cls`` from its defaults, ``defaults`` (e.g. a model's recommended settings), a YAML
-    file and ``key=value`` overrides (dotted keys allowed), later layers winning.
+    file, ``key=value`` overrides (dotted keys allowed) and ``flags`` (dotted key -> value, e.g. what
+    command-line flags set; ``None`` values are left out), later layers winning. Flag values are
+    taken as given, not read as YAML (``--scheduler off`` is the text ``off``, not false).
 
     Raises :class:`UserInputError` naming the offending key or file.
     """
     schema = OmegaConf.structured(cls)
     layers = [schema]
     if defaults:
-        layers.append(OmegaConf.create(defaults))
+        layers.append(OmegaConf.create(literal(defaults)))
     if yaml_path is not None:
         path = Path(yaml_path)
+        if path.is_dir():
+            raise UserInputError(f"config file {path} is a directory: give a YAML file")
         if not path.is_file():
             raise UserInputError(f"config file not found: {path}")
         try:
             loaded = OmegaConf.load(path)
-        except Exception as err:  # yaml.YAMLError and friends
+        except Exception as err:  # yaml.YAMLError and friends; a scalar ("42") is refused by OmegaConf here
+            if "Invalid loaded object type" in str(err):  # an OSError, from OmegaConf
+                raise UserInputError(f"bad config: {path} must hold a mapping of keys, got a single value") from None
             raise UserInputError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
         if not isinstance(loaded, DictConfig):  # a top-level list: OmegaConf.merge raises a TypeError
             raise UserInputError(f"bad config: {path} must hold a mapping of keys, got a list")
@@ -180,13 +220,59 @@ def load_config(
                 except Exception as err:
                     raise UserInputError(f"bad override {item!r}: its value is not valid YAML ({first_line(err)})") from None
             raise
+    for layer in layers[1:]:
+        _check_switches(cls, OmegaConf.to_container(layer, resolve=False))
+    given = {key: value for key, value in (flags or {}).items() if value is not None}
+    if given:
+        nested: dict = {}
+        for key, value in given.items():
+            *parents, leaf = key.split(".")
+            node = nested
+            for parent in parents:
+                node = node.setdefault(parent, {})
+            node[leaf] = value
+        layers.append(OmegaConf.create(literal(nested)))
     try:
         merged = _merge(*layers)
         return OmegaConf.to_object(merged)  # type: ignore[return-value]
     except OmegaConfBaseException as err:
-        raise UserInputError(f"bad config: {first_line(err)}") from None
+        raise UserInputError(f"bad config: {config_error(err)}") from None
     except ValueError as err:  # raised by a dataclass __post_init__
         raise UserInputError(f"bad config: {err}") from None
+
+
+def _check_switches(cls: type, values: Any, prefix: str = "") -> None:
+    """Refuse a number given to a ``bool`` field of dataclass ``cls`` (OmegaConf turns ``compile=2`` into true)."""
+    if not (dataclasses.is_dataclass(cls) and isinstance(values, dict)):
+        return
+    hints = typing.get_type_hints(cls)
+    for key, value in values.items():
+        hint = hints.get(str(key))
+        if hint is bool and isinstance(value, (int, float)) and not isinstance(value, bool):
+            raise UserInputError(f"bad config: {prefix}{key} is true or false, got {value}")
+        if dataclasses.is_dataclass(hint):
+            _check_switches(hint, value, f"{prefix}{key}.")
+
+
+def keys_set(yaml_path: str | os.PathLike | None, overrides: Sequence[str]) -> list[str]:
+    """The dotted keys ``key=value`` overrides and a YAML config file set (leaves, in that order, once each). A
+    file that cannot be read adds none: :func:`load_config` reports it."""
+    keys = [item.split("=", 1)[0].strip() for item in overrides]
+
+    def walk(node: Any, prefix: str) -> None:
+        for key, value in node.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            else:
+                keys.append(prefix + str(key))
+
+    try:
+        loaded = OmegaConf.to_container(OmegaConf.load(yaml_path), resolve=False) if yaml_path is not None else {}
+    except Exception:  # missing, not YAML, not UTF-8
+        loaded = {}
+    if isinstance(loaded, dict):
+        walk(loaded, "")
+    return list(dict.fromkeys(keys))
 
 
 def _merge(*layers: Any) -> Any:
@@ -200,11 +286,12 @@ def _merge(*layers: Any) -> Any:
 
 
 def config_from_dict(cls: type[T], values: dict) -> T:
-    """Rebuild ``cls`` from a plain dict (e.g. a saved resolved config), with the same checks."""
+    """Rebuild ``cls`` from a plain dict (e.g. a saved resolved config), with the same checks; its strings
+    are taken as written (:func:`literal`)."""
     try:
-        return OmegaConf.to_object(_merge(OmegaConf.structured(cls), OmegaConf.create(values)))  # type: ignore
+        return OmegaConf.to_object(_merge(OmegaConf.structured(cls), OmegaConf.create(literal(values))))  # type: ignore
     except OmegaConfBaseException as err:
-        raise UserInputError(f"bad config: {first_line(err)}") from None
+        raise UserInputError(f"bad config: {config_error(err)}") from None
     except ValueError as err:
         raise UserInputError(f"bad config: {err}") from None
 

@@ -109,8 +109,9 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
     except OmegaConfBaseException as err:  # unknown key, wrong type, missing value
-        message = str(err).strip().splitlines()[0]
-        print(f"error: bad config: {message}", file=sys.stderr)
+        from .config import config_error
+
+        print(f"error: bad config: {config_error(err)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -35,7 +35,7 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, SchedulerMixin, UNet3DConditionModel
 
 from .action_encoder import ActionEncoder, masked_mean, unit_rms
-from .config import help_field
+from .config import check_seed, help_field
 from .errors import UserInputError, first_line, fps_problem, read_json_object
 from .io_utils import atomic_output_dir, atomic_write_json
 
@@ -123,6 +123,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.height <= 0 or self.width <= 0:
             raise ValueError(f"height and width must be positive, got {self.height}x{self.width}")
+        check_seed(self.seed)  # an overflow traceback in torch.manual_seed before
         # sizes: before any of them divides (0 was a ZeroDivisionError) or builds a model that cannot run
         for name in ("layers_per_block", "attention_head_dim", "norm_num_groups", "cross_attention_dim",
                      "vae_latent_channels", "patch_size", "text_layers", "max_text_tokens"):

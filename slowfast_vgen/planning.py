@@ -57,11 +57,11 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
-from .config import help_field
+from .config import SEED_RANGE, help_field
 from .data.world_dataset import heldout_world_seed_problem
 from .errors import UserInputError
 from .inverse_dynamics import ANALYTIC, ActionReader, analytic_idm, load_idm
-from .session import SEED_RANGE, GenerationConfig, GenerationSession
+from .session import GenerationConfig, GenerationSession
 from .worlds import BlocksConfig, BlocksWorld, NavigationConfig, NavigationWorld
 from .worlds.blocks import BLOCK_COLOURS
 from .worlds.actions import parse_action, phrase

@@ -34,7 +34,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .config import help_field
+from .config import check_seed, help_field
 from .errors import UserInputError, first_line, read_json_object, unicode_problem
 from .fast_learner import (
     ADAPTER_NAME, FastLearnerConfig, TempLoRA, check_target_modules_finish, check_timestep_band, merged_adapter,
@@ -47,8 +47,6 @@ from .sampler import SamplerConfig, check_inference_steps, make_scheduler, sampl
 from .video_io import frames_to_tensor, tensor_to_frames
 
 SESSION_FORMAT = 1
-SEED_RANGE = (-(2**63), 2**64 - 1)
-"""Seeds ``torch.Generator.manual_seed`` accepts (a negative seed counts modulo 2**64)."""
 
 
 RELEASE_EVERY = 16
@@ -56,13 +54,6 @@ RELEASE_EVERY = 16
 CPU. Embedded model, 2-core CPU: returning it after every chunk held the peak flat but cost
 0.08 s per chunk (the next backward pass faults the pages back in); without it the peak grew
 5.4 % over 125 chunks."""
-
-
-def check_seed(seed: int, name: str = "seed") -> None:
-    """``ValueError`` naming ``name`` when ``seed`` is outside :data:`SEED_RANGE`."""
-    low, high = SEED_RANGE
-    if not low <= seed <= high:
-        raise ValueError(f"{name} must be an integer in [-2**63, 2**64 - 1], got {seed}")
 
 
 @dataclass

@@ -46,7 +46,7 @@ from .checkpointing import (
     save_checkpoint,
 )
 from .text_features import TextFeatureCache
-from .config import check_same_run, config_as_dict, help_field, save_config
+from .config import check_same_run, check_seed, config_as_dict, help_field, save_config
 from .data.dataset import ChunkBatch, ChunkDataset, ChunkDatasetConfig, collate_chunks, ignore_sigterm, shut_down_when_done
 from .data.live_worlds import VALIDATION_SEED as LIVE_VALIDATION_SEED, LiveWorldChunks, LiveWorldsConfig, live_chunk_loader
 from .errors import UserInputError, first_line
@@ -203,10 +203,12 @@ class TrainConfig:
                              f"{self.checkpoints_total_limit}, {self.num_workers}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        check_seed(self.seed)  # a seed above 2**64 trained, then stopped with an overflow traceback
         from accelerate.utils import LoggerType
         from diffusers.optimization import SchedulerType
 
-        schedulers = [kind.value for kind in SchedulerType]
+        # piecewise_constant needs step rules no key here gives: it passed this check and crashed in diffusers
+        schedulers = [kind.value for kind in SchedulerType if kind.value != "piecewise_constant"]
         if self.lr_scheduler not in schedulers:
             raise ValueError(f"lr_scheduler must be one of {', '.join(schedulers)}, got {self.lr_scheduler!r}")
         trackers = ["none", *(kind.value for kind in LoggerType)]

@@ -44,9 +44,10 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
+from .config import check_seed
 from .errors import UserInputError, first_line
 from .fast_learner import FAST_MODES, FastLearnerConfig
-from .session import ChunkRecord, GenerationConfig, GenerationSession, check_seed
+from .session import ChunkRecord, GenerationConfig, GenerationSession
 
 if TYPE_CHECKING:
     from .model import ModelBundle

@@ -215,7 +215,7 @@ def _bad_model(tiny_model_dir, tmp_path, kind):
         ("bad-image", "cannot read image"),
         ("missing-image", "image not found"),
         ("unknown-key", "bad config: Key 'colour' not in 'GenerationConfig'"),
-        ("bad-type", "bad config: Value 'many'"),
+        ("bad-type", "bad config: frames_per_chunk: Value 'many'"),
         ("window", "exceeds the window of 6 frames"),
         ("missing-component", "has no scheduler/ component"),
         ("pickle", "refusing to load pickle weights"),
@@ -228,7 +228,12 @@ def _bad_model(tiny_model_dir, tmp_path, kind):
         ("binary-actions-file", "is not UTF-8 text (byte 0xff at offset 0)"),
         ("seed-too-big", f"--seed must be an integer in [-2**63, 2**64 - 1], got {2**64}"),
         ("seed-too-small", f"--seed must be an integer in [-2**63, 2**64 - 1], got {-2**63 - 1}"),
-        ("guidance-nan", "--guidance must be a finite number >= 0, got nan"),
+        ("guidance-nan", "--guidance must be a finite number >= 1 (1 = no guidance), got nan"),
+        ("guidance-below-1", "--guidance must be a finite number >= 1 (1 = no guidance), got 0.5"),  # was '>= 0'
+        ("scheduler-off", "scheduler must be one of ['ddim', 'dpmsolver++', 'euler'], got 'off'"),  # was 'False'
+        ("number-for-switch", "bad config: fast.checkpointing is true or false, got 2"),  # became true
+        ("config-is-dir", "is a directory: give a YAML file"),  # was 'config file not found'
+        ("config-scalar", "must hold a mapping of keys, got a single value"),  # was 'not valid YAML: Invalid ...
         ("guidance-override-inf", "bad config: guidance_scale must be a number in [1, 100] (1 = no guidance), got inf"),
         ("upscale-0", "--upscale must be an integer >= 1, got 0"),
         # these were tracebacks: PIL's DecompressionBombError, torch's device parser, a 715 GiB allocation
@@ -281,6 +286,18 @@ def test_bad_input_exits_2_with_one_line(case, message, tiny_model_dir, image, t
         extra = ["--seed", str(-2**63 - 1)]
     elif case == "guidance-nan":
         extra = ["--guidance", "nan"]
+    elif case == "guidance-below-1":
+        extra = ["--guidance", "0.5"]
+    elif case == "scheduler-off":
+        extra = ["--scheduler", "off"]
+    elif case == "number-for-switch":
+        extra = ["fast.checkpointing=2"]
+    elif case == "config-is-dir":
+        (tmp_path / "configs.yaml").mkdir()
+        extra = ["--config", str(tmp_path / "configs.yaml")]
+    elif case == "config-scalar":
+        (tmp_path / "scalar.yaml").write_text("42\n")
+        extra = ["--config", str(tmp_path / "scalar.yaml")]
     elif case == "guidance-override-inf":
         extra = ["sampler.guidance_scale=inf"]
     elif case == "upscale-0":
@@ -307,6 +324,62 @@ def test_bad_input_exits_2_with_one_line(case, message, tiny_model_dir, image, t
         assert out.is_dir() and not any(out.iterdir()) and not out.with_suffix(".json").exists()  # nothing generated
     else:
         assert not out.exists()
+
+
+def test_settings_in_a_model_or_session_file_are_taken_as_written(tiny_model_dir, image, tmp_path, capsys):
+    """OmegaConf resolved interpolations in them: a model folder's `${oc.env:HOME}` read the environment and
+    printed it in the error ('got /root')."""
+    from slowfast_vgen.config import config_from_dict, literal
+    from slowfast_vgen.session import GenerationConfig
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    meta = json.loads((model / "slowfast_vgen.json").read_text())
+    meta["generation"] = {"sampler": {"scheduler": "${oc.env:HOME}"}}
+    (model / "slowfast_vgen.json").write_text(json.dumps(meta))
+    code = main(["generate", "--model", str(model), "--image", str(image), "--quiet", "--actions", "move left",
+                 "--out", str(tmp_path / "v.mp4"), *FAST])
+    err = capsys.readouterr().err
+    assert code == 2 and "got '${oc.env:HOME}'" in err and os.environ["HOME"] not in err.replace(str(tmp_path), "")
+    for text in ("${oc.env:HOME}", "a\\${b}", "a\\\\${b} ${c}", r"blocks\.\d+\.attn${"):
+        assert config_from_dict(GenerationConfig, {"fast": {"target_modules": text}}).fast.target_modules == text
+        assert literal({"a": [text]}) != {"a": [text]}  # escaped for OmegaConf, which gives it back as written
+
+
+def test_config_checks_named_by_the_audit():
+    """Each was accepted and failed later with a traceback, or silently meant something else."""
+    from slowfast_vgen.config import load_config
+    from slowfast_vgen.errors import UserInputError
+    from slowfast_vgen.model import ModelConfig
+    from slowfast_vgen.session import GenerationConfig
+    from slowfast_vgen.training import TrainConfig
+
+    with pytest.raises(UserInputError, match=r"^bad config: fast\.rank: Value '2\.5' of type 'float' could not be"):
+        load_config(GenerationConfig, None, ["fast.rank=2.5"])  # the key was not named
+    for cls, extra in ((TrainConfig, ["data.root=x"]), (ModelConfig, [])):  # overflow tracebacks in manual_seed
+        with pytest.raises(UserInputError, match=r"^bad config: seed must be an integer in \[-2\*\*63, 2\*\*64 - 1\]"):
+            load_config(cls, None, [f"seed={2**64}", *extra])
+    with pytest.raises(UserInputError, match="^bad config: lr_scheduler must be one of .*got 'piecewise_constant'$"):
+        load_config(TrainConfig, None, ["lr_scheduler=piecewise_constant", "data.root=x"])  # diffusers' traceback
+    assert load_config(TrainConfig, None, ["compile=true", "data.root=x"]).compile is True
+
+
+@pytest.mark.parametrize("override, message", [
+    ("generation.seed=7", "generation.seed is set per run by seeds (--seeds); leave generation.seed out"),
+    ("generation.fast.mode=off", "generation.fast.mode is set per run by variants (--variants); leave"),
+])
+def test_eval_refuses_settings_each_run_sets_itself(override, message, tmp_path, capsys):
+    """They were ignored, yet written into results.json's config as if the runs had used them."""
+    assert main(["eval", "--out", str(tmp_path / "ev"), "--routes", "1", "--seeds", "0", override]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {message}" + ("" if message.endswith("out") else
+                                                                       " generation.fast.mode out")
+    assert not (tmp_path / "ev").exists()
+
+
+def test_plan_takes_its_task_from_the_config_without_task_flag(tmp_path, capsys):
+    """`task=...` (and a --config file's task) was overwritten by --task, which was required."""
+    code = main(["plan", "--oracle", "--episodes", "1", "--out", str(tmp_path / "p"), f"task={tmp_path / 'no.yaml'}"])
+    assert code == 2 and "no.yaml" in capsys.readouterr().err
 
 
 def test_a_byte_order_mark_does_not_turn_a_comment_into_an_action(tiny_model_dir, image, tmp_path):
