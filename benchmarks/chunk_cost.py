@@ -8,7 +8,9 @@ and records, per chunk: generation seconds, Temp-LoRA update seconds and the pea
 (CUDA allocator peak, or the process RSS high-water mark on CPU). Each mode runs in its own
 process, so its peak memory is its own. The summary gives the Temp-LoRA overhead as a ratio
 (paper / off) and the memory of the last chunk relative to the second, which stays ~1
-because the memory is a fixed-size LoRA. Results go to ``benchmarks/results/<name>.json``.
+because the memory is a fixed-size LoRA. Results go to ``benchmarks/results/<name>.json``; each mode's
+``generation`` there is the GenerationConfig it ran with (the model's own settings with the overrides),
+``model`` the model's architecture and its own generation defaults.
 """
 
 from __future__ import annotations
@@ -106,7 +108,8 @@ def run_all(args, argv) -> int:
             return child.returncode
         measured = json.loads(child.stdout.strip().splitlines()[-1])
         results.update(device=measured["device"], model=measured["model"])
-        results["modes"][mode] = {"summary": measured["summary"], "per_chunk": measured["per_chunk"]}
+        results["modes"][mode] = {"generation": measured["config"], "summary": measured["summary"],
+                                  "per_chunk": measured["per_chunk"]}
         summary = measured["summary"]
         print(f"{mode:>14}: {summary['seconds_per_chunk']:.3f} s/chunk "
               f"(update {summary['memory_update_seconds_per_chunk']:.3f} s), peak {summary['peak_memory_mb_max']:.0f} MB, "

@@ -100,7 +100,7 @@ class FastLearnerConfig:
     )
     checkpointing: bool = help_field(
         False, "recompute each UNet layer's activations in the backward pass of the memory step "
-        "(same update; embedded model on the CPU: peak 759 -> 649 MB, update 0.55 -> 0.93 s)"
+        "(same update; embedded model on the CPU: peak 780 -> 663 MB, update 0.25 -> 0.41 s)"
     )
     seed: int = help_field(0, "seed of the LoRA's initial A matrices")
 

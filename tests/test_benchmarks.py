@@ -110,6 +110,19 @@ def test_chunk_cost_refuses_chunk_counts_it_cannot_summarise(argv, capsys):
     assert capsys.readouterr().err.startswith("error: --chunks must be >= 2 and exceed --warmup >= 0, got ")
 
 
+def test_chunk_cost_records_the_settings_each_mode_ran_with(tmp_path, capsys):
+    """The results gave only the model's own generation defaults (4 steps, no guidance) for a run made with
+    50 guided steps; the settings were in the command line alone."""
+    spec = importlib.util.spec_from_file_location("benchmark_chunk_cost", BENCHMARKS / "chunk_cost.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.run_cli(module.main, ["--chunks", "2", "--modes", "off,paper", "--out", str(tmp_path), "--name", "c",
+                                        "sampler.num_inference_steps=2", "frames_per_chunk=4", "context_frames=2"]) == 0
+    modes = json.loads((tmp_path / "c.json").read_text())["modes"]
+    assert [modes[m]["generation"]["fast"]["mode"] for m in ("off", "paper")] == ["off", "paper"]
+    assert {modes[m]["generation"]["sampler"]["num_inference_steps"] for m in modes} == {2}
+
+
 def test_chunk_cost_refuses_an_unknown_mode_before_measuring_any(monkeypatch, capsys):
     """`--modes off,bogus` measured the whole `off` mode (about 14 s) before the child process refused `bogus`."""
     spec = importlib.util.spec_from_file_location("benchmark_chunk_cost", BENCHMARKS / "chunk_cost.py")
