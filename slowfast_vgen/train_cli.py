@@ -10,7 +10,8 @@ from .errors import run_cli
 
 def _main(config_cls_name: str, description: str, argv: Sequence[str] | None) -> int:
     from . import training
-    from .config import ConfigKeysParser, load_config
+    from .config import ConfigKeysParser, keys_set, load_config
+    from .errors import UserInputError
 
     config_cls = getattr(training, config_cls_name)
     parser = ConfigKeysParser(description=description)
@@ -20,6 +21,11 @@ def _main(config_cls_name: str, description: str, argv: Sequence[str] | None) ->
                         help="config overrides, e.g. max_steps=2000 data.root=data/nav max_minutes=60")
     args = parser.parse_args(argv)
     config = load_config(config_cls, args.config, args.overrides)
+    taken = {"live.size": "data.height/width", "live.context_frames_min": "data.context_frames_min",
+             "live.context_frames_max": "data.context_frames_max", "live.target_frames": "data.target_frames"}
+    for key in keys_set(args.config, args.overrides):
+        if key in taken:  # training replaces them by data.*'s (training.live_settings): they were silently ignored
+            raise UserInputError(f"{key} is taken from {taken[key]} in training; set {taken[key]} instead")
     try:
         result = training.train(config)
     except training.TrainingDiverged as err:
