@@ -210,6 +210,7 @@ def load_config(
     bad = [item for item in overrides if "=" not in item]
     if bad:
         raise UserInputError(f"override {bad[0]!r} is not of the form key=value")
+    overrides = [_word_kept(cls, item) for item in overrides]
     if overrides:
         try:
             layers.append(OmegaConf.from_dotlist(list(overrides)))
@@ -239,6 +240,31 @@ def load_config(
         raise UserInputError(f"bad config: {config_error(err)}") from None
     except ValueError as err:  # raised by a dataclass __post_init__
         raise UserInputError(f"bad config: {err}") from None
+
+
+YAML_BOOLEAN_WORDS = ("y", "yes", "n", "no", "on", "off", "true", "false")
+"""Words YAML 1.1 (OmegaConf's dotlists) reads as true or false."""
+
+
+def _field_hint(cls: type, dotted: str) -> Any:
+    """The annotation of the dataclass field ``dotted`` (``a.b.c``) of ``cls``, ``None`` where there is none."""
+    hint: Any = cls
+    for name in dotted.split("."):
+        if not dataclasses.is_dataclass(hint):
+            return None
+        hint = typing.get_type_hints(hint).get(name)
+    return hint
+
+
+def _word_kept(cls: type, item: str) -> str:
+    """``key=value`` with a true/false word quoted where ``key`` is a text field: ``fast.mode=no`` became
+    false and then ``off``; ``fast.mode=off`` stays the text ``off``."""
+    key, _, value = item.partition("=")
+    if value.strip().lower() in YAML_BOOLEAN_WORDS and _field_hint(cls, key.strip()) in (str, str | None):
+        import json
+
+        return f"{key}={json.dumps(value.strip())}"
+    return item
 
 
 def _check_switches(cls: type, values: Any, prefix: str = "") -> None:

@@ -362,6 +362,11 @@ def test_config_checks_named_by_the_audit():
     with pytest.raises(UserInputError, match="^bad config: lr_scheduler must be one of .*got 'piecewise_constant'$"):
         load_config(TrainConfig, None, ["lr_scheduler=piecewise_constant", "data.root=x"])  # diffusers' traceback
     assert load_config(TrainConfig, None, ["compile=true", "data.root=x"]).compile is True
+    # a true/false word given to a text key is that text: `no` was read as false, which meant `off`
+    with pytest.raises(UserInputError, match="^bad config: fast mode must be one of .*got 'no'$"):
+        load_config(GenerationConfig, None, ["fast.mode=no"])
+    assert load_config(GenerationConfig, None, ["fast.mode=off"]).fast.mode == "off"
+    assert load_config(TrainConfig, None, ["mixed_precision=no", "data.root=x"]).mixed_precision == "no"
 
 
 @pytest.mark.parametrize("override, message", [
