@@ -283,7 +283,7 @@ def _check_switches(cls: type, values: Any, prefix: str = "") -> None:
 def keys_set(yaml_path: str | os.PathLike | None, overrides: Sequence[str]) -> list[str]:
     """The dotted keys ``key=value`` overrides and a YAML config file set (leaves, in that order, once each). A
     file that cannot be read adds none: :func:`load_config` reports it."""
-    keys = [item.split("=", 1)[0].strip() for item in overrides]
+    keys: list[str] = []
 
     def walk(node: Any, prefix: str) -> None:
         for key, value in node.items():
@@ -292,6 +292,11 @@ def keys_set(yaml_path: str | os.PathLike | None, overrides: Sequence[str]) -> l
             else:
                 keys.append(prefix + str(key))
 
+    for item in overrides:  # `generation={seed: 5}` sets generation.seed too
+        try:
+            walk(OmegaConf.to_container(OmegaConf.from_dotlist([item]), resolve=False), "")
+        except Exception:  # not YAML: load_config names it
+            keys.append(item.split("=", 1)[0].strip())
     try:
         loaded = OmegaConf.to_container(OmegaConf.load(yaml_path), resolve=False) if yaml_path is not None else {}
     except Exception:  # missing, not YAML, not UTF-8

@@ -47,16 +47,18 @@ def hash_tensors(digest, state_dict: dict[str, torch.Tensor]) -> None:
         digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
 
 
-def module_fingerprint(text_encoder: torch.nn.Module, tokenizer) -> str:
+def module_fingerprint(text_encoder: torch.nn.Module, tokenizer, as_float32: bool = True) -> str:
     """SHA-256 (32 hex digits) over a text encoder's weights (names, shapes, values) and its tokenizer's vocabulary.
 
-    Floating-point weights are hashed as float32, so the fingerprint names the values, not the dtype they are
-    held at: a bfloat16-saved encoder has one fingerprint loaded at float32 or at bfloat16 (a cache made from
-    one serves the other), and a float32 encoder's is what it always was. Rounding the weights to a narrower
-    dtype changes the values, and so the fingerprint.
+    With ``as_float32`` (what caches are checked against) floating-point weights are hashed as float32, so
+    the fingerprint names the values, not the dtype they are held at: a bfloat16-saved encoder has one
+    fingerprint loaded at float32 or at bfloat16 (a cache made from one serves the other), and a float32
+    encoder's is what it always was. Rounding the weights to a narrower dtype changes the values, and so
+    the fingerprint. Without it they are hashed at their dtype, as :attr:`ModelBundle.model_fingerprint`
+    has always hashed them (sessions saved at bfloat16 record that).
     """
     digest = hashlib.sha256()
-    hash_tensors(digest, {name: tensor.float() if tensor.is_floating_point() else tensor
+    hash_tensors(digest, {name: tensor.float() if as_float32 and tensor.is_floating_point() else tensor
                           for name, tensor in text_encoder.state_dict().items()})
     vocab = tokenizer.get_vocab() if tokenizer is not None else {}
     digest.update(json.dumps(sorted(vocab.items())).encode())

@@ -21,11 +21,14 @@ def _main(config_cls_name: str, description: str, argv: Sequence[str] | None) ->
                         help="config overrides, e.g. max_steps=2000 data.root=data/nav max_minutes=60")
     args = parser.parse_args(argv)
     config = load_config(config_cls, args.config, args.overrides)
-    taken = {"live.size": "data.height/width", "live.context_frames_min": "data.context_frames_min",
-             "live.context_frames_max": "data.context_frames_max", "live.target_frames": "data.target_frames"}
+    taken = {"size": "height", "context_frames_min": "context_frames_min",  # live.* key: the data.* key it is
+             "context_frames_max": "context_frames_max", "target_frames": "target_frames"}  # replaced by
     for key in keys_set(args.config, args.overrides):
-        if key in taken:  # training replaces them by data.*'s (training.live_settings): they were silently ignored
-            raise UserInputError(f"{key} is taken from {taken[key]} in training; set {taken[key]} instead")
+        name = key.removeprefix("live.")
+        if key.startswith("live.") and name in taken and getattr(config.live, name) != getattr(config.data, taken[name]):
+            # training replaces it by data.*'s (training.live_settings): another value was silently ignored
+            raise UserInputError(f"{key}={getattr(config.live, name)} differs from data.{taken[name]}="
+                                 f"{getattr(config.data, taken[name])}, which training uses: set data.{taken[name]}")
     try:
         result = training.train(config)
     except training.TrainingDiverged as err:

@@ -372,6 +372,7 @@ def test_config_checks_named_by_the_audit():
 @pytest.mark.parametrize("override, message", [
     ("generation.seed=7", "generation.seed is set per run by seeds (--seeds); leave generation.seed out"),
     ("generation.fast.mode=off", "generation.fast.mode is set per run by variants (--variants); leave"),
+    ("generation={seed: 5}", "generation.seed is set per run by seeds (--seeds); leave generation.seed out"),
 ])
 def test_eval_refuses_settings_each_run_sets_itself(override, message, tmp_path, capsys):
     """They were ignored, yet written into results.json's config as if the runs had used them."""

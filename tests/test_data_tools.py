@@ -673,11 +673,8 @@ def imageio_frames(path: Path) -> np.ndarray:
     return np.stack(list(iio.imiter(path, plugin="FFMPEG")))
 
 
-@pytest.mark.parametrize("backend", ["decord", "imageio"])
-def test_ingest_picks_frames_by_their_times_in_a_variable_frame_rate_video(tmp_path, backend):
-    """A phone's video: 20 frames at 25 fps, then 10 fps. Frame k was taken as shown at k / (average fps),
-    so the clip of 2.0-3.0 s held frames from about 1.2 s; the container's presentation times give the right
-    ones. Through imageio, ffmpeg also repeated frames to hold the nominal 25 fps (119 frames, not 60)."""
+def _phone_video(tmp_path: Path) -> Path:
+    """A phone's video: 60 frames, frame k grey level 4k, 20 at 25 fps, then 10 fps (``src/phone.mp4``)."""
     import imageio_ffmpeg
 
     ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
@@ -692,6 +689,15 @@ def test_ingest_picks_frames_by_their_times_in_a_variable_frame_rate_video(tmp_p
     subprocess.run([ffmpeg, "-v", "error", "-i", str(constant), "-vf", "setpts='if(lt(N,20),N/25,0.8+(N-20)/10)/TB'",
                     "-fps_mode", "vfr", "-c:v", "libx264", "-qp", "0", "-pix_fmt", "yuv444p",
                     str(tmp_path / "src" / "phone.mp4")], check=True, capture_output=True, timeout=120)
+    return tmp_path / "src" / "phone.mp4"
+
+
+@pytest.mark.parametrize("backend", ["decord", "imageio"])
+def test_ingest_picks_frames_by_their_times_in_a_variable_frame_rate_video(tmp_path, backend):
+    """A phone's video: 20 frames at 25 fps, then 10 fps. Frame k was taken as shown at k / (average fps),
+    so the clip of 2.0-3.0 s held frames from about 1.2 s; the container's presentation times give the right
+    ones. Through imageio, ffmpeg also repeated frames to hold the nominal 25 fps (119 frames, not 60)."""
+    _phone_video(tmp_path)
     ann = tmp_path / "ann.jsonl"
     ann.write_text(json.dumps({"video": "phone", "start_sec": 2.0, "end_sec": 3.0, "action": "wipe counter"}) + "\n")
     out = tmp_path / "out"
@@ -704,6 +710,28 @@ def test_ingest_picks_frames_by_their_times_in_a_variable_frame_rate_video(tmp_p
     assert [int(round(frame.mean() / 4)) for frame in clip] == list(range(32, 42))  # shown at 0.8 + (k - 20) / 10
     source = open_video(tmp_path / "src" / "phone.mp4", backend=backend)
     assert source.num_frames == 60 and [int(round(f.mean() / 4)) for f in source.get_frames(range(60))] == list(range(60))
+
+
+def test_a_video_cut_without_reencoding_reads_as_players_show_it(tmp_path):
+    """`ffmpeg -ss 0.5 -c copy` keeps the frames before 0.5 s and an edit list that hides them. decord counted
+    them (60 frames, not 47) and timed the shown frames as the hidden ones; imageio's packet listing held
+    them too, so its times fell back to k / fps (0.7 s off)."""
+    import imageio_ffmpeg
+
+    from slowfast_vgen.data.readers import VideoReadError
+
+    phone = _phone_video(tmp_path)
+    cut = tmp_path / "cut.mp4"
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-ss", "0.5", "-i", str(phone), "-c", "copy",
+                    str(cut)], check=True, capture_output=True, timeout=120)
+    shown = open_video(phone, backend="imageio").frame_times()
+    for backend in ("auto", "imageio"):
+        reader = open_video(cut, backend=backend)
+        levels = [int(round(frame.mean() / 4)) for frame in reader.get_frames(range(reader.num_frames))]
+        assert levels == list(range(13, 60))  # from the frame shown at 0.52 s on
+        assert np.allclose(reader.frame_times(), shown[13:] - shown[13], atol=1e-6)
+    with pytest.raises(VideoReadError, match="edit list"):
+        open_video(cut, backend="decord")
 
 
 def test_ingest_finds_mpeg1_sources_and_reads_them_exactly(tmp_path):

@@ -116,3 +116,14 @@ def test_one_slow_training_step_matches_reference(tmp_path):
     unet = trainer.accelerator.unwrap_model(trainer.unet)
     _assert_matches(unet.conv_in.weight[0, 0, 0], EXPECTED_CONV_IN)
     _assert_matches(unet.conv_out.weight[0, :3, 1, 1], EXPECTED_CONV_OUT)
+
+
+def test_model_fingerprints_at_every_dtype_stay_those_sessions_recorded(tiny_config):
+    """Saved sessions record the model's fingerprint, and a resume compares it. Hashing the text encoder as
+    float32 (for feature caches) changed the bfloat16 and float16 fingerprints, and sessions saved at those
+    dtypes were refused by the model they were made with. Pinned from the code before that change."""
+    bundle = ModelBundle.from_config(tiny_config)
+    pinned = {torch.float32: "9fdfcdfc11b94273", torch.bfloat16: "961e4de2f47f8ab6", torch.float16: "057f3284a23e4afc"}
+    for dtype, fingerprint in pinned.items():
+        bundle.to("cpu", dtype)
+        assert bundle.model_fingerprint == fingerprint, dtype

@@ -41,6 +41,8 @@ DECORD_UNRELIABLE_EXTENSIONS: tuple[str, ...] = (".mpg", ".mpeg", ".mpe", ".m1v"
 program streams (see the module docstring). The MPEG elementary streams and DVD ``.vob`` files
 carry the same video, and ``.avi`` is a precaution (decord seeks by timestamps, which AVI stores
 poorly; the H.264 and MPEG-4 ``.avi`` files tested here decoded exactly)."""
+EDIT_LIST_EXTENSIONS: tuple[str, ...] = (".mp4", ".m4v", ".mov", ".3gp", ".3g2")
+"""ISO base media containers, whose edit lists can hide frames (see :class:`DecordEditListError`)."""
 IMAGEIO_MEMORY_BUDGET = 1 << 30
 """Decoded bytes an :class:`ImageioVideoReader` keeps in memory before it switches to streaming."""
 
@@ -63,6 +65,10 @@ class VideoReadError(Exception):
 
 class DecordGeometryError(VideoReadError):
     """decord decodes the file but returns wrongly strided frames (a decord 0.6 bug for some widths)."""
+
+
+class DecordEditListError(VideoReadError):
+    """decord counts (and shifts in) the frames an edit list hides: an mp4 cut with ``ffmpeg -ss ... -c copy``."""
 
 
 class VideoReaderBackend(Protocol):
@@ -120,6 +126,21 @@ class DecordVideoReader:
                 raise VideoReadError(self.path, "no video stream (zero frames)") from None
             raise VideoReadError(self.path, f"cannot open: {reason}") from None
         self._check_geometry()
+        self._check_edit_list()
+
+    def _check_edit_list(self) -> None:
+        """A first frame shown before 0 s is an edit list's pre-roll, which players skip: decord 0.6 counts it,
+        returns the shown frames from index 0 and times them as the pre-roll (a cut file read 13 frames long
+        and up to 0.7 s off). imageio reads such files right."""
+        if self._num_frames == 0 or Path(self.path).suffix.lower() not in EDIT_LIST_EXTENSIONS:
+            return  # MPEG program streams start before 0 as well, with nothing hidden
+        try:
+            first = float(self._reader.get_frame_timestamp([0])[0][0])
+        except Exception:  # no index: frame_times falls back to k / fps
+            return
+        if first < 0:
+            raise DecordEditListError(self.path, "decord misreads the frames an edit list hides (a file cut without "
+                                                 "re-encoding); use the imageio backend")
 
     def _check_geometry(self) -> None:
         """Decode frame 0 once: decord 0.6 returns mis-strided frames for some widths (8, 16, 24, 48, ...)."""
@@ -287,6 +308,8 @@ class ImageioVideoReader:
         frame; ``k / fps`` where a packet has no time or their count differs from the decoded frames'."""
         if self._times is None:
             times = packet_times(self.path)
+            if times is not None and len(times) > self._num_frames:  # an edit list's pre-roll (a file cut with
+                times = times[times >= 0]                            # -c copy): listed, before 0, never shown
             if (times is None or len(times) != self._num_frames or not np.isfinite(times).all()
                     or not (np.diff(times) >= 0).all()):
                 times = np.arange(self._num_frames) / self._fps
@@ -337,8 +360,9 @@ def reader_factory(backend: str = "auto") -> Callable[[str], VideoReaderBackend]
     """A function ``path -> reader`` for ``backend``.
 
     ``"auto"`` = decord when installed, except for the containers decord decodes wrongly
-    (:data:`DECORD_UNRELIABLE_EXTENSIONS`) and the files whose width it gets wrong (see
-    :class:`DecordGeometryError`), which imageio reads; imageio everywhere without decord.
+    (:data:`DECORD_UNRELIABLE_EXTENSIONS`) and the files whose width or edit list it gets wrong (see
+    :class:`DecordGeometryError`, :class:`DecordEditListError`), which imageio reads; imageio everywhere
+    without decord.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown video backend {backend!r}; expected one of {BACKENDS}")
@@ -353,12 +377,12 @@ def decord_is_reliable_for(path: str | os.PathLike) -> bool:
 
 
 def _open_auto(path: str) -> VideoReaderBackend:
-    """decord, or imageio for the containers and frame widths decord 0.6 gets wrong."""
+    """decord, or imageio for the containers, frame widths and edit lists decord 0.6 gets wrong."""
     if not decord_is_reliable_for(path):
         return ImageioVideoReader(path)
     try:
         return DecordVideoReader(path)
-    except DecordGeometryError:
+    except (DecordGeometryError, DecordEditListError):
         return ImageioVideoReader(path)
 
 
