@@ -35,8 +35,12 @@ from torch.nn import functional as F
 from .config import check_same_run, config_as_dict, help_field
 from .errors import UserInputError, first_line
 from .inverse_dynamics import IDM_WORLDS, InverseDynamicsModel, PairBatch, PairSampler, evaluate_reader, load_idm
-from .io_utils import atomic_output_dir, atomic_write_json, check_output_directory, restore_moved_aside
+from .io_utils import atomic_output_dir, atomic_write_json, check_output_directory, restore_moved_aside, trim_log
 from .worlds import sets_view_size
+
+
+MAX_THREADS = 256
+"""Most torch CPU threads ``num_threads`` may ask for (100000 crashed the process)."""
 
 
 @dataclasses.dataclass
@@ -84,8 +88,9 @@ class IDMTrainConfig:
             (0 <= self.weight_decay < math.inf and 0 <= self.displacement_weight < math.inf,
              f"weight_decay and displacement_weight must be finite numbers >= 0, got {self.weight_decay}, "
              f"{self.displacement_weight}"),
-            (self.checkpoint_every >= 1 and self.log_every >= 1 and self.num_threads >= 1,
-             "checkpoint_every, log_every and num_threads must be >= 1"),
+            (self.checkpoint_every >= 1 and self.log_every >= 1 and 1 <= self.num_threads <= MAX_THREADS,
+             f"checkpoint_every and log_every must be >= 1, num_threads in [1, {MAX_THREADS}]"),  # 100000 segfaulted
+            (self.hidden_dim >= 1, f"hidden_dim must be >= 1, got {self.hidden_dim}"),
             (not sets_view_size(self.world_overrides),
              "set the frame size with size=, not world_overrides view_size"),
         ]
@@ -114,9 +119,10 @@ class IDMTrainConfig:
         channels = list(self.channels)
         if not channels or min(channels) < 1:
             raise ValueError(f"channels must be one or more widths >= 1, got {channels}")
-        if self.size < 8 or self.size % 2 ** (len(channels) - 1):
-            raise ValueError(f"size {self.size} must be >= 8 and divisible by {2 ** (len(channels) - 1)} "
-                             f"(2 ** (len(channels) - 1): the IDM halves it {len(channels) - 1} times)")
+        if self.size < 8 or self.size % 2 ** (len(channels) - 1) or self.size // 2 ** (len(channels) - 1) < 2:
+            raise ValueError(f"size {self.size} must be >= 8, divisible by {2 ** (len(channels) - 1)} and leave at "
+                             f"least 2 pixels after the IDM halves it {len(channels) - 1} times (2 ** (len(channels) "
+                             "- 1))")
         # the world PairSampler renders: view_size = size, then world_overrides
         try:
             world_config(self.world, [f"view_size={self.size}", *self.world_overrides])
@@ -188,6 +194,8 @@ def _trainer_state(file: Path) -> dict:
     state = json.loads(file.read_text(encoding="utf-8"))
     if not isinstance(state, dict) or isinstance(state.get("step"), bool) or not isinstance(state.get("step"), int):
         raise ValueError("no step")
+    if state["step"] < 0:  # a seeding traceback on resume
+        raise ValueError(f"step {state['step']} is negative")
     if not isinstance(state.get("config", {}), dict):
         raise ValueError("config is not an object")
     return state
@@ -242,6 +250,10 @@ def _train_idm(config: IDMTrainConfig, progress) -> IDMTrainResult:
         step = state["step"]
         if "config" in state:  # lr, seed, batch, augmentation, max_steps (the cosine schedule): another run
             check_same_run(checkpoint, state["config"], config, IDM_RESUME_MAY_CHANGE)
+        if step > config.max_steps:  # max_steps is the run's: a larger step was 'done' at once
+            raise UserInputError(f"checkpoint {checkpoint} is corrupt: trainer_state.json: step {step} is beyond "
+                                 f"max_steps {config.max_steps}")
+        trim_log(out / "train_log.jsonl", step)  # lines logged after the checkpoint are logged again
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)  # the initial weights are a function of the config

@@ -40,7 +40,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from .errors import UserInputError
+from .errors import UserInputError, first_line, read_json_object
 from .worlds import BlocksConfig, BlocksWorld, NavigationWorld, build_world, world_config
 from .worlds.actions import NAVIGATION_PRIMITIVES, STAY, block_primitives, gripper_primitive, push_primitive
 from .worlds.navigation import camera_path
@@ -114,8 +114,14 @@ class InverseDynamicsModel(ModelMixin, ConfigMixin):
             raise ValueError(f"primitives must name at least two distinct primitives, got {list(primitives)}")
         if image_size < 8 or image_size % 2 ** (len(channels) - 1):
             raise ValueError(f"image_size {image_size} must be >= 8 and divisible by {2 ** (len(channels) - 1)}")
-        if not channels or min(channels) < 1 or displacement_scale <= 0:
-            raise ValueError(f"need channels >= 1 and displacement_scale > 0, got {list(channels)}, {displacement_scale}")
+        if not channels or min(channels) < 1 or not 0 < displacement_scale < float("inf"):  # nan: every step None
+            raise ValueError(f"need channels >= 1 and a finite displacement_scale > 0, got {list(channels)}, "
+                             f"{displacement_scale}")
+        if hidden_dim < 1:  # 0 trained a model that never reads anything; -5 was a tensor-size traceback
+            raise ValueError(f"hidden_dim must be >= 1, got {hidden_dim}")
+        if image_size // 2 ** (len(channels) - 1) < 2:  # GroupNorm cannot normalise a 1x1 map in training
+            raise ValueError(f"image_size {image_size} leaves a {image_size // 2 ** (len(channels) - 1)}-pixel map after "
+                             f"{len(channels) - 1} halvings; use a larger image_size or fewer channels")
         layers: list[nn.Module] = []
         in_channels = 9
         for i, width in enumerate(channels):
@@ -165,6 +171,10 @@ def load_idm(path: str | Path, device: str | torch.device = "cpu") -> InverseDyn
     if not path.is_dir() or not (path / "config.json").is_file():
         raise UserInputError(f"no inverse dynamics model at {path} (expected a directory with config.json)")
     kwargs = safetensors_only_kwargs(path)  # refuses pickle-only weights
+    try:
+        read_json_object(path / "config.json")  # a list there: diffusers took it for a hub name and went online
+    except (OSError, ValueError) as err:
+        raise UserInputError(f"cannot load inverse dynamics model from {path}: config.json: {first_line(err)}") from None
     try:
         model = InverseDynamicsModel.from_pretrained(path, **kwargs)
     except Exception as err:  # a damaged config.json fails anywhere in the constructor (e.g. TypeError)

@@ -141,6 +141,28 @@ def blocking_parent(path: Path) -> Path | None:
     return next((folder for folder in path.parents if os.path.lexists(folder) and not folder.is_dir()), None)
 
 
+def trim_log(path: str | os.PathLike, last_step: int) -> None:
+    """Drop the lines of a ``train_log.jsonl`` logged after ``last_step`` (a resume from the checkpoint at that
+    step logs them again), and a torn last line; written atomically, untouched when nothing is dropped."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        return
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)
+    kept = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+            step = record.get("step") if isinstance(record, dict) else None
+        except ValueError:  # torn by a kill mid-write
+            continue
+        if not isinstance(step, int) or step <= last_step:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    if kept != lines:
+        atomic_write_text(path, "".join(kept))
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as strict JSON: NaN and infinities (which ``json.dumps`` would write as the
     non-standard ``NaN``/``Infinity``) are written as ``null``."""

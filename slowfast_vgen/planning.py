@@ -107,7 +107,8 @@ class PlanConfig:
             (self.policy in POLICIES, f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}"),
             (self.loop in LOOPS, f"loop must be one of {', '.join(LOOPS)}, got {self.loop!r}"),
             (not (self.oracle and self.policy == "random"), "the oracle is a world model: use it with policy=model"),
-            (self.outward_actions >= 1, f"outward_actions must be >= 1, got {self.outward_actions}"),
+            (1 <= self.outward_actions <= 1000,  # 10**9 hung drawing its route
+             f"outward_actions must be in [1, 1000], got {self.outward_actions}"),
             (self.phrasing in ("train", "heldout", "all"), f"phrasing must be train, heldout or all, got {self.phrasing!r}"),
             (8 <= self.size <= MAX_SIZE and self.size % 2 == 0,
              f"size must be an even number in [8, {MAX_SIZE}], got {self.size}"),
@@ -168,7 +169,7 @@ def resolve_task(name: str, num_blocks: int = 3) -> TaskTemplate:
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         raise UserInputError(f"task file {path} is not readable YAML: {str(err).strip().splitlines()[0]}") from None
     if not isinstance(data, dict) or set(data) != {"world", "outward", "return"}:
-        keys = sorted(data) if isinstance(data, dict) else type(data).__name__
+        keys = sorted(map(str, data)) if isinstance(data, dict) else type(data).__name__  # `1: a` is an int key
         raise UserInputError(f"task file {path} needs exactly the keys world, outward, return; got {keys}")
     world = data["world"]
     if world not in TASKS.values():
@@ -193,6 +194,10 @@ def _world_primitives(world: str, num_blocks: int) -> tuple[str, ...]:
     return NAVIGATION_PRIMITIVES if world == "navigation" else block_primitives(BlocksConfig(num_blocks=num_blocks).colours)
 
 
+MAX_ROUTE_DRAWS = 100
+"""Routes drawn for a built-in task until one turns away from its start (one in about 15 does not)."""
+
+
 def make_task(template: TaskTemplate, env: "Environment", rng: np.random.Generator, outward_actions: int,
               phrasing: str) -> Task:
     """The episode's task on ``env``, drawn with ``rng`` (start, route, phrasings)."""
@@ -200,10 +205,16 @@ def make_task(template: TaskTemplate, env: "Environment", rng: np.random.Generat
     if template.outward is not None:  # a task file: fixed subgoals
         subgoals = template.outward + template.back
         return Task(subgoals, [parse_action(s) for s in subgoals], len(template.outward), start)
-    if template.world == "navigation":
-        primitives = return_to_start_route(rng, 2 * outward_actions).primitives
-    else:
-        primitives = env.world.move_and_return_script(rng, start, 2 * outward_actions)
+    for _ in range(MAX_ROUTE_DRAWS):  # a route out and back to its start (right, left, left, right) turns at the
+        if template.world == "navigation":  # start, so a policy that never moves succeeded: draw another
+            primitives = return_to_start_route(rng, 2 * outward_actions).primitives
+        else:
+            primitives = env.world.move_and_return_script(rng, start, 2 * outward_actions)
+        turn = start
+        for primitive in primitives[:outward_actions]:
+            turn = env.simulate(turn, primitive)[-1]
+        if not np.array_equal(turn, start):
+            break
     subgoals = [phrase(p, rng, phrasing) for p in primitives]
     return Task(subgoals, list(primitives), outward_actions, start)
 

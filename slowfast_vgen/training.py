@@ -51,7 +51,7 @@ from .data.dataset import ChunkBatch, ChunkDataset, ChunkDatasetConfig, collate_
 from .data.live_worlds import VALIDATION_SEED as LIVE_VALIDATION_SEED, LiveWorldChunks, LiveWorldsConfig, live_chunk_loader
 from .errors import UserInputError, first_line
 from .fast_learner import FastLearnerConfig, TempLoRA, plain_unet, use_adapter
-from .io_utils import check_output_directory
+from .io_utils import check_output_directory, trim_log
 from .model import ModelBundle, ModelConfig, load_model, unet_text_kwargs
 
 RESUME_MAY_CHANGE = (  # what a resumed run may set differently from the run it continues: budget, logging,
@@ -683,6 +683,8 @@ class SlowTrainer:
             load_ema_state(self.encoder_ema, encoder_ema)
             self.encoder_ema.to(device)
         self.step = int(state["step"])
+        if self.accelerator.is_main_process:  # a run killed past its checkpoint logged steps it now takes again
+            trim_log(self.output_dir / "train_log.jsonl", self.step)
         self.accelerator.print(f"resumed from {path} at step {self.step}")
 
     def export_model(self) -> Path | None:

@@ -102,6 +102,13 @@ def test_idm_save_load_round_trip_is_exact(tmp_path):
     torch.save(model.state_dict(), tmp_path / "pickled" / "diffusion_pytorch_model.bin")
     with pytest.raises(UserInputError, match="pickle"):
         load_idm(tmp_path / "pickled")
+    # a NaN scale loaded and read every displacement as None; a list made diffusers look for it on the hub
+    config = json.loads((tmp_path / "idm" / "config.json").read_text())
+    for text, message in ((json.dumps({**config, "displacement_scale": float("nan")}), "finite displacement_scale > 0"),
+                          ("[1, 2]", "config.json: expected a JSON object, got list")):
+        (tmp_path / "idm" / "config.json").write_text(text)
+        with pytest.raises(UserInputError, match=f"^cannot load inverse dynamics model from {tmp_path / 'idm'}: .*{message}"):
+            load_idm(tmp_path / "idm")
 
 
 def test_idm_path_holding_another_networks_weights_is_a_user_error(tiny_model_dir, tmp_path, capsys):
@@ -163,9 +170,11 @@ def test_a_resumed_idm_run_refuses_other_settings_and_names_damaged_checkpoint_f
     resumed = train_idm(load_config(IDMTrainConfig, None, [*run, "stop_after=1"]), progress=lines.append)
     assert f"resuming {checkpoint} at step 1" in lines and resumed.step == 2
     state = (checkpoint / "trainer_state.json").read_text()
-    (checkpoint / "trainer_state.json").write_text('{"step": ')
-    with pytest.raises(UserInputError, match=rf"checkpoint {checkpoint} is corrupt: trainer_state\.json: "):
-        train_idm(load_config(IDMTrainConfig, None, run), progress=lambda line: None)
+    for damaged, reason in (('{"step": ', ""), ('{"step": -5}', "step -5 is negative"),  # a seeding traceback
+                            (json.dumps({**json.loads(state), "step": 10**6}), "step 1000000 is beyond max_steps 2")):
+        (checkpoint / "trainer_state.json").write_text(damaged)  # the last was "done" at once
+        with pytest.raises(UserInputError, match=rf"checkpoint {checkpoint} is corrupt: trainer_state\.json: {reason}"):
+            train_idm(load_config(IDMTrainConfig, None, run), progress=lambda line: None)
     (checkpoint / "trainer_state.json").write_text(state)
     optimizer = checkpoint / "optimizer.safetensors"
     optimizer.write_bytes(optimizer.read_bytes()[:50])
@@ -263,6 +272,7 @@ def test_cli_plan_bad_inputs_exit_2(tiny_model_dir, tmp_path, capsys):
     # training world 0 of dataset seed 0 was accepted as a "held-out" world
     (["world_seed_base=0"], "world_seed_base must be >= 900000000 (the held-out worlds; training datasets use"),
     (["success_radius=.inf"], "success_radius must be a finite number >= 0, got inf"),  # every episode "succeeded"
+    (["outward_actions=1000000000"], "outward_actions must be in [1, 1000], got 1000000000"),  # hung
 ])
 def test_cli_plan_refuses_bad_counts_and_sizes_before_planning(bad, message, tmp_path, capsys, monkeypatch):
     import slowfast_vgen.planning as planning
@@ -295,6 +305,31 @@ def test_cli_plan_refuses_an_out_under_a_file_before_planning(tmp_path, capsys, 
     assert (tmp_path / "file").read_text() == "keep me"
 
 
+@pytest.mark.parametrize("task, episode", [("navigate-return", 34), ("blocks-return", 31)])
+def test_a_policy_that_never_moves_cannot_succeed(task, episode):
+    """Routes out and back to their start (right, left, left, right) turned at the start, so `stay` at every
+    step succeeded: 13 of 200 held-out navigation episodes and 9 blocks ones (the first: these two)."""
+    from slowfast_vgen.planning import TASKS, make_environment, make_task
+
+    config = PlanConfig()
+    template = resolve_task(task)
+    world_seed = config.world_seed_base + episode
+    env = make_environment(TASKS[task], world_seed, 32, 8, config.num_blocks)
+    plan = make_task(template, env, np.random.default_rng(world_seed), config.outward_actions, config.phrasing)
+    turn = plan.start
+    for primitive in plan.primitives[:plan.return_from]:
+        turn = env.simulate(turn, primitive)[-1]
+    assert not np.array_equal(turn, plan.start)
+
+
+def test_task_file_with_a_number_for_a_key_is_a_one_line_error(tmp_path):
+    """`1: a` beside the three keys was a TypeError traceback (sorting int and str keys)."""
+    task = tmp_path / "route.yaml"
+    task.write_text("1: a\nworld: navigation\noutward: [move right]\nreturn: [move left]\n")
+    with pytest.raises(UserInputError, match=r"needs exactly the keys world, outward, return; got \['1', 'outward'"):
+        resolve_task(str(task))
+
+
 def test_task_file_runs_its_own_subgoals(tmp_path):
     task = tmp_path / "route.yaml"
     task.write_text("world: navigation\noutward: [move right, head north, head north]\nreturn: [go south, go south, move left]\n")
@@ -309,7 +344,9 @@ def test_task_file_runs_its_own_subgoals(tmp_path):
 
 @pytest.mark.parametrize("bad", ["size=12", "size=4", "frames_per_action=0", "num_worlds=2000000", "val_worlds=2000000",
                                  "channels=[]", "channels=[0,8]", "world_overrides=[bogus=1]", "seed=900",
-                                 "val_seed=-1", "max_minutes=inf"])
+                                 "val_seed=-1", "max_minutes=inf",
+                                 # a segfault, a tensor-size traceback, a model that reads nothing, a GroupNorm on 1x1
+                                 "num_threads=100000", "hidden_dim=-5", "hidden_dim=0", "size=8"])
 def test_train_idm_refuses_bad_sizes_and_counts_before_writing(bad, tmp_path, capsys):
     from slowfast_vgen.idm_training import idm_main
 

@@ -693,3 +693,18 @@ def test_a_config_file_holding_a_list_is_a_one_line_error(tmp_path, capsys, text
         assert main(["--config", str(path), f"output_dir={tmp_path / 'out'}"]) == 2
         assert capsys.readouterr().err == f"error: {expected}\n"
     assert not (tmp_path / "out").exists()
+
+
+def test_a_resume_drops_the_log_lines_written_after_its_checkpoint(tmp_path):
+    """A run killed after its checkpoint had logged steps it then took again: train_log.jsonl held step 29
+    twice (the IDM trainer checkpoints only every checkpoint_every steps, and SIGTERM saves none)."""
+    from slowfast_vgen.io_utils import trim_log
+
+    log = tmp_path / "train_log.jsonl"
+    log.write_text('{"step": 1}\n{"step": 2, "val_loss": 0.5}\n{"note": "no step"}\n{"step": 3}\n{"step": 4, "lo')
+    trim_log(log, 2)
+    assert log.read_text() == '{"step": 1}\n{"step": 2, "val_loss": 0.5}\n{"note": "no step"}\n'
+    before = log.stat().st_mtime_ns
+    trim_log(log, 5)  # nothing past it: the file is left alone
+    assert log.stat().st_mtime_ns == before
+    trim_log(tmp_path / "none.jsonl", 0)  # no log yet
