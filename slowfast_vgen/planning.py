@@ -213,7 +213,8 @@ def make_task(template: TaskTemplate, env: "Environment", rng: np.random.Generat
         turn = start
         for primitive in primitives[:outward_actions]:
             turn = env.simulate(turn, primitive)[-1]
-        if not np.array_equal(turn, start):
+        placed = slice(1, None) if template.world == "blocks" else slice(None)  # blocks: the blocks, not the gripper
+        if not np.array_equal(turn[placed], start[placed]):
             break
     subgoals = [phrase(p, rng, phrasing) for p in primitives]
     return Task(subgoals, list(primitives), outward_actions, start)
