@@ -472,6 +472,15 @@ def make_reader(idm: str, world: str, env: Environment, frames_per_action: int, 
         problems.append(f"{config.frames_per_action} frames per action (plan: {frames_per_action})")
     if list(config.primitives) != list(env.primitives) and not problems:
         problems.append(f"primitives {list(config.primitives)} (world: {list(env.primitives)})")
+    if not problems and config.world_overrides:  # another speed or push distance: its displacements mean other moves
+        from dataclasses import asdict
+
+        from .worlds import world_config
+
+        trained = world_config(world, [f"view_size={size}", *config.world_overrides])
+        if asdict(trained) != asdict(env.world.config):
+            problems.append(f"world_overrides {list(config.world_overrides)} (the planning worlds use none but "
+                            f"{'num_blocks' if world == 'blocks' else 'the frame size'})")
     if problems:
         raise UserInputError(f"the IDM {idm} was trained for {', '.join(problems)}; train one for this setting")
     return model

@@ -244,6 +244,21 @@ def test_cli_plan_with_the_tiny_video_model_and_a_learned_idm(tiny_model_dir, tm
     assert len(decord.VideoReader(str(out / "episodes" / "episode-000.mp4"))) == 1 + 2 * 3
 
 
+def test_an_idm_trained_on_other_world_settings_is_refused(tmp_path):
+    """`world_overrides=[speed=4]` was not compared: its displacements mean other moves than the plan's world."""
+    from slowfast_vgen.planning import make_environment, make_reader
+
+    env = make_environment("navigation", 900_000_000, 16, 3, 3)
+    for overrides, refused in ((["speed=4"], True), ([], False)):
+        InverseDynamicsModel(image_size=16, frames_per_action=3, displacement_scale=3.0, channels=(8, 16), hidden_dim=32,
+                             world_overrides=overrides).save_pretrained(tmp_path / "idm", safe_serialization=True)
+        if refused:
+            with pytest.raises(UserInputError, match=r"was trained for world_overrides \['speed=4'\]"):
+                make_reader(str(tmp_path / "idm"), "navigation", env, 3, 16)
+        else:
+            assert make_reader(str(tmp_path / "idm"), "navigation", env, 3, 16).config.world_overrides == overrides
+
+
 def test_cli_plan_bad_inputs_exit_2(tiny_model_dir, tmp_path, capsys):
     assert main(["plan", "--task", "navigate-everywhere", "--oracle", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip()
