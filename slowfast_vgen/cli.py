@@ -695,8 +695,9 @@ def eval_main(args: argparse.Namespace) -> int:
     if args.variants is not None and not args.variants.strip(" \t\n,"):
         raise UserInputError(f"--variants is empty ({args.variants!r}); give comma-separated fast modes, "
                              "e.g. --variants off,paper, or leave it out for the default set")
+    given = keys_set(args.config, args.overrides)
     for key, instead in (("generation.seed", "seeds (--seeds)"), ("generation.fast.mode", "variants (--variants)")):
-        if key in keys_set(args.config, args.overrides):  # each run sets it: the value was ignored, yet recorded
+        if key in given:  # each run sets it: the value was ignored, yet recorded
             raise UserInputError(f"{key} is set per run by {instead}; leave {key} out")
     out = check_output_directory(Path(args.out))  # before the model is loaded and anything generated
     _quiet_libraries()

@@ -225,14 +225,10 @@ def load_config(
         _check_switches(cls, OmegaConf.to_container(layer, resolve=False))
     given = {key: value for key, value in (flags or {}).items() if value is not None}
     if given:
-        nested: dict = {}
+        flag_layer = OmegaConf.create()
         for key, value in given.items():
-            *parents, leaf = key.split(".")
-            node = nested
-            for parent in parents:
-                node = node.setdefault(parent, {})
-            node[leaf] = value
-        layers.append(OmegaConf.create(literal(nested)))
+            OmegaConf.update(flag_layer, key, literal(value))  # a dotted key makes its parents
+        layers.append(flag_layer)
     try:
         merged = _merge(*layers)
         return OmegaConf.to_object(merged)  # type: ignore[return-value]

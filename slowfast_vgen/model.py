@@ -363,11 +363,12 @@ class ModelBundle:
         key = tuple((id(module), _module_dtype(module)) for module in modules)
         cached = getattr(self, "_model_fingerprint", None)
         if cached is None or cached[0] != key:
-            text = self.text_encoder_fingerprint  # hashed as float32; at another dtype, as held (sessions record it)
             if self.text_encoder is not None and _module_dtype(self.text_encoder) != torch.float32:
-                from .text_features import module_fingerprint
+                from .text_features import module_fingerprint  # as held, as sessions recorded it: not as float32
 
                 text = module_fingerprint(self.text_encoder, self.tokenizer, as_float32=False)
+            else:
+                text = self.text_encoder_fingerprint
             value = model_fingerprint(self.unet, self.action_encoder, vae=self.vae, scheduler=self.noise_scheduler,
                                       text_encoder_fingerprint=text)
             self._model_fingerprint = (key, value)

@@ -205,6 +205,7 @@ def make_task(template: TaskTemplate, env: "Environment", rng: np.random.Generat
     if template.outward is not None:  # a task file: fixed subgoals
         subgoals = template.outward + template.back
         return Task(subgoals, [parse_action(s) for s in subgoals], len(template.outward), start)
+    placed = slice(1, None) if template.world == "blocks" else slice(None)  # blocks: the blocks, not the gripper
     for _ in range(MAX_ROUTE_DRAWS):  # a route out and back to its start (right, left, left, right) turns at the
         if template.world == "navigation":  # start, so a policy that never moves succeeded: draw another
             primitives = return_to_start_route(rng, 2 * outward_actions).primitives
@@ -213,7 +214,6 @@ def make_task(template: TaskTemplate, env: "Environment", rng: np.random.Generat
         turn = start
         for primitive in primitives[:outward_actions]:
             turn = env.simulate(turn, primitive)[-1]
-        placed = slice(1, None) if template.world == "blocks" else slice(None)  # blocks: the blocks, not the gripper
         if not np.array_equal(turn[placed], start[placed]):
             break
     subgoals = [phrase(p, rng, phrasing) for p in primitives]

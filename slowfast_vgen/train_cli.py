@@ -21,14 +21,13 @@ def _main(config_cls_name: str, description: str, argv: Sequence[str] | None) ->
                         help="config overrides, e.g. max_steps=2000 data.root=data/nav max_minutes=60")
     args = parser.parse_args(argv)
     config = load_config(config_cls, args.config, args.overrides)
-    taken = {"size": "height", "context_frames_min": "context_frames_min",  # live.* key: the data.* key it is
-             "context_frames_max": "context_frames_max", "target_frames": "target_frames"}  # replaced by
     for key in keys_set(args.config, args.overrides):
         name = key.removeprefix("live.")
-        if key.startswith("live.") and name in taken and getattr(config.live, name) != getattr(config.data, taken[name]):
+        data_key = training.LIVE_FROM_DATA.get(name) if key.startswith("live.") else None
+        if data_key and getattr(config.live, name) != getattr(config.data, data_key):
             # training replaces it by data.*'s (training.live_settings): another value was silently ignored
-            raise UserInputError(f"{key}={getattr(config.live, name)} differs from data.{taken[name]}="
-                                 f"{getattr(config.data, taken[name])}, which training uses: set data.{taken[name]}")
+            raise UserInputError(f"{key}={getattr(config.live, name)} differs from data.{data_key}="
+                                 f"{getattr(config.data, data_key)}, which training uses: set data.{data_key}")
     try:
         result = training.train(config)
     except training.TrainingDiverged as err:

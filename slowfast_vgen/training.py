@@ -69,10 +69,14 @@ class TrainingDiverged(RuntimeError):
     """Too many non-finite losses in a row."""
 
 
+LIVE_FROM_DATA = {"size": "height", "context_frames_min": "context_frames_min",
+                  "context_frames_max": "context_frames_max", "target_frames": "target_frames"}
+"""The ``live.*`` keys a run takes from ``data.*`` (live key -> data key): frame size and chunk lengths."""
+
+
 def live_settings(live: LiveWorldsConfig, data: ChunkDatasetConfig) -> LiveWorldsConfig:
     """The live worlds a run trains on: ``live`` with the frame size and chunk lengths of ``data``."""
-    return replace(live, size=data.height, context_frames_min=data.context_frames_min,
-                   context_frames_max=data.context_frames_max, target_frames=data.target_frames)
+    return replace(live, **{name: getattr(data, key) for name, key in LIVE_FROM_DATA.items()})
 
 
 @dataclass
