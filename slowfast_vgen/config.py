@@ -206,6 +206,7 @@ def load_config(
             raise UserInputError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
         if not isinstance(loaded, DictConfig):  # a top-level list: OmegaConf.merge raises a TypeError
             raise UserInputError(f"bad config: {path} must hold a mapping of keys, got a list")
+        _keep_words(cls, loaded, path.read_text(encoding="utf-8"))
         layers.append(loaded)
     bad = [item for item in overrides if "=" not in item]
     if bad:
@@ -261,6 +262,39 @@ def _word_kept(cls: type, item: str) -> str:
 
         return f"{key}={json.dumps(value.strip())}"
     return item
+
+
+def _keep_words(cls: type, loaded: DictConfig, text: str) -> None:
+    """Put back, in ``loaded`` (a YAML file as OmegaConf read it), the text of every true/false word that
+    sits under a text field of ``cls``: ``mode: no`` was read as false and then meant ``off``, as in
+    :func:`_word_kept`. Walks YAML's node tree, which keeps each scalar as written."""
+    import yaml
+
+    bool_tag = "tag:yaml.org,2002:bool"
+
+    def walk(hint: Any, node: Any, target: Any) -> None:
+        if not (dataclasses.is_dataclass(hint) and isinstance(node, yaml.MappingNode) and isinstance(target, DictConfig)):
+            return
+        hints = typing.get_type_hints(hint)
+        for key_node, value_node in node.value:
+            name = key_node.value
+            field = hints.get(name)
+            if field is None or name not in target:
+                continue
+            if field in (str, str | None) and isinstance(value_node, yaml.ScalarNode) and value_node.tag == bool_tag:
+                target[name] = value_node.value
+            elif typing.get_origin(field) is list and typing.get_args(field) == (str,) and isinstance(value_node, yaml.SequenceNode):
+                for index, item in enumerate(value_node.value):
+                    if isinstance(item, yaml.ScalarNode) and item.tag == bool_tag:
+                        target[name][index] = item.value
+            else:
+                walk(field, value_node, target[name])
+
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:  # OmegaConf read it; a node tree it cannot give leaves the values as read
+        return
+    walk(cls, root, loaded)
 
 
 def _check_switches(cls: type, values: Any, prefix: str = "") -> None:

@@ -369,6 +369,28 @@ def test_config_checks_named_by_the_audit():
     assert load_config(TrainConfig, None, ["mixed_precision=no", "data.root=x"]).mixed_precision == "no"
 
 
+def test_true_false_words_in_a_yaml_file_stay_text_for_text_keys(tmp_path):
+    """`mode: no` in a --config file was read as false and meant `off`, as `fast.mode=no` did."""
+    from slowfast_vgen.config import load_config
+    from slowfast_vgen.errors import UserInputError
+    from slowfast_vgen.evaluation import EvalConfig
+    from slowfast_vgen.session import GenerationConfig
+    from slowfast_vgen.training import TrainConfig
+
+    def config(cls, text):
+        path = tmp_path / "config.yaml"
+        path.write_text(text)
+        return load_config(cls, path)
+
+    with pytest.raises(UserInputError, match="^bad config: fast mode must be one of .*got 'no'$"):
+        config(GenerationConfig, "fast:\n  mode: no\n")
+    assert config(GenerationConfig, "fast:\n  mode: off\n  checkpointing: yes\n").fast.mode == "off"
+    assert config(GenerationConfig, "fast: {mode: off, checkpointing: yes}\n").fast.checkpointing is True
+    assert config(TrainConfig, "mixed_precision: no\ndata: {root: x}\n").mixed_precision == "no"
+    with pytest.raises(UserInputError, match="^bad config: .*'yes'"):
+        config(EvalConfig, "variants: [off, yes]\n")
+
+
 @pytest.mark.parametrize("override, message", [
     ("generation.seed=7", "generation.seed is set per run by seeds (--seeds); leave generation.seed out"),
     ("generation.fast.mode=off", "generation.fast.mode is set per run by variants (--variants); leave"),
