@@ -27,7 +27,8 @@ A task file (YAML) gives the subgoals itself, the same for every episode::
     return: [go south, go south, move left]
 
 Every subgoal must be a phrasing the world knows (:func:`~.worlds.actions.parse_action`): the
-metrics need the intended primitive.
+metrics need the intended primitive. The outward subgoals must move the camera (the blocks) away
+from the start and the return ones back to it, or no policy could succeed (or one that never moves would).
 
 World models (one interface: ``start(frames, state)``, ``generate(subgoal) -> (K, H, W, 3)``):
 
@@ -53,7 +54,7 @@ import dataclasses
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Iterable, Protocol, Sequence
 
 import numpy as np
 
@@ -185,7 +186,38 @@ def resolve_task(name: str, num_blocks: int = 3) -> TaskTemplate:
                 raise UserInputError(f"task file {path}: {key} subgoal {position} ({text!r}) is not an action the "
                                      f"{world} world knows (e.g. {sorted(known)[0]!r})")
         parts[key] = [text.strip() for text in items]
+    outward = _displacements(parse_action(text) for text in parts["outward"])
+    total = _displacements(parse_action(text) for text in parts["outward"] + parts["return"])
+    moved = "camera" if world == "navigation" else "blocks"
+    if not any(map(any, outward.values())):  # the turn is the start: a policy that never moves succeeds
+        raise UserInputError(f"task file {path}: the outward subgoals bring the {moved} back to the start; "
+                             f"they must lead away from it")
+    if any(map(any, total.values())):  # success is measured at the start: no route could reach it
+        off = ", ".join(f"{name} {vector}" for name, vector in sorted(total.items()) if any(vector))
+        raise UserInputError(f"task file {path}: the return subgoals do not lead the {moved} back to the start "
+                             f"(left over, in steps right and down: {off})")
     return TaskTemplate(str(path), world, parts["outward"], parts["return"])
+
+
+def _displacements(primitives: Iterable[str]) -> dict[str, tuple[int, int]]:
+    """Steps ``(right, down)`` each scored thing takes under ``primitives`` on an open table: ``camera``
+    (navigation) or a block colour (a push; the gripper and ``stay`` move nothing the scores measure). A
+    block pushed into a wall or another block moves less, so for blocks this is what the subgoals ask."""
+    from .worlds.actions import DIRECTION_VECTORS
+
+    totals: dict[str, tuple[int, int]] = {}
+    for primitive in primitives:
+        words = primitive.split()
+        if words[0] == "move":
+            thing = "camera"
+        elif words[0] == "push":
+            thing = words[1]
+        else:
+            continue
+        dx, dy = DIRECTION_VECTORS[words[-1]]
+        x, y = totals.get(thing, (0, 0))
+        totals[thing] = (x + dx, y + dy)
+    return totals
 
 
 def _world_primitives(world: str, num_blocks: int) -> tuple[str, ...]:

@@ -1,6 +1,7 @@
 """Planning (paper §3.4): inverse dynamics models, the oracle and random bounds, `sfvgen plan` end to end."""
 
 import json
+import re
 
 import decord
 import numpy as np
@@ -343,6 +344,23 @@ def test_task_file_with_a_number_for_a_key_is_a_one_line_error(tmp_path):
     task = tmp_path / "route.yaml"
     task.write_text("1: a\nworld: navigation\noutward: [move right]\nreturn: [move left]\n")
     with pytest.raises(UserInputError, match=r"needs exactly the keys world, outward, return; got \['1', 'outward'"):
+        resolve_task(str(task))
+
+
+@pytest.mark.parametrize("world, outward, back, message", [
+    ("navigation", "[move right, move left]", "[stay]", "the outward subgoals bring the camera back to the start"),
+    ("navigation", "[move right, head north]", "[go south]",
+     "the return subgoals do not lead the camera back to the start (left over, in steps right and down: camera (1, 0))"),
+    ("blocks", "[move the gripper left]", "[move the gripper right]", "the outward subgoals bring the blocks back"),
+    ("blocks", "[push the red block left, push the blue block up]", "[push the red block right, push the blue block left]",
+     "(left over, in steps right and down: blue (-1, -1))"),
+])
+def test_task_file_whose_route_cannot_succeed_is_refused(world, outward, back, message, tmp_path):
+    """Success is measured at the start: a return leg that leads elsewhere could never succeed, and an
+    outward leg that ends at the start let a policy that never moves succeed."""
+    task = tmp_path / "route.yaml"
+    task.write_text(f"world: {world}\noutward: {outward}\nreturn: {back}\n")
+    with pytest.raises(UserInputError, match=re.escape(message)):
         resolve_task(str(task))
 
 
