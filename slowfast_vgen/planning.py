@@ -509,8 +509,14 @@ def make_reader(idm: str, world: str, env: Environment, frames_per_action: int, 
 
         from .worlds import world_config
 
+        def effective(settings) -> dict:  # `speed=2` restates the derived default (None = view_size // 16)
+            values = asdict(settings)
+            if "speed" in values:
+                values["speed"] = settings.resolved_speed
+            return values
+
         trained = world_config(world, [f"view_size={size}", *config.world_overrides])
-        if asdict(trained) != asdict(env.world.config):
+        if effective(trained) != effective(env.world.config):
             problems.append(f"world_overrides {list(config.world_overrides)} (the planning worlds use none but "
                             f"{'num_blocks' if world == 'blocks' else 'the frame size'})")
     if problems:

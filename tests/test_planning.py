@@ -250,7 +250,8 @@ def test_an_idm_trained_on_other_world_settings_is_refused(tmp_path):
     from slowfast_vgen.planning import make_environment, make_reader
 
     env = make_environment("navigation", 900_000_000, 16, 3, 3)
-    for overrides, refused in ((["speed=4"], True), ([], False)):
+    # speed=1 restates the default at 16x16 (view_size // 16); it was refused as another setting
+    for overrides, refused in ((["speed=4"], True), ([], False), (["speed=1"], False)):
         InverseDynamicsModel(image_size=16, frames_per_action=3, displacement_scale=3.0, channels=(8, 16), hidden_dim=32,
                              world_overrides=overrides).save_pretrained(tmp_path / "idm", safe_serialization=True)
         if refused:
