@@ -458,9 +458,10 @@ def _ingest_one_video(
             skip(name, f"segment shorter than one frame at {config.fps} fps")
             continue
         video = f"videos/{episode}/{seg.line:06d}.mp4"
+        row = Segment(video, lead_in, len(times), config.fps, seg.action, episode, config.split)
         if reused is not None and (out / video).is_file():
             reused.append(video)
-            rows.append(Segment(video, lead_in, len(times), config.fps, seg.action, episode, config.split))
+            rows.append(row)
             continue
         source_idx = nearest_frames(frame_times, times)
         try:  # in batches: a long segment decoded whole at the source's size took gigabytes
@@ -471,5 +472,5 @@ def _ingest_one_video(
             skip(name, f"decoding failed in {where}: {err.reason}")
             continue
         write_video(out / video, frames, fps=config.fps)
-        rows.append(Segment(video, lead_in, len(times), config.fps, seg.action, episode, config.split))
+        rows.append(row)
     return rows
