@@ -184,3 +184,16 @@ def test_live_keys_training_takes_from_data_are_refused_when_they_differ(overrid
 
     assert slow_main(["data_source=live", override]) == 2
     assert capsys.readouterr().err == f"error: {message}\n"
+
+
+def test_live_target_frames_follows_data_when_not_given():
+    """`live.frames_per_action=4 data.target_frames=4` was refused: live.target_frames' own default (8) was
+    checked against live.frames_per_action, although training takes data.target_frames."""
+    from slowfast_vgen.config import load_config
+    from slowfast_vgen.errors import UserInputError
+    from slowfast_vgen.training import TrainConfig, live_settings
+
+    config = load_config(TrainConfig, None, ["data_source=live", "data.target_frames=4", "live.frames_per_action=4"])
+    assert live_settings(config.live, config.data).resolved_target_frames == 4
+    with pytest.raises(UserInputError, match=r"^bad config: target_frames must be in \[1, frames_per_action=4\], got 6$"):
+        load_config(TrainConfig, None, ["data_source=live", "data.target_frames=6", "live.frames_per_action=4"])

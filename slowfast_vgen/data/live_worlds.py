@@ -92,7 +92,9 @@ class LiveWorldsConfig:
     actions_per_episode: int = help_field(10, help="actions per episode (M); an episode has 1 + M*K frames")
     context_frames_min: int = help_field(1, help="smallest number of context frames f_p")
     context_frames_max: int = help_field(4, help="largest number of context frames f_p")
-    target_frames: int = help_field(8, help="number of target frames f_g per chunk (<= frames_per_action)")
+    target_frames: int | None = help_field(
+        None, help="number of target frames f_g per chunk (<= frames_per_action); None = frames_per_action"
+    )
     split: str = help_field("train", help="phrasings of this dataset split: train = training phrasings only")
     chunks_per_world: int = help_field(
         4, help="consecutive samples sharing one world (each with its own route); 1 = a new world per sample"
@@ -125,7 +127,7 @@ class LiveWorldsConfig:
                 f"got {self.context_frames_min}, {self.context_frames_max}",
             ),
             (
-                1 <= self.target_frames <= self.frames_per_action,
+                1 <= self.resolved_target_frames <= self.frames_per_action,
                 f"target_frames must be in [1, frames_per_action={self.frames_per_action}], got {self.target_frames}",
             ),
             (self.split in SPLITS, f"split must be one of {', '.join(SPLITS)}, got {self.split!r}"),
@@ -135,6 +137,11 @@ class LiveWorldsConfig:
             if not ok:
                 raise ValueError(message)
         check_training_world_seed(self.seed, self.num_worlds)  # after the num_worlds range check
+
+    @property
+    def resolved_target_frames(self) -> int:
+        """``target_frames``, or ``frames_per_action`` where it is None (a training run sets it from ``data``)."""
+        return self.target_frames if self.target_frames is not None else self.frames_per_action
 
 
 def global_index(start: int, local: int, rank: int = 0, world_size: int = 1, block_size: int = 1) -> int:
@@ -223,10 +230,10 @@ class LiveWorldChunks(IterableDataset):
         episode = render_episode_prefix(world, np.random.default_rng([config.seed, index, _ROUTE_STREAM]), m, k, action)
         segment_start, segment_end = action_frame_range(action, k)
         first = max(segment_start, 1)  # a target never starts at frame 0
-        target_start = int(chunk_rng.integers(first, segment_end - config.target_frames + 1))
+        target_start = int(chunk_rng.integers(first, segment_end - config.resolved_target_frames + 1))
         f_p = int(chunk_rng.integers(config.context_frames_min, config.context_frames_max + 1))
         f_p = min(f_p, target_start)
-        frames = episode.frames[target_start - f_p : target_start + config.target_frames]  # (f_p + f_g, H, W, 3) uint8
+        frames = episode.frames[target_start - f_p : target_start + config.resolved_target_frames]  # (f_p + f_g, H, W, 3) uint8
         # scale in numpy, as ChunkDataset does: (F, H, W, C) -> (C, F, H, W) in [-1, 1]
         pixels = np.ascontiguousarray(frames.transpose(3, 0, 1, 2), dtype=np.float32)
         video = torch.from_numpy(pixels / np.float32(127.5) - np.float32(1.0))
