@@ -375,8 +375,12 @@ class SlowTrainer:
         # the module the training loss runs: compiled, it shares self.unet's parameters (nothing else changes)
         self.training_unet = torch.compile(self.unet) if config.compile else self.unet
         self.text_cache: dict[str, torch.Tensor] = {}
-        # a missing or too small validation split is an error now, not after hours of training
-        self.validation_batch = self.load_validation_batch() if config.validate_every and self.accelerator.is_main_process else None
+        # a missing or too small validation split is an error now, not after hours of training; loaded by every
+        # process, so each stops with the one-line error (the others waited in the first step's all-reduce and
+        # died with a gloo traceback), then kept by the main process, which validates
+        self.validation_batch = self.load_validation_batch() if config.validate_every else None
+        if not self.accelerator.is_main_process:
+            self.validation_batch = None
         self.stop_requested = False
 
     def new_emas(self) -> tuple[Any, Any]:
@@ -625,7 +629,7 @@ class SlowTrainer:
     # ------------------------------------------------------------------ checkpoints and exports
     def checkpoint_state(self) -> dict[str, Any]:
         return {"lr_scheduler": _json_safe(self.lr_scheduler.state_dict()), "config": config_as_dict(self.config),
-                "start_model_fingerprint": self.start_fingerprint}
+                "start_model_fingerprint": self.start_fingerprint, "num_processes": self.world}
 
     def checkpoint_tensors(self) -> dict[str, tuple[dict[str, torch.Tensor], dict[str, str]]]:
         """Further state a subclass needs for an exact resume, as named safetensors files (called on every process)."""
@@ -649,6 +653,11 @@ class SlowTrainer:
     def load_checkpoint(self, path: Path) -> None:
         state = read_checkpoint_state(path)
         check_resume_settings(path, state, self.config)
+        saved_processes = state.get("num_processes", self.world)  # absent in older checkpoints: not checked
+        if saved_processes != self.world:  # the global batch and each process's share of the data order change
+            raise UserInputError(f"checkpoint {path} was saved by a run of {saved_processes} process(es), this run has "
+                                 f"{self.world}: resume with {saved_processes} (the global batch and the data order "
+                                 "depend on it), or give a new output_dir")
         started_from = state.get("start_model_fingerprint")  # absent in older checkpoints: not checked
         if started_from and started_from != self.start_fingerprint:
             raise UserInputError(f"checkpoint {path} continues a run that started from another model than "

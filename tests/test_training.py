@@ -262,6 +262,45 @@ def test_bad_config_key_exits_2(tmp_path):
     assert slow_main([f"output_dir={tmp_path}"]) == 2  # data.root is required
 
 
+def test_other_processes_of_a_launch_leave_config_errors_to_the_main_one(tmp_path, capsys, monkeypatch):
+    """Every process of `torchrun --nproc_per_node 2` printed the same `error:` line."""
+    from slowfast_vgen.train_cli import slow_main
+
+    monkeypatch.setenv("RANK", "1")
+    assert slow_main([f"output_dir={tmp_path}", "data.root=x", "learning_rat=1"]) == 2
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("RANK", "0")
+    assert slow_main([f"output_dir={tmp_path}", "data.root=x", "learning_rat=1"]) == 2
+    assert capsys.readouterr().err.startswith("error: bad config: Key 'learning_rat' not in 'TrainConfig'")
+
+
+def test_two_processes_train_once_and_refuse_a_resume_by_one(world_root, tmp_path):
+    """Data parallel on the CPU (gloo): one log, one `done` line, the same weights on both processes; a
+    checkpoint of 2 processes resumed by 1 was accepted and retrained part of the data order. A validation
+    split that is missing stopped the main process with one line while the other died in the first
+    all-reduce with a gloo traceback."""
+    out = tmp_path / "run"
+    args = _overrides(world_root, out, "max_steps=2", "checkpointing_steps=2")
+    launch = f"{sys.executable} -m torch.distributed.run --standalone --nproc_per_node 2 train/train_slow.py"
+    output, _ = _run_script(launch, args).communicate(timeout=300)
+    checksums = re.findall(r"^rank checksum (\S+)$", output, re.M)
+    assert len(checksums) == 2 and checksums[0] == checksums[1], output
+    assert len(re.findall(r"^done: 2 steps", output, re.M)) == 1, output
+    assert [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()] == [1, 2]
+    assert json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())["num_processes"] == 2
+    single = _run_script(f"{sys.executable} train/train_slow.py", [*args, "max_steps=3"])
+    output, _ = single.communicate(timeout=300)
+    assert single.returncode == 2 and output.strip().splitlines() == [
+        f"error: checkpoint {out}/checkpoint-2 was saved by a run of 2 process(es), this run has 1: resume with 2 "
+        "(the global batch and the data order depend on it), or give a new output_dir"], output
+    output, _ = _run_script(launch, [*_overrides(world_root, tmp_path / "bad", "max_steps=2", "validate_every=1",
+                                                 "validation_split=test")]).communicate(timeout=300)
+    errors = sorted(line for line in output.splitlines() if "error" in line.lower() or "gloo" in line.lower())
+    message = f"no segments with split 'test' in {world_root}"
+    assert [line.split(message)[0] for line in errors if message in line] == ["error: ", "error: process 1: "], output
+    assert not [line for line in output.splitlines() if "[rank1]" in line or "gloo" in line.lower()], output
+
+
 def _run_script(script: str, args: list[str], **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([*script.split(), *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
@@ -617,6 +656,20 @@ def test_a_resume_refuses_an_init_from_that_now_holds_another_model(world_root, 
     with pytest.raises(UserInputError, match=f"^checkpoint {out}/checkpoint-2 continues a run that started from "
                                              f"another model than init_from={start} holds now"):
         train(_slow(world_root, out, f"init_from={start}", "max_steps=3", "resume=latest"))
+
+
+def test_a_resume_refuses_another_number_of_processes(world_root, tmp_path):
+    """A checkpoint of 2 processes resumed by 1 (or the reverse) was accepted: the global batch halved and
+    the run retrained (or skipped) part of the epoch's data order, as each process takes every world-th batch."""
+    out = tmp_path / "run"
+    train(_slow(world_root, out, "max_steps=1", "checkpointing_steps=1"))
+    state_file = out / "checkpoint-1" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    assert state["num_processes"] == 1
+    state_file.write_text(json.dumps({**state, "num_processes": 2}))  # as a torchrun --nproc_per_node 2 run saves it
+    with pytest.raises(UserInputError, match=f"^checkpoint {out}/checkpoint-1 was saved by a run of 2 process\\(es\\), "
+                                             "this run has 1: resume with 2"):
+        train(_slow(world_root, out, "max_steps=2", "resume=latest"))
 
 
 def test_sample_and_validation_settings_are_checked_before_training(world_root, tmp_path, monkeypatch):
