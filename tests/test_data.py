@@ -136,6 +136,25 @@ def many_videos_root(root: Path, count: int = 10) -> Path:
 # ---- manifest -------------------------------------------------------------------------------------
 
 
+def test_frames_survive_the_round_trip_through_model_pixels():
+    """uint8 -> [-1, 1] -> uint8 keeps every level (truncating instead of rounding lost 63 of the 256)."""
+    from slowfast_vgen.video_io import frames_to_tensor, tensor_to_frames
+
+    frames = np.arange(256, dtype=np.uint8).reshape(256, 1, 1, 1).repeat(3, axis=3)
+    assert np.array_equal(tensor_to_frames(frames_to_tensor(frames)), frames)
+
+
+def test_a_gif_plays_at_its_frame_rate(tmp_path):
+    import PIL.Image
+
+    frames = np.zeros((3, 8, 8, 3), dtype=np.uint8)
+    frames[1], frames[2] = 120, 240  # distinct frames: a GIF writer merges repeated ones
+    write_video(tmp_path / "v.gif", frames, fps=8)
+    with PIL.Image.open(tmp_path / "v.gif") as gif:
+        # 125 ms per frame at 8 fps, stored in the GIF's hundredths of a second: 120 or 130
+        assert gif.n_frames == 3 and abs(gif.info["duration"] - 125) <= 5
+
+
 def test_manifest_round_trip(tmp_path):
     rows = [
         seg("videos/a.mp4", 1, 9, "head west", "a"),

@@ -77,6 +77,14 @@ def test_diffusion_target_follows_prediction_type(scheduler):
     assert torch.equal(diffusion.diffusion_target(scheduler, clean, noise, t), noise)
     v_scheduler = DDPMScheduler(prediction_type="v_prediction")
     assert torch.allclose(diffusion.diffusion_target(v_scheduler, clean, noise, t), v_scheduler.get_velocity(clean, noise, t))
+    assert torch.equal(diffusion.diffusion_target(DDPMScheduler(prediction_type="sample"), clean, noise, t), clean)
+
+
+def test_sequence_loss_is_the_mean_squared_error_over_every_frame():
+    """Eq. 3's loss: an L1 loss or one that skipped frames also falls when trained, so pin its value."""
+    prediction, target = torch.zeros(1, 3, 4, 2, 2), torch.full((1, 3, 4, 2, 2), 2.0)
+    target[:, :, 0] = 0.0  # the first frame counts too: (0 + 3 * 4) / 4
+    assert diffusion.sequence_diffusion_loss(prediction, target).item() == 3.0
 
 
 def test_sample_timesteps_respects_min_and_max_timestep(scheduler):

@@ -363,6 +363,42 @@ def test_ablation_variants_train_the_lora(tiny_bundle, mode):
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+def test_history_windows_are_drawn_from_the_first_to_the_last():
+    from slowfast_vgen.fast_learner import _random_window
+
+    history = torch.arange(10.0).reshape(1, 1, 10, 1, 1)
+    generator = torch.Generator().manual_seed(0)
+    starts = {int(_random_window(history, 4, generator)[0, 0, 0, 0, 0]) for _ in range(200)}
+    assert starts == set(range(7))  # every window of 4 in 10 frames, the last (6..9) included
+    assert torch.equal(_random_window(history[:, :, :3], 4, generator), history[:, :, :3])  # shorter: the whole history
+
+
+def test_text_rule_masks_the_previous_frames_as_context(tiny_bundle, monkeypatch):
+    """The `text` variant trains Eq. 1-2 on the pair: the f_p previous frames are clean context, the f_g new
+    ones the targets (f_p != f_g here, so swapped lengths show)."""
+    from slowfast_vgen import diffusion
+
+    masks = []
+    real = diffusion.masked_diffusion_loss
+    monkeypatch.setattr(diffusion, "masked_diffusion_loss", lambda p, t, mask: masks.append(mask) or real(p, t, mask))
+    learner = _learner(tiny_bundle, mode="text", batch_size=2)
+    previous, new = _chunk_pair()  # 2 previous frames, 4 new
+    learner.update(previous, new, torch.Generator().manual_seed(0), tiny_bundle.encode_text([""]),
+                   text_embeddings=tiny_bundle.encode_text(["move left"]))
+    assert len(masks) == 1 and masks[0].tolist() == [[True, True, False, False, False, False]] * 2
+
+
+@pytest.mark.parametrize("max_grad_norm, clipped", [(0.5, True), (0.0, False)])
+def test_memory_gradients_are_clipped_to_max_grad_norm(tiny_bundle, monkeypatch, max_grad_norm, clipped):
+    calls = []
+    real = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda params, max_norm, *a, **k: calls.append(max_norm) or real(params, max_norm, *a, **k))
+    learner = _learner(tiny_bundle, steps_per_chunk=2, max_grad_norm=max_grad_norm)
+    previous, new = _chunk_pair()
+    learner.update(previous, new, torch.Generator().manual_seed(0), tiny_bundle.encode_text([""]))
+    assert calls == ([max_grad_norm] * 2 if clipped else [])
+
+
 def test_optimizer_state_round_trips_without_pickle(tiny_bundle, tmp_path):
     learner = _learner(tiny_bundle)
     previous, new = _chunk_pair()

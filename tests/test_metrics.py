@@ -341,6 +341,16 @@ def test_motion_direction_of_each_primitive(primitive, noise):
     assert motion_direction(chunk) == primitive
 
 
+def test_stay_threshold_is_the_camera_speed_per_frame_step():
+    """9 frames are 8 steps: a pan of 4 px over them is 0.5 px per step, exactly the default threshold."""
+    rng = np.random.default_rng(6)
+    texture = smooth_texture(rng)
+    slow = panning_video(texture, 9, (0, 0))
+    slow[4:] = panning_video(texture, 9, (-4, 0))[1]  # content shifts 4 px once: the camera moved right 4 px
+    assert motion_direction(slow, stay_threshold=0.5) == "move right"
+    assert motion_direction(slow, stay_threshold=0.51) == "stay"
+
+
 def test_estimate_shift_convention():
     texture = smooth_texture(np.random.default_rng(8))
     moved = np.roll(texture, shift=(-1, 3), axis=(0, 1))  # content 3 px right, 1 px up

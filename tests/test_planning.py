@@ -340,6 +340,31 @@ def test_a_policy_that_never_moves_cannot_succeed(task, episode):
     assert not np.array_equal(turn[placed], plan.start[placed])
 
 
+def test_success_needs_the_turn_and_every_block_back():
+    """Scored on exact states: ending at the start without reaching the turn is no success (navigation), and
+    one block left out of place fails the episode however well the others came back (blocks)."""
+    from slowfast_vgen.planning import Task, blocks_scores, make_environment, navigation_scores
+
+    k = 2
+    env = make_environment("navigation", 900_000_000, 32, k, 3)
+    target = np.array([[0, 0], [2, 0], [4, 0], [2, 0], [0, 0]])  # right, then back: the turn at (4, 0)
+    task = Task(["move right", "move left"], ["move right", "move left"], 1, target[0])
+    assert navigation_scores(env, task, target, target, 1.0)["success"]
+    stayed = np.zeros_like(target)
+    scores = navigation_scores(env, task, stayed, target, 1.0)
+    assert scores["final_distance_px"] == 0 and scores["turn_distance_px"] == 4 and not scores["success"]
+
+    env = make_environment("blocks", 900_000_000, 32, k, 3)
+    start = np.array([[5, 5], [8, 8], [16, 16], [24, 24]])  # gripper, then three blocks
+    states = np.stack([start] * 5)
+    task = Task(["stay", "stay"], ["stay", "stay"], 1, start)
+    assert blocks_scores(env, task, states, states, 1.0)["success"]
+    moved = states.copy()
+    moved[-1, 1] += [2, 0]  # one block 2 units off: the mean over the three blocks is 0.67, inside the radius
+    scores = blocks_scores(env, task, moved, states, 1.0)
+    assert scores["block_distance"] < 1.0 and not scores["success"]
+
+
 def test_task_file_with_a_number_for_a_key_is_a_one_line_error(tmp_path):
     """`1: a` beside the three keys was a TypeError traceback (sorting int and str keys)."""
     task = tmp_path / "route.yaml"

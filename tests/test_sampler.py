@@ -27,6 +27,10 @@ def test_sampler_keeps_context_and_returns_target_frames(tiny_bundle, name):
     assert torch.equal(context, original)
     assert steps == [0, 1, 2]
     assert len(seen_inputs) == 3
+    # the first call sees the starting noise scaled for the UNet: unit variance for every scheduler (euler's
+    # latents start at about 14.6 (init_noise_sigma), and scale_model_input divides by sqrt(sigma^2 + 1) at step 999)
+    start = torch.randn(1, 3, 5, 16, 16, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(seen_inputs[0][0, :, 3:], start[0], rtol=0.01, atol=1e-4)
     for model_input in seen_inputs:
         assert model_input.shape == (2, 3, 8, 16, 16)  # guidance doubles the batch; f_p + f_g frames
         assert torch.equal(model_input[0, :, :3], context[0])  # clean context re-imposed at every step

@@ -116,6 +116,10 @@ def test_a_run_that_would_mix_its_checkpoints_with_another_runs_newer_ones_is_re
                                                  rf"and this run {how}: continue that run \(resume=latest\)"):
             SlowTrainer(_slow(world_root, out, "max_steps=5", resume))
     assert [p.name for p in list_checkpoints(out)] == ["checkpoint-1", "checkpoint-2", "checkpoint-3"]
+    from slowfast_vgen.checkpointing import resolve_resume
+
+    assert resolve_resume(out, "latest") == out / "checkpoint-3"  # the newest, not the first listed
+    assert SlowTrainer(_slow(world_root, out, "max_steps=5")).resumed_from == out / "checkpoint-3"
     assert _slow(world_root, tmp_path / "x", "resume=").resume is None  # `resume=` as a shell passes it: a fresh start
     assert SlowTrainer(_slow(world_root, tmp_path / "fresh", "resume=")).resumed_from is None
     # pruning never removes the checkpoint just written, whatever else the folder holds
