@@ -1009,6 +1009,10 @@ def check_resume_settings(path: Path, state: dict, config: TrainConfig) -> None:
     saved = state.get("config")
     if not isinstance(saved, dict):
         return
+    live = saved.get("live")
+    if isinstance(live, dict) and live.get("target_frames") is None:  # None (the default since 2026-12-07) = K
+        saved = {**saved, "live": {**live, "target_frames": live.get("frames_per_action")}}
+    config = replace(config, live=replace(config.live, target_frames=config.live.resolved_target_frames))
     reshaped = saved.get("max_steps") != config.max_steps and config.lr_scheduler not in CONSTANT_SCHEDULES
     check_same_run(path, saved, config, RESUME_MAY_CHANGE, more=[
         f"max_steps {config.max_steps} (saved: {saved.get('max_steps')}; it shapes the {config.lr_scheduler} schedule)"

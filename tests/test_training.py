@@ -669,11 +669,17 @@ def test_a_resume_refuses_another_number_of_processes(world_root, tmp_path):
     train(_slow(world_root, out, "max_steps=1", "checkpointing_steps=1"))
     state_file = out / "checkpoint-1" / "trainer_state.json"
     state = json.loads(state_file.read_text())
-    assert state["num_processes"] == 1
+    assert state["num_processes"] == 1 and state["config"]["live"]["target_frames"] is None
+    # checkpoints saved before live.target_frames defaulted to None (= live.frames_per_action) recorded 8
+    state["config"]["live"]["target_frames"] = state["config"]["live"]["frames_per_action"]
+    state_file.write_text(json.dumps(state))
+    assert train(_slow(world_root, out, "max_steps=2", "checkpointing_steps=1")).step == 2
+    state_file = out / "checkpoint-2" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
     state_file.write_text(json.dumps({**state, "num_processes": 2}))  # as a torchrun --nproc_per_node 2 run saves it
-    with pytest.raises(UserInputError, match=f"^checkpoint {out}/checkpoint-1 was saved by a run of 2 process\\(es\\), "
+    with pytest.raises(UserInputError, match=f"^checkpoint {out}/checkpoint-2 was saved by a run of 2 process\\(es\\), "
                                              "this run has 1: resume with 2"):
-        train(_slow(world_root, out, "max_steps=2", "resume=latest"))
+        train(_slow(world_root, out, "max_steps=3", "resume=latest"))
 
 
 def test_sample_and_validation_settings_are_checked_before_training(world_root, tmp_path, monkeypatch):
