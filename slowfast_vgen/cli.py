@@ -455,7 +455,12 @@ def _keep_interrupted_work(session, out: Path, session_dir: Path | None, total: 
               "again to resume", file=sys.stderr)
     elif done:
         partial = out.with_name(f"{out.stem}.partial{out.suffix}")
-        write_video(partial, session.video(), fps=session.fps, upscale=upscale)
+        try:
+            write_video(partial, session.video(), fps=session.fps, upscale=upscale)
+        except Exception as err:  # a full disk fails this too: the first error is the one raised
+            print(f"stopped after {done} of {total} chunks, which could not be saved to {partial}: {first_line(err)}",
+                  file=sys.stderr)
+            return
         print(f"stopped after {done} of {total} chunks: they are in {partial} (pass --session DIR to make a "
               "run resumable)", file=sys.stderr)
 

@@ -18,6 +18,10 @@ class UserInputError(Exception):
     """Bad input from the user: the message names the problem and is printed as one line."""
 
 
+class OutputWriteError(OSError):
+    """An output could not be written completely (the old file, if any, is kept); printed as one line."""
+
+
 def first_line(err: BaseException) -> str:
     """The first line of an exception's message (its type name when empty): the reason in a one-line error."""
     text = str(err).strip()
@@ -116,4 +120,26 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as err:  # the output could not be written: a full disk, a read-only folder
+        message = output_error(err)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_USER_ERROR
     return int(code or 0)
+
+
+OUTPUT_ERRNOS = ("ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "ENAMETOOLONG", "EFBIG")
+"""Why an output cannot be written, as :mod:`errno` names: reported in one line, not as a traceback."""
+
+
+def output_error(err: OSError) -> str | None:
+    """The one-line message for an ``OSError`` that says an output cannot be written, else None."""
+    import errno
+
+    if isinstance(err, OutputWriteError):
+        return str(err)
+    if err.errno not in {getattr(errno, name) for name in OUTPUT_ERRNOS if hasattr(errno, name)}:
+        return None
+    where = err.filename if err.filename is not None else "an output"
+    return f"cannot write {where}: {err.strerror or err}"

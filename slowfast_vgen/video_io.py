@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from .errors import UserInputError, first_line
+from .errors import OutputWriteError, UserInputError, first_line
 from .io_utils import atomic_output_file
 
 
@@ -143,7 +143,11 @@ def video_stream(path: str | os.PathLike, fps: float = 8.0, upscale: int = 1) ->
                     if height % 2 or width % 2:  # yuv420p needs even sizes: one edge row or column, after
                         # upscaling (padded before, an odd frame grew by the whole factor: 15 px x 2 -> 32, not 30)
                         frame = np.pad(frame, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge")
-                    writer.append_data(frame)
+                    try:
+                        writer.append_data(frame)
+                    except OSError as err:  # ffmpeg stopped (a full disk): imageio's error holds its whole command
+                        raise OutputWriteError(f"the video encoder stopped writing {path}: {first_line(err)} "
+                                               "(is the disk full?)") from None
 
             yield append
         finally:
@@ -151,6 +155,32 @@ def video_stream(path: str | os.PathLike, fps: float = 8.0, upscale: int = 1) ->
                 writer.close()
         if writer is None:
             raise ValueError("no frames were written to the video")
+        problem = mp4_problem(tmp)  # ffmpeg's exit status does not come back through imageio
+        if problem:
+            raise OutputWriteError(f"the video encoder could not finish {path}: {problem} (is the disk full?)")
+
+
+def mp4_problem(path: str | os.PathLike) -> str | None:
+    """Why the file at ``path`` is not a complete mp4, or None: its top-level boxes must tile the file
+    and include ``moov``, the index ffmpeg writes last (a full disk left a file without it that
+    nothing can open, and the encoder's failure was only printed)."""
+    size, offset, boxes = os.path.getsize(path), 0, set()
+    with open(path, "rb") as handle:
+        while offset < size:
+            handle.seek(offset)
+            header = handle.read(16)
+            if len(header) < 8:
+                return f"a box header is cut off at byte {offset}"
+            length, kind = int.from_bytes(header[:4], "big"), header[4:8]
+            if length == 1 and len(header) == 16:  # a 64-bit box size follows the type
+                length = int.from_bytes(header[8:16], "big")
+            elif length == 0:  # the box runs to the end of the file
+                length = size - offset
+            if length < 8 or offset + length > size:
+                return f"the box {kind!r} at byte {offset} runs past the end of the file ({size} bytes)"
+            boxes.add(kind)
+            offset += length
+    return None if b"moov" in boxes else "it has no moov box (the index written last)"
 
 
 def _checked_frames(frames: np.ndarray) -> np.ndarray:

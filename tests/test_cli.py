@@ -49,6 +49,30 @@ def test_generate_writes_readable_video_and_sidecar(tiny_model_dir, image, tmp_p
     assert "wrote" in capsys.readouterr().out
 
 
+def test_a_video_the_disk_cannot_hold_is_an_error_and_the_old_one_stays(tiny_model_dir, image, tmp_path):
+    """On a full disk ffmpeg printed "Error writing trailer", and generate replaced a good video with one
+    nothing could open and exited 0. Here the disk is full at 12 kB (a file size limit, which ffmpeg inherits; the video needs about 20 kB)."""
+    import resource
+
+    out = tmp_path / "video.mp4"
+    assert main(["generate", "--model", str(tiny_model_dir), "--image", str(image), "--quiet", "--actions", "stay",
+                 "--out", str(out), *FAST]) == 0
+    good = out.read_bytes()
+
+    def small_disk():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (12_000, 12_000))
+
+    result = subprocess.run([sys.executable, "-m", "slowfast_vgen", "generate", "--model", str(tiny_model_dir), "--image",
+                             str(image), "--quiet", "--actions", "move right; move left; move up", "--out", str(out), *FAST],
+                            capture_output=True, text=True, timeout=300, preexec_fn=small_disk,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:") or "Traceback" in line]
+    assert result.returncode == 2 and errors == [errors[0]], result.stderr
+    assert errors[0].startswith(f"error: the video encoder ") and f"{out}" in errors[0] and "is the disk full?" in errors[0]
+    assert out.read_bytes() == good
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".video.")]  # no temporary file left
+
+
 def test_same_seed_gives_identical_video(tiny_model_dir, image, tmp_path):
     videos = []
     for name in ("a", "b"):
