@@ -333,7 +333,11 @@ def _resolve_out(path: str, gif: bool = False, args: argparse.Namespace | None =
     if out.suffix.lower() != ".mp4":
         raise UserInputError(f"--out must end in .mp4, got {out}")
     for file in _output_files(out, gif):
-        if file.is_dir():
+        try:
+            is_dir = file.is_dir()
+        except OSError as err:  # a name too long (Errno 36) was a traceback
+            raise UserInputError(f"--out: {file}: {err.strerror or err}") from None
+        if is_dir:
             raise UserInputError(f"--out: {file} is a directory; give the path of a video file")
     if args is not None:
         _check_outputs_spare_inputs(_output_files(out, gif), args)

@@ -59,7 +59,7 @@ def has_own_name(path: str | os.PathLike) -> bool:
 def check_output_directory(path: str | os.PathLike, what: str = "--out") -> Path:
     """``path`` as a :class:`Path`, refused with a one-line :class:`~slowfast_vgen.errors.UserInputError`
     (naming the option ``what``) unless it is an existing directory or can be made one: not an existing
-    file (or a dangling link), not under a file. Checked up front, before a model is built or anything
+    file (or a dangling link), not under a file, not in a folder that cannot be written. Checked up front, before a model is built or anything
     is generated, instead of a ``FileExistsError`` / ``NotADirectoryError`` when the results are written."""
     from .errors import UserInputError
 
@@ -69,7 +69,23 @@ def check_output_directory(path: str | os.PathLike, what: str = "--out") -> Path
     blocking = blocking_parent(path)
     if blocking is not None:
         raise UserInputError(f"{what}: {blocking} is a file, so {path} cannot be a directory")
+    # a read-only folder or a name too long was an OSError traceback at the first write
+    check_writable_beside(path / "results" if os.path.isdir(path) else path, what)
     return path
+
+
+def check_writable_beside(path: str | os.PathLike, label: str) -> None:
+    """A one-line :class:`~slowfast_vgen.errors.UserInputError` starting with ``label`` when ``path`` could not
+    be written atomically: its folder (or the nearest one that exists, where the rest would be created) is
+    read-only, or the temporary name beside it is too long. Checked before the work, not at its first save."""
+    from .errors import UserInputError
+
+    path = Path(path).absolute()
+    folder = next(p for p in (path.parent, *path.parent.parents) if p.is_dir())
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder))
+    except OSError as err:
+        raise UserInputError(f"{label}: cannot write {path.name} in {folder}: {err.strerror or err}") from None
 
 
 def result_path(out: str | os.PathLike, name: str) -> Path:

@@ -40,7 +40,7 @@ from .fast_learner import (
     ADAPTER_NAME, FastLearnerConfig, TempLoRA, check_target_modules_finish, check_timestep_band, merged_adapter,
     read_memory, remove_adapter, restored_adapters, use_adapter,
 )
-from .io_utils import atomic_output_dir, atomic_write_json, blocking_parent, has_own_name, holds_other_files
+from .io_utils import atomic_output_dir, atomic_write_json, blocking_parent, check_writable_beside, has_own_name, holds_other_files
 from .model import ModelBundle
 from .profiling import Stopwatch, peak_memory_mb, release_freed_memory, reset_peak_memory
 from .sampler import SamplerConfig, check_inference_steps, make_scheduler, sample_chunk
@@ -490,6 +490,7 @@ def check_session_dir(directory: str | os.PathLike, outputs: Sequence[str | os.P
             f"{label}: {directory} is a folder of other files, not a saved session (no session.json); "
             "saving would replace it: give a new or empty directory"
         )
+    check_writable_beside(directory, label)  # was an OSError traceback at the first save, after the first chunk
     return directory
 
 

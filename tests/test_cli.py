@@ -767,7 +767,8 @@ def test_an_odd_frame_size_is_padded_after_upscaling(tmp_path):
             assert reader.get_data(0).shape == (side, side, 3)
 
 
-@pytest.mark.parametrize("case", ["video inside", "other files", "a file", "under a file", "dot", "video is the session"])
+@pytest.mark.parametrize("case", ["video inside", "other files", "a file", "under a file", "dot", "video is the session",
+                                  "name too long"])
 def test_generate_refuses_a_session_dir_it_would_destroy_before_generating(case, tiny_model_dir, image, tmp_path,
                                                                             monkeypatch, capsys):
     """Every chunk saves the session by replacing its directory: a --session path that holds other
@@ -787,6 +788,8 @@ def test_generate_refuses_a_session_dir_it_would_destroy_before_generating(case,
         "dot": ("video.mp4", ".", "--session: '.' names no directory of its own; give one such as session1"),
         "video is the session": ("v.mp4", "v.mp4", "--session: the session directory v.mp4 would hold v.mp4, "
                                  "and every save replaces the whole directory; give them separate paths"),
+        # an OSError traceback at the first save, after the first chunk (a read-only folder is the same check)
+        "name too long": ("video.mp4", "s" * 250, f"--session: cannot write {'s' * 250} in {tmp_path}: File name too long"),
     }[case]
     before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
     code = main(["generate", "--model", str(tiny_model_dir), "--image", str(image), "--quiet", *FAST,

@@ -266,6 +266,13 @@ def test_bad_config_key_exits_2(tmp_path):
     assert slow_main([f"output_dir={tmp_path}"]) == 2  # data.root is required
 
 
+def test_an_output_dir_that_cannot_be_written_is_refused_before_training(world_root, tmp_path):
+    """A read-only folder or a name too long was an OSError traceback after the model was built."""
+    out = tmp_path / ("r" * 250)
+    with pytest.raises(UserInputError, match=f"^output_dir: cannot write {out.name} in {tmp_path}: File name too long$"):
+        SlowTrainer(_slow(world_root, out))
+
+
 def test_other_processes_of_a_launch_leave_config_errors_to_the_main_one(tmp_path, capsys, monkeypatch):
     """Every process of `torchrun --nproc_per_node 2` printed the same `error:` line."""
     from slowfast_vgen.train_cli import slow_main
