@@ -255,6 +255,7 @@ def _train_idm(config: IDMTrainConfig, progress) -> IDMTrainResult:
                                  f"max_steps {config.max_steps}")
         trim_log(out / "train_log.jsonl", step)  # lines logged after the checkpoint are logged again
     else:
+        trim_log(out / "train_log.jsonl", 0)  # a run killed before its first checkpoint logged steps taken again
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)  # the initial weights are a function of the config
             model = InverseDynamicsModel(**architecture)

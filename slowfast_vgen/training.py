@@ -528,6 +528,8 @@ class SlowTrainer:
         if accelerator.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             save_config(config, self.output_dir / "train_config.yaml")
+            if self.resumed_from is None:  # a run killed before its first checkpoint logged steps this one takes again
+                trim_log(self.output_dir / "train_log.jsonl", 0)
         accelerator.init_trackers("slowfast_vgen")
         previous_handler = signal.signal(signal.SIGTERM, self._request_stop)
         losses: dict[int, float] = {}

@@ -778,3 +778,21 @@ def test_a_resume_drops_the_log_lines_written_after_its_checkpoint(tmp_path):
     trim_log(log, 5)  # nothing past it: the file is left alone
     assert log.stat().st_mtime_ns == before
     trim_log(tmp_path / "none.jsonl", 0)  # no log yet
+
+
+def test_a_run_killed_before_its_first_checkpoint_is_logged_once(world_root, tmp_path):
+    """Re-running it starts afresh, and its steps were logged a second time after the first run's."""
+    from slowfast_vgen.idm_training import idm_main
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "train_log.jsonl").write_text('{"step": 1, "loss": 9.0}\n{"step": 2, "loss": 9.0}\n{"step": 3, "lo')
+    train(_slow(world_root, out, "max_steps=2"))
+    records = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2] and all(r["loss"] != 9.0 for r in records)
+    idm = tmp_path / "idm"
+    idm.mkdir()
+    (idm / "train_log.jsonl").write_text('{"step": 1, "loss": 9.0}\n')
+    assert idm_main([f"output_dir={idm}", "max_steps=1", "size=16", "frames_per_action=2", "batch_size=2",
+                     "channels=[8,16]", "hidden_dim=16", "num_threads=1"]) == 0
+    assert [json.loads(line).get("loss") != 9.0 for line in (idm / "train_log.jsonl").read_text().splitlines()] == [True]
