@@ -29,7 +29,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .errors import UserInputError
-from .io_utils import atomic_output_dir, atomic_output_file, atomic_write_json
+from .io_utils import atomic_output_dir, atomic_output_file, atomic_write_json, remove_stale_temporaries
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 STATE_FILE = "trainer_state.json"
@@ -134,6 +134,7 @@ def save_checkpoint(
 
     ``extra_tensors`` maps a name to (tensors, string metadata), written as ``<name>.safetensors``."""
     path = Path(output_dir) / f"checkpoint-{step}"
+    remove_stale_temporaries(output_dir, "checkpoint-*")  # a killed run's half-written checkpoints (of other steps)
     with atomic_output_dir(path, "trainer_state.json") as tmp:
         unet.save_pretrained(tmp / "unet", safe_serialization=True)
         if ema is not None:

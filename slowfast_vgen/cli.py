@@ -326,8 +326,11 @@ def _resolve_out(path: str, gif: bool = False, args: argparse.Namespace | None =
     writable files in a folder that exists (created here) and accepts new files, and none of them
     may be one of the command's input files (``args``: ``--config``, ``--actions-file``, ``--image``...).
     Yields ``--out`` for the command's work; the folders made here go again if it fails while they are empty."""
+    import glob
     import os
     import tempfile
+
+    from .io_utils import remove_stale_temporaries
 
     out = Path(path)
     if out.suffix.lower() != ".mp4":
@@ -342,6 +345,7 @@ def _resolve_out(path: str, gif: bool = False, args: argparse.Namespace | None =
     if args is not None:
         _check_outputs_spare_inputs(_output_files(out, gif), args)
     with _made_folder(out.parent, "--out") as folder:
+        remove_stale_temporaries(folder, glob.escape(out.stem) + ".*")  # what a killed run left (video, sidecars)
         try:  # the outputs are written atomically: a temporary file in this folder, then renamed
             fd, probe = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=".probe", dir=folder)
             os.close(fd)

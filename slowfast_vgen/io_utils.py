@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import glob
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -80,12 +82,13 @@ def check_writable_beside(path: str | os.PathLike, label: str) -> None:
     read-only, or the temporary name beside it is too long. Checked before the work, not at its first save."""
     from .errors import UserInputError
 
-    path = Path(path).absolute()
+    given = Path(path)
+    path = given.absolute()
     folder = next(p for p in (path.parent, *path.parent.parents) if p.is_dir())
     try:
         os.rmdir(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder))
     except OSError as err:
-        raise UserInputError(f"{label}: cannot write {path.name} in {folder}: {err.strerror or err}") from None
+        raise UserInputError(f"{label}: cannot write {given}: {err.strerror or err} (in {folder})") from None
 
 
 def result_path(out: str | os.PathLike, name: str) -> Path:
@@ -189,12 +192,14 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 def atomic_output_file(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (same extension); rename it over ``path`` on success.
 
-    For writers that want a file name (video encoders, ``safetensors.save_file``).
+    For writers that want a file name (video encoders, ``safetensors.save_file``). What a killed writer left
+    is removed by the commands (:func:`remove_stale_temporaries`), once per run: listing a folder per
+    file written would cost quadratic time in a dataset's folder of clips.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = suffix or path.suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{suffix}", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(path), suffix=f".tmp{suffix}", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -213,14 +218,66 @@ def holds_other_files(directory: str | os.PathLike, marker: str) -> bool:
     return directory.is_dir() and not (directory / marker).exists() and any(directory.iterdir())
 
 
+def _temporary_prefix(path: Path) -> str:
+    """The start of the name of a temporary beside ``path``: ``.NAME.PID-`` (see :func:`remove_stale_temporaries`)."""
+    return f".{path.name}.{os.getpid()}-"
+
+
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-[A-Za-z0-9_]+\.tmp(\.[^.]+)?$")
+_MOVED_ASIDE = re.compile(r"^\.(?P<name>.+)\.old-(?P<pid>\d+)$")
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` is running (another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):  # OverflowError: a number no process has
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, names: str) -> None:
+    """Delete what writers killed mid-write (SIGKILL, a power cut) left in ``folder`` for the outputs whose
+    names match the glob ``names``: their temporary files and folders (``.NAME.PID-*.tmp*``, whole
+    checkpoints among them) and the previous versions saves had moved aside (``.NAME.old-PID``) that
+    :func:`restore_moved_aside` would not put back. Only those of processes no longer running: another
+    writer's work in progress stays."""
+    folder = Path(folder)
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
+        match = _TEMPORARY.match(entry.name)
+        stale = match is not None
+        if match is None:  # a previous version is kept only for restore_moved_aside to put back
+            match = _MOVED_ASIDE.match(entry.name)
+            stale = match is not None and (os.path.lexists(folder / match["name"]) or not any(
+                folder.glob(f".{glob.escape(match['name'])}.{match['pid']}-*.tmp")))
+        if not stale or not fnmatch.fnmatchcase(match["name"], names) or _running(int(match["pid"])):
+            continue
+        with contextlib.suppress(OSError):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+
+
 def restore_moved_aside(path: str | os.PathLike, marker: str) -> bool:
     """Put back the previous ``path`` when a process died between the two renames of
-    :func:`atomic_output_dir` (old moved aside to ``.NAME.old-PID``, new not yet in place): with
-    ``path`` missing, the newest such folder that holds ``marker`` becomes ``path`` again. Whether one was."""
+    :func:`atomic_output_dir` (old moved aside to ``.NAME.old-PID``, its new one complete in
+    ``.NAME.PID-*.tmp`` but not yet in place): with ``path`` missing, the newest such folder that holds
+    ``marker`` becomes ``path`` again. One whose process left no new one finished its swap and was not
+    yet removed when it died: ``path`` missing then means it was deleted since, and it is not brought
+    back. Whether one was restored."""
     path = Path(path)
     if path.exists() or path.is_symlink() or not path.parent.is_dir():
         return False
-    aside = [old for old in path.parent.glob(f".{glob.escape(path.name)}.old-*") if (old / marker).is_file()]
+    prefix = f".{glob.escape(path.name)}"
+    aside = [old for old in path.parent.glob(f"{prefix}.old-*") if (old / marker).is_file()
+             and any(path.parent.glob(f"{prefix}.{old.name.rsplit('-', 1)[1]}-*.tmp"))]
     if not aside:
         return False
     os.replace(max(aside, key=lambda old: old.stat().st_mtime), path)
@@ -249,11 +306,12 @@ def atomic_output_dir(path: str | os.PathLike, marker: str) -> Iterator[Path]:
         raise UserInputError(f"cannot write {path}: it is a folder of other files (no {marker}), and writing replaces "
                              "the whole folder; give a new or empty directory")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    remove_stale_temporaries(path.parent, glob.escape(path.name))
+    tmp = Path(tempfile.mkdtemp(prefix=_temporary_prefix(path), suffix=".tmp", dir=path.parent))
+    old = None
     try:
         yield tmp
         _publish_mode(tmp, directory=True)
-        old = None
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
             if old.is_symlink() or old.is_file():
@@ -265,5 +323,8 @@ def atomic_output_dir(path: str | os.PathLike, marker: str) -> Iterator[Path]:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
+        if old is not None and old.exists() and not os.path.lexists(path):  # stopped between the renames (Ctrl-C)
+            with contextlib.suppress(OSError):
+                os.replace(old, path)
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -51,7 +51,7 @@ from .data.dataset import ChunkBatch, ChunkDataset, ChunkDatasetConfig, collate_
 from .data.live_worlds import VALIDATION_SEED as LIVE_VALIDATION_SEED, LiveWorldChunks, LiveWorldsConfig, live_chunk_loader
 from .errors import UserInputError, first_line
 from .fast_learner import FastLearnerConfig, TempLoRA, plain_unet, use_adapter
-from .io_utils import check_output_directory, trim_log
+from .io_utils import check_output_directory, remove_stale_temporaries, trim_log
 from .model import ModelBundle, ModelConfig, load_model, unet_text_kwargs
 
 RESUME_MAY_CHANGE = (  # what a resumed run may set differently from the run it continues: budget, logging,
@@ -530,6 +530,7 @@ class SlowTrainer:
             save_config(config, self.output_dir / "train_config.yaml")
             if self.resumed_from is None:  # a run killed before its first checkpoint logged steps this one takes again
                 trim_log(self.output_dir / "train_log.jsonl", 0)
+            remove_stale_temporaries(self.output_dir, "*")  # what a killed run left half-written (logs, exports)
         accelerator.init_trackers("slowfast_vgen")
         previous_handler = signal.signal(signal.SIGTERM, self._request_stop)
         losses: dict[int, float] = {}

@@ -167,6 +167,7 @@ def test_a_resumed_idm_run_refuses_other_settings_and_names_damaged_checkpoint_f
                                      "resume with its settings, or give a new output_dir")
     # a save that died between its two renames left the checkpoint moved aside: the next run resumes from it
     checkpoint.rename(checkpoint.with_name(".checkpoint.old-4242"))
+    checkpoint.with_name(".checkpoint.4242-k1ll3d_x.tmp").mkdir()
     lines = []
     resumed = train_idm(load_config(IDMTrainConfig, None, [*run, "stop_after=1"]), progress=lines.append)
     assert f"resuming {checkpoint} at step 1" in lines and resumed.step == 2

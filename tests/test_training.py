@@ -269,7 +269,7 @@ def test_bad_config_key_exits_2(tmp_path):
 def test_an_output_dir_that_cannot_be_written_is_refused_before_training(world_root, tmp_path):
     """A read-only folder or a name too long was an OSError traceback after the model was built."""
     out = tmp_path / ("r" * 250)
-    with pytest.raises(UserInputError, match=f"^output_dir: cannot write {out.name} in {tmp_path}: File name too long$"):
+    with pytest.raises(UserInputError, match=f"^output_dir: cannot write {out}: File name too long \\(in {tmp_path}\\)$"):
         SlowTrainer(_slow(world_root, out))
 
 
@@ -732,6 +732,63 @@ def test_an_output_dir_that_is_or_is_under_a_file_is_refused_before_the_model_is
     assert idm_main([f"output_dir={out}", "max_steps=1"]) == 2
     assert capsys.readouterr().err == f"error: {expected}\n"
     assert (tmp_path / "afile").read_text() == "keep me"
+
+
+def _dead_pid() -> int:
+    """The PID of a process that has exited (and been reaped)."""
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_what_killed_writers_left_is_removed_and_a_deleted_folder_not_brought_back(tmp_path):
+    """SIGKILLed saves left their temporaries (whole checkpoints, session copies, videos) for good, and a session
+    copy moved aside by a save killed after its swap came back as the session after the user deleted it."""
+    from slowfast_vgen.io_utils import atomic_output_dir, atomic_write_text, remove_stale_temporaries, restore_moved_aside
+
+    swapped, dead, alive = _dead_pid(), _dead_pid(), os.getpid()
+    session = tmp_path / "s"
+    with atomic_output_dir(session, "session.json") as tmp:
+        (tmp / "session.json").write_text("1")
+    (tmp_path / f".s.old-{swapped}").mkdir()  # killed after its swap, before removing the old copy
+    (tmp_path / f".s.old-{swapped}" / "session.json").write_text("0")
+    shutil.rmtree(session)  # the user deletes the session
+    assert not restore_moved_aside(session, "session.json") and not session.exists()
+    for name in (f".s.{dead}-abc_123.tmp", f".s.{alive}-abc_124.tmp", f".v.mp4.{dead}-x9.tmp.mp4",
+                 f".v.mp4.{alive}-x8.tmp.mp4", f".checkpoint-7.{dead}-q1.tmp", ".unrelated.tmp"):
+        (tmp_path / name).mkdir() if "mp4" not in name else (tmp_path / name).write_text("")
+    with atomic_output_dir(session, "session.json") as tmp:
+        (tmp / "session.json").write_text("2")
+    atomic_write_text(tmp_path / "v.mp4", "video")
+    remove_stale_temporaries(tmp_path, "v.*")  # what `sfvgen generate --out v.mp4` does once before writing
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted([".checkpoint-7." + f"{dead}-q1.tmp", f".s.{alive}-abc_124.tmp", ".unrelated.tmp",
+                           f".v.mp4.{alive}-x8.tmp.mp4", "s", "v.mp4"])  # the running writer's stay
+    assert (session / "session.json").read_text() == "2"
+    remove_stale_temporaries(tmp_path, "checkpoint-*")  # what save_checkpoint does before each save
+    assert not (tmp_path / f".checkpoint-7.{dead}-q1.tmp").exists()
+
+
+def test_a_save_stopped_between_its_two_renames_puts_the_old_folder_back(tmp_path, monkeypatch):
+    from slowfast_vgen.io_utils import atomic_output_dir
+
+    session = tmp_path / "s"
+    with atomic_output_dir(session, "session.json") as tmp:
+        (tmp / "session.json").write_text("1")
+    real, calls = os.replace, []
+
+    def interrupted(source, target):
+        calls.append(target)
+        if len(calls) == 2:  # the new folder into place
+            raise KeyboardInterrupt
+        real(source, target)
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_output_dir(session, "session.json") as tmp:
+            (tmp / "session.json").write_text("2")
+    monkeypatch.setattr(os, "replace", real)
+    assert (session / "session.json").read_text() == "1" and sorted(p.name for p in tmp_path.iterdir()) == ["s"]
 
 
 def test_check_output_directory_accepts_existing_and_new_directories(tmp_path):
