@@ -102,6 +102,14 @@ def sigterm_as_ctrl_c() -> Iterator[None]:
         signal.signal(signal.SIGTERM, signal.SIG_IGN if received else previous)  # mid-exit; SIGKILL still does
 
 
+def print_error(message: str) -> None:
+    """Write ``error: message`` to stderr in one ``write``: with ``PYTHONUNBUFFERED`` (containers, batch jobs)
+    ``print`` writes the text and its newline separately, and the lines of two processes sharing the stream
+    (``torchrun``) ran into each other."""
+    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.flush()
+
+
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
     """Run ``main(argv)``; map :class:`UserInputError` (and config errors) to one line + exit 2."""
     from omegaconf.errors import OmegaConfBaseException
@@ -110,12 +118,12 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
         with sigterm_as_ctrl_c():  # what schedulers and `timeout` send: partial outputs are cleaned up or kept
             code = main(argv)
     except UserInputError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print_error(str(err))
         return EXIT_USER_ERROR
     except OmegaConfBaseException as err:  # unknown key, wrong type, missing value
         from .config import config_error
 
-        print(f"error: bad config: {config_error(err)}", file=sys.stderr)
+        print_error(f"bad config: {config_error(err)}")
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -124,7 +132,7 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
         message = output_error(err)
         if message is None:
             raise
-        print(f"error: {message}", file=sys.stderr)
+        print_error(message)
         return EXIT_USER_ERROR
     return int(code or 0)
 

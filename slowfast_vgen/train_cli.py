@@ -14,7 +14,7 @@ def _main(config_cls_name: str, description: str, argv: Sequence[str] | None) ->
 
     from . import training
     from .config import ConfigKeysParser, keys_set, load_config
-    from .errors import UserInputError
+    from .errors import UserInputError, print_error
 
     config_cls = getattr(training, config_cls_name)
     parser = ConfigKeysParser(description=description)
@@ -40,7 +40,7 @@ def _main(config_cls_name: str, description: str, argv: Sequence[str] | None) ->
     try:
         result = training.train(config)
     except training.TrainingDiverged as err:
-        print(f"error: {err}", file=sys.stderr)
+        print_error(str(err))
         return training.EXIT_DIVERGED
     except UserInputError as err:  # may concern this process only (its share of the data): say which
         if rank:

@@ -1,5 +1,6 @@
 """`sfvgen generate | play | make-model` end to end on a tiny model, and every bad input -> exit 2."""
 
+import errno
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ import pytest
 from PIL import Image
 
 from slowfast_vgen.cli import main
+from slowfast_vgen.errors import UserInputError
 
 FAST = ["--steps", "2", "frames_per_chunk=3", "context_frames=3", "window=6", "fast.rank=4"]
 
@@ -1053,3 +1055,30 @@ def test_configs_generate_yaml_is_what_a_plain_generate_with_the_embedded_model_
     model = json.loads((repo / "slowfast_vgen/assets/default_model/slowfast_vgen.json").read_text())
     plain = load_config(GenerationConfig, None, [], defaults=model["generation"])  # as _generation_config merges
     assert asdict(load_config(GenerationConfig, str(repo / "configs/generate.yaml"), [])) == asdict(plain)
+
+
+@pytest.mark.parametrize("error, line", [
+    (lambda: UserInputError("no segments with split 'test'"), "error: no segments with split 'test'\n"),
+    (lambda: OSError(errno.ENOSPC, "No space left on device", "/tmp/out.mp4"),
+     "error: cannot write /tmp/out.mp4: No space left on device\n"),
+])
+def test_an_error_line_is_written_in_one_piece(error, line, monkeypatch):
+    """With PYTHONUNBUFFERED, print() wrote the message and its newline separately: the error lines of two
+    torchrun processes sharing one stream ran into each other ("...['train']error: ...")."""
+    from slowfast_vgen.errors import run_cli
+
+    writes = []
+
+    class Recorder:
+        def write(self, text):
+            writes.append(text)
+
+        def flush(self):
+            pass
+
+    def fail(argv):
+        raise error()
+
+    monkeypatch.setattr(sys, "stderr", Recorder())
+    assert run_cli(fail, []) == 2
+    assert writes == [line]
