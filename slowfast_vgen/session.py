@@ -9,6 +9,10 @@ keeps an episodic memory of fixed size.
 ``save(dir)`` / ``load(dir)`` hold everything needed to continue exactly: latents and frames so
 far, the LoRA memory, its optimizer state and both random generators. A saved session records
 the fingerprint of its model (:attr:`ModelBundle.model_fingerprint`) and resumes on that model only.
+The video is saved one file per chunk (``video/000123.safetensors``) with its SHA-256 in
+``session.json``: a save writes the chunks that are new and hard-links the others from the session
+it replaces, so saving after every chunk costs the same at chunk 1,000 as at chunk 1, and a
+damaged chunk file is found when the session loads.
 
 A session owns its memory: its Temp-LoRA is a peft adapter of its own name on the shared UNet,
 active only while the session generates (a session with ``fast.mode=off`` runs with no adapter
@@ -21,17 +25,20 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import json
 import os
 import weakref
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from omegaconf import OmegaConf
+from safetensors.torch import load as load_bytes
 from safetensors.torch import load_file, save_file
+from safetensors.torch import save as save_bytes
 from tqdm.auto import tqdm
 
 from .config import check_seed, help_field
@@ -46,7 +53,16 @@ from .profiling import Stopwatch, peak_memory_mb, release_freed_memory, reset_pe
 from .sampler import SamplerConfig, check_inference_steps, make_scheduler, sample_chunk
 from .video_io import frames_to_tensor, tensor_to_frames
 
-SESSION_FORMAT = 1
+SESSION_FORMAT = 2
+"""1: the whole video in ``state.safetensors`` (rewritten by every save; still loaded). 2: one file per chunk
+under ``video/``, listed in ``session.json`` by SHA-256."""
+READABLE_FORMATS = (1, 2)
+VIDEO_FOLDER = "video"
+
+
+def chunk_file(index: int) -> str:
+    """Where a saved session keeps its chunk ``index`` (0: the first frame or frames)."""
+    return f"{VIDEO_FOLDER}/{index:06d}.safetensors"
 
 
 RELEASE_EVERY = 16
@@ -155,6 +171,9 @@ class GenerationSession:
         self.latent_chunks: list[torch.Tensor] = []
         self.frames: list[np.ndarray] = []  # N decoded frames (H, W, 3) uint8
         self.records: list[ChunkRecord] = []
+        # id(latent chunk) -> (the chunk, SHA-256 of its saved file): a chunk is serialized and hashed by
+        # the first save that holds it; later saves link its file instead of writing it again
+        self._saved_digests: dict[int, tuple[weakref.ref, str]] = {}
         # diagnostics only (``sfvgen eval memory_source=truth``): (chunk index, context, new) ->
         # the (previous, new) latents the memory learns instead of the generated pair
         self.memory_source: Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
@@ -339,13 +358,9 @@ class GenerationSession:
         directory = check_session_dir(directory)  # never replaces a folder of other files
         fingerprint = self.bundle.model_fingerprint  # cached after the first save; no memory is merged here
         with atomic_output_dir(directory, "session.json") as tmp:
-            tensors = {
-                "latents": self.latents.detach().float().cpu().contiguous(),
-                "frames": torch.from_numpy(self.video()),
-                "sample_generator": self.sample_generator.get_state(),
-                "memory_generator": self.memory_generator.get_state(),
-            }
-            save_file(tensors, str(tmp / "state.safetensors"))
+            video = self._save_video(tmp, directory)
+            save_file({"sample_generator": self.sample_generator.get_state(),
+                       "memory_generator": self.memory_generator.get_state()}, str(tmp / "state.safetensors"))
             if self.fast_learner is not None:
                 self.fast_learner.save(tmp / "memory")
                 self.fast_learner.save_optimizer(tmp / "optimizer.safetensors")
@@ -354,9 +369,39 @@ class GenerationSession:
                 "model_fingerprint": fingerprint,
                 "model_dtype": _dtype_name(self.bundle.dtype),
                 "config": OmegaConf.to_container(OmegaConf.structured(self.config)),
-                "records": [asdict(record) for record in self.records],
+                "records": [vars(record).copy() for record in self.records],  # asdict deep-copies: 24 ms at 1,000
+                "video": video,
             })
         return directory
+
+    def _save_video(self, folder: Path, replaced: Path) -> list[str]:
+        """Write chunk ``i`` (latents and frames) to ``folder/video/{i}``, or hard-link it from the session
+        saved in ``replaced`` when that one holds the same chunk (the same SHA-256 in its ``session.json``);
+        the SHA-256 of every chunk's file, in order."""
+        previous = _saved_video_digests(replaced)
+        (folder / VIDEO_FOLDER).mkdir()
+        digests, known, start = [], {}, 0
+        for index, latents in enumerate(self.latent_chunks):
+            end = start + latents.shape[2]  # one latent frame per frame
+            name = chunk_file(index)
+            target = os.path.join(folder, name)  # strings: Path objects cost more than the link at 1,000 chunks
+            digest = self._saved_digest(latents)
+            if digest is None or previous.get(index) != digest or not _linked(os.path.join(replaced, name), target):
+                data = save_bytes({"latents": latents.detach().float().cpu().contiguous(),
+                                   "frames": torch.from_numpy(np.ascontiguousarray(np.stack(self.frames[start:end])))})
+                digest = hashlib.sha256(data).hexdigest()
+                with open(target, "wb") as handle:
+                    handle.write(data)
+            digests.append(digest)
+            known[id(latents)] = (weakref.ref(latents), digest)
+            start = end
+        self._saved_digests = known
+        return digests
+
+    def _saved_digest(self, latents: torch.Tensor) -> str | None:
+        """The SHA-256 of the file a save or load made of this chunk, if one did."""
+        known = self._saved_digests.get(id(latents))
+        return known[1] if known is not None and known[0]() is latents else None
 
     @classmethod
     def load(cls, directory: str | os.PathLike, bundle: ModelBundle) -> "GenerationSession":
@@ -384,14 +429,22 @@ class GenerationSession:
             raise corrupt(meta_file, err) from None
         try:
             state = load_file(str(state_file))
-            frames = state["frames"].numpy()
-            latents = state["latents"]
             for name in ("sample_generator", "memory_generator"):
                 torch.Generator().set_state(state[name])  # a damaged RNG state fails here
         except Exception as err:  # safetensors raises its own error types
             raise corrupt(state_file, err) from None
-        if meta.get("format") != SESSION_FORMAT:
-            raise UserInputError(f"saved session {directory} has format {meta.get('format')}, expected {SESSION_FORMAT}")
+        if meta.get("format") not in READABLE_FORMATS:
+            raise UserInputError(f"saved session {directory} has format {meta.get('format')}, expected one of "
+                                 f"{', '.join(map(str, READABLE_FORMATS))}")
+        if meta["format"] == 1:  # the whole video in the state file
+            try:
+                chunks, digests = [(state["latents"], state["frames"].numpy())], [None]
+            except KeyError as err:
+                raise corrupt(state_file, err) from None
+        else:
+            chunks, digests = _read_video(directory, meta, corrupt)
+        latents = torch.cat([chunk_latents for chunk_latents, _ in chunks], dim=2) if len(chunks) > 1 else chunks[0][0]
+        frames = np.concatenate([chunk_frames for _, chunk_frames in chunks]) if len(chunks) > 1 else chunks[0][1]
         try:
             saved = meta["config"]
             if not isinstance(saved, dict):
@@ -415,6 +468,13 @@ class GenerationSession:
             )
         if latents.shape[2] != len(frames):  # every latent frame has its decoded frame, and only those
             raise corrupt(state_file, ValueError(f"{latents.shape[2]} latent frames but {len(frames)} frames"))
+        starts = [0] + [record.start_frame for record in records]
+        ends = [records[0].start_frame if records else len(frames)] + [record.end_frame for record in records]
+        tiled = starts[1:] == ends[:-1] and ends[-1] == len(frames)  # the records cover the video, chunk by chunk
+        if meta["format"] != 1 and (len(chunks) != len(records) + 1 or not tiled or
+                                [len(chunk_frames) for _, chunk_frames in chunks] != [b - a for a, b in zip(starts, ends)]):
+            raise corrupt(meta_file, ValueError(f"its {len(records)} records do not match the {len(chunks)} chunk "
+                                                f"files of {len(frames)} frames in {VIDEO_FOLDER}/"))
         try:  # a session from elsewhere (a web upload) must not hang this process when the LoRA is placed
             check_target_modules_finish(config.fast.target_modules, [name for name, _ in bundle.unet.named_modules()])
         except UserInputError as err:
@@ -431,7 +491,13 @@ class GenerationSession:
 
         # 2. build the session on the model and restore its state
         session = cls(bundle, config)
-        session.latent_chunks = [latents.to(bundle.device, bundle.dtype)]
+        if len(chunks) == 1 and tiled:  # format 1: split as generated, so that saves link what they hold
+            chunks = [(latents[:, :, a:b], None) for a, b in zip(starts, ends)]
+            digests = [None] * len(chunks)
+        session.latent_chunks = [chunk_latents.to(bundle.device, bundle.dtype) for chunk_latents, _ in chunks]
+        for chunk_latents, digest in zip(session.latent_chunks, digests):
+            if digest is not None:
+                session._saved_digests[id(chunk_latents)] = (weakref.ref(chunk_latents), digest)
         session.frames = list(frames)
         session.sample_generator.set_state(state["sample_generator"])
         session.memory_generator.set_state(state["memory_generator"])
@@ -450,6 +516,56 @@ class GenerationSession:
                         f"saved session {directory}: optimizer.safetensors does not fit this model: {reason}"
                     ) from None
         return session
+
+
+def _read_video(directory: Path, meta: dict,
+                corrupt: Callable[[Path, BaseException], UserInputError]) -> tuple[list, list[str]]:
+    """The chunks ``[(latents (1, C, n, h, w), frames (n, H, W, 3) uint8)]`` of a session saved in format 2
+    and the SHA-256 of their files; a file missing, damaged (its SHA-256 differs from ``session.json``'s) or
+    of another shape than the first chunk's is an error naming it."""
+    digests = meta.get("video")
+    if not isinstance(digests, list) or not digests or not all(isinstance(digest, str) for digest in digests):
+        raise corrupt(directory / "session.json", TypeError("video must be a list of SHA-256 digests, one per chunk"))
+    chunks = []
+    for index, digest in enumerate(digests):
+        file = directory / chunk_file(index)
+        try:
+            data = file.read_bytes()
+            if hashlib.sha256(data).hexdigest() != digest:
+                raise ValueError("its content is not what session.json records (damaged or replaced)")
+            tensors = load_bytes(data)
+            latents, frames = tensors["latents"], tensors["frames"].numpy()
+            if latents.ndim != 5 or frames.ndim != 4 or frames.dtype != np.uint8 or latents.shape[2] != len(frames):
+                raise ValueError(f"latents {tuple(latents.shape)} and {frames.dtype} frames {frames.shape} are not a chunk")
+            if chunks and (latents.shape[:2] != chunks[0][0].shape[:2] or latents.shape[3:] != chunks[0][0].shape[3:]
+                           or frames.shape[1:] != chunks[0][1].shape[1:]):
+                raise ValueError(f"its shapes differ from {chunk_file(0)}'s")
+        except Exception as err:  # OSError, safetensors' own errors, a missing tensor
+            raise corrupt(file, err) from None
+        chunks.append((latents, frames))
+    return chunks, digests
+
+
+def _saved_video_digests(directory: Path) -> dict[int, str]:
+    """Chunk index -> SHA-256 of its file, for the session saved in ``directory`` (empty for none, for
+    one of format 1, or for a ``session.json`` that cannot be read: its chunks are then written anew)."""
+    try:
+        digests = read_json_object(directory / "session.json").get("video")
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(digests, list):
+        return {}
+    return {index: digest for index, digest in enumerate(digests) if isinstance(digest, str)}
+
+
+def _linked(source: str, target: str) -> bool:
+    """Hard-link ``source`` as ``target`` (no bytes copied); False where that fails (no such file, a
+    file system without hard links): the caller writes the file instead."""
+    try:
+        os.link(source, target)
+    except OSError:
+        return False
+    return True
 
 
 def check_session_dir(directory: str | os.PathLike, outputs: Sequence[str | os.PathLike] = (),

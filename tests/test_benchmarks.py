@@ -200,3 +200,20 @@ def test_train_step_benchmark_runs_the_trainers_loss_with_the_configs_settings(t
     assert result["model"]["action_encoder_parameters"] == 0  # this config's model, not the recipe's
     assert len(seen) == 1 + 2 + 1  # warmup, timed steps, profiled step: one loss each
     assert seen == [["", ""]] * 4  # every text dropped: the benchmark's own step always used the action text
+
+
+def test_session_save_counts_only_the_bytes_each_save_wrote(tmp_path, capsys):
+    """A save after every chunk writes the new chunk (and the fixed-size memory), not the whole video: the
+    bytes a save writes stay flat while the session on disk grows by a chunk a save."""
+    spec = importlib.util.spec_from_file_location("benchmark_session_save", BENCHMARKS / "session_save.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.run_cli(module.main, ["--chunks", "1"]) == 2
+    assert capsys.readouterr().err == "error: --chunks must be >= 2, got 1\n"
+    assert module.run_cli(module.main, ["--chunks", "6", "--out", str(tmp_path), "--name", "s",
+                                        "--session-dir", str(tmp_path / "session")]) == 0
+    rows = json.loads((tmp_path / "s.json").read_text())["per_save"]
+    assert [row["chunks"] for row in rows] == [1, 2, 3, 4, 5, 6]
+    chunk_mb = (rows[-1]["session_mb"] - rows[0]["session_mb"]) / 5
+    assert chunk_mb > 0 and len(list((tmp_path / "session" / "video").iterdir())) == 7
+    assert max(row["written_mb"] for row in rows[1:]) - min(row["written_mb"] for row in rows[1:]) < chunk_mb / 10

@@ -557,7 +557,8 @@ def _saved_session(tiny_model_dir, image, tmp_path, *extra) -> tuple[Path, list[
 
 
 @pytest.mark.parametrize("damaged", ["optimizer.safetensors", "memory/adapter_model.safetensors",
-                                     "memory/adapter_config.json", "state.safetensors", "session.json"])
+                                     "memory/adapter_config.json", "state.safetensors", "session.json",
+                                     "video/000001.safetensors"])
 def test_resume_from_truncated_session_file_exits_2(damaged, tiny_model_dir, image, tmp_path, capsys):
     session, common = _saved_session(tiny_model_dir, image, tmp_path)
     file = session / damaged
