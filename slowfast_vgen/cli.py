@@ -227,6 +227,14 @@ def _quiet_libraries() -> None:
 
 
 # ---------------------------------------------------------------------------- outputs
+def remove_sidecars(out: Path, gif: bool) -> None:
+    """Delete the sidecars (json, yaml; gif with ``--gif``) of an earlier video at ``out``, before a new video
+    replaces it: a run stopped between the two then leaves a video without sidecars, not one with another
+    run's (its frames, actions, seconds and config)."""
+    for sidecar in _output_files(out, gif)[1:]:
+        sidecar.unlink(missing_ok=True)
+
+
 def write_outputs(session, out: Path, model_path: str, gif: bool, upscale: int | None = None,
                   mp4_written: bool = False) -> dict:
     """Write the video (mp4, optional gif), the resolved config and the per-chunk sidecar JSON.
@@ -242,6 +250,8 @@ def write_outputs(session, out: Path, model_path: str, gif: bool, upscale: int |
     fps = session.fps
     height, width = session.frames[0].shape[:2]
     upscale = resolve_upscale(upscale, width, height)
+    if not mp4_written:
+        remove_sidecars(out, gif)
     if not mp4_written or gif:  # a streamed mp4 needs the frames stacked only for a gif
         video = session.video()
         if not mp4_written:
@@ -425,7 +435,8 @@ def generate_main(args: argparse.Namespace) -> int:
 
         upscale = resolve_upscale(args.upscale, bundle.width, bundle.height)
         try:
-            with video_stream(out, session.fps, upscale) as append:  # complete at the end
+            with video_stream(out, session.fps, upscale,  # complete at the end
+                              before_publish=lambda: remove_sidecars(out, args.gif)) as append:
                 append(session.video())  # the first frame (or every frame of a resumed session)
 
                 def after_chunk(record, frames):

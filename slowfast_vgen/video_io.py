@@ -120,11 +120,13 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 8.0, u
 
 
 @contextmanager
-def video_stream(path: str | os.PathLike, fps: float = 8.0, upscale: int = 1) -> Iterator[Callable[[np.ndarray], None]]:
+def video_stream(path: str | os.PathLike, fps: float = 8.0, upscale: int = 1,
+                 before_publish: Callable[[], None] | None = None) -> Iterator[Callable[[np.ndarray], None]]:
     """Encode an mp4 as its frames arrive: yields ``append(frames)`` for ``(F, H, W, 3) uint8``
     batches. Frames go to the encoder at once (a long video is never held in memory, upscaled or
     not); the file appears at ``path`` when the block ends without an error and not before
-    (written beside it, then renamed), with the settings of :func:`write_video`.
+    (written beside it, then renamed), with the settings of :func:`write_video`. ``before_publish``
+    runs once the video is complete, just before it replaces ``path`` (e.g. to drop the old one's sidecars).
     """
     import imageio.v2 as imageio
 
@@ -158,6 +160,8 @@ def video_stream(path: str | os.PathLike, fps: float = 8.0, upscale: int = 1) ->
         problem = mp4_problem(tmp)  # ffmpeg's exit status does not come back through imageio
         if problem:
             raise OutputWriteError(f"the video encoder could not finish {path}: {problem} (is the disk full?)")
+        if before_publish is not None:
+            before_publish()
 
 
 def mp4_problem(path: str | os.PathLike) -> str | None:

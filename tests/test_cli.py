@@ -1083,3 +1083,24 @@ def test_an_error_line_is_written_in_one_piece(error, line, monkeypatch):
     monkeypatch.setattr(sys, "stderr", Recorder())
     assert run_cli(fail, []) == 2
     assert writes == [line]
+
+
+def test_a_run_stopped_after_its_video_replaced_the_old_leaves_no_sidecars_of_the_old(
+        tiny_model_dir, image, tmp_path, monkeypatch):
+    """The new video replaced the old one and the run was stopped before its sidecars were written: the old
+    run's video.json (its frames, actions and seconds) and video.yaml stood beside the new video."""
+    import slowfast_vgen.cli as cli
+
+    out = tmp_path / "video.mp4"
+    common = ["generate", "--model", str(tiny_model_dir), "--image", str(image), "--quiet", *FAST, "--out", str(out)]
+    assert main([*common, "--actions", "move left"]) == 0
+    old_video = out.read_bytes()
+    assert json.loads(out.with_suffix(".json").read_text())["frames"] == 4
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "write_outputs", stopped)
+    assert main([*common, "--actions", "move right; move right"]) == 130
+    assert out.read_bytes() != old_video and len(decord.VideoReader(str(out))) == 7
+    assert not out.with_suffix(".json").exists() and not out.with_suffix(".yaml").exists()
