@@ -491,7 +491,7 @@ class GenerationSession:
 
         # 2. build the session on the model and restore its state
         session = cls(bundle, config)
-        if len(chunks) == 1 and tiled:  # format 1: split as generated, so that saves link what they hold
+        if meta["format"] == 1 and tiled:  # split as generated, so that later saves link what they hold
             chunks = [(latents[:, :, a:b], None) for a, b in zip(starts, ends)]
             digests = [None] * len(chunks)
         session.latent_chunks = [chunk_latents.to(bundle.device, bundle.dtype) for chunk_latents, _ in chunks]
