@@ -762,3 +762,32 @@ def test_a_saved_layer_pattern_that_never_finishes_matching_is_refused(tiny_bund
     assert str(caught.value) == (f"saved session {tmp_path / 'session'} is corrupt: session.json: fast.target_modules "
                                  "'(.|.)*Z' did not finish matching the model's layers within 2 s (a regular "
                                  "expression that backtracks without end)")
+
+
+@pytest.mark.parametrize("name", ["memory/adapter_model.safetensors", "optimizer.safetensors", "state.safetensors"])
+def test_a_bit_flipped_in_the_memory_optimizer_or_state_is_named_when_the_session_loads(
+        name, tiny_bundle, first_frame, tmp_path):
+    """A flipped bit in a weight of the saved memory (or in the optimizer's moments, or an RNG state) still
+    parsed, and the session resumed silently with another memory: session.json records each file's SHA-256."""
+    directory = tmp_path / "session"
+    _saved_midway(tiny_bundle, first_frame, directory)
+    file = directory / name
+    data = bytearray(file.read_bytes())
+    data[-3] ^= 0x10  # inside the last tensor's values: the file stays valid safetensors
+    file.write_bytes(bytes(data))
+    with pytest.raises(UserInputError) as caught:
+        GenerationSession.load(directory, tiny_bundle)
+    assert str(caught.value) == (f"saved session {directory} is corrupt: {name}: its content is not what "
+                                 "session.json records (damaged or replaced)")
+
+
+def test_a_session_json_naming_files_outside_the_session_is_refused(tiny_bundle, first_frame, tmp_path):
+    import json
+
+    directory = tmp_path / "session"
+    _saved_midway(tiny_bundle, first_frame, directory)
+    meta = _session_json(directory)
+    meta["files"]["../outside"] = "0" * 64
+    (directory / "session.json").write_text(json.dumps(meta))
+    with pytest.raises(UserInputError, match=r"is corrupt: session.json: files names '../outside', outside the session"):
+        GenerationSession.load(directory, tiny_bundle)
