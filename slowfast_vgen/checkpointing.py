@@ -29,7 +29,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .errors import UserInputError
-from .io_utils import atomic_output_dir, atomic_output_file, atomic_write_json, remove_stale_temporaries
+from .io_utils import (
+    atomic_output_dir, atomic_output_file, atomic_write_json, digest_problem, file_digests, remove_stale_temporaries,
+)
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 STATE_FILE = "trainer_state.json"
@@ -147,7 +149,7 @@ def save_checkpoint(
             save_file({key: value.detach().contiguous().cpu() for key, value in tensors.items()},
                       str(tmp / f"{name}.safetensors"), metadata=metadata)
         save_optimizer_state(optimizer, tmp / "optimizer.safetensors")
-        atomic_write_json(tmp / STATE_FILE, {"step": step, **state})
+        atomic_write_json(tmp / STATE_FILE, {"step": step, **state, "files": file_digests(tmp)})
     if total_limit:  # the oldest go; the checkpoint just written is always kept
         older = [old for old in list_checkpoints(output_dir) if checkpoint_step(old) < step]
         for old in older[:max(0, len(older) - (total_limit - 1))]:
@@ -198,6 +200,18 @@ def read_checkpoint_state(path: Path) -> dict[str, Any]:
     if not isinstance(state, dict) or not isinstance(state.get("step"), int):
         raise UserInputError(f"checkpoint {path} is corrupt: {state_file.name} holds no step")
     return state
+
+
+def check_checkpoint_files(path: Path, state: dict[str, Any]) -> None:
+    """A one-line error naming the first file of checkpoint ``path`` whose SHA-256 differs from the one its
+    ``trainer_state.json`` (``state``) records: a bit flipped in a weight or an optimizer moment still
+    parsed, and the run resumed from it silently. Checkpoints saved before the digests were recorded are
+    not checked. A missing file is left to the checks that say what it held."""
+    if "files" not in state:
+        return
+    problem = digest_problem(path, state["files"], STATE_FILE, missing_ok=True)
+    if problem:
+        raise UserInputError(f"checkpoint {path} is corrupt: {problem[0]}: {problem[1]}")
 
 
 def load_unet_weights(unet: torch.nn.Module, path: Path) -> None:

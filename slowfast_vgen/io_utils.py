@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import glob
+import hashlib
 import json
 import math
 import os
@@ -12,7 +13,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 
 def _umask() -> int:
@@ -328,3 +329,40 @@ def atomic_output_dir(path: str | os.PathLike, marker: str) -> Iterator[Path]:
                 os.replace(old, path)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def file_digests(folder: str | os.PathLike, skip: Callable[[Path], bool] = lambda relative: False) -> dict[str, str]:
+    """SHA-256 of every file under ``folder`` (by path relative to it, ``/``-separated) but those ``skip``
+    selects; recorded beside the files so that a damaged or bit-flipped one is found when they are read."""
+    folder = Path(folder)
+    return {path.relative_to(folder).as_posix(): sha256_of_file(path)
+            for path in sorted(folder.rglob("*")) if path.is_file() and not skip(path.relative_to(folder))}
+
+
+def sha256_of_file(path: str | os.PathLike) -> str:
+    """The file's SHA-256, read in blocks (a checkpoint of ModelScope size has files of several GB)."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def digest_problem(folder: str | os.PathLike, digests: Any, record: str,
+                   missing_ok: bool = False) -> tuple[str, str] | None:
+    """``(file, why)`` for the first file under ``folder`` that does not match ``digests`` (what
+    :func:`file_digests` returned when it was written, kept in the file ``record``), or None. ``digests``
+    comes from a file that may be damaged or foreign: a malformed one, or a name outside ``folder``, is
+    reported as ``record``'s problem. ``missing_ok``: a missing file is left to the caller's own checks."""
+    if not isinstance(digests, dict) or not all(isinstance(value, str) for value in digests.values()):
+        return record, "files must map file names to SHA-256 digests"
+    for name, digest in digests.items():
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            return record, f"files names {name!r}, a path outside {Path(folder).name}/"
+        try:
+            if sha256_of_file(Path(folder) / name) != digest:
+                return name, f"its content is not what {record} records (damaged or replaced)"
+        except FileNotFoundError as err:
+            if not missing_ok:
+                return name, err.strerror or str(err)
+        except OSError as err:
+            return name, err.strerror or str(err)
+    return None
+

@@ -47,7 +47,10 @@ from .fast_learner import (
     ADAPTER_NAME, FastLearnerConfig, TempLoRA, check_target_modules_finish, check_timestep_band, merged_adapter,
     read_memory, remove_adapter, restored_adapters, use_adapter,
 )
-from .io_utils import atomic_output_dir, atomic_write_json, blocking_parent, check_writable_beside, has_own_name, holds_other_files
+from .io_utils import (
+    atomic_output_dir, atomic_write_json, blocking_parent, check_writable_beside, digest_problem, file_digests, has_own_name,
+    holds_other_files,
+)
 from .model import ModelBundle
 from .profiling import Stopwatch, peak_memory_mb, release_freed_memory, reset_peak_memory
 from .sampler import SamplerConfig, check_inference_steps, make_scheduler, sample_chunk
@@ -371,7 +374,8 @@ class GenerationSession:
                 "config": OmegaConf.to_container(OmegaConf.structured(self.config)),
                 "records": [vars(record).copy() for record in self.records],  # asdict deep-copies: 24 ms at 1,000
                 "video": video,
-                "files": _file_digests(tmp),  # the state, memory and optimizer (the video's are in "video")
+                # the state, memory and optimizer (the video's digests are "video")
+                "files": file_digests(tmp, skip=lambda file: file.name == "session.json" or file.parts[0] == VIDEO_FOLDER),
             })
         return directory
 
@@ -428,7 +432,9 @@ class GenerationSession:
             meta = read_json_object(meta_file)
         except (OSError, ValueError) as err:
             raise corrupt(meta_file, err) from None
-        _check_file_digests(directory, meta.get("files", {}), corrupt)  # absent in sessions saved before
+        problem = digest_problem(directory, meta.get("files", {}), "session.json")  # no files: saved before
+        if problem:
+            raise corrupt(directory / problem[0], ValueError(problem[1]))
         try:
             state = load_file(str(state_file))
             for name in ("sample_generator", "memory_generator"):
@@ -546,29 +552,6 @@ def _read_video(directory: Path, meta: dict,
             raise corrupt(file, err) from None
         chunks.append((latents, frames))
     return chunks, digests
-
-
-def _file_digests(folder: Path) -> dict[str, str]:
-    """SHA-256 of every file under ``folder`` but ``session.json`` and the video's, by relative path."""
-    return {path.relative_to(folder).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
-            for path in sorted(folder.rglob("*"))
-            if path.is_file() and path.name != "session.json" and path.parent.name != VIDEO_FOLDER}
-
-
-def _check_file_digests(directory: Path, digests: Any,
-                        corrupt: Callable[[Path, BaseException], UserInputError]) -> None:
-    """An error naming the first file whose SHA-256 differs from the one ``session.json`` records (``digests``)."""
-    if not isinstance(digests, dict) or not all(isinstance(value, str) for value in digests.values()):
-        raise corrupt(directory / "session.json", TypeError("files must map file names to SHA-256 digests"))
-    for name, digest in digests.items():
-        file = directory / name
-        if ".." in Path(name).parts or Path(name).is_absolute():  # an uploaded session names files in itself only
-            raise corrupt(directory / "session.json", ValueError(f"files names {name!r}, outside the session"))
-        try:
-            if hashlib.sha256(file.read_bytes()).hexdigest() != digest:
-                raise ValueError("its content is not what session.json records (damaged or replaced)")
-        except (OSError, ValueError) as err:
-            raise corrupt(file, err) from None
 
 
 def _saved_video_digests(directory: Path) -> dict[int, str]:

@@ -34,6 +34,7 @@ import torch
 from . import diffusion
 from .action_encoder import auxiliary_action_loss
 from .checkpointing import (
+    check_checkpoint_files,
     check_no_newer_checkpoints,
     list_checkpoints,
     load_ema_state,
@@ -655,6 +656,7 @@ class SlowTrainer:
 
     def load_checkpoint(self, path: Path) -> None:
         state = read_checkpoint_state(path)
+        check_checkpoint_files(path, state)
         check_resume_settings(path, state, self.config)
         saved_processes = state.get("num_processes", self.world)  # absent in older checkpoints: not checked
         if saved_processes != self.world:  # the global batch and each process's share of the data order change

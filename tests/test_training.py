@@ -148,6 +148,22 @@ def test_device_cuda_without_cuda_is_a_one_line_error(world_root, tmp_path, monk
         SlowTrainer(_slow(world_root, tmp_path / "run", "device=cuda"))
 
 
+@pytest.mark.parametrize("name", ["unet/diffusion_pytorch_model.safetensors", "optimizer.safetensors"])
+def test_a_bit_flipped_in_a_checkpoint_is_named_before_the_run_resumes(name, world_root, tmp_path):
+    """A flipped bit in a weight or an optimizer moment still parsed, and the run resumed from it silently:
+    trainer_state.json records every file's SHA-256."""
+    out = tmp_path / "run"
+    train(_slow(world_root, out, "max_steps=2"))
+    file = out / "checkpoint-2" / name
+    data = bytearray(file.read_bytes())
+    data[-3] ^= 0x10  # inside the last tensor's values: still valid safetensors
+    file.write_bytes(bytes(data))
+    with pytest.raises(UserInputError) as caught:
+        SlowTrainer(_slow(world_root, out, "max_steps=3"))
+    assert str(caught.value) == (f"checkpoint {out / 'checkpoint-2'} is corrupt: {name}: its content is not what "
+                                 "trainer_state.json records (damaged or replaced)")
+
+
 def test_corrupt_or_missing_checkpoint_is_a_clear_error(world_root, tmp_path):
     out = tmp_path / "run"
     train(_slow(world_root, out, "max_steps=2"))
