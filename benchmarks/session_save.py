@@ -8,8 +8,9 @@ the session gets chunks of random latents and frames of the model's shapes (what
 depends on their sizes, not on their content; generating 1,000 chunks would take most of an hour on
 the CPU) and its Temp-LoRA memory, and is saved to one directory after each. Per save it records the
 seconds and the bytes of the files it wrote (a file hard-linked from the save before is not counted).
-The summary compares the last 10 saves with the first 10: a save that rewrote the whole video
-grows with it, one that writes the new chunk only stays flat.
+The summary compares the last 10 saves with saves 2-11 (the first also computes the model's
+fingerprint): a save that rewrote the whole video grows with it, one that writes the new chunk
+only stays flat.
 """
 
 from __future__ import annotations
@@ -84,8 +85,8 @@ def main(argv=None) -> int:
     session.start(np.zeros((bundle.height, bundle.width, 3), np.uint8))
     with tempfile.TemporaryDirectory(prefix="session-save-") as scratch:
         rows = measure(session, Path(args.session_dir or Path(scratch) / "session"), args.chunks)
-    window = min(10, len(rows) // 2)
-    first, last = rows[:window], rows[-window:]
+    window = max(1, min(10, (len(rows) - 1) // 2))
+    first, last = rows[1:1 + window], rows[-window:]  # the first save also computes the model's fingerprint
     mean = lambda part, key: statistics.mean(row[key] for row in part)
     summary = {
         "chunks": args.chunks,

@@ -333,10 +333,16 @@ def atomic_output_dir(path: str | os.PathLike, marker: str) -> Iterator[Path]:
 
 def file_digests(folder: str | os.PathLike, skip: Callable[[Path], bool] = lambda relative: False) -> dict[str, str]:
     """SHA-256 of every file under ``folder`` (by path relative to it, ``/``-separated) but those ``skip``
-    selects; recorded beside the files so that a damaged or bit-flipped one is found when they are read."""
-    folder = Path(folder)
-    return {path.relative_to(folder).as_posix(): sha256_of_file(path)
-            for path in sorted(folder.rglob("*")) if path.is_file() and not skip(path.relative_to(folder))}
+    selects (given a relative path; a folder it selects is not walked); recorded beside the files so
+    that a damaged or bit-flipped one is found when they are read."""
+    folder, digests = Path(folder), {}
+    for root, directories, files in os.walk(folder):
+        here = Path(root).relative_to(folder)
+        directories[:] = sorted(name for name in directories if not skip(here / name))  # a skipped folder is not walked
+        for name in sorted(files):
+            if not skip(here / name):
+                digests[(here / name).as_posix()] = sha256_of_file(Path(root) / name)
+    return dict(sorted(digests.items()))
 
 
 def sha256_of_file(path: str | os.PathLike) -> str:

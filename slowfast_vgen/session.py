@@ -11,8 +11,8 @@ far, the LoRA memory, its optimizer state and both random generators. A saved se
 the fingerprint of its model (:attr:`ModelBundle.model_fingerprint`) and resumes on that model only.
 The video is saved one file per chunk (``video/000123.safetensors``) with its SHA-256 in
 ``session.json``: a save writes the chunks that are new and hard-links the others from the session
-it replaces, so saving after every chunk costs the same at chunk 1,000 as at chunk 1, and a
-damaged chunk file is found when the session loads.
+it replaces, so saving after every chunk no longer rewrites the whole video, and a damaged chunk
+file is found when the session loads (so is any other file: their SHA-256 are recorded too).
 
 A session owns its memory: its Temp-LoRA is a peft adapter of its own name on the shared UNet,
 active only while the session generates (a session with ``fast.mode=off`` runs with no adapter
@@ -375,7 +375,7 @@ class GenerationSession:
                 "records": [vars(record).copy() for record in self.records],  # asdict deep-copies: 24 ms at 1,000
                 "video": video,
                 # the state, memory and optimizer (the video's digests are "video")
-                "files": file_digests(tmp, skip=lambda file: file.name == "session.json" or file.parts[0] == VIDEO_FOLDER),
+                "files": file_digests(tmp, skip=lambda path: path.as_posix() in ("session.json", VIDEO_FOLDER)),
             })
         return directory
 

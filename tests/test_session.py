@@ -500,6 +500,7 @@ def _as_format_1(directory):
     from safetensors.torch import load_file, save_file
 
     meta = _session_json(directory)
+    meta.pop("files")  # format 1 recorded no digests
     chunks = [load_file(str(directory / "video" / f"{i:06d}.safetensors")) for i in range(len(meta.pop("video")))]
     state = load_file(str(directory / "state.safetensors"))
     state["latents"] = torch.cat([chunk["latents"] for chunk in chunks], dim=2)
