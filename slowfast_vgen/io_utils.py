@@ -331,6 +331,10 @@ def atomic_output_dir(path: str | os.PathLike, marker: str) -> Iterator[Path]:
         raise
 
 
+CONTENT_CHANGED = "its content is not what {record} records (damaged or replaced)"
+"""Why a file whose SHA-256 differs from the one recorded in the file ``record`` is refused."""
+
+
 def file_digests(folder: str | os.PathLike, skip: Callable[[Path], bool] = lambda relative: False) -> dict[str, str]:
     """SHA-256 of every file under ``folder`` (by path relative to it, ``/``-separated) but those ``skip``
     selects (given a relative path; a folder it selects is not walked); recorded beside the files so
@@ -364,7 +368,7 @@ def digest_problem(folder: str | os.PathLike, digests: Any, record: str,
             return record, f"files names {name!r}, a path outside {Path(folder).name}/"
         try:
             if sha256_of_file(Path(folder) / name) != digest:
-                return name, f"its content is not what {record} records (damaged or replaced)"
+                return name, CONTENT_CHANGED.format(record=record)
         except FileNotFoundError as err:
             if not missing_ok:
                 return name, err.strerror or str(err)

@@ -48,8 +48,8 @@ from .fast_learner import (
     read_memory, remove_adapter, restored_adapters, use_adapter,
 )
 from .io_utils import (
-    atomic_output_dir, atomic_write_json, blocking_parent, check_writable_beside, digest_problem, file_digests, has_own_name,
-    holds_other_files,
+    CONTENT_CHANGED, atomic_output_dir, atomic_write_json, blocking_parent, check_writable_beside, digest_problem, file_digests,
+    has_own_name, holds_other_files,
 )
 from .model import ModelBundle
 from .profiling import Stopwatch, peak_memory_mb, release_freed_memory, reset_peak_memory
@@ -451,7 +451,8 @@ class GenerationSession:
                 raise corrupt(state_file, err) from None
         else:
             chunks, digests = _read_video(directory, meta, corrupt)
-        latents = torch.cat([chunk_latents for chunk_latents, _ in chunks], dim=2) if len(chunks) > 1 else chunks[0][0]
+        latents = chunks[0][0]  # the whole video in format 1; the other chunks have its shape but length (_read_video)
+        num_latent_frames = sum(chunk_latents.shape[2] for chunk_latents, _ in chunks)
         frames = np.concatenate([chunk_frames for _, chunk_frames in chunks]) if len(chunks) > 1 else chunks[0][1]
         try:
             saved = meta["config"]
@@ -474,8 +475,8 @@ class GenerationSession:
                 f"saved session {directory} has {tuple(frames.shape[1:3])} frames, this model makes "
                 f"{(bundle.height, bundle.width)}"
             )
-        if latents.shape[2] != len(frames):  # every latent frame has its decoded frame, and only those
-            raise corrupt(state_file, ValueError(f"{latents.shape[2]} latent frames but {len(frames)} frames"))
+        if num_latent_frames != len(frames):  # every latent frame has its decoded frame, and only those
+            raise corrupt(state_file, ValueError(f"{num_latent_frames} latent frames but {len(frames)} frames"))
         starts = [0] + [record.start_frame for record in records]
         ends = [records[0].start_frame if records else len(frames)] + [record.end_frame for record in records]
         tiled = starts[1:] == ends[:-1] and ends[-1] == len(frames)  # the records cover the video, chunk by chunk
@@ -540,7 +541,7 @@ def _read_video(directory: Path, meta: dict,
         try:
             data = file.read_bytes()
             if hashlib.sha256(data).hexdigest() != digest:
-                raise ValueError("its content is not what session.json records (damaged or replaced)")
+                raise ValueError(CONTENT_CHANGED.format(record="session.json"))
             tensors = load_bytes(data)
             latents, frames = tensors["latents"], tensors["frames"].numpy()
             if latents.ndim != 5 or frames.ndim != 4 or frames.dtype != np.uint8 or latents.shape[2] != len(frames):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from typing import Sequence
 
 from .errors import EXIT_USER_ERROR, run_cli
