@@ -385,7 +385,7 @@ class GenerationSession:
         the SHA-256 of every chunk's file, in order."""
         previous = _saved_video_digests(replaced)
         (folder / VIDEO_FOLDER).mkdir()
-        digests, known, start = [], {}, 0
+        digests, start = [], 0
         for index, latents in enumerate(self.latent_chunks):
             end = start + latents.shape[2]  # one latent frame per frame
             name = chunk_file(index)
@@ -398,10 +398,15 @@ class GenerationSession:
                 with open(target, "wb") as handle:
                     handle.write(data)
             digests.append(digest)
-            known[id(latents)] = (weakref.ref(latents), digest)
             start = end
-        self._saved_digests = known
+        self._remember_saved_digests(digests)
         return digests
+
+    def _remember_saved_digests(self, digests: list[str | None]) -> None:
+        """Remember the SHA-256 of the file each chunk of ``latent_chunks`` was saved to or loaded from
+        (None: not from a file), by tensor identity: a later save links the chunks that did not change."""
+        self._saved_digests = {id(latents): (weakref.ref(latents), digest)
+                               for latents, digest in zip(self.latent_chunks, digests, strict=True) if digest is not None}
 
     def _saved_digest(self, latents: torch.Tensor) -> str | None:
         """The SHA-256 of the file a save or load made of this chunk, if one did."""
@@ -504,9 +509,7 @@ class GenerationSession:
             chunks = [(latents[:, :, a:b], None) for a, b in zip(starts, ends)]
             digests = [None] * len(chunks)
         session.latent_chunks = [chunk_latents.to(bundle.device, bundle.dtype) for chunk_latents, _ in chunks]
-        for chunk_latents, digest in zip(session.latent_chunks, digests):
-            if digest is not None:
-                session._saved_digests[id(chunk_latents)] = (weakref.ref(chunk_latents), digest)
+        session._remember_saved_digests(digests)
         session.frames = list(frames)
         session.sample_generator.set_state(state["sample_generator"])
         session.memory_generator.set_state(state["memory_generator"])
