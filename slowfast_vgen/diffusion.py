@@ -91,15 +91,45 @@ def diffusion_target(
     raise ValueError(f"unsupported prediction_type {prediction_type!r}")
 
 
-def masked_diffusion_loss(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def motion_weights(clean: torch.Tensor, mask: torch.Tensor, strength: float, threshold: float) -> torch.Tensor:
+    """Loss weights ``(B, 1, F, h, w)`` that emphasise what moves: ``1 + strength`` where a target frame's
+    clean latents differ from the sample's last context frame by more than ``threshold`` (largest
+    absolute difference over the channels), 1 elsewhere, then divided by their mean over the
+    sample's target positions (the context, which Eq. 2 masks out, is divided alike).
+
+    Under a plain mean (Eq. 2) a small moving object (a gripper, a pushed block: a few percent of
+    the pixels) barely counts against a static background, and "nothing moves" is a near-optimal
+    prediction. Normalised per sample, every sample keeps its share of the batch loss, and a chunk
+    where everything moves (a camera pan) or nothing moves gets weight 1 everywhere, as before. A
+    sample without context (Eq. 3 rows of :func:`mix_whole_window`) gets weight 1 everywhere.
+    """
+    if not (0.0 <= strength < float("inf") and 0.0 <= threshold < float("inf")):
+        raise ValueError(f"strength and threshold must be finite numbers >= 0, got {strength}, {threshold}")
+    num_context = mask.sum(dim=1)  # the context is a prefix: its last frame is num_context - 1
+    last = (num_context - 1).clamp_min(0).to(clean.device)
+    reference = clean[torch.arange(clean.shape[0], device=clean.device), :, last][:, :, None]  # (B, C, 1, h, w)
+    moving = (clean.float() - reference.float()).abs().amax(dim=1, keepdim=True) > threshold
+    targets = ~_frame_mask(mask.to(clean.device))
+    moving &= targets & (num_context > 0).to(clean.device)[:, None, None, None, None]
+    weight = 1.0 + strength * moving.to(torch.float32)
+    target_weights = (weight * targets).flatten(1)  # (B, F * h * w), 0 on the context
+    num_targets = targets.expand_as(weight).flatten(1).sum(dim=1).clamp_min(1)
+    mean_on_targets = target_weights.sum(dim=1) / num_targets
+    return weight / mean_on_targets[:, None, None, None, None]
+
+
+def masked_diffusion_loss(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                          weight: torch.Tensor | None = None) -> torch.Tensor:
     """Eq. 2: MSE between prediction and target over the target frames only (context masked out).
 
     ``mask`` is the context mask (True = context, excluded). The mean is over all elements of
     the target frames, so the loss scale does not depend on ``f_p``. Context positions receive
-    exactly zero gradient.
+    exactly zero gradient. With ``weight`` (broadcastable to the latents, e.g. :func:`motion_weights`)
+    it is the weighted mean over the target frames; uniform weights give the plain mean.
     """
     # counted in float32: in float16 a count above 65504 became inf, the loss 0 and every gradient 0
-    weight = (~_frame_mask(mask)).to(torch.float32).expand_as(prediction)
+    weight = (~_frame_mask(mask)).to(torch.float32) * (1.0 if weight is None else weight.to(torch.float32))
+    weight = weight.expand_as(prediction)
     squared = (prediction.float() - target.float()).pow(2) * weight
     return squared.sum() / weight.sum().clamp_min(1.0)
 

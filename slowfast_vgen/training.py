@@ -61,6 +61,8 @@ RESUME_MAY_CHANGE = (  # what a resumed run may set differently from the run it 
     "report_to", "num_workers", "sample_every", "sample_actions", "validate_every", "validation_split",
     "validation_chunks", "max_nonfinite_steps", "device", "compile", "data.root", "text_features", "use_ema", "ema_decay",
 )
+# settings added after checkpoints recorded their config, with the value that trains as before them
+SETTINGS_ADDED_SINCE = {"motion_loss_weight": 0.0, "motion_threshold": 0.1}
 CONSTANT_SCHEDULES = ("constant", "constant_with_warmup")  # the only schedules that do not depend on max_steps
 EXIT_PREEMPTED = 143  # 128 + SIGTERM: a checkpoint was saved, run again with resume=latest
 EXIT_DIVERGED = 3
@@ -135,6 +137,16 @@ class TrainConfig:
         "Temp-LoRA memory objective) instead of Eq. 1-2, so the fast learner's loss is in-distribution for the "
         "base model; 0 = off"
     )
+    motion_loss_weight: float = help_field(
+        0.0, "extra weight of the loss on the target latents that differ from the last context frame by more than "
+        "motion_threshold (diffusion.motion_weights): small moving objects (the blocks world's gripper and blocks) "
+        "count as much as the static background; a weighted mean, so a chunk where everything moves is weighted as "
+        "before. Validation losses stay unweighted; 0 = off"
+    )
+    motion_threshold: float = help_field(
+        0.1, "latent difference that counts as motion for motion_loss_weight (pixel-space models: [-1, 1] units, "
+        "0.1 = 13 of 255 levels; a VAE's latents need their own)"
+    )
     checkpointing_steps: int = help_field(500, "save a checkpoint every N optimizer steps (and at the end)")
     checkpoints_total_limit: int = help_field(3, "keep at most N checkpoints (0 = all)")
     resume: Optional[str] = help_field(
@@ -181,6 +193,9 @@ class TrainConfig:
             raise ValueError(f"text_dropout must be in [0, 1), got {self.text_dropout}")
         if not 0.0 <= self.whole_window_share < 1.0:  # also refuses nan
             raise ValueError(f"whole_window_share must be in [0, 1), got {self.whole_window_share}")
+        for name in ("motion_loss_weight", "motion_threshold"):
+            if not 0.0 <= getattr(self, name) < float("inf"):  # also refuses nan
+                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
         for name in ("validate_every", "min_timestep", "lr_warmup_steps", "sample_every"):
             if getattr(self, name) < 0:  # a negative warmup shifted the schedules; sample_every=-1 sampled every step
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -467,7 +482,10 @@ class SlowTrainer:
         if anchor is not None:  # the frozen model's conditioning for the same (possibly dropped) texts
             with torch.no_grad():  # (a model without an action encoder: the frozen text conditioning, as for Phi)
                 reference = (anchor, self.conditioning(texts, anchor.action_encoder)[0])
-        loss = self.loss_at(self.training_unet, latents, mask, conditioning, noise, timesteps, reference)
+        weight = None
+        if self.config.motion_loss_weight > 0:
+            weight = diffusion.motion_weights(latents, mask, self.config.motion_loss_weight, self.config.motion_threshold)
+        loss = self.loss_at(self.training_unet, latents, mask, conditioning, noise, timesteps, reference, weight)
         if logits is not None:  # the auxiliary objective (0 x logits keeps every parameter in the graph: DDP)
             labels = self.bundle.action_encoder.primitive_labels(texts)
             auxiliary = auxiliary_action_loss(logits, labels)
@@ -476,17 +494,18 @@ class SlowTrainer:
 
     def loss_at(self, unet: torch.nn.Module, latents: torch.Tensor, mask: torch.Tensor, conditioning: torch.Tensor,
                 noise: torch.Tensor, timesteps: torch.Tensor,
-                reference: tuple[Anchor, torch.Tensor] | None = None) -> torch.Tensor:
+                reference: tuple[Anchor, torch.Tensor] | None = None, weight: torch.Tensor | None = None) -> torch.Tensor:
         """Eq. 1-2 for given text conditioning, noise and timesteps (shared by training and validation).
 
         With ``reference`` = (anchor, its conditioning), plus ``anchor.weight`` x the same masked MSE
         between the prediction and the frozen anchor UNet's prediction on the same noisy input
-        (distillation toward the starting model; zero while Phi equals it)."""
+        (distillation toward the starting model; zero while Phi equals it). ``weight``: per-position
+        loss weights of the diffusion term (``motion_loss_weight``)."""
         scheduler = self.bundle.noise_scheduler
         noisy = diffusion.noise_targets(scheduler, latents, noise, timesteps, mask)  # Eq. 1
         prediction = unet(noisy, timesteps, **unet_text_kwargs(unet, conditioning)).sample
         target = diffusion.diffusion_target(scheduler, latents, noise, timesteps)
-        loss = diffusion.masked_diffusion_loss(prediction, target, mask)  # Eq. 2
+        loss = diffusion.masked_diffusion_loss(prediction, target, mask, weight)  # Eq. 2
         if reference is not None:
             anchor, anchor_conditioning = reference
             with torch.no_grad():
@@ -1014,6 +1033,7 @@ def check_resume_settings(path: Path, state: dict, config: TrainConfig) -> None:
     saved = state.get("config")
     if not isinstance(saved, dict):
         return
+    saved = {**SETTINGS_ADDED_SINCE, **saved}  # absent in checkpoints saved before they existed: trained without them
     live = saved.get("live")
     if isinstance(live, dict) and live.get("target_frames") is None:  # None (the default since 2026-12-07) = K
         saved = {**saved, "live": {**live, "target_frames": live.get("frames_per_action")}}

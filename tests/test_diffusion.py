@@ -116,3 +116,43 @@ def test_mix_whole_window_turns_picked_rows_into_eq3_samples(scheduler):
     assert not diffusion.mix_whole_window(mask, 1.0)[0].any() and torch.equal(diffusion.mix_whole_window(mask, 0.0)[0], mask)
     with pytest.raises(ValueError, match="share must be in"):
         diffusion.mix_whole_window(mask, 1.5)
+
+
+def test_motion_weights_emphasise_what_moves_and_keep_each_samples_mean():
+    """Sample 0: one latent position of its 3 target frames changes (a small moving object);
+    sample 1: everything moves (a camera pan); sample 2: no context (an Eq. 3 row)."""
+    clean = torch.zeros(3, 12, 5, 4, 4)
+    clean[0, :, 2:, 0, 0] = 1.0
+    clean[1] += torch.arange(5.0)[None, :, None, None]
+    clean[2, :, 3:, 1, 1] = 1.0
+    mask = diffusion.context_mask(3, 2, 3)
+    mask[2] = False
+    weight = diffusion.motion_weights(clean, mask, strength=9.0, threshold=0.1)
+    assert weight.shape == (3, 1, 5, 4, 4)
+    targets = ~mask[:, None, :, None, None].expand_as(weight)
+    for sample in range(3):  # every sample keeps its share of the batch loss
+        assert weight[sample][targets[sample]].mean().item() == pytest.approx(1.0)
+    moving, still = weight[0, 0, 2:, 0, 0], weight[0, 0, 2:, 1:, :]
+    assert torch.allclose(moving / still.max(), torch.full((3,), 10.0))  # 1 + strength against 1
+    assert (weight[1][targets[1]] == 1.0).all() and (weight[2] == 1.0).all()
+    below = diffusion.motion_weights(clean * 0.05, mask, strength=9.0, threshold=0.1)  # changes under the threshold
+    assert (below[0][targets[0]] == 1.0).all()
+    with pytest.raises(ValueError, match="finite numbers >= 0"):
+        diffusion.motion_weights(clean, mask, strength=float("nan"), threshold=0.1)
+
+
+def test_weighted_masked_loss_is_the_weighted_mean_over_the_target_frames():
+    prediction = torch.randn(2, 4, 6, 3, 3, requires_grad=True)
+    target = torch.randn(2, 4, 6, 3, 3)
+    mask = diffusion.context_mask(2, 2, 4)
+    plain = diffusion.masked_diffusion_loss(prediction, target, mask)
+    assert torch.allclose(diffusion.masked_diffusion_loss(prediction, target, mask, torch.ones(2, 1, 6, 3, 3)), plain)
+    weight = torch.ones(2, 1, 6, 3, 3)
+    weight[:, :, 2:, 0, 0] = 5.0
+    weight[:, :, :2] = 1000.0  # the context stays out whatever its weight
+    loss = diffusion.masked_diffusion_loss(prediction, target, mask, weight)
+    squared = (prediction - target).pow(2)[:, :, 2:]
+    expected = (squared * weight[:, :, 2:]).sum() / (weight[:, :, 2:].expand_as(squared)).sum()
+    assert torch.allclose(loss, expected)
+    loss.backward()
+    assert torch.count_nonzero(prediction.grad[:, :, :2]) == 0

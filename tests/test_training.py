@@ -869,3 +869,43 @@ def test_a_run_killed_before_its_first_checkpoint_is_logged_once(world_root, tmp
     assert idm_main([f"output_dir={idm}", "max_steps=1", "size=16", "frames_per_action=2", "batch_size=2",
                      "channels=[8,16]", "hidden_dim=16", "num_threads=1"]) == 0
     assert [json.loads(line).get("loss") != 9.0 for line in (idm / "train_log.jsonl").read_text().splitlines()] == [True]
+
+
+def test_motion_loss_weight_weights_the_loss_toward_what_moves(world_root, tmp_path, monkeypatch):
+    plain = train(_slow(world_root, tmp_path / "plain", "max_steps=2"))
+    weighted = train(_slow(world_root, tmp_path / "weighted", "max_steps=2", "motion_loss_weight=20"))
+    assert weighted.losses != plain.losses  # same data, noise and timesteps: only the weights differ
+    trainer = SlowTrainer(_slow(world_root, tmp_path / "spy", "max_steps=1", "motion_loss_weight=4",
+                                "motion_threshold=0.5"))
+    seen = {}
+
+    def spy(unet, latents, mask, conditioning, noise, timesteps, reference=None, weight=None):
+        seen.update(weight=weight)
+        return conditioning.sum() * 0 + 1.0
+
+    monkeypatch.setattr(trainer, "loss_at", spy)
+    latents = torch.zeros(2, 4, 6, 2, 2)
+    latents[0, :, 2:, 0, 0] = 1.0  # sample 0: one position moves after its context; sample 1: nothing moves
+    trainer.masked_loss(latents, context_mask(2, 2, 4), ["move left"] * 2, torch.Generator().manual_seed(0))
+    weight = seen["weight"]
+    assert weight[0, 0, 2:, 0, 0].tolist() == pytest.approx([5 / 2] * 4)  # 1 + 4 over the mean (4 x 5 + 12 x 1) / 16
+    assert (weight[1] == 1.0).all()
+    for value, message in (("-1", "motion_loss_weight must be a finite number >= 0, got -1.0"),
+                           ("nan", "motion_loss_weight must be a finite number >= 0, got nan")):
+        with pytest.raises(UserInputError, match=re.escape(message)):
+            _slow(world_root, tmp_path / "bad", f"motion_loss_weight={value}")
+    with pytest.raises(UserInputError, match=re.escape("motion_threshold must be a finite number >= 0, got inf")):
+        _slow(world_root, tmp_path / "bad", "motion_threshold=inf")
+
+
+def test_a_checkpoint_saved_before_motion_weighting_existed_resumes_without_it(world_root, tmp_path):
+    out = tmp_path / "run"
+    train(_slow(world_root, out, "max_steps=1"))
+    state_file = out / "checkpoint-1" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    for key in ("motion_loss_weight", "motion_threshold"):
+        del state["config"][key]
+    state_file.write_text(json.dumps(state))
+    assert SlowTrainer(_slow(world_root, out, "max_steps=2")).step == 1
+    with pytest.raises(UserInputError, match=re.escape("motion_loss_weight 1.0 (saved: 0.0)")):
+        SlowTrainer(_slow(world_root, out, "max_steps=2", "motion_loss_weight=1"))
