@@ -849,7 +849,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser("eval", help="evaluate memory and quality against exact ground truth",
                               description="Evaluation suites on held-out navigation worlds: chunk | long | revisit | rollout, "
-                                          "for every Temp-LoRA variant and several seeds (mean and 95% CI).")
+                                          "for every Temp-LoRA variant and several seeds (mean and 95% CI); world=blocks "
+                                          "runs chunk and rollout on held-out block tables.")
     evaluate.add_argument("--suite", choices=EVAL_SUITES, help="suite (default revisit)")
     evaluate.add_argument("--variants", help="comma-separated fast modes (default off,paper,text,full-sequence)")
     evaluate.add_argument("--seeds", help="comma-separated generation seeds (default 0,1,2)")

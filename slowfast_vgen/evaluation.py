@@ -1,4 +1,4 @@
-"""Evaluation suites on the navigation world, where every frame's ground truth is exact.
+"""Evaluation suites on held-out generated worlds, where every frame's ground truth is exact.
 
 * ``chunk``   — one-chunk prediction from ground-truth context (slow learning, paper Table 1
   left half): PSNR / SSIM against the ground-truth chunk, action accuracy.
@@ -12,6 +12,15 @@
   index, action accuracy and the start-footprint PSNR — PSNR against ground truth over the
   pixels that show a place visible in the first frame, the only content knowable from it
   (:mod:`.metrics.footprint`). Run it once per ``phrasing`` (``train`` and ``heldout``).
+
+Suites run on the navigation world (``world=navigation``: camera routes, action accuracy from the
+global motion). ``world=blocks`` runs ``chunk`` and ``rollout`` on held-out block tables (random
+pushes, gripper moves and stays): the camera is fixed, so the whole first frame is the start
+footprint, and actions are read by the colour-tracking inverse dynamics
+(:class:`.inverse_dynamics.ColourTrackingIDM`: which block moved, which way, or the gripper alone).
+A command the world itself cannot execute (a push into another block or the table's edge) is left
+out of the action accuracy: only chunks whose ground truth reads as the commanded primitive count
+(``action_chunks_scored``).
 
 Every suite runs each fast-learning variant (``off``, ``paper``, ``text``, ``full-sequence``,
 the paper's Table 4 ablations) on the same routes and for several generation seeds; results
@@ -43,6 +52,8 @@ from .session import GenerationConfig, GenerationSession
 from .video_io import frames_to_tensor
 
 SUITES = ("chunk", "long", "revisit", "rollout")
+WORLDS = ("navigation", "blocks")
+BLOCKS_SUITES = ("chunk", "rollout")  # revisit and long routes are camera routes of the navigation world
 # rollout suite: curve name -> the per-chunk list of a run it averages
 ROLLOUT_CURVES = {"action_accuracy": "chunk_action_correct", "footprint_psnr": "chunk_footprint_psnr"}
 # memory curve: series -> its column label (PSNR of the revisit vs truth and vs the first visit; first visit vs truth)
@@ -54,6 +65,10 @@ class EvalConfig:
     """What to evaluate and how much."""
 
     suite: str = help_field("revisit", f"suite: {' | '.join(SUITES)}")
+    world: str = help_field(
+        "navigation", f"held-out worlds: {' | '.join(WORLDS)} (blocks: suites {' and '.join(BLOCKS_SUITES)}; actions read by "
+        "the colour-tracking inverse dynamics)"
+    )
     variants: list[str] = help_field(["off", "paper", "text", "full-sequence"], "fast-learning variants to compare")
     seeds: list[int] = help_field([0, 1, 2], "generation seeds (each run uses the same routes)")
     routes: int = help_field(3, "routes (held-out worlds) per seed")
@@ -74,6 +89,11 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.suite not in SUITES:
             raise ValueError(f"suite must be one of {', '.join(SUITES)}, got {self.suite!r}")
+        if self.world not in WORLDS:
+            raise ValueError(f"world must be one of {', '.join(WORLDS)}, got {self.world!r}")
+        if self.world == "blocks" and self.suite not in BLOCKS_SUITES:
+            raise ValueError(f"world=blocks runs the {' and '.join(BLOCKS_SUITES)} suites (revisit and long routes are "
+                             f"camera routes of the navigation world), got suite {self.suite!r}")
         from .fast_learner import FAST_MODES
 
         variants = ["off" if str(v).lower() == "false" else v for v in self.variants]  # YAML reads `off` as false
@@ -120,14 +140,20 @@ class Route:
     # per revisit pair, the frame the place was last seen at before the revisit (the pair's own
     # first frame when it was seen once before): the memory curve's gap is measured from it
     revisit_last: list[int] | None = None
+    # blocks world: its colour-tracking reader, and what the world did per chunk as that reader reads the truth
+    reader: Any = None
+    executed: list[str] | None = None
 
 
 def build_routes(config: EvalConfig, height: int, width: int, frames_per_chunk: int) -> list[Route]:
-    """The suite's routes on held-out navigation worlds (same for every variant and seed)."""
+    """The suite's routes on held-out worlds (same for every variant and seed)."""
     from .data.readers import resize_center_crop
     from .worlds import build_world_for_frames, view_size_for
     from .worlds.actions import phrase
 
+    if config.world == "blocks":
+        return [_blocks_route(config, config.world_seed_base + index, index, height, width, frames_per_chunk)
+                for index in range(config.routes)]
     view = view_size_for(height, width)
     routes = []
     for index in range(config.routes):
@@ -153,6 +179,49 @@ def build_routes(config: EvalConfig, height: int, width: int, frames_per_chunk: 
                             route.revisit_frames(frames_per_chunk), positions, footprint,
                             route.last_visit_frames(frames_per_chunk)))
     return routes
+
+
+def _blocks_route(config: EvalConfig, world_seed: int, index: int, height: int, width: int,
+                  frames_per_chunk: int) -> Route:
+    """A random script of pushes, gripper moves and stays on the held-out block table ``world_seed``."""
+    from .data.readers import resize_center_crop
+    from .inverse_dynamics import ColourTrackingIDM
+    from .worlds import build_world_for_frames
+    from .worlds.actions import phrase
+
+    world = build_world_for_frames("blocks", world_seed, height, width)
+    rng = np.random.default_rng(world_seed)
+    num_chunks = config.rollout_chunks if config.suite == "rollout" else config.actions_per_route + 1
+    primitives = world.random_script(rng, num_chunks)
+    frames, _ = world.rollout(world.initial_state, primitives, frames_per_chunk)
+    frames = resize_center_crop(frames, height, width)
+    actions = [phrase(p, rng, config.phrasing) for p in primitives]
+    reader = ColourTrackingIDM(world.config)
+    executed = [reader.read(chunk).primitive for chunk in metrics.action_chunks(frames, frames_per_chunk)]
+    footprint = np.ones(frames.shape[:3], dtype=bool) if config.suite == "rollout" else None  # a fixed camera
+    return Route(index, world_seed, primitives, actions, frames, [], np.zeros((len(frames), 2), dtype=np.int64),
+                 footprint, [], reader, executed)
+
+
+def _read_actions(route: Route, chunks: list[np.ndarray], config: EvalConfig) -> list[str]:
+    """The primitive each chunk ``(1 + K, H, W, 3)`` shows: global motion (navigation) or the
+    route's colour-tracking reader (blocks)."""
+    if route.reader is not None:
+        return [route.reader.read(chunk).primitive for chunk in chunks]
+    return metrics.predict_actions(chunks, config.metrics.motion_stay_threshold, config.metrics.motion_max_shift)
+
+
+def _action_correct(route: Route, predicted: list[str], first: int = 0) -> list[bool | None]:
+    """Per chunk (route chunks ``first`` on): did it show the commanded primitive? None for a blocks
+    command the world itself did not execute (its ground truth reads otherwise: left out)."""
+    commanded = route.primitives[first:first + len(predicted)]
+    executed = route.executed[first:first + len(predicted)] if route.executed is not None else commanded
+    return [p == c if e == c else None for p, c, e in zip(predicted, commanded, executed, strict=True)]
+
+
+def _accuracy(correct: list[bool | None]) -> float | None:
+    scored = [c for c in correct if c is not None]
+    return float(np.mean(scored)) if scored else None
 
 
 def _frame_footprint(positions: np.ndarray, view: int, map_size: int, height: int, width: int) -> np.ndarray:
@@ -246,12 +315,13 @@ def _run_route(bundle, config: EvalConfig, route: Route, variant: str, seed: int
             ssims.append(metrics.ssim(chunk, truth))
             lpips = networks.lpips(chunk, truth)
             lpips_values.append(lpips.value if lpips.available else None)
-            context_and_chunk = np.concatenate([route.frames[i * K: 1 + i * K], chunk])
-            predicted.append(metrics.motion_direction(context_and_chunk, mc.motion_stay_threshold, mc.motion_max_shift))
+            predicted.extend(_read_actions(route, [np.concatenate([route.frames[i * K: 1 + i * K], chunk])], config))
         commanded = route.primitives[1:]
-        scores.update(psnr=float(np.mean(psnrs)), ssim=float(np.mean(ssims)),
-                      action_accuracy=float(np.mean([p == c for p, c in zip(predicted, commanded)])),
+        correct = _action_correct(route, predicted, first=1)
+        scores.update(psnr=float(np.mean(psnrs)), ssim=float(np.mean(ssims)), action_accuracy=_accuracy(correct),
                       lpips=None if None in lpips_values else float(np.mean(lpips_values)))
+        if route.executed is not None:
+            scores["action_chunks_scored"] = sum(c is not None for c in correct)
         return {"scores": scores, "predicted": predicted, "commanded": commanded,
                 **({"clips": clips} if networks.available("fvd") else {})}  # dropped before JSON
     session.start(route.frames[0])
@@ -262,8 +332,11 @@ def _run_route(bundle, config: EvalConfig, route: Route, variant: str, seed: int
     chunk_ranges = [(r.start_frame, r.end_frame) for r in session.records]
     per_chunk = metrics.chunk_scores(video, route.frames, chunk_ranges)
     chunks = metrics.action_chunks(video, K)
-    predicted = metrics.predict_actions(chunks, mc.motion_stay_threshold, mc.motion_max_shift)
-    scores["action_accuracy"] = float(np.mean([p == c for p, c in zip(predicted, route.primitives)]))
+    predicted = _read_actions(route, chunks, config)
+    correct = _action_correct(route, predicted)
+    scores["action_accuracy"] = _accuracy(correct)
+    if route.executed is not None:
+        scores["action_chunks_scored"] = sum(c is not None for c in correct)
     scores["chunk_psnr"] = float(np.mean([c.psnr for c in per_chunk]))
     scores["scuts"] = float(metrics.scene_cuts(video, mc.scene_threshold, mc.scene_min_len, bundle.fps, mc.scene_upscale))
     curves: dict[str, list] = {}  # per-run series behind the suite's curves
@@ -301,7 +374,7 @@ def _run_route(bundle, config: EvalConfig, route: Route, variant: str, seed: int
         scores["footprint_psnr"] = _finite_mean(footprint)
         scores["footprint_chunks"] = sum(not math.isnan(v) for v in footprint)
         curves = {
-            "chunk_action_correct": [p == c for p, c in zip(predicted, route.primitives)],
+            "chunk_action_correct": correct,
             "chunk_footprint_psnr": [None if math.isnan(v) else v for v in footprint],
             "chunk_footprint_pixels": [int(route.footprint[a:b].sum()) for a, b in chunk_ranges],
         }

@@ -431,3 +431,63 @@ def test_named_weights_file_must_be_a_file_and_unset_stays_unavailable(tmp_path)
                                                 f"metrics.resnet18_weights={tmp_path / 'real.safetensors'}"])
     assert config.metrics.resnet18_weights == str(tmp_path / "real.safetensors")
     assert load_config(EvalConfig).metrics.resnet18_weights is None  # unset: reported as unavailable
+
+
+def test_blocks_chunk_suite_scores_actions_with_the_colour_tracking_reader(tiny_bundle, monkeypatch):
+    """A "model" that returns the true chunk is right on every chunk the world executed as commanded;
+    one that never moves is right only on the executed stays. Commands the world could not execute
+    (a push into a block or the edge) are left out, and counted."""
+    from slowfast_vgen.session import GenerationSession
+
+    config = load_config(EvalConfig, overrides=[*TINY, "suite=chunk", "variants=[off]", "seeds=[0]", "world=blocks",
+                                                "actions_per_route=12", "routes=2"])
+    routes = build_routes(config, 16, 16, frames_per_chunk=4)
+    assert all(route.reader is not None and len(route.executed) == 13 for route in routes)
+    assert any(p.startswith("push") for route in routes for p in route.primitives)
+    by_seed = {route.world_seed: route for route in routes}
+    for mode in ("truth", "still"):
+        def oracle(self, actions, callback=None, progress=False):
+            route = next(r for r in routes if np.array_equal(r.frames[0], self.frames[0]))
+            start = self.num_frames
+            if mode == "truth":
+                return route.frames[start: start + 4]
+            return np.repeat(route.frames[start - 1: start], 4, axis=0)
+
+        monkeypatch.setattr(GenerationSession, "generate", oracle)
+        for run in evaluate(tiny_bundle, config)["runs"]:
+            route = by_seed[run["world_seed"]]
+            scored = [(c, e) for c, e in zip(route.primitives[1:], route.executed[1:]) if c == e]
+            assert run["scores"]["action_chunks_scored"] == len(scored) > 0
+            expected = 1.0 if mode == "truth" else np.mean([c == "stay" for c, _ in scored])
+            assert run["scores"]["action_accuracy"] == pytest.approx(expected)
+            if mode == "truth":
+                assert run["predicted"] == route.executed[1:]
+
+
+def test_blocks_rollout_suite_reports_curves_over_the_whole_fixed_view(tiny_model_dir, tmp_path):
+    out = tmp_path / "blocks"
+    code = main(["eval", "--model", str(tiny_model_dir), "--suite", "rollout", "--variants", "off", "--out", str(out),
+                 "--quiet", *TINY, "seeds=[0]", "rollout_chunks=3", "world=blocks"])
+    assert code == 0
+    result = json.loads((out / "results.json").read_text())
+    (run,) = result["runs"]
+    assert result["config"]["world"] == "blocks" and len(run["chunk_action_correct"]) == 3
+    assert run["chunk_footprint_pixels"] == [4 * 16 * 16] * 3  # a fixed camera: every pixel is knowable
+    scored = [c for c in run["chunk_action_correct"] if c is not None]
+    assert run["scores"]["action_chunks_scored"] == len(scored)
+    if scored:
+        assert run["scores"]["action_accuracy"] == pytest.approx(np.mean(scored))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["world=city"], "world must be one of navigation, blocks, got 'city'"),
+    (["world=blocks", "suite=revisit"], "world=blocks runs the chunk and rollout suites (revisit and long routes are "
+                                        "camera routes of the navigation world), got suite 'revisit'"),
+    (["world=blocks", "suite=long"], "got suite 'long'"),
+])
+def test_eval_refuses_a_world_it_cannot_score(overrides, message, tiny_model_dir, tmp_path, capsys):
+    code = main(["eval", "--model", str(tiny_model_dir), "--out", str(tmp_path / "out"), *overrides])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
