@@ -322,7 +322,7 @@ def _run_route(bundle, config: EvalConfig, route: Route, variant: str, seed: int
                       lpips=None if None in lpips_values else float(np.mean(lpips_values)))
         if route.executed is not None:
             scores["action_chunks_scored"] = sum(c is not None for c in correct)
-        return {"scores": scores, "predicted": predicted, "commanded": commanded,
+        return {"scores": scores, "predicted": predicted, "commanded": commanded, "chunk_action_correct": correct,
                 **({"clips": clips} if networks.available("fvd") else {})}  # dropped before JSON
     session.start(route.frames[0])
     if config.memory_source == "truth":

@@ -458,6 +458,8 @@ def test_blocks_chunk_suite_scores_actions_with_the_colour_tracking_reader(tiny_
             route = by_seed[run["world_seed"]]
             scored = [(c, e) for c, e in zip(route.primitives[1:], route.executed[1:]) if c == e]
             assert run["scores"]["action_chunks_scored"] == len(scored) > 0
+            assert [c is not None for c in run["chunk_action_correct"]] == [c == e for c, e in
+                                                                           zip(route.primitives[1:], route.executed[1:])]
             expected = 1.0 if mode == "truth" else np.mean([c == "stay" for c, _ in scored])
             assert run["scores"]["action_accuracy"] == pytest.approx(expected)
             if mode == "truth":
