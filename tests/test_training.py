@@ -606,8 +606,8 @@ def test_whole_window_share_trains_eq3_samples_without_text(world_root, tmp_path
     trainer = SlowTrainer(_slow(world_root, tmp_path / "mixed", "max_steps=1", "whole_window_share=0.99"))
     seen = {}
 
-    def spy(unet, latents, mask, conditioning, noise, timesteps, reference=None):
-        assert reference is None  # slow learning has no distillation anchor
+    def spy(unet, latents, mask, conditioning, noise, timesteps, reference=None, weight=None):
+        assert reference is None and weight is None  # slow learning has no anchor; motion weighting is off
         seen.update(mask=mask.clone(), conditioning=conditioning.clone())
         return conditioning.sum() * 0 + 1.0
 
