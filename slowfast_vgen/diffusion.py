@@ -105,12 +105,13 @@ def motion_weights(clean: torch.Tensor, mask: torch.Tensor, strength: float, thr
     """
     if not (0.0 <= strength < float("inf") and 0.0 <= threshold < float("inf")):
         raise ValueError(f"strength and threshold must be finite numbers >= 0, got {strength}, {threshold}")
+    mask = mask.to(clean.device)
     num_context = mask.sum(dim=1)  # the context is a prefix: its last frame is num_context - 1
-    last = (num_context - 1).clamp_min(0).to(clean.device)
+    last = (num_context - 1).clamp_min(0)
     reference = clean[torch.arange(clean.shape[0], device=clean.device), :, last][:, :, None]  # (B, C, 1, h, w)
     moving = (clean.float() - reference.float()).abs().amax(dim=1, keepdim=True) > threshold
-    targets = ~_frame_mask(mask.to(clean.device))
-    moving &= targets & (num_context > 0).to(clean.device)[:, None, None, None, None]
+    targets = ~_frame_mask(mask)
+    moving &= targets & (num_context > 0)[:, None, None, None, None]
     weight = 1.0 + strength * moving.to(torch.float32)
     target_weights = (weight * targets).flatten(1)  # (B, F * h * w), 0 on the context
     num_targets = targets.expand_as(weight).flatten(1).sum(dim=1).clamp_min(1)

@@ -185,7 +185,7 @@ def _blocks_route(config: EvalConfig, world_seed: int, index: int, height: int, 
                   frames_per_chunk: int) -> Route:
     """A random script of pushes, gripper moves and stays on the held-out block table ``world_seed``."""
     from .data.readers import resize_center_crop
-    from .inverse_dynamics import ColourTrackingIDM
+    from .inverse_dynamics import analytic_idm
     from .worlds import build_world_for_frames
     from .worlds.actions import phrase
 
@@ -196,7 +196,7 @@ def _blocks_route(config: EvalConfig, world_seed: int, index: int, height: int, 
     frames, _ = world.rollout(world.initial_state, primitives, frames_per_chunk)
     frames = resize_center_crop(frames, height, width)
     actions = [phrase(p, rng, config.phrasing) for p in primitives]
-    reader = ColourTrackingIDM(world.config)
+    reader = analytic_idm("blocks", world.config)
     executed = [reader.read(chunk).primitive for chunk in metrics.action_chunks(frames, frames_per_chunk)]
     footprint = np.ones(frames.shape[:3], dtype=bool) if config.suite == "rollout" else None  # a fixed camera
     return Route(index, world_seed, primitives, actions, frames, [], np.zeros((len(frames), 2), dtype=np.int64),
@@ -219,9 +219,14 @@ def _action_correct(route: Route, predicted: list[str], first: int = 0) -> list[
     return [p == c if e == c else None for p, c, e in zip(predicted, commanded, executed, strict=True)]
 
 
-def _accuracy(correct: list[bool | None]) -> float | None:
+def _action_scores(route: Route, correct: list[bool | None]) -> dict[str, float | int | None]:
+    """``action_accuracy`` over the chunks :func:`_action_correct` scored (None if none), and on blocks
+    routes how many it scored (``action_chunks_scored``)."""
     scored = [c for c in correct if c is not None]
-    return float(np.mean(scored)) if scored else None
+    scores: dict[str, float | int | None] = {"action_accuracy": float(np.mean(scored)) if scored else None}
+    if route.executed is not None:
+        scores["action_chunks_scored"] = len(scored)
+    return scores
 
 
 def _frame_footprint(positions: np.ndarray, view: int, map_size: int, height: int, width: int) -> np.ndarray:
@@ -303,7 +308,7 @@ def _run_route(bundle, config: EvalConfig, route: Route, variant: str, seed: int
     scores: dict[str, Any] = {}
     if config.suite == "chunk":
         # one chunk at a time from ground-truth context: slow-learning quality, no memory involved
-        psnrs, ssims, predicted, lpips_values, clips = [], [], [], [], ([], [])
+        psnrs, ssims, action_inputs, lpips_values, clips = [], [], [], [], ([], [])
         for i in range(1, len(route.primitives)):
             session.reset_memory()  # every chunk starts with an empty memory
             session.start(route.frames[: 1 + i * K])
@@ -315,13 +320,12 @@ def _run_route(bundle, config: EvalConfig, route: Route, variant: str, seed: int
             ssims.append(metrics.ssim(chunk, truth))
             lpips = networks.lpips(chunk, truth)
             lpips_values.append(lpips.value if lpips.available else None)
-            predicted.extend(_read_actions(route, [np.concatenate([route.frames[i * K: 1 + i * K], chunk])], config))
+            action_inputs.append(np.concatenate([route.frames[i * K: 1 + i * K], chunk]))  # the frame before + chunk
         commanded = route.primitives[1:]
+        predicted = _read_actions(route, action_inputs, config)
         correct = _action_correct(route, predicted, first=1)
-        scores.update(psnr=float(np.mean(psnrs)), ssim=float(np.mean(ssims)), action_accuracy=_accuracy(correct),
+        scores.update(psnr=float(np.mean(psnrs)), ssim=float(np.mean(ssims)), **_action_scores(route, correct),
                       lpips=None if None in lpips_values else float(np.mean(lpips_values)))
-        if route.executed is not None:
-            scores["action_chunks_scored"] = sum(c is not None for c in correct)
         return {"scores": scores, "predicted": predicted, "commanded": commanded, "chunk_action_correct": correct,
                 **({"clips": clips} if networks.available("fvd") else {})}  # dropped before JSON
     session.start(route.frames[0])
@@ -334,9 +338,7 @@ def _run_route(bundle, config: EvalConfig, route: Route, variant: str, seed: int
     chunks = metrics.action_chunks(video, K)
     predicted = _read_actions(route, chunks, config)
     correct = _action_correct(route, predicted)
-    scores["action_accuracy"] = _accuracy(correct)
-    if route.executed is not None:
-        scores["action_chunks_scored"] = sum(c is not None for c in correct)
+    scores.update(_action_scores(route, correct))
     scores["chunk_psnr"] = float(np.mean([c.psnr for c in per_chunk]))
     scores["scuts"] = float(metrics.scene_cuts(video, mc.scene_threshold, mc.scene_min_len, bundle.fps, mc.scene_upscale))
     curves: dict[str, list] = {}  # per-run series behind the suite's curves
