@@ -24,6 +24,7 @@ from slowfast_vgen.data.live_worlds import (
     render_episode_prefix,
 )
 from slowfast_vgen.data.world_dataset import world_seed
+from slowfast_vgen.errors import UserInputError
 from slowfast_vgen.metrics.motion import motion_direction
 from slowfast_vgen.worlds import build_world
 from slowfast_vgen.worlds.actions import is_heldout_phrasing, parse_action
@@ -167,6 +168,27 @@ def test_world_mixture_pool_and_groups():
     assert 0.72 < share < 0.78
     assert {w for _, w in draws} == set(range(50))
     assert ds.world_of(6) == ds.world_of(7) == ds.world_of(8)
+
+
+def test_world_settings_reach_the_rendered_worlds():
+    blocks = dict(worlds=["blocks"], world_weights=[1.0], size=16, chunks_per_world=8)
+    rich = load_config(LiveWorldsConfig, overrides=[*(f"{k}={v}" for k, v in blocks.items() if k != "worlds"),
+                                                    "worlds=[blocks]", "world_settings={blocks: [push_fraction=0.0]}"])
+    assert rich.world_settings == {"blocks": ["push_fraction=0.0"]}
+    plain_ds, rich_ds = LiveWorldChunks(LiveWorldsConfig(**blocks)), LiveWorldChunks(rich)
+    name, w = rich_ds.world_of(0)
+    world = rich_ds._world(name, world_seed(rich.seed, w))
+    assert world.config.push_fraction == 0.0 and world.config.view_size == 16
+    kinds = [parse_action(rich_ds.sample(k).action).split()[0] for k in range(40)]
+    plain_kinds = [parse_action(plain_ds.sample(k).action).split()[0] for k in range(40)]
+    assert "push" in plain_kinds
+    assert set(kinds) <= {"gripper", "stay", "push"} and kinds.count("push") < plain_kinds.count("push")
+    for settings, message in (({"kitchen": []}, "world_settings names worlds that are not in worlds"),
+                              ({"blocks": ["view_size=64"]}, "must not set view_size"),
+                              ({"blocks": ["push_fraction=2"]}, "push_fraction must be in"),
+                              ({"blocks": ["bogus=1"]}, "bogus")):
+        with pytest.raises((ValueError, UserInputError), match=message):
+            LiveWorldsConfig(worlds=["blocks"], world_weights=[1.0], world_settings=settings)
 
 
 def test_phrasings_follow_the_split():

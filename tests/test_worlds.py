@@ -215,6 +215,24 @@ def test_gripper_move(blocks):
         blocks.simulate(blocks.initial_state, "push magenta left", 2)
 
 
+def test_push_fraction_sets_the_mix_of_random_scripts():
+    def kinds(push_fraction: float) -> dict[str, int]:
+        world = BlocksWorld(BlocksConfig(push_fraction=push_fraction), seed=4)
+        script = world.random_script(np.random.default_rng(0), 2000)
+        return {kind: sum(p.split()[0] == kind for p in script) for kind in ("push", "gripper", "stay")}
+
+    default = kinds(0.75)
+    assert default == kinds(BlocksConfig().push_fraction)  # the default: the mix the shipped data was rendered with
+    assert 0.72 < default["push"] / 2000 < 0.78
+    assert kinds(1.0) == {"push": 2000, "gripper": 0, "stay": 0}
+    gripper_rich = kinds(0.25)
+    assert 0.22 < gripper_rich["push"] / 2000 < 0.28
+    assert 3.0 < gripper_rich["gripper"] / gripper_rich["stay"] < 5.5  # the rest: gripper moves and stays, 4:1
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="push_fraction must be in"):
+            BlocksConfig(push_fraction=bad)
+
+
 # ---- phrasings ----------------------------------------------------------------------------------
 
 

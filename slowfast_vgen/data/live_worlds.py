@@ -49,14 +49,14 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..config import help_field
-from ..worlds import BlocksWorld, World, available_worlds, build_world, world_config
+from ..worlds import BlocksWorld, World, available_worlds, build_world, sets_view_size, world_config
 from ..worlds.actions import phrase
 from ..worlds.base import Episode, action_frame_range, episode_num_frames
 from .dataset import ChunkBatch, ChunkSample, collate_chunks, ignore_sigterm, shut_down_when_done
@@ -99,6 +99,10 @@ class LiveWorldsConfig:
     chunks_per_world: int = help_field(
         4, help="consecutive samples sharing one world (each with its own route); 1 = a new world per sample"
     )
+    world_settings: dict[str, list[str]] = help_field(
+        {}, help="key=value overrides of a world's config, by world name, e.g. {blocks: [push_fraction=0.5]} "
+        "(view_size comes from size)"
+    )
 
     def __post_init__(self) -> None:
         known = available_worlds()
@@ -132,11 +136,25 @@ class LiveWorldsConfig:
             ),
             (self.split in SPLITS, f"split must be one of {', '.join(SPLITS)}, got {self.split!r}"),
             (self.chunks_per_world >= 1, f"chunks_per_world must be >= 1, got {self.chunks_per_world}"),
+            (
+                set(self.world_settings) <= set(self.worlds),
+                f"world_settings names worlds that are not in worlds {self.worlds}: {sorted(set(self.world_settings) - set(self.worlds))}",
+            ),
+            (
+                not any(sets_view_size(o) for o in self.world_settings.values()),
+                "world_settings must not set view_size: the views are size x size",
+            ),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        for name in self.world_settings:
+            self.config_of_world(name)  # a bad key or value fails here, with the world config's own message
         check_training_world_seed(self.seed, self.num_worlds)  # after the num_worlds range check
+
+    def config_of_world(self, name: str) -> Any:
+        """The config of world ``name`` as this stream renders it: ``world_settings`` and ``view_size = size``."""
+        return world_config(name, [*self.world_settings.get(name, []), f"view_size={self.size}"])
 
     @property
     def resolved_target_frames(self) -> int:
@@ -195,7 +213,7 @@ class LiveWorldChunks(IterableDataset):
         self.start, self.rank, self.world_size, self.block_size = start, rank, world_size, block_size
         weights = np.asarray(config.world_weights, dtype=np.float64)
         self._probabilities = weights / weights.sum()
-        self._world_configs = {name: world_config(name, [f"view_size={config.size}"]) for name in config.worlds}
+        self._world_configs = {name: config.config_of_world(name) for name in config.worlds}
         self._worlds: collections.OrderedDict[tuple[str, int], World] = collections.OrderedDict()
 
     def __iter__(self) -> Iterator[ChunkSample]:

@@ -64,6 +64,9 @@ class BlocksConfig:
     gripper_step: int = help_field(6, "how far one gripper move goes, in table units")
     margin: int = help_field(2, "width of the table border objects cannot enter, in table units")
     return_fraction: float = help_field(0.5, "fraction of sampled episodes that are scripted move-and-return episodes")
+    push_fraction: float = help_field(
+        0.75, "fraction of a random episode's actions that are block pushes; the rest are empty-gripper moves and stays (4:1)"
+    )
 
     def __post_init__(self) -> None:
         if self.view_size < 8 or self.view_size % 2:
@@ -79,6 +82,8 @@ class BlocksConfig:
             raise ValueError(f"margin must be in [0, {TABLE_UNITS // 4}], got {self.margin}")
         if not 0.0 <= self.return_fraction <= 1.0:
             raise ValueError(f"return_fraction must be in [0, 1], got {self.return_fraction}")
+        if not 0.0 <= self.push_fraction <= 1.0:
+            raise ValueError(f"push_fraction must be in [0, 1], got {self.push_fraction}")
         if len(self.grid_centres()) < self.num_blocks:
             raise ValueError(f"{self.num_blocks} blocks of block_size {self.block_size} do not always fit on the table "
                              f"inside margin {self.margin}: use fewer or smaller blocks, or a smaller margin")
@@ -249,11 +254,11 @@ class BlocksWorld:
         return forward + ([STAY] if num_actions % 2 else []) + backward
 
     def random_script(self, rng: np.random.Generator, num_actions: int) -> list[str]:
-        """Random primitives: mostly pushes, some gripper moves and stays."""
+        """Random primitives: pushes with probability ``push_fraction``, else a gripper move or ``stay`` (4:1)."""
         pushes = [push_primitive(c, d) for c in self.config.colours for d in OPPOSITE]
         others = [gripper_primitive(d) for d in OPPOSITE] + [STAY]
         return [
-            pushes[int(rng.integers(len(pushes)))] if rng.random() < 0.75 else others[int(rng.integers(len(others)))]
+            pushes[int(rng.integers(len(pushes)))] if rng.random() < self.config.push_fraction else others[int(rng.integers(len(others)))]
             for _ in range(num_actions)
         ]
 
