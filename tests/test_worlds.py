@@ -233,6 +233,24 @@ def test_push_fraction_sets_the_mix_of_random_scripts():
             BlocksConfig(push_fraction=bad)
 
 
+@pytest.mark.parametrize("full", [False, True])
+def test_full_gripper_moves_travel_the_whole_step(full):
+    short = moves = 0
+    for seed in range(20):
+        world = BlocksWorld(BlocksConfig(push_fraction=0.25, full_gripper_moves=full), seed=seed)
+        script = world.random_script(np.random.default_rng(seed), 10)
+        _, states = world.rollout(world.initial_state, script, 1)  # states[i] -> states[i + 1]: action i
+        for i, primitive in enumerate(script):
+            if primitive.startswith("gripper"):
+                moves += 1
+                short += int(np.abs(states[i + 1, 0] - states[i, 0]).sum()) != world.config.gripper_step
+    assert moves > 80
+    if full:
+        assert short == 0
+    else:  # any direction: some moves end at the table edge early
+        assert short > 10
+
+
 # ---- phrasings ----------------------------------------------------------------------------------
 
 

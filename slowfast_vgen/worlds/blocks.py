@@ -67,6 +67,10 @@ class BlocksConfig:
     push_fraction: float = help_field(
         0.75, "fraction of a random episode's actions that are block pushes; the rest are empty-gripper moves and stays (4:1)"
     )
+    full_gripper_moves: bool = help_field(
+        False, "random episodes draw each empty-gripper move among the directions where it travels its whole "
+        "gripper_step (a stay where none does); false: any direction, so moves into the table edge do little or nothing"
+    )
 
     def __post_init__(self) -> None:
         if self.view_size < 8 or self.view_size % 2:
@@ -254,13 +258,31 @@ class BlocksWorld:
         return forward + ([STAY] if num_actions % 2 else []) + backward
 
     def random_script(self, rng: np.random.Generator, num_actions: int) -> list[str]:
-        """Random primitives: pushes with probability ``push_fraction``, else a gripper move or ``stay`` (4:1)."""
+        """Random primitives: pushes with probability ``push_fraction``, else a gripper move or ``stay`` (4:1).
+
+        With ``full_gripper_moves`` a gripper move that would end at the table edge early is redrawn among
+        the directions that travel the whole step, following the state the script reaches from the
+        episode's start (``initial_state``)."""
         pushes = [push_primitive(c, d) for c in self.config.colours for d in OPPOSITE]
         others = [gripper_primitive(d) for d in OPPOSITE] + [STAY]
-        return [
-            pushes[int(rng.integers(len(pushes)))] if rng.random() < self.config.push_fraction else others[int(rng.integers(len(others)))]
-            for _ in range(num_actions)
-        ]
+        script: list[str] = []
+        state = self.initial_state
+        for _ in range(num_actions):
+            if rng.random() < self.config.push_fraction:
+                script.append(pushes[int(rng.integers(len(pushes)))])
+            else:
+                script.append(others[int(rng.integers(len(others)))])
+                if self.config.full_gripper_moves and script[-1] != STAY and not self._full_gripper_move(state, script[-1]):
+                    options = [g for g in others[:-1] if self._full_gripper_move(state, g)]
+                    script[-1] = options[int(rng.integers(len(options)))] if options else STAY
+            if self.config.full_gripper_moves:  # the state is only needed to choose gripper moves
+                state = self.simulate(state, script[-1], 1)[-1]
+        return script
+
+    def _full_gripper_move(self, state: np.ndarray, primitive: str) -> bool:
+        """Whether gripper move ``primitive`` travels its whole ``gripper_step`` from ``state``."""
+        moved = self.simulate(state, primitive, 1)[-1, 0] - state[0]
+        return int(np.abs(moved).sum()) == self.config.gripper_step
 
     def sample_episode(self, rng: np.random.Generator, num_actions: int, frames_per_action: int) -> Episode:
         """A scripted move-and-return episode (probability ``return_fraction``) or a random one, rendered."""
