@@ -30,6 +30,7 @@ procedural worlds with exact ground truth (training in :mod:`slowfast_vgen.idm_t
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from pathlib import Path
 from typing import Protocol, Sequence
@@ -41,6 +42,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from .errors import UserInputError, first_line, read_json_object
+from .metrics.motion import LUMA_WEIGHTS
 from .worlds import BlocksConfig, BlocksWorld, NavigationWorld, build_world, world_config
 from .worlds.actions import NAVIGATION_PRIMITIVES, STAY, block_primitives, gripper_primitive, push_primitive
 from .worlds.navigation import camera_path
@@ -209,9 +211,7 @@ class ShiftSearchIDM:
 
 
 _GRIPPER_MAX_LEVEL, _GRIPPER_MAX_SPREAD = 130, 30  # the gripper ring is dark and grey; table and outlines are coloured
-_LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601 luma weights: H.264 keeps luma at full resolution
-
-
+@functools.lru_cache(maxsize=8)  # two kernels per view size, read for every frame
 def _disc_kernel(r_in: float, r_out: float, scale: float) -> tuple[torch.Tensor, int]:
     """A normalised annulus ``r_in <= d <= r_out`` (table units) as a ``(1, 1, 2n+1, 2n+1)`` kernel, and ``n``."""
     n = int(np.ceil(r_out * scale)) + 1
@@ -231,7 +231,7 @@ def gripper_centre(frame: np.ndarray, min_contrast: float = 40.0) -> np.ndarray 
     a darkness-and-greyness test lost the gripper in about a third of the moves.
     """
     scale = frame.shape[1] / 32.0  # pixels per table unit
-    luma = torch.from_numpy(frame.astype(np.float64) @ _LUMA)[None, None]
+    luma = torch.from_numpy(frame.astype(np.float64) @ np.array(LUMA_WEIGHTS))[None, None]
     contrast = torch.zeros(frame.shape[:2], dtype=torch.float64)
     for (r_in, r_out), sign in (((0.0, 0.9), 1.0), ((1.6, 3.0), -1.0)):
         kernel, n = _disc_kernel(r_in, r_out, scale)

@@ -27,10 +27,13 @@ from ..worlds.actions import NAVIGATION_PRIMITIVES, STAY
 from .frames import Frames, to_unit_frames
 
 
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma of RGB (what H.264 keeps at full resolution)
+
+
 def _grey(frames: Frames) -> np.ndarray:
     """``(F, H, W)`` float64 luminance of any accepted frames, each frame standardised."""
     video = to_unit_frames(frames)  # (F, 3, H, W)
-    weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    weights = torch.tensor(LUMA_WEIGHTS).view(1, 3, 1, 1)
     grey = (video * weights).sum(dim=1).double().numpy()  # (F, H, W)
     grey = grey - grey.mean(axis=(1, 2), keepdims=True)
     return grey / (grey.std(axis=(1, 2), keepdims=True) + 1e-8)
