@@ -22,14 +22,20 @@ import sys
 import time
 from typing import Sequence
 
-from slowfast_vgen.config import add_dataclass_arguments, dataclass_from_args
+from slowfast_vgen.config import add_dataclass_arguments, config_keys_help, dataclass_from_args
 from slowfast_vgen.data.world_dataset import MakeWorldConfig, default_workers, make_world_dataset
 from slowfast_vgen.errors import UserInputError, run_cli
+from slowfast_vgen.worlds import available_worlds, world_spec
 
 
 def build_parser() -> argparse.ArgumentParser:
+    world_keys = "\n".join(  # what --set may change, with the world configs' own help (view_size comes from --size)
+        f"--set keys of the {name} world:\n"
+        + "\n".join("  " + line for line in config_keys_help(world_spec(name).config_cls) if not line.startswith("view_size "))
+        for name in available_worlds()
+    )
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__.split("\n\n")[0], epilog=world_keys, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     # one option per MakeWorldConfig field: defaults and help come from the dataclass
     add_dataclass_arguments(

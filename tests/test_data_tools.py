@@ -44,6 +44,19 @@ def test_every_option_has_help(name):
     assert parser.description
 
 
+def test_make_world_help_lists_every_world_setting():
+    import dataclasses
+
+    from slowfast_vgen.worlds import BlocksConfig, NavigationConfig
+
+    text = load_tool("make_world.py").build_parser().format_help()
+    for cls in (NavigationConfig, BlocksConfig):
+        for field in dataclasses.fields(cls):
+            if field.name != "view_size":  # set by --size; --set view_size is refused
+                assert f"  {field.name} (default: " in text and field.metadata["help"][:30] in text, field.name
+    assert "--set keys of the blocks world:" in text and "  view_size (" not in text
+
+
 @pytest.mark.parametrize("name, cls", [("make_world.py", MakeWorldConfig), ("ingest_videos.py", IngestConfig)])
 def test_tool_options_take_default_and_help_from_the_config_dataclass(name, cls):
     import dataclasses
