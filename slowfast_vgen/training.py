@@ -547,7 +547,8 @@ class SlowTrainer:
         config, accelerator = self.config, self.accelerator
         if accelerator.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            save_config(config, self.output_dir / "train_config.yaml")
+            # the live.* keys training takes from data.* as they ran: the file, given back to the command, is valid
+            save_config(replace(config, live=live_settings(config.live, config.data)), self.output_dir / "train_config.yaml")
             if self.resumed_from is None:  # a run killed before its first checkpoint logged steps this one takes again
                 trim_log(self.output_dir / "train_log.jsonl", 0)
             remove_stale_temporaries(self.output_dir, "*")  # what a killed run left half-written (logs, exports)
@@ -1034,10 +1035,10 @@ def check_resume_settings(path: Path, state: dict, config: TrainConfig) -> None:
     if not isinstance(saved, dict):
         return
     saved = {**SETTINGS_ADDED_SINCE, **saved}  # absent in checkpoints saved before they existed: trained without them
-    live = saved.get("live")
-    if isinstance(live, dict) and live.get("target_frames") is None:  # None (the default since 2026-12-07) = K
-        saved = {**saved, "live": {**live, "target_frames": live.get("frames_per_action")}}
-    config = replace(config, live=replace(config.live, target_frames=config.live.resolved_target_frames))
+    live, data = saved.get("live"), saved.get("data")
+    if isinstance(live, dict) and isinstance(data, dict):  # compare the live.* keys training takes from data.* as they ran
+        saved = {**saved, "live": {**live, **{name: data[key] for name, key in LIVE_FROM_DATA.items() if key in data}}}
+    config = replace(config, live=live_settings(config.live, config.data))
     reshaped = saved.get("max_steps") != config.max_steps and config.lr_scheduler not in CONSTANT_SCHEDULES
     check_same_run(path, saved, config, RESUME_MAY_CHANGE, more=[
         f"max_steps {config.max_steps} (saved: {saved.get('max_steps')}; it shapes the {config.lr_scheduler} schedule)"

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from slowfast_vgen.checkpointing import list_checkpoints, save_checkpoint
 from slowfast_vgen.config import load_config
@@ -273,6 +274,21 @@ def test_a_run_stopped_by_its_time_budget_does_not_say_done(world_root, tmp_path
     assert slow_main(_overrides(world_root, tmp_path / "run", "max_steps=3", "max_minutes=1e-6")) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("stopped by max_minutes at step 1 of 3, last loss ") and "(re-run to continue)" in last, last
+
+
+def test_a_runs_saved_config_given_back_to_the_command_continues_the_run(world_root, tmp_path):
+    """train_config.yaml recorded live.size=32 and live.target_frames=None next to data.height=16 and
+    data.target_frames=4, so `train_slow.py --config RUN/train_config.yaml` refused the run's own settings
+    ("live.size=32 differs from data.height=16"). It records what training used; the run resumes from it."""
+    from slowfast_vgen.train_cli import slow_main
+
+    out = tmp_path / "run"
+    assert slow_main(_overrides(world_root, out, "max_steps=1", "checkpointing_steps=1")) == 0
+    saved = out / "train_config.yaml"
+    live = OmegaConf.load(saved).live
+    assert (live.size, live.target_frames, live.context_frames_max) == (16, 4, 2)
+    assert slow_main(["--config", str(saved), "max_steps=2"]) == 0
+    assert json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())["step"] == 2
 
 
 def test_bad_config_key_exits_2(tmp_path):
