@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -338,14 +339,17 @@ CONTENT_CHANGED = "its content is not what {record} records (damaged or replaced
 def file_digests(folder: str | os.PathLike, skip: Callable[[Path], bool] = lambda relative: False) -> dict[str, str]:
     """SHA-256 of every file under ``folder`` (by path relative to it, ``/``-separated) but those ``skip``
     selects (given a relative path; a folder it selects is not walked); recorded beside the files so
-    that a damaged or bit-flipped one is found when they are read."""
-    folder, digests = Path(folder), {}
+    that a damaged or bit-flipped one is found when they are read. Files are hashed in parallel
+    (:func:`sha256_of_files`)."""
+    folder, names = Path(folder), []
     for root, directories, files in os.walk(folder):
         here = Path(root).relative_to(folder)
         directories[:] = sorted(name for name in directories if not skip(here / name))  # a skipped folder is not walked
-        for name in sorted(files):
-            if not skip(here / name):
-                digests[(here / name).as_posix()] = sha256_of_file(Path(root) / name)
+        names += [(here / name).as_posix() for name in sorted(files) if not skip(here / name)]
+    digests = dict(zip(names, sha256_of_files([folder / name for name in names])))
+    for digest in digests.values():
+        if isinstance(digest, OSError):
+            raise digest
     return dict(sorted(digests.items()))
 
 
@@ -353,6 +357,22 @@ def sha256_of_file(path: str | os.PathLike) -> str:
     """The file's SHA-256, read in blocks (a checkpoint of ModelScope size has files of several GB)."""
     with open(path, "rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def sha256_of_files(paths: list[Path]) -> list[str | OSError]:
+    """:func:`sha256_of_file` of each path, in order, an ``OSError`` in place of a file that cannot be read.
+    Up to one thread per core: hashlib hashes without the GIL, so a checkpoint's weights and optimizer
+    moments are read and hashed at once (``benchmarks/checkpoint_cost.py`` measures the gain)."""
+    def digest_or_error(path: Path) -> str | OSError:
+        try:
+            return sha256_of_file(path)
+        except OSError as err:
+            return err
+
+    if len(paths) < 2:
+        return [digest_or_error(path) for path in paths]
+    with ThreadPoolExecutor(max_workers=min(len(paths), os.cpu_count() or 1)) as pool:
+        return list(pool.map(digest_or_error, paths))
 
 
 def digest_problem(folder: str | os.PathLike, digests: Any, record: str,
@@ -363,16 +383,18 @@ def digest_problem(folder: str | os.PathLike, digests: Any, record: str,
     reported as ``record``'s problem. ``missing_ok``: a missing file is left to the caller's own checks."""
     if not isinstance(digests, dict) or not all(isinstance(value, str) for value in digests.values()):
         return record, "files must map file names to SHA-256 digests"
-    for name, digest in digests.items():
-        if Path(name).is_absolute() or ".." in Path(name).parts:
-            return record, f"files names {name!r}, a path outside {Path(folder).name}/"
-        try:
-            if sha256_of_file(Path(folder) / name) != digest:
-                return name, CONTENT_CHANGED.format(record=record)
-        except FileNotFoundError as err:
+    names = list(digests)
+    outside = next((i for i, name in enumerate(names) if Path(name).is_absolute() or ".." in Path(name).parts), None)
+    checked = names if outside is None else names[:outside]  # the files before a bad name are checked first, as named
+    for name, actual in zip(checked, sha256_of_files([Path(folder) / name for name in checked])):
+        if isinstance(actual, FileNotFoundError):
             if not missing_ok:
-                return name, err.strerror or str(err)
-        except OSError as err:
-            return name, err.strerror or str(err)
+                return name, actual.strerror or str(actual)
+        elif isinstance(actual, OSError):
+            return name, actual.strerror or str(actual)
+        elif actual != digests[name]:
+            return name, CONTENT_CHANGED.format(record=record)
+    if outside is not None:
+        return record, f"files names {names[outside]!r}, a path outside {Path(folder).name}/"
     return None
 

@@ -217,3 +217,26 @@ def test_session_save_counts_only_the_bytes_each_save_wrote(tmp_path, capsys):
     chunk_mb = (rows[-1]["session_mb"] - rows[0]["session_mb"]) / 5
     assert chunk_mb > 0 and len(list((tmp_path / "session" / "video").iterdir())) == 7
     assert max(row["written_mb"] for row in rows[1:]) - min(row["written_mb"] for row in rows[1:]) < chunk_mb / 10
+
+
+def test_checkpoint_cost_measures_a_checkpoint_of_weights_and_both_adam_moments(tmp_path, capsys):
+    """The benchmark saves what the trainer saves (UNet + AdamW's two moments, digested) and times the
+    digests within the save and the resume's check; bad arguments are one-line errors."""
+    spec = importlib.util.spec_from_file_location("benchmark_checkpoint_cost", BENCHMARKS / "checkpoint_cost.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.run_cli(module.main, ["--repeats", "0"]) == 2
+    assert capsys.readouterr().err == "error: --repeats must be >= 1, got 0\n"
+    assert module.run_cli(module.main, ["--model", str(tmp_path), "block_out_channels=[8,16]"]) == 2
+    assert capsys.readouterr().err == "error: key=value overrides shape a random UNet: give them or --model, not both\n"
+    assert module.run_cli(module.main, ["--repeats", "2", "--out", str(tmp_path), "--name", "c",
+                                        "--dir", str(tmp_path), "block_out_channels=[16,32]", "norm_num_groups=4"]) == 0
+    result = json.loads((tmp_path / "c.json").read_text())
+    summary, rows = result["summary"], result["per_repeat"]
+    assert len(rows) == 2 and result["command"].endswith("block_out_channels=[16,32] norm_num_groups=4")
+    assert [row["checkpoint_mb"] for row in rows] == [rows[0]["checkpoint_mb"]] * 2
+    weights_mb = summary["unet_parameters"] * 4 / 1e6  # float32: the weights, then the two moments
+    assert 3 * weights_mb < summary["checkpoint_mb"] < 3 * weights_mb * 1.1
+    assert all(0 < row["digest_seconds"] < row["save_seconds"] and row["digest_serial_seconds"] > 0 for row in rows)
+    assert 0 < summary["digest_share_of_save"] < 1 and 0 < summary["verify_share_of_resume"] < 1
+    assert list(tmp_path.glob("checkpoint-cost-*")) == []  # the checkpoints went with their temporary folder

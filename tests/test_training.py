@@ -925,3 +925,27 @@ def test_a_checkpoint_saved_before_motion_weighting_existed_resumes_without_it(w
     assert SlowTrainer(_slow(world_root, out, "max_steps=2")).step == 1
     with pytest.raises(UserInputError, match=re.escape("motion_loss_weight 1.0 (saved: 0.0)")):
         SlowTrainer(_slow(world_root, out, "max_steps=2", "motion_loss_weight=1"))
+
+
+def test_file_digests_are_hashed_in_parallel_and_the_first_problem_in_record_order_is_named(tmp_path):
+    """Checkpoint and session files are hashed in threads (a checkpoint's weights and optimizer moments at
+    once); the digests, and the problem a check names first, stay those of hashing one file after another."""
+    from slowfast_vgen.io_utils import digest_problem, file_digests, sha256_of_file
+
+    folder = tmp_path / "checkpoint"
+    for index, size in enumerate((0, 1, 70_000, 3)):
+        (folder / f"part{index % 2}").mkdir(parents=True, exist_ok=True)
+        (folder / f"part{index % 2}" / f"file{index}.bin").write_bytes(os.urandom(size))
+    digests = file_digests(folder)
+    assert list(digests) == ["part0/file0.bin", "part0/file2.bin", "part1/file1.bin", "part1/file3.bin"]
+    assert digests == {name: sha256_of_file(folder / name) for name in digests}
+    assert digest_problem(folder, digests, "trainer_state.json") is None
+    (folder / "part1" / "file3.bin").write_bytes(b"new")
+    (folder / "part0" / "file2.bin").unlink()
+    assert digest_problem(folder, digests, "trainer_state.json") == ("part0/file2.bin", "No such file or directory")
+    changed = ("part1/file3.bin", "its content is not what trainer_state.json records (damaged or replaced)")
+    assert digest_problem(folder, digests, "trainer_state.json", missing_ok=True) == changed
+    # a name outside the folder is the record's problem, after the files named before it
+    assert digest_problem(folder, {**digests, "../x": "0" * 64}, "trainer_state.json", missing_ok=True) == changed
+    assert digest_problem(folder, {"/etc/passwd": "0" * 64, **digests}, "trainer_state.json") == (
+        "trainer_state.json", "files names '/etc/passwd', a path outside checkpoint/")
