@@ -211,6 +211,8 @@ class ShiftSearchIDM:
 
 
 _GRIPPER_MAX_LEVEL, _GRIPPER_MAX_SPREAD = 130, 30  # the gripper ring is dark and grey; table and outlines are coloured
+
+
 @functools.lru_cache(maxsize=8)  # two kernels per view size, read for every frame
 def _disc_kernel(r_in: float, r_out: float, scale: float) -> tuple[torch.Tensor, int]:
     """A normalised annulus ``r_in <= d <= r_out`` (table units) as a ``(1, 1, 2n+1, 2n+1)`` kernel, and ``n``."""
