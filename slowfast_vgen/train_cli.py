@@ -27,8 +27,10 @@ def _main(config_cls_name: str, description: str, argv: Sequence[str] | None) ->
         config = load_config(config_cls, args.config, args.overrides)
         for key in keys_set(args.config, args.overrides):
             name = key.removeprefix("live.")
+            # only a run on live worlds reads live.*: a disk run (e.g. a saved config of a run that wrote them
+            # before they were recorded as training took them) ignores the whole section, as it always did
             data_key = training.LIVE_FROM_DATA.get(name) if key.startswith("live.") else None
-            if data_key and getattr(config.live, name) != getattr(config.data, data_key):
+            if data_key and config.data_source == "live" and getattr(config.live, name) != getattr(config.data, data_key):
                 # training replaces it by data.*'s (training.live_settings): another value was silently ignored
                 raise UserInputError(f"{key}={getattr(config.live, name)} differs from data.{data_key}="
                                      f"{getattr(config.data, data_key)}, which training uses: set data.{data_key}")

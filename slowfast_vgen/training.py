@@ -652,8 +652,12 @@ class SlowTrainer:
 
     # ------------------------------------------------------------------ checkpoints and exports
     def checkpoint_state(self) -> dict[str, Any]:
-        return {"lr_scheduler": _json_safe(self.lr_scheduler.state_dict()), "config": config_as_dict(self.config),
-                "start_model_fingerprint": self.start_fingerprint, "num_processes": self.world}
+        state = {"lr_scheduler": _json_safe(self.lr_scheduler.state_dict()), "config": config_as_dict(self.config),
+                 "start_model_fingerprint": self.start_fingerprint, "num_processes": self.world}
+        scaler = self.accelerator.scaler  # fp16 only: its loss scale and growth count steer which steps are taken
+        if scaler is not None:
+            state["grad_scaler"] = _json_safe(scaler.state_dict())
+        return state
 
     def checkpoint_tensors(self) -> dict[str, tuple[dict[str, torch.Tensor], dict[str, str]]]:
         """Further state a subclass needs for an exact resume, as named safetensors files (called on every process)."""
@@ -703,6 +707,7 @@ class SlowTrainer:
             self.lr_scheduler.load_state_dict(schedule)
         except (KeyError, TypeError, ValueError) as err:
             raise UserInputError(f"checkpoint {path} is corrupt: trainer_state.json: no usable lr_scheduler ({err!r})") from None
+        self.load_grad_scaler(path, state)
         device = self.accelerator.device
         if self.ema is not None and not (path / "ema").is_dir():  # saved with use_ema off: start it here
             self.ema, self.encoder_ema = self.new_emas()
@@ -724,6 +729,21 @@ class SlowTrainer:
         if self.accelerator.is_main_process:  # a run killed past its checkpoint logged steps it now takes again
             trim_log(self.output_dir / "train_log.jsonl", self.step)
         self.accelerator.print(f"resumed from {path} at step {self.step}")
+
+    def load_grad_scaler(self, path: Path, state: dict) -> None:
+        """Restore fp16's loss scaler (scale and growth count), so that a resumed run skips and scales the
+        steps an uninterrupted one would; without it the scale restarts at 65,536 and the first steps after
+        every resume overflow and are skipped."""
+        scaler, saved = self.accelerator.scaler, state.get("grad_scaler")
+        if scaler is None:
+            return
+        if saved is None:  # saved before the scaler was recorded
+            self.accelerator.print(f"{path} holds no fp16 loss scale (saved before it was recorded): it restarts")
+            return
+        problem = _grad_scaler_problem(saved)
+        if problem:
+            raise UserInputError(f"checkpoint {path} is corrupt: trainer_state.json: grad_scaler {problem}")
+        scaler.load_state_dict(saved)
 
     def export_model(self) -> Path | None:
         """The final model directory ``output_dir/model`` (EMA weights when enabled), loadable by ``sfvgen``."""
@@ -1043,6 +1063,19 @@ def check_resume_settings(path: Path, state: dict, config: TrainConfig) -> None:
     check_same_run(path, saved, config, RESUME_MAY_CHANGE, more=[
         f"max_steps {config.max_steps} (saved: {saved.get('max_steps')}; it shapes the {config.lr_scheduler} schedule)"
     ] if reshaped else [])
+
+
+def _grad_scaler_problem(saved: Any) -> str | None:
+    """What is wrong with a saved ``GradScaler.state_dict()``, or None (torch loads any values, and a
+    scale of 0 or NaN would only show as every later step being skipped)."""
+    if not isinstance(saved, dict):
+        return f"is {type(saved).__name__}, not an object"
+    scale, tracker = saved.get("scale"), saved.get("_growth_tracker")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < float("inf"):
+        return f"scale {scale!r} is not a positive finite number"
+    if isinstance(tracker, bool) or not isinstance(tracker, int) or tracker < 0:
+        return f"_growth_tracker {tracker!r} is not a count"
+    return None
 
 
 def _schedule_problem(schedule: Any, step: int, groups: int) -> str | None:

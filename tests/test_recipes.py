@@ -186,6 +186,19 @@ def test_live_keys_training_takes_from_data_are_refused_when_they_differ(overrid
     assert capsys.readouterr().err == f"error: {message}\n"
 
 
+def test_a_disk_run_ignores_the_live_section_as_its_saved_config_wrote_it(tmp_path, capsys):
+    """A run saved before 2026-12-07 recorded live.size=32 and live.target_frames=null next to data.height=16
+    and data.target_frames=8; given back with --config it was refused, though a disk run never reads live.*."""
+    from slowfast_vgen.train_cli import slow_main
+
+    config = tmp_path / "train_config.yaml"
+    config.write_text("data_source: disk\ndata: {root: " + str(tmp_path / "missing") + ", height: 16, width: 16, "
+                      "target_frames: 8}\nlive: {size: 32, target_frames: null}\n")
+    assert slow_main(["--config", str(config), f"output_dir={tmp_path / 'run'}"]) == 2
+    error = capsys.readouterr().err  # it gets past the config to the data, which is missing here
+    assert "live." not in error and "missing" in error, error
+
+
 def test_live_target_frames_follows_data_when_not_given():
     """`live.frames_per_action=4 data.target_frames=4` was refused: live.target_frames' own default (8) was
     checked against live.frames_per_action, although training takes data.target_frames."""

@@ -143,6 +143,35 @@ def test_fp16_on_the_cpu_is_refused_instead_of_training_in_float32(world_root, t
         SlowTrainer(_slow(world_root, tmp_path / "run", "device=cpu", "mixed_precision=fp16"))
 
 
+def test_the_fp16_loss_scale_is_saved_and_restored_so_a_resume_skips_the_same_steps(world_root, tmp_path, capsys):
+    # fp16 needs CUDA, so a CPU GradScaler stands in for the one accelerate makes there; the save and the
+    # resume go through the trainer's own checkpoint code
+    out = tmp_path / "run"
+    trainer = SlowTrainer(_slow(world_root, out, "max_steps=1"))
+    trainer.accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
+    trainer.accelerator.scaler.load_state_dict({"scale": 256.0, "growth_factor": 2.0, "backoff_factor": 0.5,
+                                                "growth_interval": 2000, "_growth_tracker": 7})
+    trainer.optimizer.step()  # no gradients: the weights stay; the schedule moves to step 1 with it
+    trainer.lr_scheduler.step()
+    trainer.step = 1
+    trainer.save_checkpoint()
+    resumed = SlowTrainer(_slow(world_root, out, "max_steps=2"))  # resume=latest; float32 run: no scaler to restore
+    resumed.accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
+    resumed.load_checkpoint(out / "checkpoint-1")
+    assert resumed.accelerator.scaler.get_scale() == 256.0 and resumed.accelerator.scaler._get_growth_tracker() == 7
+    state_file = out / "checkpoint-1" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    state["grad_scaler"]["scale"] = 0.0
+    state_file.write_text(json.dumps(state))
+    with pytest.raises(UserInputError, match=r"^checkpoint .*checkpoint-1 is corrupt: trainer_state.json: grad_scaler "
+                                             r"scale 0.0 is not a positive finite number$"):
+        resumed.load_checkpoint(out / "checkpoint-1")
+    del state["grad_scaler"]  # a checkpoint saved before the scale was recorded: it restarts, and says so
+    state_file.write_text(json.dumps(state))
+    resumed.load_checkpoint(out / "checkpoint-1")
+    assert "holds no fp16 loss scale (saved before it was recorded): it restarts" in capsys.readouterr().out
+
+
 def test_device_cuda_without_cuda_is_a_one_line_error(world_root, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(UserInputError, match="^device=cuda but no CUDA device is available here"):
