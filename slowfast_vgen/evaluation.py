@@ -325,6 +325,7 @@ def _run_route(bundle, config: EvalConfig, route: Route, variant: str, seed: int
         predicted = _read_actions(route, action_inputs, config)
         correct = _action_correct(route, predicted, first=1)
         scores.update(psnr=float(np.mean(psnrs)), ssim=float(np.mean(ssims)), **_action_scores(route, correct),
+                      detail_ratio=metrics.detail_ratio(np.concatenate(clips[0]), np.concatenate(clips[1])),
                       lpips=None if None in lpips_values else float(np.mean(lpips_values)))
         return {"scores": scores, "predicted": predicted, "commanded": commanded, "chunk_action_correct": correct,
                 **({"clips": clips} if networks.available("fvd") else {})}  # dropped before JSON
@@ -340,6 +341,8 @@ def _run_route(bundle, config: EvalConfig, route: Route, variant: str, seed: int
     correct = _action_correct(route, predicted)
     scores.update(_action_scores(route, correct))
     scores["chunk_psnr"] = float(np.mean([c.psnr for c in per_chunk]))
+    generated = slice(chunk_ranges[0][0], chunk_ranges[-1][1])  # the generated frames, not the given first one
+    scores["detail_ratio"] = metrics.detail_ratio(video[generated], route.frames[generated])
     scores["scuts"] = float(metrics.scene_cuts(video, mc.scene_threshold, mc.scene_min_len, bundle.fps, mc.scene_upscale))
     curves: dict[str, list] = {}  # per-run series behind the suite's curves
     if config.suite == "long":

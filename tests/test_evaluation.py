@@ -40,7 +40,7 @@ def test_revisit_suite_scores_every_variant_and_writes_reports(tiny_model_dir, t
     assert set(result["summary"]) == {"off", "paper"}
     assert len(result["runs"]) == 2 * 2  # variants x seeds x routes
     paper = result["summary"]["paper"]
-    for score in ("revisit_psnr_vs_truth", "revisit_psnr_vs_first", "scuts", "action_accuracy", "chunk_psnr"):
+    for score in ("revisit_psnr_vs_truth", "revisit_psnr_vs_first", "scuts", "action_accuracy", "chunk_psnr", "detail_ratio"):
         assert paper[score]["n"] == 2 and paper[score]["low"] <= paper[score]["mean"] <= paper[score]["high"]
     assert paper["src"]["mean"] is None and "resnet18_weights" in result["availability"]["src"]["reason"]
     assert all(len(run["memory_loss"]) == 4 for run in result["runs"])
@@ -105,11 +105,13 @@ def test_chunk_suite_predicts_from_ground_truth_context(tiny_bundle):
 def test_fvd_is_computed_per_variant_when_its_network_is_there(tiny_bundle, tmp_path):
     from test_metrics import TinyVideoNet
 
-    from slowfast_vgen.metrics import PretrainedMetrics
+    from slowfast_vgen.metrics import PretrainedMetrics, detail_ratio
 
     config = load_config(EvalConfig, overrides=[*TINY, "suite=chunk", "variants=[off]", "seeds=[0]", "actions_per_route=3"])
     result = evaluate(tiny_bundle, config, networks=PretrainedMetrics(config.metrics, fvd_net=TinyVideoNet()))
     assert set(result["fvd"]) == {"off"} and math.isfinite(result["fvd"]["off"]) and result["fvd"]["off"] >= 0
+    (run,) = result["runs"]  # the chunk suite's detail ratio is over its generated chunks against their truth
+    assert run["scores"]["detail_ratio"] == detail_ratio(np.concatenate(run["clips"][0]), np.concatenate(run["clips"][1])) > 0
     assert result["availability"]["fvd"]["available"]
     assert f"off {result['fvd']['off']:.3f}" in markdown_table(result)
     save_results(result, tmp_path / "r")

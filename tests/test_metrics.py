@@ -23,6 +23,8 @@ from slowfast_vgen.metrics import (
     action_accuracy,
     action_chunks,
     chunk_scores,
+    detail_energy,
+    detail_ratio,
     estimate_shift,
     frechet_distance,
     gaussian_fit,
@@ -158,6 +160,22 @@ def test_more_noise_is_monotonically_worse(videos, lpips_weights):
     assert all(a < b for a, b in zip(lpipss, lpipss[1:])), lpipss
     assert all(a < b for a, b in zip(fvds, fvds[1:])), fvds
     assert lpipss[0] > 0 and fvds[0] > 0
+
+
+def test_detail_ratio_is_one_for_the_truth_above_for_speckle_below_for_blur(videos):
+    dot = np.zeros((1, 3, 3, 3), np.float32)  # (F, 3, H, W) float: one bright pixel in the middle
+    dot[:, :, 1, 1] = 1.0
+    assert detail_energy(dot) == pytest.approx((8 / 9) ** 2)  # the pixel minus its 3x3 mean, 1 - 1/9
+    clean = videos[0]
+    blurred = torch.nn.functional.avg_pool2d(torch.from_numpy(clean).permute(0, 3, 1, 2).float(), 3, 1, 1,
+                                             count_include_pad=False).round().byte().permute(0, 2, 3, 1).numpy()
+    ratios = [detail_ratio(clean, clean), detail_ratio(add_noise(clean, 10, seed=1), clean),
+              detail_ratio(add_noise(clean, 30, seed=1), clean), detail_ratio(blurred, clean)]
+    assert ratios[0] == 1.0 and 1 < ratios[1] < ratios[2] and ratios[3] < 1, ratios
+    flat = np.full_like(clean, 128)
+    assert math.isnan(detail_ratio(clean, flat))  # the truth has no detail to compare with
+    with pytest.raises(ValueError, match="no interior pixels"):
+        detail_energy(np.zeros((1, 2, 8, 3), np.uint8))
 
 
 def test_frechet_distance_known_values():

@@ -1,4 +1,4 @@
-"""Frame metrics as pure functions: PSNR, SSIM and the LPIPS distance over given features.
+"""Frame metrics as pure functions: PSNR, SSIM, the fine-detail ratio and the LPIPS distance over given features.
 
 Inputs: a video is ``(F, H, W, 3) uint8`` (numpy or torch), the layout the worlds, the data and
 the generation pipeline produce; every function also accepts ``(F, 3, H, W)`` float frames in
@@ -85,6 +85,25 @@ def masked_psnr(x: Frames, y: Frames, mask: Union[np.ndarray, torch.Tensor]) -> 
     squared = (a.double() - b.double()).pow(2).sum(dim=1)  # (F, 3, H, W) -> (F, H, W), summed over channels
     mse = float(squared[keep].sum()) / (3 * count)
     return PSNR_CEILING_DB if mse == 0.0 else min(10.0 * math.log10(1.0 / mse), PSNR_CEILING_DB)
+
+
+def detail_energy(frames: Frames) -> float:
+    """Mean squared fine detail of a clip: each frame minus its 3x3 box blur, over the interior pixels
+    and 3 channels (``[0, 1]`` units). Speckle and sharp edges raise it, blur lowers it."""
+    video = to_unit_frames(frames).double()  # (F, 3, H, W)
+    if video.shape[2] < 3 or video.shape[3] < 3:
+        raise ValueError(f"frames of {video.shape[3]}x{video.shape[2]} have no interior pixels for a 3x3 blur")
+    blurred = torch.nn.functional.avg_pool2d(video, kernel_size=3, stride=1)  # (F, 3, H-2, W-2)
+    return float((video[:, :, 1:-1, 1:-1] - blurred).pow(2).mean())
+
+
+def detail_ratio(x: Frames, y: Frames) -> float:
+    """:func:`detail_energy` of clip ``x`` over that of its ground truth ``y``: 1 = as much fine detail
+    as the truth, above 1 = more (speckle, noise), below 1 = less (blur); ``nan`` when the truth has
+    none. It measures the amount, not the place: wrong detail in the right amount also scores 1."""
+    _pair(x, y)  # same shape
+    truth = detail_energy(y)
+    return detail_energy(x) / truth if truth > 0 else math.nan
 
 
 def ssim_per_frame(x: Frames, y: Frames) -> torch.Tensor:
