@@ -62,7 +62,7 @@ RESUME_MAY_CHANGE = (  # what a resumed run may set differently from the run it 
     "validation_chunks", "max_nonfinite_steps", "device", "compile", "data.root", "text_features", "use_ema", "ema_decay",
 )
 # settings added after checkpoints recorded their config, with the value that trains as before them
-SETTINGS_ADDED_SINCE = {"motion_loss_weight": 0.0, "motion_threshold": 0.1}
+SETTINGS_ADDED_SINCE = {"motion_loss_weight": 0.0, "motion_threshold": 0.1, "max_timestep": None}
 CONSTANT_SCHEDULES = ("constant", "constant_with_warmup")  # the only schedules that do not depend on max_steps
 EXIT_PREEMPTED = 143  # 128 + SIGTERM: a checkpoint was saved, run again with resume=latest
 EXIT_DIVERGED = 3
@@ -117,6 +117,10 @@ class TrainConfig:
     ema_decay: float = help_field(0.999, "EMA decay")
     min_timestep: int = help_field(
         0, "train on timesteps >= this only (high noise: where the action decides the chunk's motion); 0 = all"
+    )
+    max_timestep: Optional[int] = help_field(
+        None, "train on timesteps < this only (low noise: detail and texture, e.g. the sampler's last step); "
+        "null = all up to the scheduler's last"
     )
     add_action_encoder: bool = help_field(
         False, "give the model a fresh action encoder (slowfast_vgen/action_encoder.py) if it has none (e.g. init_from "
@@ -365,6 +369,9 @@ class SlowTrainer:
         num_timesteps = self.bundle.noise_scheduler.config.num_train_timesteps
         if not 0 <= config.min_timestep < num_timesteps:
             raise UserInputError(f"min_timestep must be in [0, {num_timesteps}) for this model, got {config.min_timestep}")
+        if config.max_timestep is not None and not config.min_timestep < config.max_timestep <= num_timesteps:
+            raise UserInputError(f"max_timestep must be in (min_timestep={config.min_timestep}, {num_timesteps}] for this "
+                                 f"model, got {config.max_timestep}")
         self.setup_model()
         trainable = [p for p in self.bundle.unet.parameters() if p.requires_grad]
         groups = [{"params": trainable}]
@@ -471,7 +478,8 @@ class SlowTrainer:
         scheduler = self.bundle.noise_scheduler
         mask = mask.to(latents.device)
         noise = torch.randn(latents.shape, generator=generator).to(latents)
-        timesteps = diffusion.sample_timesteps(scheduler, latents.shape[0], generator, latents.device, self.config.min_timestep)
+        timesteps = diffusion.sample_timesteps(scheduler, latents.shape[0], generator, latents.device,
+                                               self.config.min_timestep, self.config.max_timestep)
         drop = torch.rand(len(actions), generator=generator) < self.config.text_dropout
         if self.config.whole_window_share > 0:  # drawn only when on: runs without it keep their random stream
             mask, whole = diffusion.mix_whole_window(mask, self.config.whole_window_share, generator)
@@ -806,7 +814,8 @@ class SlowTrainer:
         generator = torch.Generator().manual_seed(self.config.seed)
         noise = torch.randn(latents.shape, generator=generator).to(latents)
         steps = scheduler.config.num_train_timesteps
-        timesteps = torch.linspace(self.config.min_timestep, steps - 1, latents.shape[0]).round().long().to(device)
+        last = steps - 1 if self.config.max_timestep is None else self.config.max_timestep - 1  # the band trained on
+        timesteps = torch.linspace(self.config.min_timestep, last, latents.shape[0]).round().long().to(device)
         actions = list(batch.actions)
         empty, whole_window = [""] * len(actions), torch.zeros_like(mask)
         runs = {"val_loss": (actions, mask), "val_loss_shuffled_action": (actions[1:] + actions[:1], mask),
