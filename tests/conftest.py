@@ -64,3 +64,20 @@ def tiny_model_dir(tmp_path_factory, tiny_config):
 def first_frame() -> np.ndarray:
     rng = np.random.default_rng(0)
     return rng.integers(0, 256, size=(16, 16, 3), dtype=np.uint8)
+
+
+@pytest.fixture()
+def drawn_timesteps(monkeypatch) -> list[torch.Tensor]:
+    """Every tensor of training timesteps ``diffusion.sample_timesteps`` returns during the test."""
+    from slowfast_vgen import diffusion
+
+    drawn: list[torch.Tensor] = []
+    real = diffusion.sample_timesteps
+
+    def spy(*args, **kwargs):
+        timesteps = real(*args, **kwargs)
+        drawn.append(timesteps)
+        return timesteps
+
+    monkeypatch.setattr(diffusion, "sample_timesteps", spy)
+    return drawn

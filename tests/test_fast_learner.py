@@ -189,23 +189,12 @@ def test_read_scale_reads_the_memory_weaker_or_stronger_and_restores_base_exactl
                                                    ("text", {"min_timestep": 900}, 900, 999),
                                                    ("paper", {"max_timestep": 100}, 0, 99),
                                                    ("paper", {"min_timestep": 40, "max_timestep": 60}, 40, 59)])
-def test_the_memory_trains_on_its_band_of_noise_levels_only(tiny_bundle, monkeypatch, mode, band, low, high):
-    from slowfast_vgen import diffusion
-
-    drawn = []
-    real = diffusion.sample_timesteps
-
-    def spy(*args, **kwargs):
-        timesteps = real(*args, **kwargs)
-        drawn.append(timesteps)
-        return timesteps
-
-    monkeypatch.setattr(diffusion, "sample_timesteps", spy)
+def test_the_memory_trains_on_its_band_of_noise_levels_only(tiny_bundle, drawn_timesteps, mode, band, low, high):
     learner = _learner(tiny_bundle, mode=mode, batch_size=8, **band)
     previous, new = _chunk_pair()
     text = tiny_bundle.encode_text(["move left"])
     learner.update(previous, new, torch.Generator().manual_seed(0), tiny_bundle.encode_text([""]), text_embeddings=text)
-    timesteps = torch.cat(drawn)
+    timesteps = torch.cat(drawn_timesteps)
     assert timesteps.numel() == 8 and low <= int(timesteps.min()) and int(timesteps.max()) <= high
 
 

@@ -625,21 +625,10 @@ def test_pooled_text_model_trains_on_high_noise_steps_only_when_asked(world_root
         SlowTrainer(_slow(world_root, tmp_path / "bad", "min_timestep=1000"))
 
 
-def test_max_timestep_keeps_training_on_the_low_noise_band(world_root, tmp_path, monkeypatch):
-    import slowfast_vgen.diffusion as diffusion
-
-    drawn = []
-    original = diffusion.sample_timesteps
-
-    def spy(*args, **kwargs):
-        timesteps = original(*args, **kwargs)
-        drawn.append(timesteps)
-        return timesteps
-
-    monkeypatch.setattr(diffusion, "sample_timesteps", spy)
+def test_max_timestep_keeps_training_on_the_low_noise_band(world_root, tmp_path, drawn_timesteps):
     assert train(_slow(world_root, tmp_path / "low", "max_steps=3", "min_timestep=200", "max_timestep=300")).step == 3
-    values = torch.cat(drawn)
-    assert len(drawn) == 3 and values.min() >= 200 and values.max() < 300
+    values = torch.cat(drawn_timesteps)
+    assert len(drawn_timesteps) == 3 and values.min() >= 200 and values.max() < 300
     for bad in ("max_timestep=200", "max_timestep=1001"):  # not above min_timestep, past the scheduler's steps
         with pytest.raises(UserInputError, match=r"^max_timestep must be in \(min_timestep=200, 1000\] for this model"):
             SlowTrainer(_slow(world_root, tmp_path / "bad", "min_timestep=200", bad))
