@@ -20,7 +20,8 @@ Frames are ``(F, H, W, 3) uint8`` (or ``(F, 3, H, W)`` float in ``[0, 1]``) ever
 
 from .config import MetricsConfig, check_weights_files
 from .footprint import footprint_chunk_psnr, footprint_masks
-from .frames import detail_energy, detail_ratio, lpips_distance, masked_psnr, psnr, psnr_per_frame, ssim, ssim_per_frame, to_unit_frames
+from .frames import (detail_energy, detail_ratio, lpips_distance, masked_psnr, psnr, psnr_per_frame, ssim,
+                     ssim_per_frame, to_unit_frames)
 from .frechet import frechet_distance, frechet_distance_from_stats, gaussian_fit, sqrtm_psd
 from .long_video import scene_cut_frames, scene_cuts, scene_revisit_consistency
 from .memory import ChunkScore, RevisitScore, chunk_scores, mean_fields, revisit_scores

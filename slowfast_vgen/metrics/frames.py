@@ -101,9 +101,9 @@ def detail_ratio(x: Frames, y: Frames) -> float:
     """:func:`detail_energy` of clip ``x`` over that of its ground truth ``y``: 1 = as much fine detail
     as the truth, above 1 = more (speckle, noise), below 1 = less (blur); ``nan`` when the truth has
     none. It measures the amount, not the place: wrong detail in the right amount also scores 1."""
-    _pair(x, y)  # same shape
-    truth = detail_energy(y)
-    return detail_energy(x) / truth if truth > 0 else math.nan
+    generated, truth_frames = _pair(x, y)  # same shape; converted once
+    truth = detail_energy(truth_frames)
+    return detail_energy(generated) / truth if truth > 0 else math.nan
 
 
 def ssim_per_frame(x: Frames, y: Frames) -> torch.Tensor:
