@@ -268,21 +268,22 @@ class BlocksWorld:
         script: list[str] = []
         state = self.initial_state
         for _ in range(num_actions):
-            if rng.random() < self.config.push_fraction:
-                script.append(pushes[int(rng.integers(len(pushes)))])
-            else:
-                script.append(others[int(rng.integers(len(others)))])
-                if self.config.full_gripper_moves and script[-1] != STAY and not self._full_gripper_move(state, script[-1]):
-                    options = [g for g in others[:-1] if self._full_gripper_move(state, g)]
-                    script[-1] = options[int(rng.integers(len(options)))] if options else STAY
+            is_push = rng.random() < self.config.push_fraction
+            primitive = pushes[int(rng.integers(len(pushes)))] if is_push else others[int(rng.integers(len(others)))]
             if self.config.full_gripper_moves:  # the state is only needed to choose gripper moves
-                state = self.simulate(state, script[-1], 1)[-1]
+                next_state = self.simulate(state, primitive, 1)[-1]
+                if not is_push and primitive != STAY and not self._full_gripper_step(state, next_state):
+                    ends = {g: self.simulate(state, g, 1)[-1] for g in others[:-1]}
+                    options = [g for g, end in ends.items() if self._full_gripper_step(state, end)]
+                    primitive = options[int(rng.integers(len(options)))] if options else STAY
+                    next_state = ends.get(primitive, state)
+                state = next_state
+            script.append(primitive)
         return script
 
-    def _full_gripper_move(self, state: np.ndarray, primitive: str) -> bool:
-        """Whether gripper move ``primitive`` travels its whole ``gripper_step`` from ``state``."""
-        moved = self.simulate(state, primitive, 1)[-1, 0] - state[0]
-        return int(np.abs(moved).sum()) == self.config.gripper_step
+    def _full_gripper_step(self, state: np.ndarray, next_state: np.ndarray) -> bool:
+        """Whether the gripper travelled its whole ``gripper_step`` from ``state`` to ``next_state``."""
+        return int(np.abs(next_state[0] - state[0]).sum()) == self.config.gripper_step
 
     def sample_episode(self, rng: np.random.Generator, num_actions: int, frames_per_action: int) -> Episode:
         """A scripted move-and-return episode (probability ``return_fraction``) or a random one, rendered."""
