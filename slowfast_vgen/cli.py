@@ -123,6 +123,16 @@ def _generation_config(args: argparse.Namespace, bundle):
     return load_config(GenerationConfig, args.config, args.overrides, defaults=defaults, flags=flags)
 
 
+def _note_untrained_steps(sampler, bundle) -> None:
+    """Say on stderr when sampling steps fall outside the noise levels the model was last trained on."""
+    from .sampler import check_inference_steps, untrained_steps_note
+
+    check_inference_steps(sampler, bundle.noise_scheduler)  # a schedule that cannot run is an error, not a note
+    note = untrained_steps_note(sampler, bundle.noise_scheduler, bundle.trained_timesteps)
+    if note:
+        print(note, file=sys.stderr)
+
+
 def _load_bundle(args: argparse.Namespace):
     import torch
 
@@ -432,6 +442,7 @@ def generate_main(args: argparse.Namespace) -> int:
         else:
             session = GenerationSession(bundle, config)
             session.start(_first_frame(args, bundle))
+        _note_untrained_steps(session.config.sampler, bundle)
 
         upscale = resolve_upscale(args.upscale, bundle.width, bundle.height)
         try:
@@ -732,6 +743,7 @@ def eval_main(args: argparse.Namespace) -> int:
     overrides = list(args.overrides) + [f"{key}={value}" for key, value in flags.items() if value is not None]  # flags win
     defaults = {"generation": bundle.metadata.get("generation", {})}
     config = load_config(EvalConfig, args.config, overrides, defaults=defaults)
+    _note_untrained_steps(config.generation.sampler, bundle)
     with _made_folder(out, "--out"):  # made now: one that cannot be written fails before the runs, not after
         if not os.access(out, os.W_OK | os.X_OK):
             raise UserInputError(f"--out: cannot write into the folder {out}")

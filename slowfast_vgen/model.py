@@ -219,6 +219,13 @@ class ModelBundle:
         return next(self.unet.parameters()).dtype
 
     @property
+    def trained_timesteps(self) -> tuple[int, int] | None:
+        """The noise levels ``low <= t < high`` the weights were last trained on (``trained_timesteps`` in
+        ``slowfast_vgen.json``, written by the trainers), or None where the model does not say."""
+        band = self.metadata.get("trained_timesteps")
+        return (int(band[0]), int(band[1])) if band is not None else None
+
+    @property
     def patch_size(self) -> int:
         return int(self.metadata.get("patch_size", 1))
 
@@ -830,6 +837,12 @@ def _check_metadata(metadata: dict[str, Any], where: str) -> None:
     for key in ("text_encoder_package", "text_encoder_fingerprint", "text_settings_fingerprint"):
         if key in metadata and not isinstance(metadata[key], str):
             raise UserInputError(f"{where}: field {key!r} must be a string, got {metadata[key]!r}")
+    if "trained_timesteps" in metadata:
+        band = metadata["trained_timesteps"]
+        if not (isinstance(band, list) and len(band) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in band)
+                and 0 <= band[0] < band[1]):
+            raise UserInputError(f"{where}: field 'trained_timesteps' must be [low, high] with 0 <= low < high "
+                                 f"(the noise levels low <= t < high the model was last trained on), got {band!r}")
     if "generation" in metadata:
         generation = metadata["generation"]
         if not isinstance(generation, dict):

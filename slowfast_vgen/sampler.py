@@ -121,6 +121,26 @@ def check_inference_steps(config: SamplerConfig, noise_scheduler) -> None:
                              "use trailing spacing with a step count that divides it, or the dpmsolver++ or euler scheduler")
 
 
+def untrained_steps_note(config: SamplerConfig, noise_scheduler, trained_timesteps: tuple[int, int] | None) -> str | None:
+    """A one-line note when sampling steps fall outside the noise levels ``low <= t < high`` the model was last
+    trained on (:attr:`ModelBundle.trained_timesteps`), where its predictions were never fitted; None when
+    they all fall inside or the model does not say. The embedded model, trained last on ``t >= 300``,
+    speckled its frames at 4 steps, whose last step runs at t = 249; its 3 steps end at t = 332 (README,
+    Results). Call after :func:`check_inference_steps`."""
+    if trained_timesteps is None:
+        return None
+    low, high = trained_timesteps
+    scheduler = make_scheduler(config.scheduler, noise_scheduler.config, config.timestep_spacing)
+    scheduler.set_timesteps(config.num_inference_steps)
+    outside = [int(t) for t in scheduler.timesteps if not low <= int(t) < high]
+    if not outside:
+        return None
+    shown = ", ".join(map(str, outside[:4])) + (f" and {len(outside) - 4} more" if len(outside) > 4 else "")
+    return (f"note: sampling steps outside the noise levels this model was last trained on ({low} <= t < {high}): "
+            f"t = {shown} ({len(outside)} of {config.num_inference_steps}); its predictions there were never fitted and can "
+            "speckle the frames; another sampler.num_inference_steps may keep every step inside")
+
+
 def make_scheduler(name: str, noise_scheduler_config, timestep_spacing: str = DEFAULT_TIMESTEP_SPACING) -> SchedulerMixin:
     """A fresh sampling scheduler sharing the model's noise schedule (betas, prediction type);
     ``timestep_spacing`` as in :data:`TIMESTEP_SPACINGS`."""

@@ -768,7 +768,9 @@ class SlowTrainer:
         if self.encoder_ema is not None:
             self.encoder_ema.store(list(encoder.parameters()))
             self.encoder_ema.copy_to(list(encoder.parameters()))
-        metadata = {**self.bundle.metadata, "generation": self.exported_generation()}
+        last = self.config.max_timestep or self.bundle.noise_scheduler.config.num_train_timesteps
+        metadata = {**self.bundle.metadata, "generation": self.exported_generation(),
+                    "trained_timesteps": [self.config.min_timestep, last]}  # lets sfvgen name sampler steps outside it
         export = ModelBundle(plain_unet(unet), self.bundle.vae, self.bundle.text_encoder, self.bundle.tokenizer,
                              self.bundle.noise_scheduler, metadata, action_encoder=encoder,
                              text_features=self.bundle.text_features)

@@ -698,6 +698,20 @@ def test_embedded_default_model_generates_offline(tmp_path):
     assert resolved.sampler.eta == bundle.metadata["generation"]["sampler"]["eta"] == 1.0  # the model's own defaults apply
 
 
+def test_a_sampling_step_outside_the_trained_noise_levels_is_noted(tmp_path, capsys):
+    """The embedded model was last trained on t >= 300: its 3-step default stays inside, --steps 4 ends at 249."""
+    from slowfast_vgen.cli import DEFAULT_MODEL_DIR
+    from slowfast_vgen.model import load_model
+
+    assert load_model(DEFAULT_MODEL_DIR).trained_timesteps == (300, 1000)
+    assert main(["generate", "--actions", "move right", "--out", str(tmp_path / "a.mp4"), "--quiet", "--fast", "off"]) == 0
+    assert "note:" not in capsys.readouterr().err
+    assert main(["generate", "--actions", "move right", "--out", str(tmp_path / "b.mp4"), "--quiet", "--fast", "off",
+                 "--steps", "4"]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and "(300 <= t < 1000): t = 249 (1 of 4)" in notes[0]
+
+
 def test_cli_suite_choices_match_the_evaluation_suites():
     from slowfast_vgen import cli, evaluation
 

@@ -398,6 +398,10 @@ def _set_metadata(model, **fields):
     ({"fps": "fast"}, "field 'fps' must be a finite number > 0, got 'fast'"),
     ({"generation": "fast"}, "field 'generation' must be an object of generation settings, got 'fast'"),
     ({"generation": {"no_such_key": 1}}, "field 'generation': bad config: "),
+    ({"trained_timesteps": [300]}, "field 'trained_timesteps' must be [low, high] with 0 <= low < high "
+                                   "(the noise levels low <= t < high the model was last trained on), got [300]"),
+    ({"trained_timesteps": [300, 300]}, "field 'trained_timesteps' must be [low, high] with 0 <= low < high "),
+    ({"trained_timesteps": [-1, "1000"]}, "field 'trained_timesteps' must be [low, high] with 0 <= low < high "),
 ])
 def test_bad_metadata_fields_name_the_file_and_field(fields, reason, tiny_model_dir, tmp_path):
     model = tmp_path / "model"

@@ -85,6 +85,24 @@ def test_trailing_spacing_starts_from_pure_noise_step(tiny_bundle, name):
     assert int(leading.timesteps[0]) < 999
 
 
+def test_steps_outside_the_trained_noise_levels_are_noted(tiny_bundle):
+    """A model trained on t >= 300 only: 4 trailing DDIM steps end at 249, outside (the embedded model's speckle);
+    3 steps end at 332, inside; a model that does not say gets no note."""
+    from slowfast_vgen.sampler import SamplerConfig, untrained_steps_note
+
+    scheduler = tiny_bundle.noise_scheduler
+
+    def note(steps, band):
+        return untrained_steps_note(SamplerConfig(num_inference_steps=steps, eta=1.0, guidance_scale=1.0), scheduler, band)
+
+    assert note(4, (300, 1000)) == ("note: sampling steps outside the noise levels this model was last trained on "
+                                    "(300 <= t < 1000): t = 249 (1 of 4); its predictions there were never fitted and can "
+                                    "speckle the frames; another sampler.num_inference_steps may keep every step inside")
+    assert note(3, (300, 1000)) is None and note(4, None) is None and note(4, (0, 1000)) is None
+    assert "t = 999, 749, 499 (3 of 4)" in note(4, (0, 300))  # a low-noise-only model (max_timestep=300)
+    assert "t = 299, 249, 199, 149 and 2 more (6 of 20)" in note(20, (300, 1000))
+
+
 def test_timestep_spacing_is_validated(tiny_bundle):
     from slowfast_vgen.sampler import SamplerConfig
 

@@ -617,6 +617,7 @@ def test_pooled_text_model_trains_on_high_noise_steps_only_when_asked(world_root
     result = train(config)
     assert result.step == 2
     trained = load_model(out / "model").unet
+    assert load_model(out / "model").trained_timesteps == (900, 1000)  # no max_timestep: up to the last step
     fresh = ModelBundle.from_config(config.model).unet
     assert trained.config.time_cond_proj_dim == trained.config.cross_attention_dim
     # the action's sentence embedding received gradient through the timestep path
@@ -629,6 +630,7 @@ def test_max_timestep_keeps_training_on_the_low_noise_band(world_root, tmp_path,
     assert train(_slow(world_root, tmp_path / "low", "max_steps=3", "min_timestep=200", "max_timestep=300")).step == 3
     values = torch.cat(drawn_timesteps)
     assert len(drawn_timesteps) == 3 and values.min() >= 200 and values.max() < 300
+    assert load_model(tmp_path / "low" / "model").trained_timesteps == (200, 300)  # the band, in slowfast_vgen.json
     for bad in ("max_timestep=200", "max_timestep=1001"):  # not above min_timestep, past the scheduler's steps
         with pytest.raises(UserInputError, match=r"^max_timestep must be in \(min_timestep=200, 1000\] for this model"):
             SlowTrainer(_slow(world_root, tmp_path / "bad", "min_timestep=200", bad))
