@@ -99,10 +99,8 @@ def check_inference_steps(config: SamplerConfig, noise_scheduler) -> None:
     if steps > total:
         raise UserInputError(f"sampler.num_inference_steps must be at most the model's {total} training timesteps, "
                              f"got {steps}")
-    scheduler = make_scheduler(config.scheduler, noise_scheduler.config, config.timestep_spacing)
     try:
-        scheduler.set_timesteps(steps)
-        timesteps = [int(t) for t in scheduler.timesteps]
+        timesteps = sampling_timesteps(config, noise_scheduler)
         fits = 0 <= min(timesteps) and max(timesteps) < total and len(set(timesteps)) == len(timesteps)
         problem = None if fits else (f"its timesteps run from {min(timesteps)} to {max(timesteps)}, outside [0, {total}) "
                                      "or repeated")
@@ -121,6 +119,13 @@ def check_inference_steps(config: SamplerConfig, noise_scheduler) -> None:
                              "use trailing spacing with a step count that divides it, or the dpmsolver++ or euler scheduler")
 
 
+def sampling_timesteps(config: SamplerConfig, noise_scheduler) -> list[int]:
+    """The timesteps a chunk is denoised at with ``config`` on this model's noise schedule."""
+    scheduler = make_scheduler(config.scheduler, noise_scheduler.config, config.timestep_spacing)
+    scheduler.set_timesteps(config.num_inference_steps)
+    return [int(t) for t in scheduler.timesteps]
+
+
 def untrained_steps_note(config: SamplerConfig, noise_scheduler, trained_timesteps: tuple[int, int] | None) -> str | None:
     """A one-line note when sampling steps fall outside the noise levels ``low <= t < high`` the model was last
     trained on (:attr:`ModelBundle.trained_timesteps`), where its predictions were never fitted; None when
@@ -130,9 +135,7 @@ def untrained_steps_note(config: SamplerConfig, noise_scheduler, trained_timeste
     if trained_timesteps is None:
         return None
     low, high = trained_timesteps
-    scheduler = make_scheduler(config.scheduler, noise_scheduler.config, config.timestep_spacing)
-    scheduler.set_timesteps(config.num_inference_steps)
-    outside = [int(t) for t in scheduler.timesteps if not low <= int(t) < high]
+    outside = [t for t in sampling_timesteps(config, noise_scheduler) if not low <= t < high]
     if not outside:
         return None
     shown = ", ".join(map(str, outside[:4])) + (f" and {len(outside) - 4} more" if len(outside) > 4 else "")

@@ -417,6 +417,12 @@ class SlowTrainer:
         encoder_ema = EMAModel(list(encoder.parameters()), decay=self.config.ema_decay) if encoder is not None else None
         return ema, encoder_ema
 
+    def timestep_band(self) -> tuple[int, int]:
+        """The noise levels ``low <= t < high`` this run trains on (``min_timestep``, ``max_timestep`` or the
+        scheduler's last step + 1): what validation measures and the exported model records."""
+        high = self.config.max_timestep
+        return self.config.min_timestep, self.bundle.noise_scheduler.config.num_train_timesteps if high is None else high
+
     # ------------------------------------------------------------------ hooks for subclasses
     def exported_generation(self) -> dict[str, Any]:
         """The exported model's generation defaults (its ``slowfast_vgen.json``): the chunk layout it was trained on."""
@@ -768,9 +774,8 @@ class SlowTrainer:
         if self.encoder_ema is not None:
             self.encoder_ema.store(list(encoder.parameters()))
             self.encoder_ema.copy_to(list(encoder.parameters()))
-        last = self.config.max_timestep or self.bundle.noise_scheduler.config.num_train_timesteps
         metadata = {**self.bundle.metadata, "generation": self.exported_generation(),
-                    "trained_timesteps": [self.config.min_timestep, last]}  # lets sfvgen name sampler steps outside it
+                    "trained_timesteps": list(self.timestep_band())}  # lets sfvgen name sampler steps outside it
         export = ModelBundle(plain_unet(unet), self.bundle.vae, self.bundle.text_encoder, self.bundle.tokenizer,
                              self.bundle.noise_scheduler, metadata, action_encoder=encoder,
                              text_features=self.bundle.text_features)
@@ -815,9 +820,8 @@ class SlowTrainer:
         mask = batch.context_mask.to(device)
         generator = torch.Generator().manual_seed(self.config.seed)
         noise = torch.randn(latents.shape, generator=generator).to(latents)
-        steps = scheduler.config.num_train_timesteps
-        last = steps - 1 if self.config.max_timestep is None else self.config.max_timestep - 1  # the band trained on
-        timesteps = torch.linspace(self.config.min_timestep, last, latents.shape[0]).round().long().to(device)
+        low, high = self.timestep_band()
+        timesteps = torch.linspace(low, high - 1, latents.shape[0]).round().long().to(device)
         actions = list(batch.actions)
         empty, whole_window = [""] * len(actions), torch.zeros_like(mask)
         runs = {"val_loss": (actions, mask), "val_loss_shuffled_action": (actions[1:] + actions[:1], mask),
