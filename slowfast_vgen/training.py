@@ -419,7 +419,7 @@ class SlowTrainer:
 
     def timestep_band(self) -> tuple[int, int]:
         """The noise levels ``low <= t < high`` this run trains on (``min_timestep``, ``max_timestep`` or the
-        scheduler's last step + 1): what validation measures and the exported model records."""
+        scheduler's last step + 1): what the loss draws from, validation measures and the exported model records."""
         high = self.config.max_timestep
         return self.config.min_timestep, self.bundle.noise_scheduler.config.num_train_timesteps if high is None else high
 
@@ -485,7 +485,7 @@ class SlowTrainer:
         mask = mask.to(latents.device)
         noise = torch.randn(latents.shape, generator=generator).to(latents)
         timesteps = diffusion.sample_timesteps(scheduler, latents.shape[0], generator, latents.device,
-                                               self.config.min_timestep, self.config.max_timestep)
+                                               *self.timestep_band())
         drop = torch.rand(len(actions), generator=generator) < self.config.text_dropout
         if self.config.whole_window_share > 0:  # drawn only when on: runs without it keep their random stream
             mask, whole = diffusion.mix_whole_window(mask, self.config.whole_window_share, generator)
